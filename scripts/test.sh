@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The one test command: installs what the suite needs when it is missing, then runs all of it.
+# Integration tests start tgtd/istgt on loopback ports and mount FUSE file systems: run as root
+# (or with sudo available for the package install and a user allowed to use /dev/fuse).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v tgtd >/dev/null || need+=(tgt)
+command -v istgt >/dev/null || need+=(istgt)
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v xorriso >/dev/null || need+=(xorriso)
+command -v iscsi-perf >/dev/null || need+=(libiscsi-bin)
+if ((${#need[@]})); then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo"
+    echo "installing: ${need[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --check
+cargo clippy --all-targets --release -- -D warnings
+cargo build --release --manifest-path fuzz/Cargo.toml
+cargo test --release --all-targets -- --test-threads="${TEST_THREADS:-2}"
