@@ -537,3 +537,62 @@ fn tgtd_and_istgt_number_luns_their_own_way() {
         );
     }
 }
+
+/// The file names xorriso reads back from `iso` (Rock Ridge, else Joliet, else plain names).
+fn iso_names(iso: &Path) -> Vec<String> {
+    let out = Command::new("xorriso")
+        .arg("-indev")
+        .arg(iso)
+        .args(["-find", "/"])
+        .output()
+        .unwrap();
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_matches('\'').to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn iso_from_dir_writes_each_flavour() {
+    let dir = test_dir("iso_from_dir_writes_each_flavour");
+    let src = dir.path().join("tree");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/LongFileName.txt"), b"hello\n").unwrap();
+    random_file(&src, "data.bin", 100_000, 5);
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (flavour, names, rock_ridge, joliet) in [
+        (
+            IsoFlavour::RockRidgeJoliet,
+            ["/", "/data.bin", "/sub", "/sub/LongFileName.txt"],
+            true,
+            true,
+        ),
+        (
+            IsoFlavour::JolietOnly,
+            ["/", "/data.bin", "/sub", "/sub/LongFileName.txt"],
+            false,
+            true,
+        ),
+        (
+            IsoFlavour::Level1,
+            ["/", "/DATA.BIN", "/SUB", "/SUB/LONGFILE.TXT"],
+            false,
+            false,
+        ),
+    ] {
+        let iso = iso_from_dir(&src, &dir.path().join("out.iso"), flavour);
+        assert_eq!(iso_names(&iso), names, "{flavour:?}");
+        let bytes = std::fs::read(&iso).unwrap();
+        assert_eq!(bytes.len() % 2048, 0);
+        assert_eq!(
+            &bytes[32769..32774],
+            b"CD001",
+            "{flavour:?}: no volume descriptor"
+        );
+        let has_rr = contains(&bytes, b"IEEE_1282") || contains(&bytes, b"RRIP_1991A");
+        assert_eq!(has_rr, rock_ridge, "{flavour:?}: Rock Ridge");
+        assert_eq!(contains(&bytes, b"%/E"), joliet, "{flavour:?}: Joliet");
+    }
+}

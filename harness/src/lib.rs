@@ -13,7 +13,7 @@ mod process;
 mod proxy;
 mod tgtd;
 
-pub use fixtures::random_file;
+pub use fixtures::{iso_from_dir, random_file, test_dir, IsoFlavour};
 pub use istgt::Istgt;
 pub use ports::free_tcp_port;
 pub use process::logs_root;
