@@ -177,12 +177,13 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
             message: e.message().trim().to_string(),
         }
     })?;
-    let invalid = |span: std::ops::Range<usize>, key: &str, message: String| CatalogError::Invalid {
-        file: file.clone(),
-        line: line_of(text, span.start),
-        key: key.to_string(),
-        message,
-    };
+    let invalid =
+        |span: std::ops::Range<usize>, key: &str, message: String| CatalogError::Invalid {
+            file: file.clone(),
+            line: line_of(text, span.start),
+            key: key.to_string(),
+            message,
+        };
     let mut out: Vec<Entry> = Vec::new();
     for spanned in raw.image {
         let entry_line = line_of(text, spanned.span().start);
@@ -232,7 +233,11 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
         }
         let size = *raw.size.get_ref();
         if size == 0 {
-            return Err(invalid(raw.size.span(), "size", "must be more than 0".into()));
+            return Err(invalid(
+                raw.size.span(),
+                "size",
+                "must be more than 0".into(),
+            ));
         }
         let manifest = match (&raw.manifest, &raw.manifest_sha256) {
             (None, None) => None,
@@ -401,7 +406,9 @@ pub fn fetch_kept(url: &str, keep: Option<&Path>, offline: bool) -> Result<Vec<u
         }
         Err(message) => match kept() {
             Some(bytes) => {
-                tracing::warn!("fetching {url} failed ({message}); using the copy kept from before");
+                tracing::warn!(
+                    "fetching {url} failed ({message}); using the copy kept from before"
+                );
                 Ok(bytes)
             }
             None => Err(CatalogError::Fetch {
@@ -506,8 +513,10 @@ impl Catalog {
                     message: e.to_string(),
                 })?;
                 let keep = keep_dir.map(|d| {
-                    d.join("catalogs")
-                        .join(format!("{}.toml", &hex::encode(crate::manifest::sha256(arg.as_bytes()))[..16]))
+                    d.join("catalogs").join(format!(
+                        "{}.toml",
+                        &hex::encode(crate::manifest::sha256(arg.as_bytes()))[..16]
+                    ))
                 });
                 let bytes = fetch_kept(arg, keep.as_deref(), offline)?;
                 let text = String::from_utf8(bytes).map_err(|_| CatalogError::Invalid {
@@ -583,7 +592,10 @@ impl Catalog {
                     &e.name.to_lowercase(),
                 );
                 let contains = e.name.to_lowercase().contains(&name.to_lowercase());
-                (if contains { score.max(0.5) } else { score }, e.name.as_str())
+                (
+                    if contains { score.max(0.5) } else { score },
+                    e.name.as_str(),
+                )
             })
             .filter(|(s, _)| *s >= 0.4)
             .collect();
@@ -609,12 +621,14 @@ pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogEr
         Err(e) => return Err(io(e)),
     };
     parse(&text, &Origin::File(path.to_path_buf()))?;
-    let mut doc: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| CatalogError::Invalid {
-        file: path.display().to_string(),
-        line: 1,
-        key: "-".into(),
-        message: e.to_string(),
-    })?;
+    let mut doc: DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| CatalogError::Invalid {
+                file: path.display().to_string(),
+                line: 1,
+                key: "-".into(),
+                message: e.to_string(),
+            })?;
     let mut table = Table::new();
     table["name"] = value(entry.name.as_str());
     if let Some(d) = &entry.description {
@@ -747,8 +761,14 @@ size = 4096
         ];
         for (text, expected) in cases {
             let err = parse(text, &origin()).expect_err(text).to_string();
-            assert!(err.contains(expected), "for\n{text}\ngot: {err}\nwanted: {expected}");
-            assert!(err.starts_with("/etc/isomount/catalogs/main.toml:"), "{err}");
+            assert!(
+                err.contains(expected),
+                "for\n{text}\ngot: {err}\nwanted: {expected}"
+            );
+            assert!(
+                err.starts_with("/etc/isomount/catalogs/main.toml:"),
+                "{err}"
+            );
         }
     }
 
@@ -775,7 +795,10 @@ size = 4096
         let err = Catalog::load(&[dir.path().display().to_string()], None, true)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("b.toml:2: key `name`: duplicate image name `netbsd-5.0`"), "{err}");
+        assert!(
+            err.contains("b.toml:2: key `name`: duplicate image name `netbsd-5.0`"),
+            "{err}"
+        );
         assert!(err.contains("a.toml:2"), "{err}");
     }
 
@@ -784,7 +807,10 @@ size = 4096
         let err = Catalog::load(&["http://127.0.0.1:1/c.toml".into()], None, false).unwrap_err();
         assert!(matches!(err, CatalogError::PlainHttp(_)));
         let err = Catalog::load(&["https://127.0.0.1:1/c.toml".into()], None, true).unwrap_err();
-        assert!(err.to_string().contains("offline and no copy kept"), "{err}");
+        assert!(
+            err.to_string().contains("offline and no copy kept"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -271,7 +271,9 @@ impl Cache {
         let trash = self.root.join(format!(
             ".trash-{}-{}",
             std::process::id(),
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         ));
         std::fs::rename(dir, &trash).map_err(io)?;
         std::fs::remove_dir_all(&trash).map_err(io)
@@ -396,7 +398,11 @@ impl Cache {
         }
         for (store, list) in stores.iter().zip(&victims) {
             if !list.is_empty() {
-                tracing::debug!("evicting {} chunks from {}", list.len(), store.dir().display());
+                tracing::debug!(
+                    "evicting {} chunks from {}",
+                    list.len(),
+                    store.dir().display()
+                );
                 store.drop_chunks(list)?;
             }
         }

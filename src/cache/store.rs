@@ -376,8 +376,7 @@ impl Store {
     pub fn put(&self, chunks: &[(u64, &[u8], Hash)]) -> Result<(), CacheError> {
         let data_path = || self.dir.join("data");
         for (index, bytes, _) in chunks {
-            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index)
-            {
+            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index) {
                 continue;
             }
             self.data
@@ -387,8 +386,7 @@ impl Store {
         self.data.sync_data().map_err(|e| io(&data_path(), e))?;
         let now = now_micros();
         for (index, bytes, hash) in chunks {
-            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index)
-            {
+            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index) {
                 continue;
             }
             let mut rec = [0u8; RECORD_LEN as usize];
@@ -481,7 +479,10 @@ mod tests {
         assert_eq!(rec.hash, sha256(&last));
         let short = vec![1u8; 10];
         store.put(&[(0, &short, sha256(&short))]).unwrap();
-        assert!(store.get(0).unwrap().is_none(), "wrong-length chunk must not be stored");
+        assert!(
+            store.get(0).unwrap().is_none(),
+            "wrong-length chunk must not be stored"
+        );
         store.drop_chunks(&[2]).unwrap();
         assert!(store.get(2).unwrap().is_none());
         drop(store);
@@ -513,6 +514,9 @@ mod tests {
     fn header_parser_refuses_garbage() {
         assert_eq!(Geometry::parse_header(&[0u8; 64]), None);
         assert_eq!(Geometry::parse_header(&geometry().header()[..10]), None);
-        assert_eq!(Geometry::parse_header(&geometry().header()), Some(geometry()));
+        assert_eq!(
+            Geometry::parse_header(&geometry().header()),
+            Some(geometry())
+        );
     }
 }
