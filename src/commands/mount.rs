@@ -22,7 +22,7 @@ use fuser::{MountOption, SessionACL};
 
 use crate::cli::GlobalOpts;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{holds_iso9660, ImageView, SourceView, Tree};
+use crate::fs::{fusermount, holds_iso9660, ImageView, SourceView, Tree};
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
@@ -93,7 +93,6 @@ impl MountConfig {
                 "allow_other" => config.acl = SessionACL::All,
                 "allow_root" => config.acl = SessionACL::RootAndOwner,
                 "default_permissions" => config.kernel.push(MountOption::DefaultPermissions),
-                "auto_unmount" => config.kernel.push(MountOption::AutoUnmount),
                 "fsname" => config.kernel.push(MountOption::FSName(need(value)?)),
                 "subtype" => config
                     .kernel
@@ -123,6 +122,34 @@ impl MountConfig {
         }
         global.offline |= self.offline;
         global
+    }
+
+    /// The same options as `fusermount3 -o` text.
+    fn fusermount_options(&self, image: &str) -> String {
+        let config = self.fuser_config(image);
+        let mut words: Vec<String> = config
+            .mount_options
+            .iter()
+            .map(|option| match option {
+                MountOption::RO => "ro".to_string(),
+                MountOption::NoDev => "nodev".to_string(),
+                MountOption::NoSuid => "nosuid".to_string(),
+                MountOption::NoExec => "noexec".to_string(),
+                MountOption::Exec => "exec".to_string(),
+                MountOption::NoAtime => "noatime".to_string(),
+                MountOption::Atime => "atime".to_string(),
+                MountOption::DefaultPermissions => "default_permissions".to_string(),
+                MountOption::FSName(name) => format!("fsname={}", name.replace(',', "_")),
+                MountOption::CUSTOM(custom) => custom.clone(),
+                other => format!("{other:?}").to_lowercase(),
+            })
+            .collect();
+        match self.acl {
+            SessionACL::All => words.push("allow_other".to_string()),
+            SessionACL::RootAndOwner => words.push("allow_root".to_string()),
+            SessionACL::Owner => {}
+        }
+        words.join(",")
     }
 
     fn fuser_config(&self, image: &str) -> fuser::Config {
@@ -456,7 +483,7 @@ fn serve(
     Ok(())
 }
 
-type Mounted = (fuser::Session<FuseAdapter>, fuser::SessionUnmounter);
+type Mounted = (fuser::Session<FuseAdapter>, Unmounter);
 
 fn mount(
     global: &GlobalOpts,
@@ -480,12 +507,9 @@ fn mount(
         gid,
     ));
     let adapter = FuseAdapter::new(tree, runtime.handle().clone());
-    let mut session = fuser::Session::new(adapter, mountpoint, &config.fuser_config(&args.image))
-        .map_err(|err| {
+    let failed = |err: std::io::Error| {
         let reason = match err.kind() {
-            std::io::ErrorKind::PermissionDenied => {
-                format!("no permission: {err}")
-            }
+            std::io::ErrorKind::PermissionDenied => format!("no permission: {err}"),
             _ => err.to_string(),
         };
         anyhow::anyhow!(
@@ -493,9 +517,40 @@ fn mount(
             mountpoint.display(),
             reason.trim()
         )
-    })?;
-    let unmounter = session.unmount_callable();
-    Ok((session, unmounter))
+    };
+    let fuser_config = config.fuser_config(&args.image);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut session =
+            fuser::Session::new(adapter, mountpoint, &fuser_config).map_err(failed)?;
+        let unmounter = Unmounter::Kernel(session.unmount_callable());
+        return Ok((session, unmounter));
+    }
+    let fd =
+        fusermount::mount(mountpoint, &config.fusermount_options(&args.image)).map_err(failed)?;
+    let session = fuser::Session::from_fd(adapter, fd, config.acl, fuser_config);
+    match session {
+        Ok(session) => Ok((session, Unmounter::Helper(mountpoint.to_path_buf()))),
+        Err(err) => {
+            let _ = fusermount::unmount(mountpoint);
+            Err(failed(err))
+        }
+    }
+}
+
+/// How this mount is undone: by `umount(2)` through fuser (root) or by the helper (users).
+enum Unmounter {
+    Kernel(fuser::SessionUnmounter),
+    Helper(PathBuf),
+}
+
+impl Unmounter {
+    fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Kernel(unmounter) => unmounter.unmount(),
+            Unmounter::Helper(mountpoint) => fusermount::unmount(mountpoint),
+        }
+    }
 }
 
 async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
@@ -578,6 +633,10 @@ mod tests {
         assert!(fuser
             .mount_options
             .contains(&MountOption::FSName("isomount:netbsd".to_string())));
+        assert_eq!(
+            config.fusermount_options("netbsd"),
+            "ro,nodev,nosuid,fsname=isomount:netbsd,subtype=isomount,allow_other"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! any [`BlockSource`] in tests.
 
 pub mod fuse;
+pub mod fusermount;
 
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
