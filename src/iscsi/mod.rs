@@ -3,5 +3,8 @@
 //! - [`pdu`], [`digest`], [`text`]: the wire codec, no I/O (§11, §6, §13).
 
 pub mod digest;
+pub mod login;
 pub mod pdu;
 pub mod text;
+
+pub use login::{Chap, Secret};
