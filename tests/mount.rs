@@ -103,6 +103,11 @@ fn make_iso(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(tree.join("docs/deep/notes.txt"), b"lazy reads\n").unwrap();
     random_file(&tree, "kernel.bin", 3 << 20, 1);
     random_file(&tree.join("docs"), "set.tgz", 700_001, 2);
+    std::os::unix::fs::symlink("docs/deep/notes.txt", tree.join("NOTES")).unwrap();
+    let script = tree.join("docs/run.sh");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let iso = dir.join("image.iso");
     let out = run_bounded(
         Command::new("xorriso")
@@ -165,7 +170,7 @@ fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["image.iso", "info"]);
+    assert_eq!(names, ["files", "image.iso", "info"]);
     let mounted = std::fs::read(mp.path.join("image.iso")).unwrap();
     assert!(
         mounted == std::fs::read(&iso).unwrap(),
@@ -351,4 +356,35 @@ fn daemon_pid(mountpoint: &Path) -> i32 {
         }
     }
     panic!("no daemon for {}", mountpoint.display());
+}
+
+#[test]
+fn files_matches_the_source_tree_with_links_and_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, iso) = make_iso(dir.path());
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    mount_ok(&iso, &mp);
+    let files = mp.path.join("files");
+    let out = run_bounded(
+        Command::new("diff").arg("-r").arg(&tree).arg(&files),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "diff -r: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = std::fs::read_link(files.join("NOTES")).unwrap();
+    assert_eq!(link, Path::new("docs/deep/notes.txt"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(files.join("docs/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let copy = dir.path().join("kernel.copy");
+    std::fs::copy(files.join("kernel.bin"), &copy).unwrap();
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(tree.join("kernel.bin")).unwrap());
+    unmount_ok(&mp);
 }

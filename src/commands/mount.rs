@@ -22,7 +22,8 @@ use fuser::{MountOption, SessionACL};
 
 use crate::cli::GlobalOpts;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{fusermount, holds_iso9660, ImageView, SourceView, Tree};
+use crate::fs::{fusermount, holds_iso9660, ImageReadAt, ImageView, SourceView, Tree};
+use crate::iso9660::IsoFs;
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
@@ -496,6 +497,15 @@ fn mount(
     let is_iso = runtime
         .block_on(holds_iso9660(view.as_ref()))
         .with_context(|| format!("while reading {}'s volume descriptor", args.image))?;
+    // A volume the reader cannot make sense of still mounts, as the image alone.
+    let files = is_iso
+        .then(|| {
+            let reader = ImageReadAt::new(view.clone(), runtime.handle().clone());
+            IsoFs::open(Arc::new(reader))
+                .map_err(|err| tracing::warn!("{}: no files/ view: {err}", args.image))
+                .ok()
+        })
+        .flatten();
     // SAFETY: getuid and getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let tree = Arc::new(Tree::new(
@@ -503,6 +513,7 @@ fn mount(
         &args.image,
         &file_stem(&args.image),
         is_iso,
+        files,
         uid,
         gid,
     ));
