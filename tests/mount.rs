@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn isomount() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_isomount"))
-}
+mod common;
+
+use common::{isomount, random_file};
 
 /// Run `cmd`, killing it if it takes longer than `limit`.
 fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
@@ -77,22 +77,6 @@ impl Drop for Mountpoint {
             );
         }
     }
-}
-
-/// A pseudo-random file of `size` bytes, the same for the same seed.
-fn random_file(dir: &Path, name: &str, size: u64, seed: u64) -> PathBuf {
-    let path = dir.join(name);
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut bytes = Vec::with_capacity(size as usize);
-    while (bytes.len() as u64) < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size as usize);
-    std::fs::write(&path, bytes).unwrap();
-    path
 }
 
 /// A source tree and the ISO 9660 image xorriso makes of it (Rock Ridge + Joliet).
@@ -181,6 +165,7 @@ fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
     assert_eq!(read(&mp.path.join("info/block-size")), "2048\n");
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("errors: 0"), "{stats}");
+    assert_eq!(read(&readahead_knob(&mp.path)), "1024\n");
     assert!(std::fs::write(mp.path.join("image.iso"), b"x").is_err());
 
     unmount_ok(&mp);
@@ -337,6 +322,17 @@ fn foreground_mount_unmounts_on_sigint_and_sigterm_unmounts_a_daemon() {
     wait_until(Duration::from_secs(30), "SIGTERM to unmount", || {
         !is_mounted(&mp.path)
     });
+}
+
+/// The kernel's read-ahead setting for the mount at `path`.
+fn readahead_knob(path: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).unwrap().dev();
+    PathBuf::from(format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    ))
 }
 
 /// The pid of the daemon serving `mountpoint`, from /proc.

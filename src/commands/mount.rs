@@ -454,6 +454,7 @@ fn serve(
             result
         })
         .context("while starting the FUSE session")?;
+    raise_readahead(mountpoint);
     if let Err(err) = ready.ok() {
         let _ = unmounter.unmount();
         return Err(err);
@@ -482,6 +483,22 @@ fn serve(
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Let the kernel read ahead as far as one FUSE request can carry: the INIT reply cannot raise
+/// the window past the kernel's default (128 KiB), but root may through the mount's bdi. Sequential
+/// readers then send 1 MiB requests instead of 128 KiB ones. Best effort.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let kib = crate::fs::fuse::MAX_READ / 1024;
+    if let Err(err) = std::fs::write(&knob, kib.to_string()) {
+        tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
+    }
 }
 
 type Mounted = (fuser::Session<FuseAdapter>, Unmounter);
