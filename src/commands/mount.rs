@@ -343,8 +343,11 @@ fn detach_stdio(log: Option<&Path>) -> anyhow::Result<()> {
 }
 
 pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
-    let config = MountConfig::parse(&args.options)?;
-    let global = config.global(global);
+    let mut config = MountConfig::parse(&args.options)?;
+    let global = absolute_paths(config.global(global));
+    config.log = config
+        .log
+        .map(|log| std::path::absolute(&log).unwrap_or(log));
     let mountpoint = check_mountpoint(&args.mountpoint, config.nonempty)?;
     if args.foreground {
         serve(&global, &args, &config, &mountpoint, Ready::Foreground)?;
@@ -359,6 +362,8 @@ pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
             drop(read_end);
             // SAFETY: setsid has no preconditions; failure only means we already lead a session.
             unsafe { libc::setsid() };
+            // Hold no directory busy; every path in use was made absolute above.
+            let _ = std::env::set_current_dir("/");
             let ready = Ready::Parent {
                 pipe: std::fs::File::from(write_end),
                 log: config.log.clone(),
@@ -372,6 +377,21 @@ pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
             wait_ready(std::fs::File::from(read_end), child)
         }
     }
+}
+
+/// The daemon leaves its working directory, so relative catalog and cache paths become absolute.
+fn absolute_paths(mut global: GlobalOpts) -> GlobalOpts {
+    for catalog in &mut global.catalogs {
+        if !catalog.contains("://") {
+            if let Ok(path) = std::path::absolute(Path::new(catalog.as_str())) {
+                *catalog = path.to_string_lossy().into_owned();
+            }
+        }
+    }
+    global.cache_dir = global
+        .cache_dir
+        .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+    global
 }
 
 fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
