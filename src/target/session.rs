@@ -328,7 +328,7 @@ impl Session {
                 let Some(target) = self.target.clone() else {
                     return self.reject(reject::PROTOCOL_ERROR, header).await;
                 };
-                self.start_command(cmd, target).await
+                self.start_command(cmd, pdu.data, target).await
             }
             Bhs::NopOut(nop) => {
                 if !self.in_window(nop.immediate, nop.cmd_sn) || nop.itt == RESERVED_TAG {
@@ -463,6 +463,7 @@ impl Session {
     async fn start_command(
         &mut self,
         cmd: ScsiCommand,
+        data_out: Bytes,
         target: Arc<ExportedTarget>,
     ) -> Result<(), End> {
         let permit = self
@@ -476,7 +477,7 @@ impl Session {
         let tasks = self.tasks.clone();
         let itt = cmd.itt;
         let handle = tokio::spawn(async move {
-            let result = run_command(cmd, &target, &tx, limits).await;
+            let result = run_command(cmd, data_out, &target, &tx, limits).await;
             tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&itt);
             drop(permit);
             result
@@ -589,9 +590,11 @@ impl Session {
     }
 }
 
-/// Execute one SCSI command and send its Data-In and status.
+/// Execute one SCSI command and send its Data-In and status. `data_out` is the command's
+/// immediate data (the only Data-Out this target takes: it never sends R2T).
 async fn run_command(
     cmd: ScsiCommand,
+    data_out: Bytes,
     target: &ExportedTarget,
     tx: &mpsc::Sender<Outgoing>,
     limits: DataLimits,
@@ -618,6 +621,22 @@ async fn run_command(
             }
             let mut stream = DataInStream::new(&cmd, limits, data.len() as u64);
             stream.send(tx, data, residual).await
+        }
+        Outcome::Compare { offset, len } => {
+            if data_out.len() as u64 != len || !cmd.write {
+                let sense = Some(Sense::INVALID_FIELD_IN_CDB);
+                return send_status(tx, &cmd, 2, Residual::None, sense).await;
+            }
+            let sense = match compare(target, offset, &data_out).await {
+                Ok(true) => None,
+                Ok(false) => Some(Sense::MISCOMPARE_DURING_VERIFY),
+                Err(why) => {
+                    tracing::warn!("{}: verify read at {offset} failed: {why}", target.name);
+                    Some(Sense::UNRECOVERED_READ_ERROR)
+                }
+            };
+            let status = if sense.is_some() { 2 } else { 0 };
+            send_status(tx, &cmd, status, Residual::None, sense).await
         }
         Outcome::Read { offset, len } => {
             let residual = Residual::of(len, expected);
@@ -768,6 +787,21 @@ impl DataInStream {
         }
         Ok(())
     }
+}
+
+/// Whether `expected` equals the image at `offset`, read piece by piece.
+async fn compare(
+    target: &ExportedTarget,
+    offset: u64,
+    expected: &[u8],
+) -> Result<bool, crate::source::SourceError> {
+    for (i, want) in expected.chunks(READ_PIECE).enumerate() {
+        let at = offset + (i * READ_PIECE) as u64;
+        if read_padded(target, at, want.len()).await?.as_ref() != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Read `len` bytes at `offset`; the part past the image's end (a partial last block) is zeros.
