@@ -453,7 +453,9 @@ impl IscsiLun {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!("{e}");
+                    if index + 1 < opts.portals.len() {
+                        tracing::warn!("{e}; trying the next portal");
+                    }
                     last = Some(e);
                 }
             }
