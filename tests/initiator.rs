@@ -241,3 +241,165 @@ fn a_missing_target_and_a_closed_port_fail_in_one_line() {
     let err = stderr(&out);
     assert!(err.contains("cannot connect"), "{err}");
 }
+
+/// A read through the fault proxy: `cat` must still be byte-exact.
+fn cat_through(test: &str, faults: Faults, size: u64) -> (FaultProxy, Tgtd, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "disk.img", size, 21);
+    let tgtd = Tgtd::start(test, &[TargetSpec::new(PLAIN, vec![LunSpec::disk(&disk)])]);
+    let proxy = FaultProxy::start(&tgtd.portal(), faults);
+    let url = format!("iscsi://{}/{PLAIN}/1", proxy.portal());
+    assert_cat_exact(&url, &[], &disk);
+    (proxy, tgtd, dir)
+}
+
+#[test]
+fn cat_survives_a_reset_every_24_mib() {
+    let faults = Faults {
+        reset_every: Some(24 * MIB),
+        ..Faults::default()
+    };
+    let (proxy, _tgtd, _dir) = cat_through("cat_survives_a_reset_every_24_mib", faults, 80 * MIB);
+    assert!(proxy.resets() >= 3, "only {} resets", proxy.resets());
+    assert!(proxy.connections() >= 4);
+}
+
+#[test]
+fn cat_is_exact_over_a_20ms_round_trip() {
+    let faults = Faults {
+        latency: Some(std::time::Duration::from_millis(10)),
+        ..Faults::default()
+    };
+    let (proxy, _tgtd, _dir) = cat_through("cat_is_exact_over_a_20ms_round_trip", faults, 32 * MIB);
+    assert!(proxy.bytes_to_client() >= 32 * MIB);
+}
+
+mod library {
+    //! The same LUNs through the library: recovery timing made short, target restarts.
+
+    use super::*;
+    use isomount::iscsi::{ConnectOptions, IscsiLun};
+    use isomount::source::BlockSource;
+    use std::time::{Duration, Instant};
+
+    fn quick(portal: String, give_up_after: Duration) -> ConnectOptions {
+        let mut opts = ConnectOptions::new(vec![portal], PLAIN, 1);
+        opts.chap = None;
+        opts.nop_interval = Duration::from_millis(500);
+        opts.stall_timeout = Duration::from_secs(2);
+        opts.give_up_after = give_up_after;
+        opts
+    }
+
+    /// Read all of `lun` with many reads in flight and compare with `file`.
+    async fn read_all_exact(lun: &IscsiLun, file: &Path) {
+        let want = std::fs::read(file).unwrap();
+        assert_eq!(lun.size(), want.len() as u64);
+        let chunk = 1 << 20;
+        let mut offset = 0usize;
+        while offset < want.len() {
+            let batch: Vec<_> = (0..8)
+                .map(|i| offset + i * chunk)
+                .filter(|&o| o < want.len())
+                .map(|o| {
+                    let len = chunk.min(want.len() - o);
+                    async move { (o, lun.read_at(o as u64, len).await) }
+                })
+                .collect();
+            for fut in batch {
+                let (o, got) = fut.await;
+                let got = got.unwrap_or_else(|e| panic!("read at {o}: {e}"));
+                assert!(got[..] == want[o..o + got.len()], "bytes differ at {o}");
+                offset = offset.max(o + got.len());
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_continue_through_a_stall_longer_than_the_timeouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = random_file(dir.path(), "disk.img", 24 * MIB, 31);
+        let tgtd = Tgtd::start(
+            "reads_continue_through_a_stall_longer_than_the_timeouts",
+            &[TargetSpec::new(PLAIN, vec![LunSpec::disk(&disk)])],
+        );
+        let proxy = FaultProxy::start(
+            &tgtd.portal(),
+            Faults {
+                stall_after: Some((4 * MIB, Duration::from_secs(5))),
+                ..Faults::default()
+            },
+        );
+        let lun = IscsiLun::connect(quick(proxy.portal(), Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        read_all_exact(&lun, &disk).await;
+        assert!(proxy.stalled());
+        assert!(proxy.connections() >= 2, "no reconnect after the stall");
+        assert!(started.elapsed() >= Duration::from_secs(2));
+        lun.logout().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn outstanding_reads_survive_a_target_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = random_file(dir.path(), "disk.img", 16 * MIB, 32);
+        let mut tgtd = Tgtd::start(
+            "outstanding_reads_survive_a_target_restart",
+            &[TargetSpec::new(PLAIN, vec![LunSpec::disk(&disk)])],
+        );
+        let lun = IscsiLun::connect(quick(tgtd.portal(), Duration::from_secs(60)))
+            .await
+            .unwrap();
+        let before = lun.info();
+        read_all_exact(&lun, &disk).await;
+        tgtd.kill();
+        // Reads issued while the target is gone wait for it instead of failing.
+        let reader = {
+            let lun = lun.clone();
+            let disk = disk.clone();
+            tokio::spawn(async move { read_all_exact(&lun, &disk).await })
+        };
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!reader.is_finished());
+        let _tgtd = tokio::task::spawn_blocking(move || {
+            tgtd.restart();
+            tgtd
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), reader)
+            .await
+            .expect("reads finished after the restart")
+            .unwrap();
+        let after = lun.info();
+        assert_eq!(before.serial, after.serial);
+        assert_eq!(before.capacity, after.capacity);
+        lun.logout().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_target_that_stays_away_gives_one_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = random_file(dir.path(), "disk.img", 4 * MIB, 33);
+        let mut tgtd = Tgtd::start(
+            "a_target_that_stays_away_gives_one_clear_error",
+            &[TargetSpec::new(PLAIN, vec![LunSpec::disk(&disk)])],
+        );
+        let lun = IscsiLun::connect(quick(tgtd.portal(), Duration::from_secs(3)))
+            .await
+            .unwrap();
+        tgtd.kill();
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(30), lun.read_at(0, 4096))
+            .await
+            .expect("bounded")
+            .unwrap_err();
+        assert!(
+            started.elapsed() >= Duration::from_secs(2),
+            "gave up too early"
+        );
+        assert!(err.to_string().contains("giving up"), "{err}");
+    }
+}

@@ -37,7 +37,6 @@ pub enum IscsiError {
         target: String,
         portal: String,
         reason: String,
-        transient: bool,
     },
     #[error("{portal}: {reason}")]
     Protocol { portal: String, reason: String },

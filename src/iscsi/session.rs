@@ -690,13 +690,14 @@ impl Driver {
                     Err((err, true)) => break err,
                     Err((err, false)) => {
                         tracing::warn!("reconnect attempt {attempt} failed: {err}");
-                        if started.elapsed() + backoff > self.timing.give_up_after {
+                        let elapsed = started.elapsed();
+                        if elapsed >= self.timing.give_up_after {
                             break IscsiError::GaveUp {
                                 secs: self.timing.give_up_after.as_secs(),
                                 last: err.to_string(),
                             };
                         }
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep(backoff.min(self.timing.give_up_after - elapsed)).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                         attempt += 1;
                     }
