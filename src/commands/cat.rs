@@ -25,12 +25,9 @@ pub struct CatArgs {
 /// Reads in flight: enough to cover a long round trip (32 × 256 KiB = 8 MiB per RTT).
 pub const DEPTH: usize = 32;
 
-pub fn run(_global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
     if !args.image.starts_with("iscsi://") {
-        anyhow::bail!(
-            "{:?} is not an iscsi:// URL, and catalog names are not available in this build",
-            args.image
-        );
+        return super::fetch::cat_name(global, &args.image);
     }
     let url: IscsiUrl = args.image.parse()?;
     let runtime = super::runtime()?;
