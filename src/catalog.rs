@@ -1,1 +1,840 @@
-//! (to be written)
+//! Catalog files: TOML files that map the names users type to iSCSI targets, mirrors and pinned
+//! manifests (format in SPEC.md, "Catalog files"; an annotated example in `catalogs/`).
+//!
+//! Parsing is strict: an unknown key, a duplicate name or a malformed value is an error naming
+//! the file, the line and the key. Catalogs come from `--catalog` (a file, a folder of `*.toml`,
+//! or an https URL whose last good copy is kept for offline use) or the default search path
+//! `$ISOMOUNT_CATALOGS`, `$XDG_CONFIG_HOME/isomount/catalogs/`, `/etc/isomount/catalogs/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Largest catalog or manifest fetched over https.
+const MAX_DOWNLOAD: u64 = 256 << 20;
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why catalogs could not be loaded or a name could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}: key `{key}`: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        key: String,
+        message: String,
+    },
+    #[error("{file}:{line}: key `name`: duplicate image name `{name}` (first defined at {first})")]
+    Duplicate {
+        file: String,
+        line: usize,
+        name: String,
+        first: String,
+    },
+    #[error("no image named `{name}` in the catalogs{}", suggest(.suggestions))]
+    NotFound {
+        name: String,
+        suggestions: Vec<String>,
+    },
+    #[error("no catalogs found (searched {0}); pass --catalog or set ISOMOUNT_CATALOGS")]
+    NoCatalogs(String),
+    #[error("{0}: plain http is refused; use an https URL")]
+    PlainHttp(String),
+    #[error("fetching {url}: {message}")]
+    Fetch { url: String, message: String },
+}
+
+fn suggest(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        let quoted: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
+        format!("; did you mean {}?", quoted.join(" or "))
+    }
+}
+
+/// Where an entry's manifest lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ManifestLocation {
+    Path(PathBuf),
+    Url(String),
+}
+
+/// A pinned manifest reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRef {
+    pub location: ManifestLocation,
+    /// 64 lowercase hex digits.
+    pub sha256: String,
+}
+
+/// CHAP settings: the secret stays in its own file and is read only when logging in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChapRef {
+    pub user: String,
+    pub secret_file: PathBuf,
+}
+
+/// One `[[image]]` entry, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub description: Option<String>,
+    pub target: String,
+    pub lun: u64,
+    /// "host:port", mirrors in order of preference.
+    pub portals: Vec<String>,
+    pub size: u64,
+    pub manifest: Option<ManifestRef>,
+    pub chap: Option<ChapRef>,
+    /// "file:line" of the entry, for messages.
+    pub origin: String,
+}
+
+/// All entries of all catalogs that were loaded.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    image: Vec<Spanned<RawEntry>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEntry {
+    name: Spanned<String>,
+    description: Option<String>,
+    target: Spanned<String>,
+    lun: Option<Spanned<u64>>,
+    portals: Spanned<Vec<String>>,
+    size: Spanned<u64>,
+    manifest: Option<Spanned<String>>,
+    manifest_sha256: Option<Spanned<String>>,
+    chap_user: Option<Spanned<String>>,
+    chap_secret_file: Option<Spanned<String>>,
+}
+
+/// Where a catalog's text came from: relative paths inside it resolve against this.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    File(PathBuf),
+    Url(reqwest::Url),
+}
+
+impl Origin {
+    fn label(&self) -> String {
+        match self {
+            Origin::File(p) => p.display().to_string(),
+            Origin::Url(u) => u.to_string(),
+        }
+    }
+}
+
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// The key a TOML error is about: named in the message, else the `key =` on its line.
+fn key_of(text: &str, at: usize, message: &str) -> String {
+    if let Some(rest) = message.split("field `").nth(1) {
+        if let Some(key) = rest.split('`').next() {
+            return key.to_string();
+        }
+    }
+    let start = text[..at.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next().unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) => key.trim().trim_matches('"').to_string(),
+        None => line.trim().trim_matches(['[', ']']).to_string(),
+    }
+}
+
+/// Parse one catalog's text. `origin` names it in errors and anchors relative paths.
+pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
+    let file = origin.label();
+    let raw: RawFile = toml::from_str(text).map_err(|e| {
+        let at = e.span().map_or(0, |s| s.start);
+        CatalogError::Invalid {
+            file: file.clone(),
+            line: line_of(text, at),
+            key: key_of(text, at, e.message()),
+            message: e.message().trim().to_string(),
+        }
+    })?;
+    let invalid =
+        |span: std::ops::Range<usize>, key: &str, message: String| CatalogError::Invalid {
+            file: file.clone(),
+            line: line_of(text, span.start),
+            key: key.to_string(),
+            message,
+        };
+    let mut out: Vec<Entry> = Vec::new();
+    for spanned in raw.image {
+        let entry_line = line_of(text, spanned.span().start);
+        let raw = spanned.into_inner();
+        let name = raw.name.get_ref().clone();
+        if !valid_name(&name) {
+            return Err(invalid(
+                raw.name.span(),
+                "name",
+                format!("`{name}` is not a valid name (letters, digits, '.', '_', '+', '-'; not starting with '.' or '-')"),
+            ));
+        }
+        if let Some(first) = out.iter().find(|e| e.name == name) {
+            return Err(CatalogError::Duplicate {
+                file: file.clone(),
+                line: line_of(text, raw.name.span().start),
+                name,
+                first: first.origin.clone(),
+            });
+        }
+        let target = raw.target.get_ref().clone();
+        if !valid_iqn(&target) {
+            return Err(invalid(
+                raw.target.span(),
+                "target",
+                format!("`{target}` is not an iSCSI name (iqn., eui. or naa.)"),
+            ));
+        }
+        let lun = raw.lun.as_ref().map_or(0, |l| *l.get_ref());
+        if raw.portals.get_ref().is_empty() {
+            return Err(invalid(
+                raw.portals.span(),
+                "portals",
+                "at least one portal is needed".into(),
+            ));
+        }
+        let mut portals = Vec::new();
+        for p in raw.portals.get_ref() {
+            let portal = normalize_portal(p).ok_or_else(|| {
+                invalid(
+                    raw.portals.span(),
+                    "portals",
+                    format!("`{p}` is not HOST[:PORT] or [IPv6][:PORT]"),
+                )
+            })?;
+            portals.push(portal);
+        }
+        let size = *raw.size.get_ref();
+        if size == 0 {
+            return Err(invalid(
+                raw.size.span(),
+                "size",
+                "must be more than 0".into(),
+            ));
+        }
+        let manifest = match (&raw.manifest, &raw.manifest_sha256) {
+            (None, None) => None,
+            (Some(m), None) => {
+                return Err(invalid(
+                    m.span(),
+                    "manifest_sha256",
+                    "a manifest needs its manifest_sha256 pin".into(),
+                ))
+            }
+            (None, Some(s)) => {
+                return Err(invalid(
+                    s.span(),
+                    "manifest",
+                    "manifest_sha256 given without a manifest".into(),
+                ))
+            }
+            (Some(m), Some(s)) => {
+                let pin = s.get_ref();
+                if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        s.span(),
+                        "manifest_sha256",
+                        "must be 64 hex digits".into(),
+                    ));
+                }
+                let location = resolve(origin, m.get_ref())
+                    .map_err(|message| invalid(m.span(), "manifest", message))?;
+                Some(ManifestRef {
+                    location,
+                    sha256: pin.to_ascii_lowercase(),
+                })
+            }
+        };
+        let chap = match (&raw.chap_user, &raw.chap_secret_file) {
+            (None, None) => None,
+            (Some(u), None) => {
+                return Err(invalid(
+                    u.span(),
+                    "chap_secret_file",
+                    "chap_user needs chap_secret_file".into(),
+                ))
+            }
+            (None, Some(f)) => {
+                return Err(invalid(
+                    f.span(),
+                    "chap_user",
+                    "chap_secret_file needs chap_user".into(),
+                ))
+            }
+            (Some(u), Some(f)) => {
+                let secret_file = match resolve(origin, f.get_ref()) {
+                    Ok(ManifestLocation::Path(p)) => p,
+                    _ => {
+                        return Err(invalid(
+                            f.span(),
+                            "chap_secret_file",
+                            "must be a local file (absolute when the catalog is a URL)".into(),
+                        ))
+                    }
+                };
+                Some(ChapRef {
+                    user: u.get_ref().clone(),
+                    secret_file,
+                })
+            }
+        };
+        out.push(Entry {
+            name,
+            description: raw.description,
+            target,
+            lun,
+            portals,
+            size,
+            manifest,
+            chap,
+            origin: format!("{file}:{entry_line}"),
+        });
+    }
+    Ok(out)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+}
+
+fn valid_iqn(name: &str) -> bool {
+    (name.starts_with("iqn.") || name.starts_with("eui.") || name.starts_with("naa."))
+        && name.len() <= 223
+        && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// "host:port" with the default port added; None when malformed.
+pub fn normalize_portal(p: &str) -> Option<String> {
+    let (host, port) = if let Some(rest) = p.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        v6.parse::<std::net::Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => "3260",
+            _ => after.strip_prefix(':')?,
+        };
+        (format!("[{v6}]"), port)
+    } else {
+        match p.rsplit_once(':') {
+            Some((h, port)) => (h.to_string(), port),
+            None => (p.to_string(), "3260"),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_[]:".contains(&b));
+    let port: u16 = port.parse().ok().filter(|&n| n > 0)?;
+    host_ok.then(|| format!("{host}:{port}"))
+}
+
+fn resolve(origin: &Origin, reference: &str) -> Result<ManifestLocation, String> {
+    if reference.starts_with("http://") {
+        return Err(format!("{reference}: plain http is refused; use https"));
+    }
+    if reference.starts_with("https://") {
+        reqwest::Url::parse(reference).map_err(|e| format!("`{reference}`: {e}"))?;
+        return Ok(ManifestLocation::Url(reference.to_string()));
+    }
+    match origin {
+        Origin::File(file) => {
+            let base = file.parent().unwrap_or(Path::new("."));
+            Ok(ManifestLocation::Path(base.join(reference)))
+        }
+        Origin::Url(url) if Path::new(reference).is_absolute() => {
+            Ok(ManifestLocation::Path(PathBuf::from(reference)))
+        }
+        Origin::Url(url) => url
+            .join(reference)
+            .map(|u| ManifestLocation::Url(u.to_string()))
+            .map_err(|e| format!("`{reference}`: {e}")),
+    }
+}
+
+/// Fetch an https URL, keeping the last good copy at `keep` for offline use. Offline, or when
+/// the fetch fails and a copy is kept, the kept copy is used (with a warning in the latter case).
+pub fn fetch_kept(url: &str, keep: Option<&Path>, offline: bool) -> Result<Vec<u8>, CatalogError> {
+    if !url.starts_with("https://") {
+        return Err(CatalogError::PlainHttp(url.to_string()));
+    }
+    let kept = || keep.and_then(|p| std::fs::read(p).ok());
+    if offline {
+        return kept().ok_or_else(|| CatalogError::Fetch {
+            url: url.to_string(),
+            message: "offline and no copy kept".into(),
+        });
+    }
+    match download(url) {
+        Ok(bytes) => {
+            if let Some(path) = keep {
+                if let Err(e) = write_atomic(path, &bytes) {
+                    tracing::warn!("could not keep a copy of {url} at {}: {e}", path.display());
+                }
+            }
+            Ok(bytes)
+        }
+        Err(message) => match kept() {
+            Some(bytes) => {
+                tracing::warn!(
+                    "fetching {url} failed ({message}); using the copy kept from before"
+                );
+                Ok(bytes)
+            }
+            None => Err(CatalogError::Fetch {
+                url: url.to_string(),
+                message,
+            }),
+        },
+    }
+}
+
+fn download(url: &str) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let client = reqwest::blocking::Client::builder()
+        .https_only(true)
+        .timeout(DOWNLOAD_TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let response = client
+        .get(url)
+        .send()
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    response
+        .take(MAX_DOWNLOAD + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| e.to_string())?;
+    if body.len() as u64 > MAX_DOWNLOAD {
+        return Err(format!("larger than {MAX_DOWNLOAD} bytes"));
+    }
+    Ok(body)
+}
+
+/// Write `bytes` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The default search path, in order.
+pub fn default_search_path() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(list) = std::env::var_os("ISOMOUNT_CATALOGS") {
+        out.extend(std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")));
+    if let Some(config) = config {
+        out.push(config.join("isomount/catalogs"));
+    }
+    out.push(PathBuf::from("/etc/isomount/catalogs"));
+    out
+}
+
+impl Catalog {
+    /// Load `--catalog` arguments (each must exist) or, when there are none, the default search
+    /// path (missing folders are skipped). `keep_dir` holds copies of https catalogs.
+    pub fn load(
+        explicit: &[String],
+        keep_dir: Option<&Path>,
+        offline: bool,
+    ) -> Result<Catalog, CatalogError> {
+        let mut catalog = Catalog::default();
+        if explicit.is_empty() {
+            let path = default_search_path();
+            let mut found = false;
+            for p in &path {
+                if p.exists() {
+                    found = true;
+                    catalog.add_path(p)?;
+                }
+            }
+            if !found {
+                let searched: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
+                return Err(CatalogError::NoCatalogs(searched.join(", ")));
+            }
+        }
+        for arg in explicit {
+            if arg.starts_with("http://") {
+                return Err(CatalogError::PlainHttp(arg.clone()));
+            }
+            if arg.starts_with("https://") {
+                let url = reqwest::Url::parse(arg).map_err(|e| CatalogError::Fetch {
+                    url: arg.clone(),
+                    message: e.to_string(),
+                })?;
+                let keep = keep_dir.map(|d| {
+                    d.join("catalogs").join(format!(
+                        "{}.toml",
+                        &hex::encode(crate::manifest::sha256(arg.as_bytes()))[..16]
+                    ))
+                });
+                let bytes = fetch_kept(arg, keep.as_deref(), offline)?;
+                let text = String::from_utf8(bytes).map_err(|_| CatalogError::Invalid {
+                    file: arg.clone(),
+                    line: 1,
+                    key: "-".into(),
+                    message: "not UTF-8 text".into(),
+                })?;
+                catalog.add(parse(&text, &Origin::Url(url))?)?;
+            } else {
+                catalog.add_path(Path::new(arg))?;
+            }
+        }
+        Ok(catalog)
+    }
+
+    fn add_path(&mut self, path: &Path) -> Result<(), CatalogError> {
+        let io = |source| CatalogError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(io)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                .collect();
+            files.sort();
+            for f in files {
+                self.add_file(&f)?;
+            }
+            Ok(())
+        } else {
+            self.add_file(path)
+        }
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<(), CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.add(parse(&text, &Origin::File(path.to_path_buf()))?)
+    }
+
+    fn add(&mut self, entries: Vec<Entry>) -> Result<(), CatalogError> {
+        for e in entries {
+            if let Some(first) = self.entries.iter().find(|x| x.name == e.name) {
+                let (file, line) = e.origin.rsplit_once(':').unwrap_or((&e.origin, "0"));
+                return Err(CatalogError::Duplicate {
+                    file: file.to_string(),
+                    line: line.parse().unwrap_or(0),
+                    name: e.name.clone(),
+                    first: first.origin.clone(),
+                });
+            }
+            self.entries.push(e);
+        }
+        Ok(())
+    }
+
+    /// The entry called `name`, or an error listing the closest names.
+    pub fn find(&self, name: &str) -> Result<&Entry, CatalogError> {
+        if let Some(e) = self.entries.iter().find(|e| e.name == name) {
+            return Ok(e);
+        }
+        let mut scored: Vec<(f64, &str)> = self
+            .entries
+            .iter()
+            .map(|e| {
+                let score = strsim::normalized_damerau_levenshtein(
+                    &name.to_lowercase(),
+                    &e.name.to_lowercase(),
+                );
+                let contains = e.name.to_lowercase().contains(&name.to_lowercase());
+                (
+                    if contains { score.max(0.5) } else { score },
+                    e.name.as_str(),
+                )
+            })
+            .filter(|(s, _)| *s >= 0.4)
+            .collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+        Err(CatalogError::NotFound {
+            name: name.to_string(),
+            suggestions: scored.iter().take(3).map(|(_, n)| n.to_string()).collect(),
+        })
+    }
+}
+
+/// Add or replace the entry `entry.name` in the catalog file at `path` (created when missing),
+/// keeping the file's comments and other entries.
+pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogError> {
+    use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
+    let io = |source| CatalogError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(io(e)),
+    };
+    parse(&text, &Origin::File(path.to_path_buf()))?;
+    let mut doc: DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| CatalogError::Invalid {
+                file: path.display().to_string(),
+                line: 1,
+                key: "-".into(),
+                message: e.to_string(),
+            })?;
+    let mut table = Table::new();
+    table["name"] = value(entry.name.as_str());
+    if let Some(d) = &entry.description {
+        table["description"] = value(d.as_str());
+    }
+    table["target"] = value(entry.target.as_str());
+    table["lun"] = value(i64::try_from(entry.lun).unwrap_or(i64::MAX));
+    let mut portals = Array::new();
+    for p in &entry.portals {
+        portals.push(p.as_str());
+    }
+    table["portals"] = value(portals);
+    table["size"] = value(i64::try_from(entry.size).unwrap_or(i64::MAX));
+    table["manifest"] = value(entry.manifest.as_str());
+    table["manifest_sha256"] = value(entry.manifest_sha256.as_str());
+    if !doc.contains_key("image") {
+        doc["image"] = Item::ArrayOfTables(ArrayOfTables::new());
+    }
+    let images = doc["image"]
+        .as_array_of_tables_mut()
+        .ok_or_else(|| CatalogError::Invalid {
+            file: path.display().to_string(),
+            line: 1,
+            key: "image".into(),
+            message: "must be an array of tables ([[image]])".into(),
+        })?;
+    let existing = images
+        .iter()
+        .position(|t| t.get("name").and_then(|n| n.as_str()) == Some(entry.name.as_str()));
+    match existing.and_then(|i| images.get_mut(i)) {
+        Some(existing) => {
+            for (k, v) in table.iter() {
+                existing[k] = v.clone();
+            }
+        }
+        None => images.push(table),
+    }
+    let out = doc.to_string();
+    parse(&out, &Origin::File(path.to_path_buf()))?;
+    write_atomic(path, out.as_bytes()).map_err(io)
+}
+
+/// What `publish` writes into a catalog.
+#[derive(Debug, Clone)]
+pub struct PublishedEntry {
+    pub name: String,
+    pub description: Option<String>,
+    pub target: String,
+    pub lun: u64,
+    pub portals: Vec<String>,
+    pub size: u64,
+    pub manifest: String,
+    pub manifest_sha256: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PIN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn good() -> String {
+        format!(
+            r#"# a comment
+[[image]]
+name = "netbsd-5.0"
+description = "NetBSD 5.0"
+target = "iqn.2009-04.org.example:netbsd"
+lun = 1
+portals = ["127.0.0.1:3260", "[::1]", "mirror.example.org"]
+size = 367001600
+manifest = "netbsd.manifest"
+manifest_sha256 = "{PIN}"
+
+[[image]]
+name = "freebsd-14"
+target = "iqn.2009-04.org.example:freebsd"
+portals = ["127.0.0.1:3261"]
+size = 4096
+"#
+        )
+    }
+
+    fn origin() -> Origin {
+        Origin::File(PathBuf::from("/etc/isomount/catalogs/main.toml"))
+    }
+
+    #[test]
+    fn parses_a_good_catalog() {
+        let entries = parse(&good(), &origin()).unwrap();
+        assert_eq!(entries.len(), 2);
+        let e = &entries[0];
+        assert_eq!(e.name, "netbsd-5.0");
+        assert_eq!(e.lun, 1);
+        assert_eq!(
+            e.portals,
+            ["127.0.0.1:3260", "[::1]:3260", "mirror.example.org:3260"]
+        );
+        assert_eq!(
+            e.manifest.as_ref().unwrap().location,
+            ManifestLocation::Path(PathBuf::from("/etc/isomount/catalogs/netbsd.manifest"))
+        );
+        assert_eq!(e.origin, "/etc/isomount/catalogs/main.toml:2");
+        assert_eq!(entries[1].lun, 0);
+        assert!(entries[1].manifest.is_none());
+    }
+
+    /// Each malformed catalog, and the message it must produce.
+    #[test]
+    fn malformed_catalogs_name_file_line_and_key() {
+        let base = "[[image]]\nname = \"a\"\ntarget = \"iqn.2000-01.x:a\"\nportals = [\"h:1\"]\nsize = 10\n";
+        let cases: &[(String, &str)] = &[
+            (format!("{base}colour = \"red\"\n"), "main.toml:6: key `colour`: unknown field `colour`"),
+            (base.replace("size = 10", "size = \"ten\""), "main.toml:5: key `size`: invalid type: string \"ten\", expected u64"),
+            (base.replace("size = 10", "size = -1"), "main.toml:5: key `size`: invalid value: integer `-1`, expected u64"),
+            (base.replace("size = 10", "size = 0"), "main.toml:5: key `size`: must be more than 0"),
+            (base.replace("size = 10\n", ""), "key `size`: missing field `size`"),
+            (base.replace("\"iqn.2000-01.x:a\"", "\"target-a\""), "main.toml:3: key `target`: `target-a` is not an iSCSI name"),
+            (base.replace("[\"h:1\"]", "[]"), "main.toml:4: key `portals`: at least one portal is needed"),
+            (base.replace("[\"h:1\"]", "[\"h:99999\"]"), "main.toml:4: key `portals`: `h:99999` is not HOST[:PORT]"),
+            (base.replace("\"a\"", "\"-a\""), "main.toml:2: key `name`: `-a` is not a valid name"),
+            (format!("{base}{base}"), "main.toml:7: key `name`: duplicate image name `a` (first defined at /etc/isomount/catalogs/main.toml:1)"),
+            (format!("{base}manifest = \"a.m\"\n"), "main.toml:6: key `manifest_sha256`: a manifest needs its manifest_sha256 pin"),
+            (format!("{base}manifest = \"a.m\"\nmanifest_sha256 = \"abc\"\n"), "main.toml:7: key `manifest_sha256`: must be 64 hex digits"),
+            (format!("{base}manifest = \"http://x/a.m\"\nmanifest_sha256 = \"{PIN}\"\n"), "main.toml:6: key `manifest`: http://x/a.m: plain http is refused"),
+            (format!("{base}chap_user = \"u\"\n"), "main.toml:6: key `chap_secret_file`: chap_user needs chap_secret_file"),
+            (format!("{base}lun = 1\nlun = 2\n"), "main.toml:7: key `lun`: duplicate key"),
+            ("[[image]\n".to_string(), "main.toml:1: key `"),
+            ("[something]\nx = 1\n".to_string(), "main.toml:1: key `something`: unknown field `something`"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text, &origin()).expect_err(text).to_string();
+            assert!(
+                err.contains(expected),
+                "for\n{text}\ngot: {err}\nwanted: {expected}"
+            );
+            assert!(
+                err.starts_with("/etc/isomount/catalogs/main.toml:"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_names_get_suggestions() {
+        let catalog = Catalog {
+            entries: parse(&good(), &origin()).unwrap(),
+        };
+        let err = catalog.find("netbsd-5").unwrap_err().to_string();
+        assert!(err.contains("did you mean `netbsd-5.0`"), "{err}");
+        let err = catalog.find("zzzzzzzz").unwrap_err().to_string();
+        assert_eq!(err, "no image named `zzzzzzzz` in the catalogs");
+        assert_eq!(catalog.find("freebsd-14").unwrap().size, 4096);
+    }
+
+    #[test]
+    fn folders_load_in_order_and_duplicates_across_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.toml"), good()).unwrap();
+        std::fs::write(dir.path().join("ignored.txt"), "junk").unwrap();
+        let c = Catalog::load(&[dir.path().display().to_string()], None, true).unwrap();
+        assert_eq!(c.entries.len(), 2);
+        std::fs::write(dir.path().join("b.toml"), good()).unwrap();
+        let err = Catalog::load(&[dir.path().display().to_string()], None, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("b.toml:2: key `name`: duplicate image name `netbsd-5.0`"),
+            "{err}"
+        );
+        assert!(err.contains("a.toml:2"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_catalogs_are_refused() {
+        let err = Catalog::load(&["http://127.0.0.1:1/c.toml".into()], None, false).unwrap_err();
+        assert!(matches!(err, CatalogError::PlainHttp(_)));
+        let err = Catalog::load(&["https://127.0.0.1:1/c.toml".into()], None, true).unwrap_err();
+        assert!(
+            err.to_string().contains("offline and no copy kept"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn upsert_adds_then_replaces_and_keeps_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, good()).unwrap();
+        let mut e = PublishedEntry {
+            name: "new".into(),
+            description: None,
+            target: "iqn.2000-01.x:new".into(),
+            lun: 1,
+            portals: vec!["127.0.0.1:3260".into()],
+            size: 8192,
+            manifest: "new.manifest".into(),
+            manifest_sha256: PIN.into(),
+        };
+        upsert_entry(&path, &e).unwrap();
+        e.size = 16384;
+        upsert_entry(&path, &e).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("# a comment"));
+        let entries = parse(&text, &Origin::File(path.clone())).unwrap();
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[2].size, 16384);
+    }
+}

@@ -1,1 +1,355 @@
-//! (to be written)
+//! Chunk manifests: an image cut into fixed-size chunks, with the sha256 of each.
+//!
+//! A catalog entry pins its manifest by the manifest file's own sha256 (`manifest_sha256`), so a
+//! manifest that parses is also the one the publisher wrote; [`Manifest::parse_pinned`] checks the
+//! pin before looking at anything else.
+//!
+//! On-disk layout, version 1 (all integers big-endian):
+//! ```text
+//!  offset  size  field
+//!  ------  ----  -----------------------------------------------------------
+//!       0     8  magic "ISOMNFST"
+//!       8     2  version (1)
+//!      10     2  reserved, zero
+//!      12     4  chunk size in bytes (power of two, 4 KiB ..= 64 MiB)
+//!      16     8  image size in bytes (> 0)
+//!      24     8  chunk count = ceil(image size / chunk size)
+//!      32     4  CRC32C of bytes 0..32 (header checksum)
+//!      36    28  reserved, zero
+//!      64  32*n  sha256 of chunk 0, 1, … n-1 (the last chunk may be short)
+//! ```
+//! The file is exactly `64 + 32 * chunk count` bytes long.
+
+use std::io::Read;
+
+use sha2::{Digest, Sha256};
+
+/// The manifest magic number.
+pub const MAGIC: [u8; 8] = *b"ISOMNFST";
+/// The format version this code writes and reads.
+pub const VERSION: u16 = 1;
+/// Bytes before the first chunk hash.
+pub const HEADER_LEN: usize = 64;
+/// Bytes per chunk hash.
+pub const HASH_LEN: usize = 32;
+/// Smallest allowed chunk size.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+/// Largest allowed chunk size.
+pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
+/// Chunk size `publish` uses unless told otherwise (see README, "Chunk size").
+pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
+
+/// A sha256 digest.
+pub type Hash = [u8; HASH_LEN];
+
+/// Why a manifest was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    #[error("manifest is {0} bytes, shorter than its {HEADER_LEN}-byte header")]
+    Short(usize),
+    #[error("not a manifest (bad magic)")]
+    Magic,
+    #[error("manifest version {0} is not supported (this isomount reads version {VERSION})")]
+    Version(u16),
+    #[error("manifest header checksum mismatch")]
+    HeaderChecksum,
+    #[error("manifest chunk size {0} is not a power of two between 4 KiB and 64 MiB")]
+    ChunkSize(u32),
+    #[error("manifest image size is zero")]
+    EmptyImage,
+    #[error("manifest says {stated} chunks but its image size needs {needed}")]
+    ChunkCount { stated: u64, needed: u64 },
+    #[error("manifest is {actual} bytes, its header says {expected}")]
+    Length { expected: u64, actual: u64 },
+    #[error("manifest sha256 {actual} does not match the catalog's pin {expected}")]
+    Pin { expected: String, actual: String },
+    #[error("manifest describes {manifest} bytes but the image is {actual} bytes")]
+    SizeMismatch { manifest: u64, actual: u64 },
+}
+
+/// A parsed, self-consistent manifest.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Manifest {
+    chunk_size: u32,
+    image_size: u64,
+    hashes: Vec<Hash>,
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest")
+            .field("chunk_size", &self.chunk_size)
+            .field("image_size", &self.image_size)
+            .field("chunks", &self.hashes.len())
+            .finish()
+    }
+}
+
+/// Chunks needed for `size` bytes in chunks of `chunk_size` (checked: `chunk_size` > 0).
+pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+    size.div_ceil(u64::from(chunk_size.max(1)))
+}
+
+/// The sha256 of `data`.
+pub fn sha256(data: &[u8]) -> Hash {
+    Sha256::digest(data).into()
+}
+
+fn valid_chunk_size(chunk_size: u32) -> bool {
+    chunk_size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&chunk_size)
+}
+
+impl Manifest {
+    /// Hash everything `reader` yields, in chunks of `chunk_size`.
+    pub fn build(mut reader: impl Read, chunk_size: u32) -> std::io::Result<Manifest> {
+        if !valid_chunk_size(chunk_size) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                ManifestError::ChunkSize(chunk_size),
+            ));
+        }
+        let mut buf = vec![0u8; chunk_size as usize];
+        let mut hashes = Vec::new();
+        let mut image_size = 0u64;
+        loop {
+            let mut filled = 0;
+            while filled < buf.len() {
+                match reader.read(&mut buf[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if filled == 0 {
+                break;
+            }
+            hashes.push(sha256(&buf[..filled]));
+            image_size += filled as u64;
+            if filled < buf.len() {
+                break;
+            }
+        }
+        if image_size == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                ManifestError::EmptyImage,
+            ));
+        }
+        Ok(Manifest {
+            chunk_size,
+            image_size,
+            hashes,
+        })
+    }
+
+    /// Serialize to the version-1 format.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + HASH_LEN * self.hashes.len());
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&VERSION.to_be_bytes());
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out.extend_from_slice(&self.chunk_size.to_be_bytes());
+        out.extend_from_slice(&self.image_size.to_be_bytes());
+        out.extend_from_slice(&(self.hashes.len() as u64).to_be_bytes());
+        let crc = crc32c::crc32c(&out[..32]);
+        out.extend_from_slice(&crc.to_be_bytes());
+        out.resize(HEADER_LEN, 0);
+        for hash in &self.hashes {
+            out.extend_from_slice(hash);
+        }
+        out
+    }
+
+    /// Parse after checking that the bytes hash to `pin` (64 hex digits).
+    pub fn parse_pinned(bytes: &[u8], pin: &str) -> Result<Manifest, ManifestError> {
+        let actual = hex::encode(sha256(bytes));
+        if !actual.eq_ignore_ascii_case(pin) {
+            return Err(ManifestError::Pin {
+                expected: pin.to_ascii_lowercase(),
+                actual,
+            });
+        }
+        Manifest::parse(bytes)
+    }
+
+    /// Parse and check a manifest (not its pin).
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, ManifestError> {
+        if bytes.len() < HEADER_LEN {
+            return Err(ManifestError::Short(bytes.len()));
+        }
+        if bytes[0..8] != MAGIC {
+            return Err(ManifestError::Magic);
+        }
+        let be32 = |at: usize| {
+            u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+        };
+        let be64 = |at: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[at..at + 8]);
+            u64::from_be_bytes(b)
+        };
+        let version = u16::from_be_bytes([bytes[8], bytes[9]]);
+        if version != VERSION {
+            return Err(ManifestError::Version(version));
+        }
+        if be32(32) != crc32c::crc32c(&bytes[..32]) {
+            return Err(ManifestError::HeaderChecksum);
+        }
+        let chunk_size = be32(12);
+        if !valid_chunk_size(chunk_size) {
+            return Err(ManifestError::ChunkSize(chunk_size));
+        }
+        let image_size = be64(16);
+        if image_size == 0 {
+            return Err(ManifestError::EmptyImage);
+        }
+        let stated = be64(24);
+        let needed = chunk_count(image_size, chunk_size);
+        if stated != needed {
+            return Err(ManifestError::ChunkCount { stated, needed });
+        }
+        let expected = needed
+            .checked_mul(HASH_LEN as u64)
+            .and_then(|n| n.checked_add(HEADER_LEN as u64));
+        let actual = bytes.len() as u64;
+        if expected != Some(actual) {
+            return Err(ManifestError::Length {
+                expected: expected.unwrap_or(u64::MAX),
+                actual,
+            });
+        }
+        let hashes = bytes[HEADER_LEN..]
+            .chunks_exact(HASH_LEN)
+            .map(|c| {
+                let mut h = [0u8; HASH_LEN];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect();
+        Ok(Manifest {
+            chunk_size,
+            image_size,
+            hashes,
+        })
+    }
+
+    /// Refuse a manifest whose image size differs from the LUN's.
+    pub fn check_size(&self, actual: u64) -> Result<(), ManifestError> {
+        if actual != self.image_size {
+            return Err(ManifestError::SizeMismatch {
+                manifest: self.image_size,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
+    pub fn image_size(&self) -> u64 {
+        self.image_size
+    }
+
+    pub fn chunks(&self) -> u64 {
+        self.hashes.len() as u64
+    }
+
+    /// The expected hash of chunk `index`, if it exists.
+    pub fn hash(&self, index: u64) -> Option<&Hash> {
+        usize::try_from(index).ok().and_then(|i| self.hashes.get(i))
+    }
+
+    /// The sha256 pin of this manifest's serialized form.
+    pub fn pin(&self) -> String {
+        hex::encode(sha256(&self.to_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> (Vec<u8>, Manifest) {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let m = Manifest::build(&data[..], 4096).unwrap();
+        (data, m)
+    }
+
+    #[test]
+    fn build_round_trips_and_hashes_each_chunk() {
+        let (data, m) = sample();
+        assert_eq!(m.chunks(), 3);
+        assert_eq!(m.image_size(), 10_000);
+        assert_eq!(m.hash(2).unwrap(), &sha256(&data[8192..]));
+        let bytes = m.to_bytes();
+        assert_eq!(bytes.len(), 64 + 3 * 32);
+        assert_eq!(&bytes[..8], b"ISOMNFST");
+        let pin = m.pin();
+        assert_eq!(Manifest::parse_pinned(&bytes, &pin).unwrap(), m);
+    }
+
+    #[test]
+    fn header_fixture_is_big_endian() {
+        let (_, m) = sample();
+        let b = m.to_bytes();
+        assert_eq!(&b[8..12], &[0, 1, 0, 0]);
+        assert_eq!(&b[12..16], &[0, 0, 0x10, 0]);
+        assert_eq!(&b[16..24], &[0, 0, 0, 0, 0, 0, 0x27, 0x10]);
+        assert_eq!(&b[24..32], &[0, 0, 0, 0, 0, 0, 0, 3]);
+        assert!(b[36..64].iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn refusals() {
+        let (_, m) = sample();
+        let good = m.to_bytes();
+        let wrong_pin = "0".repeat(64);
+        assert!(matches!(
+            Manifest::parse_pinned(&good, &wrong_pin),
+            Err(ManifestError::Pin { .. })
+        ));
+        assert_eq!(Manifest::parse(&good[..10]), Err(ManifestError::Short(10)));
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert_eq!(Manifest::parse(&bad), Err(ManifestError::Magic));
+        let mut bad = good.clone();
+        bad[9] = 2;
+        assert_eq!(Manifest::parse(&bad), Err(ManifestError::Version(2)));
+        let mut bad = good.clone();
+        bad[20] ^= 1;
+        assert_eq!(Manifest::parse(&bad), Err(ManifestError::HeaderChecksum));
+        let mut bad = good.clone();
+        bad.pop();
+        assert!(matches!(
+            Manifest::parse(&bad),
+            Err(ManifestError::Length { .. })
+        ));
+        assert!(matches!(
+            m.check_size(10_001),
+            Err(ManifestError::SizeMismatch { .. })
+        ));
+        m.check_size(10_000).unwrap();
+    }
+
+    #[test]
+    fn hostile_header_fields_are_refused_without_allocating() {
+        let (_, m) = sample();
+        let mut bad = m.to_bytes();
+        bad[16..24].copy_from_slice(&u64::MAX.to_be_bytes());
+        bad[24..32].copy_from_slice(&chunk_count(u64::MAX, 4096).to_be_bytes());
+        let crc = crc32c::crc32c(&bad[..32]);
+        bad[32..36].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            Manifest::parse(&bad),
+            Err(ManifestError::Length { .. })
+        ));
+        let mut bad = m.to_bytes();
+        bad[12..16].copy_from_slice(&1000u32.to_be_bytes());
+        let crc = crc32c::crc32c(&bad[..32]);
+        bad[32..36].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(Manifest::parse(&bad), Err(ManifestError::ChunkSize(1000)));
+    }
+}

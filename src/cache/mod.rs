@@ -1,1 +1,499 @@
-//! (to be written)
+//! The persistent, verified chunk cache: one [`Store`] per image identity under the cache
+//! directory, bounded by `--cache-size` with least-recently-used eviction across images.
+//!
+//! ```text
+//! CACHE_DIR/
+//!   lock                    flock: held exclusive while sizing and evicting
+//!   images/<id>/            id = first 32 hex digits of sha256(identity)
+//!     lock                  flock: shared while in use, exclusive for `cache evict`/`clear`
+//!     label                 "name=…" and "identity=…" lines, for `cache list`
+//!     manifest              copy of the pinned manifest (images that have one)
+//!     index, data           see [`store`]
+//!   catalogs/, manifests/   last good copies of https catalogs and manifests
+//! ```
+//! An identity is `manifest:<sha256 pin>` for an image with a manifest, else
+//! `lun:<iqn>:<lun>:<size>:<serial>:<device id>` (chunk hashes are then recorded on first fetch).
+//! The cache knows nothing of networks or FUSE: it stores bytes the image core has verified and
+//! hands back bytes the image core will verify again.
+
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+pub use store::{Geometry, Record, Store};
+
+use crate::manifest::{sha256, Manifest};
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: damaged cache index")]
+    Damaged { path: String },
+    #[error("`{0}` is in use by another isomount process")]
+    Busy(String),
+    #[error("no cached image named `{0}`")]
+    NotCached(String),
+    #[error("`{0}` is not a size (use a number with an optional K, M, G or T suffix)")]
+    BadSize(String),
+}
+
+impl CacheError {
+    /// True when the error means the disk (or quota) is full.
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, CacheError::Io { source, .. }
+            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+    }
+}
+
+/// Parse "10G", "512M", "4096", "1.5G" (binary multiples).
+pub fn parse_size(text: &str) -> Result<u64, CacheError> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (number, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let bad = || CacheError::BadSize(text.to_string());
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(bad());
+    }
+    let bytes = value * (1u64 << shift) as f64;
+    if bytes >= u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/isomount`, else `~/.cache/isomount`.
+pub fn default_dir(explicit: Option<&Path>) -> PathBuf {
+    if let Some(d) = explicit {
+        return d.to_path_buf();
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/var/cache"))
+        .join("isomount")
+}
+
+/// A store as `cache list` shows it.
+#[derive(Debug, Clone)]
+pub struct StoreSummary {
+    pub id: String,
+    pub dir: PathBuf,
+    pub name: String,
+    pub identity: String,
+    pub geometry: Geometry,
+    pub present_chunks: u64,
+    pub present_bytes: u64,
+}
+
+/// A chunk `cache verify` found corrupt and dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptChunk {
+    pub name: String,
+    pub chunk: u64,
+}
+
+/// The cache root and its size bound.
+#[derive(Debug)]
+pub struct Cache {
+    root: PathBuf,
+    limit: Option<u64>,
+    /// Bytes this process believes the cache holds; refreshed from disk when it passes the limit.
+    used: Mutex<Option<u64>>,
+}
+
+fn label_value(label: &str, key: &str) -> String {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or("")
+        .to_string()
+}
+
+impl Cache {
+    pub fn new(root: PathBuf, limit: Option<u64>) -> Cache {
+        Cache {
+            root,
+            limit,
+            used: Mutex::new(None),
+        }
+    }
+
+    /// The cache `--cache-dir` and `--cache-size` describe.
+    pub fn from_options(dir: Option<&Path>, size: Option<&str>) -> Result<Cache, CacheError> {
+        let limit = size.map(parse_size).transpose()?;
+        Ok(Cache::new(default_dir(dir), limit))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where a kept copy of an https manifest with this pin lives.
+    pub fn kept_manifest(&self, pin: &str) -> PathBuf {
+        self.root.join("manifests").join(pin)
+    }
+
+    fn images(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// The directory of the store for `identity`.
+    pub fn store_dir(&self, identity: &str) -> PathBuf {
+        self.images()
+            .join(&hex::encode(sha256(identity.as_bytes()))[..32])
+    }
+
+    /// Open (creating when needed) the store for `identity`.
+    pub fn open_store(
+        &self,
+        name: &str,
+        identity: &str,
+        geometry: Geometry,
+        manifest: Option<&[u8]>,
+    ) -> Result<Store, CacheError> {
+        let label = format!("name={name}\nidentity={identity}\n");
+        Store::open_or_create(&self.store_dir(identity), geometry, &label, manifest)
+    }
+
+    /// Every store with a readable index.
+    pub fn stores(&self) -> Vec<StoreSummary> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.images()) else {
+            return out;
+        };
+        let mut dirs: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("index").is_file())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let Ok(store) = Store::open_existing(&dir) else {
+                continue;
+            };
+            let Ok(records) = store.records() else {
+                continue;
+            };
+            let geometry = store.geometry();
+            let mut present_chunks = 0;
+            let mut present_bytes = 0;
+            for (i, r) in records.iter().enumerate() {
+                if r.present() {
+                    present_chunks += 1;
+                    present_bytes += geometry.chunk_len(i as u64) as u64;
+                }
+            }
+            let label = store.label();
+            out.push(StoreSummary {
+                id: dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                dir: dir.clone(),
+                name: label_value(&label, "name"),
+                identity: label_value(&label, "identity"),
+                geometry,
+                present_chunks,
+                present_bytes,
+            });
+        }
+        out
+    }
+
+    /// Bytes cached for `identity`.
+    pub fn cached_bytes(&self, identity: &str) -> u64 {
+        let dir = self.store_dir(identity);
+        self.stores()
+            .into_iter()
+            .find(|s| s.dir == dir)
+            .map_or(0, |s| s.present_bytes)
+    }
+
+    /// Remove the stores named `name` (or whose id starts with it).
+    pub fn evict(&self, name: &str) -> Result<usize, CacheError> {
+        let matching: Vec<StoreSummary> = self
+            .stores()
+            .into_iter()
+            .filter(|s| s.name == name || (name.len() >= 8 && s.id.starts_with(name)))
+            .collect();
+        if matching.is_empty() {
+            return Err(CacheError::NotCached(name.to_string()));
+        }
+        for s in &matching {
+            self.remove_store(&s.dir, &s.name)?;
+        }
+        Ok(matching.len())
+    }
+
+    /// Remove every store and kept copy.
+    pub fn clear(&self) -> Result<usize, CacheError> {
+        let stores = self.stores();
+        for s in &stores {
+            self.remove_store(&s.dir, &s.name)?;
+        }
+        for sub in ["images", "catalogs", "manifests"] {
+            let p = self.root.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|source| CacheError::Io {
+                    path: p.display().to_string(),
+                    source,
+                })?;
+            }
+        }
+        Ok(stores.len())
+    }
+
+    fn remove_store(&self, dir: &Path, name: &str) -> Result<(), CacheError> {
+        let io = |source| CacheError::Io {
+            path: dir.display().to_string(),
+            source,
+        };
+        let lock = std::fs::File::open(dir.join("lock")).map_err(io)?;
+        if !store::flock(&lock, true, false).map_err(io)? {
+            return Err(CacheError::Busy(name.to_string()));
+        }
+        let trash = self.root.join(format!(
+            ".trash-{}-{}",
+            std::process::id(),
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        std::fs::rename(dir, &trash).map_err(io)?;
+        std::fs::remove_dir_all(&trash).map_err(io)
+    }
+
+    /// Re-hash every present chunk of every store; drop and report the corrupt ones.
+    pub fn verify(&self) -> Result<(usize, Vec<CorruptChunk>), CacheError> {
+        let mut checked = 0;
+        let mut corrupt = Vec::new();
+        for summary in self.stores() {
+            let store = Store::open_existing(&summary.dir)?;
+            let pin = summary.identity.strip_prefix("manifest:");
+            let manifest = store
+                .manifest_bytes()
+                .and_then(|b| match pin {
+                    Some(pin) => Manifest::parse_pinned(&b, pin).ok(),
+                    None => None,
+                })
+                .filter(|m| {
+                    m.chunk_size() == summary.geometry.chunk_size
+                        && m.image_size() == summary.geometry.image_size
+                });
+            let mut bad = Vec::new();
+            for (i, record) in store.records()?.iter().enumerate() {
+                let i = i as u64;
+                if !record.present() {
+                    continue;
+                }
+                checked += 1;
+                let ok = match (store.get(i), &manifest, pin) {
+                    (Ok(Some((bytes, rec))), Some(m), _) => {
+                        let h = sha256(&bytes);
+                        m.hash(i) == Some(&h) && rec.hash == h
+                    }
+                    (Ok(Some((bytes, rec))), None, None) => sha256(&bytes) == rec.hash,
+                    (Ok(None), _, _) => true,
+                    _ => false,
+                };
+                if !ok {
+                    bad.push(i);
+                    corrupt.push(CorruptChunk {
+                        name: summary.name.clone(),
+                        chunk: i,
+                    });
+                }
+            }
+            if !bad.is_empty() {
+                store.drop_chunks(&bad)?;
+            }
+        }
+        Ok((checked, corrupt))
+    }
+
+    /// Account for `bytes` just stored; when over `--cache-size`, evict least recently used
+    /// chunks across all images until under it.
+    pub fn note_stored(&self, bytes: u64) -> Result<(), CacheError> {
+        let Some(limit) = self.limit else {
+            return Ok(());
+        };
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let now = match *used {
+            Some(u) => u.saturating_add(bytes),
+            None => self.stores().iter().map(|s| s.present_bytes).sum(),
+        };
+        *used = Some(now);
+        if now > limit {
+            *used = Some(self.enforce_limit(limit)?);
+        }
+        Ok(())
+    }
+
+    /// Evict least recently used chunks until the cache holds at most `limit` bytes; returns
+    /// the bytes left.
+    pub fn enforce_limit(&self, limit: u64) -> Result<u64, CacheError> {
+        std::fs::create_dir_all(&self.root).map_err(|source| CacheError::Io {
+            path: self.root.display().to_string(),
+            source,
+        })?;
+        let lock_path = self.root.join("lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| CacheError::Io {
+                path: lock_path.display().to_string(),
+                source,
+            })?;
+        store::flock(&lock, true, true).map_err(|source| CacheError::Io {
+            path: lock_path.display().to_string(),
+            source,
+        })?;
+        let mut stores = Vec::new();
+        let mut chunks: Vec<(u64, usize, u64, u64)> = Vec::new();
+        let mut total = 0u64;
+        for summary in self.stores() {
+            let Ok(store) = Store::open_existing(&summary.dir) else {
+                continue;
+            };
+            let g = store.geometry();
+            for (i, r) in store.records()?.iter().enumerate() {
+                if r.present() {
+                    let len = g.chunk_len(i as u64) as u64;
+                    total += len;
+                    chunks.push((r.last_use, stores.len(), i as u64, len));
+                }
+            }
+            stores.push(store);
+        }
+        chunks.sort_unstable();
+        let mut order = lru::LruCache::unbounded();
+        for (_, store, chunk, len) in chunks {
+            order.put((store, chunk), len);
+        }
+        let mut victims: Vec<Vec<u64>> = vec![Vec::new(); stores.len()];
+        while total > limit {
+            let Some(((store, chunk), len)) = order.pop_lru() else {
+                break;
+            };
+            victims[store].push(chunk);
+            total -= len;
+        }
+        for (store, list) in stores.iter().zip(&victims) {
+            if !list.is_empty() {
+                tracing::debug!(
+                    "evicting {} chunks from {}",
+                    list.len(),
+                    store.dir().display()
+                );
+                store.drop_chunks(list)?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("10G").unwrap(), 10 << 30);
+        assert_eq!(parse_size("1.5K").unwrap(), 1536);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert!(parse_size("ten").is_err());
+        assert!(parse_size("-1M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    fn put(store: &Store, i: u64, byte: u8) {
+        let c = vec![byte; store.geometry().chunk_len(i)];
+        store.put(&[(i, &c, sha256(&c))]).unwrap();
+    }
+
+    #[test]
+    fn lru_eviction_spans_images_and_spares_recent_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf(), Some(3 * 4096));
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 4 * 4096,
+        };
+        let a = cache.open_store("a", "lun:a", g, None).unwrap();
+        let b = cache.open_store("b", "lun:b", g, None).unwrap();
+        put(&a, 0, 1);
+        put(&a, 1, 2);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        put(&b, 0, 3);
+        put(&b, 1, 4);
+        cache.note_stored(4 * 4096).unwrap();
+        let left: u64 = cache.stores().iter().map(|s| s.present_bytes).sum();
+        assert_eq!(left, 3 * 4096);
+        assert!(a.get(0).unwrap().is_none(), "oldest chunk goes first");
+        assert!(a.get(1).unwrap().is_some());
+        assert!(b.get(1).unwrap().is_some());
+    }
+
+    #[test]
+    fn verify_names_and_drops_corrupt_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf(), None);
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 2 * 4096,
+        };
+        let s = cache.open_store("img", "lun:x", g, None).unwrap();
+        put(&s, 0, 1);
+        put(&s, 1, 2);
+        let data = cache.store_dir("lun:x").join("data");
+        let mut bytes = std::fs::read(&data).unwrap();
+        bytes[4096 + 5] ^= 0x40;
+        std::fs::write(&data, &bytes).unwrap();
+        let (checked, corrupt) = cache.verify().unwrap();
+        assert_eq!(checked, 2);
+        assert_eq!(
+            corrupt,
+            vec![CorruptChunk {
+                name: "img".into(),
+                chunk: 1
+            }]
+        );
+        assert!(s.get(1).unwrap().is_none());
+        assert_eq!(cache.verify().unwrap(), (1, vec![]));
+    }
+
+    #[test]
+    fn evict_refuses_a_store_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf(), None);
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 4096,
+        };
+        let s = cache.open_store("img", "lun:y", g, None).unwrap();
+        assert!(matches!(cache.evict("img"), Err(CacheError::Busy(_))));
+        drop(s);
+        assert_eq!(cache.evict("img").unwrap(), 1);
+        assert!(matches!(cache.evict("img"), Err(CacheError::NotCached(_))));
+    }
+}

@@ -1,9 +1,29 @@
 //! `isomount [mount] NAME|URL MOUNTPOINT` and `isomount unmount MOUNTPOINT`.
+//!
+//! Like mount(8), the command returns only once the mount is usable, or fails with a message. It
+//! forks before any thread exists; the child opens the image, mounts, and writes "ready" (or the
+//! error) down a pipe; the parent waits for that line and exits 0 or 1 accordingly. `-f` stays in
+//! the foreground. SIGINT and SIGTERM unmount cleanly; so does an external `umount`.
+//!
+//! `-o` takes mount(8)-style options so that `mount -t fuse.isomount NAME DIR` works (mount(8)
+//! runs `mount.fuse3`, which runs `isomount NAME DIR -o OPTIONS`).
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fuser::{MountOption, SessionACL};
 
 use crate::cli::GlobalOpts;
+use crate::fs::fuse::FuseAdapter;
+use crate::fs::{fusermount, holds_iso9660, ImageReadAt, ImageView, SourceView, Tree};
+use crate::iso9660::IsoFs;
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
@@ -17,6 +37,9 @@ pub struct MountArgs {
     /// mount(8)-style options, comma-separated (ro, allow_other, ...)
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
+    /// Test hook: IMAGE is a local file, served without catalog, cache or network.
+    #[arg(long, hide = true)]
+    pub local_file: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -25,10 +48,703 @@ pub struct UnmountArgs {
     pub mountpoint: PathBuf,
 }
 
-pub fn run(_global: &GlobalOpts, _args: MountArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`isomount mount` is not implemented yet")
+/// How long the parent waits for the mount to come up before giving up on it.
+const READY_DEADLINE: Duration = Duration::from_secs(300);
+/// How long an unmount waits for the FUSE threads to finish.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+/// FUSE worker threads reading /dev/fuse (each hands reads to tokio and goes back for more).
+const FUSE_THREADS: usize = 4;
+
+/// `-o` options, validated: what goes to the kernel/fusermount and what isomount itself uses.
+#[derive(Debug, Default, PartialEq)]
+struct MountConfig {
+    kernel: Vec<MountOption>,
+    acl: SessionACL,
+    catalogs: Vec<String>,
+    cache_dir: Option<PathBuf>,
+    cache_size: Option<String>,
+    offline: bool,
+    log: Option<PathBuf>,
+    nonempty: bool,
 }
 
-pub fn unmount(_global: &GlobalOpts, _args: UnmountArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`isomount unmount` is not implemented yet")
+impl MountConfig {
+    fn parse(options: &[String]) -> anyhow::Result<MountConfig> {
+        let mut config = MountConfig::default();
+        for option in options.iter().map(|o| o.trim()).filter(|o| !o.is_empty()) {
+            let (key, value) = match option.split_once('=') {
+                Some((key, value)) => (key, Some(value)),
+                None => (option, None),
+            };
+            let need = |value: Option<&str>| {
+                value
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+                    .with_context(|| format!("mount option {key} needs a value ({key}=...)"))
+            };
+            match key {
+                "ro" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "owner"
+                | "group" | "_netdev" | "nofail" | "dev" | "suid" | "async" => {}
+                "rw" => tracing::warn!("the image is read-only; mounting read-only"),
+                "nodev" | "nosuid" => {}
+                "noexec" => config.kernel.push(MountOption::NoExec),
+                "exec" => config.kernel.push(MountOption::Exec),
+                "noatime" => config.kernel.push(MountOption::NoAtime),
+                "atime" => config.kernel.push(MountOption::Atime),
+                "allow_other" => config.acl = SessionACL::All,
+                "allow_root" => config.acl = SessionACL::RootAndOwner,
+                "default_permissions" => config.kernel.push(MountOption::DefaultPermissions),
+                "fsname" => config.kernel.push(MountOption::FSName(need(value)?)),
+                "subtype" => config
+                    .kernel
+                    .push(MountOption::CUSTOM(format!("subtype={}", need(value)?))),
+                "catalog" => config.catalogs.push(need(value)?),
+                "cache_dir" => config.cache_dir = Some(PathBuf::from(need(value)?)),
+                "cache_size" => config.cache_size = Some(need(value)?),
+                "offline" => config.offline = true,
+                "log" => config.log = Some(PathBuf::from(need(value)?)),
+                "nonempty" => config.nonempty = true,
+                _ if key.starts_with("x-") || key == "comment" => {}
+                _ => bail!("unknown mount option `{option}`"),
+            }
+        }
+        Ok(config)
+    }
+
+    /// The global options with this mount's `-o catalog=`, `cache_dir=`, ... applied.
+    fn global(&self, global: &GlobalOpts) -> GlobalOpts {
+        let mut global = global.clone();
+        global.catalogs.extend(self.catalogs.iter().cloned());
+        if self.cache_dir.is_some() {
+            global.cache_dir.clone_from(&self.cache_dir);
+        }
+        if self.cache_size.is_some() {
+            global.cache_size.clone_from(&self.cache_size);
+        }
+        global.offline |= self.offline;
+        global
+    }
+
+    /// The same options as `fusermount3 -o` text.
+    fn fusermount_options(&self, image: &str) -> String {
+        let config = self.fuser_config(image);
+        let mut words: Vec<String> = config
+            .mount_options
+            .iter()
+            .map(|option| match option {
+                MountOption::RO => "ro".to_string(),
+                MountOption::NoDev => "nodev".to_string(),
+                MountOption::NoSuid => "nosuid".to_string(),
+                MountOption::NoExec => "noexec".to_string(),
+                MountOption::Exec => "exec".to_string(),
+                MountOption::NoAtime => "noatime".to_string(),
+                MountOption::Atime => "atime".to_string(),
+                MountOption::DefaultPermissions => "default_permissions".to_string(),
+                MountOption::FSName(name) => format!("fsname={}", name.replace(',', "_")),
+                MountOption::CUSTOM(custom) => custom.clone(),
+                other => format!("{other:?}").to_lowercase(),
+            })
+            .collect();
+        match self.acl {
+            SessionACL::All => words.push("allow_other".to_string()),
+            SessionACL::RootAndOwner => words.push("allow_root".to_string()),
+            SessionACL::Owner => {}
+        }
+        words.join(",")
+    }
+
+    fn fuser_config(&self, image: &str) -> fuser::Config {
+        let mut options = vec![MountOption::RO, MountOption::NoDev, MountOption::NoSuid];
+        if !self
+            .kernel
+            .iter()
+            .any(|o| matches!(o, MountOption::FSName(_)))
+        {
+            options.push(MountOption::FSName(format!("isomount:{image}")));
+        }
+        // As a kernel option (not fuser's Subtype, which only fusermount sees), so /proc/mounts
+        // says fuse.isomount whichever way the mount is made.
+        if !self.kernel.iter().any(|o| match o {
+            MountOption::CUSTOM(custom) => custom.starts_with("subtype="),
+            _ => false,
+        }) {
+            options.push(MountOption::CUSTOM("subtype=isomount".to_string()));
+        }
+        options.extend(self.kernel.iter().cloned());
+        let mut config = fuser::Config::default();
+        config.mount_options = options;
+        config.acl = self.acl;
+        config.n_threads = Some(FUSE_THREADS);
+        config.clone_fd = true;
+        config
+    }
+}
+
+/// The name the image file gets: the catalog name, or for a URL the target's last word.
+fn file_stem(image: &str) -> String {
+    let stem = match image.strip_prefix("iscsi://") {
+        Some(rest) => {
+            let path = rest.split_once('/').map_or("", |(_, path)| path);
+            let target = path.split('/').next().unwrap_or("");
+            let lun = path.split('/').nth(1).unwrap_or("0");
+            let word = target.rsplit(':').next().unwrap_or(target);
+            if lun == "0" {
+                word.to_string()
+            } else {
+                format!("{word}-lun{lun}")
+            }
+        }
+        None => {
+            let name = Path::new(image)
+                .file_name()
+                .map_or_else(|| image.to_string(), |n| n.to_string_lossy().into_owned());
+            let bare = name
+                .strip_suffix(".iso")
+                .or_else(|| name.strip_suffix(".img"));
+            bare.map_or(name.clone(), str::to_string)
+        }
+    };
+    let stem = stem.replace(['/', '\0'], "_");
+    if stem.is_empty() || stem == "." || stem == ".." {
+        "image".to_string()
+    } else {
+        stem
+    }
+}
+
+/// Octal escapes of /proc/self/mountinfo (`\040` for a space) undone.
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The filesystem type mounted at `path`, if anything is.
+fn mounted_at(path: &Path) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let point = fields.get(4)?;
+        if unescape_mountinfo(point) != path.as_os_str().as_bytes() {
+            return None;
+        }
+        let dash = fields.iter().position(|f| *f == "-")?;
+        Some(fields.get(dash + 1)?.to_string())
+    })
+}
+
+/// The mountpoint, made absolute, after the checks mount(8) users expect.
+fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<PathBuf> {
+    let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => {
+            anyhow::anyhow!("mountpoint {} does not exist", path.display())
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("no permission to reach mountpoint {}", path.display())
+        }
+        _ => anyhow::Error::new(err).context(format!("while checking {}", path.display())),
+    })?;
+    if !meta.is_dir() {
+        bail!("mountpoint {} is not a directory", path.display());
+    }
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("while resolving {}", path.display()))?;
+    if let Some(kind) = mounted_at(&path) {
+        bail!("{} is already mounted ({kind})", path.display());
+    }
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
+    if !root && unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } != 0 {
+        bail!(
+            "no permission to mount on {} (it must be writable by you)",
+            path.display()
+        );
+    }
+    let mut entries = std::fs::read_dir(&path)
+        .with_context(|| format!("no permission to read mountpoint {}", path.display()))?;
+    if !nonempty && entries.next().is_some() {
+        bail!(
+            "mountpoint {} is not empty (use -o nonempty to mount over it)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Where the mount reports "ready" or its error.
+enum Ready {
+    Foreground,
+    /// The write end of the pipe the waiting parent reads, and where the log goes afterwards.
+    Parent {
+        pipe: std::fs::File,
+        log: Option<PathBuf>,
+    },
+}
+
+impl Ready {
+    fn ok(self) -> anyhow::Result<()> {
+        if let Ready::Parent { mut pipe, log } = self {
+            detach_stdio(log.as_deref())?;
+            pipe.write_all(b"ready\n")?;
+        }
+        Ok(())
+    }
+
+    fn fail(self, err: &anyhow::Error) {
+        if let Ready::Parent { mut pipe, .. } = self {
+            let _ = writeln!(pipe, "error: {}", super::one_line(err));
+        }
+    }
+}
+
+/// Point stdin and stdout at /dev/null and stderr at the log (or /dev/null), so that whoever ran
+/// `isomount` (a shell pipeline, mount(8)) is not kept waiting on our copies of its pipes.
+fn detach_stdio(log: Option<&Path>) -> anyhow::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let err = match log {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("while opening log {}", path.display()))?,
+        None => null.try_clone()?,
+    };
+    for (from, to) in [(&null, 0), (&null, 1), (&err, 2)] {
+        // SAFETY: both descriptors are open; dup2 replaces `to` atomically.
+        if unsafe { libc::dup2(from.as_raw_fd(), to) } < 0 {
+            return Err(std::io::Error::last_os_error()).context("while detaching from terminal");
+        }
+    }
+    Ok(())
+}
+
+pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
+    let mut config = MountConfig::parse(&args.options)?;
+    let global = absolute_paths(config.global(global));
+    config.log = config
+        .log
+        .map(|log| std::path::absolute(&log).unwrap_or(log));
+    let mountpoint = check_mountpoint(&args.mountpoint, config.nonempty)?;
+    if args.foreground {
+        serve(&global, &args, &config, &mountpoint, Ready::Foreground)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (read_end, write_end) = pipe()?;
+    // SAFETY: no thread has been started yet (the runtime is built after this point), so the
+    // child may run arbitrary code.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("while forking the mount daemon"),
+        0 => {
+            drop(read_end);
+            // SAFETY: setsid has no preconditions; failure only means we already lead a session.
+            unsafe { libc::setsid() };
+            // Hold no directory busy; every path in use was made absolute above.
+            let _ = std::env::set_current_dir("/");
+            let ready = Ready::Parent {
+                pipe: std::fs::File::from(write_end),
+                log: config.log.clone(),
+            };
+            // Errors before "ready" went to the parent, later ones to the log.
+            let code = i32::from(serve(&global, &args, &config, &mountpoint, ready).is_err());
+            std::process::exit(code)
+        }
+        child => {
+            drop(write_end);
+            wait_ready(std::fs::File::from(read_end), child)
+        }
+    }
+}
+
+/// The daemon leaves its working directory, so relative catalog and cache paths become absolute.
+fn absolute_paths(mut global: GlobalOpts) -> GlobalOpts {
+    for catalog in &mut global.catalogs {
+        if !catalog.contains("://") {
+            if let Ok(path) = std::path::absolute(Path::new(catalog.as_str())) {
+                *catalog = path.to_string_lossy().into_owned();
+            }
+        }
+    }
+    global.cache_dir = global
+        .cache_dir
+        .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+    global
+}
+
+fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("while creating a pipe");
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The parent's side: wait (bounded) for the child's "ready" or error line.
+fn wait_ready(mut pipe: std::fs::File, child: libc::pid_t) -> anyhow::Result<ExitCode> {
+    let mut poll = libc::pollfd {
+        fd: pipe.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout_ms = READY_DEADLINE.as_millis() as libc::c_int;
+    let mut message = Vec::new();
+    loop {
+        // SAFETY: `poll` points at one valid pollfd.
+        let n = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            // SAFETY: `child` is our own child process.
+            unsafe { libc::kill(child, libc::SIGTERM) };
+            bail!(
+                "the mount did not become ready within {} s",
+                READY_DEADLINE.as_secs()
+            );
+        }
+        let mut buf = [0u8; 4096];
+        let got = pipe.read(&mut buf)?;
+        message.extend_from_slice(&buf[..got]);
+        if got == 0 || message.contains(&b'\n') || message.len() > 64 * 1024 {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&message);
+    let line = text.lines().next().unwrap_or("").trim();
+    if line == "ready" {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(err) = line.strip_prefix("error: ") {
+        bail!("{err}");
+    }
+    let mut status = 0;
+    // SAFETY: `child` is our child; WNOHANG never blocks.
+    unsafe { libc::waitpid(child, &mut status, libc::WNOHANG) };
+    bail!("the mount process exited before the mount was ready (status {status})")
+}
+
+/// Open the image, mount it, report ready, and serve until unmounted or signalled.
+fn serve(
+    global: &GlobalOpts,
+    args: &MountArgs,
+    config: &MountConfig,
+    mountpoint: &Path,
+    ready: Ready,
+) -> anyhow::Result<()> {
+    let runtime = super::runtime()?;
+    let mounted = match mount(global, args, config, mountpoint, &runtime) {
+        Ok(mounted) => mounted,
+        Err(err) => {
+            ready.fail(&err);
+            return Err(err);
+        }
+    };
+    let (session, mut unmounter) = mounted;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let worker = std::thread::Builder::new()
+        .name("fuse-session".to_string())
+        .spawn(move || {
+            let result = session.run();
+            let _ = done_tx.send(());
+            result
+        })
+        .context("while starting the FUSE session")?;
+    raise_readahead(mountpoint);
+    if let Err(err) = ready.ok() {
+        let _ = unmounter.unmount();
+        return Err(err);
+    }
+    tracing::info!("mounted {} at {}", args.image, mountpoint.display());
+    let signalled = runtime
+        .block_on(wait_for_end(done_rx))
+        .unwrap_or_else(|err| {
+            tracing::error!("cannot wait for signals, unmounting: {err}");
+            true
+        });
+    if signalled {
+        tracing::info!("unmounting {}", mountpoint.display());
+        if let Err(err) = unmounter.unmount() {
+            tracing::error!("unmounting {} failed: {err}", mountpoint.display());
+        }
+    }
+    let deadline = std::time::Instant::now() + SHUTDOWN_DEADLINE;
+    while !worker.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if worker.is_finished() {
+        if let Ok(Err(err)) = worker.join() {
+            tracing::warn!("FUSE session ended with an error: {err}");
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
+}
+
+/// Let the kernel read ahead as far as one FUSE request can carry: the INIT reply cannot raise
+/// the window past the kernel's default (128 KiB), but root may through the mount's bdi. Sequential
+/// readers then send 1 MiB requests instead of 128 KiB ones. Best effort.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let kib = crate::fs::fuse::MAX_READ / 1024;
+    if let Err(err) = std::fs::write(&knob, kib.to_string()) {
+        tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
+    }
+}
+
+type Mounted = (fuser::Session<FuseAdapter>, Unmounter);
+
+fn mount(
+    global: &GlobalOpts,
+    args: &MountArgs,
+    config: &MountConfig,
+    mountpoint: &Path,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Mounted> {
+    let view = runtime.block_on(open_view(global, args))?;
+    let is_iso = runtime
+        .block_on(holds_iso9660(view.as_ref()))
+        .with_context(|| format!("while reading {}'s volume descriptor", args.image))?;
+    // A volume the reader cannot make sense of still mounts, as the image alone.
+    let files = is_iso
+        .then(|| {
+            let reader = ImageReadAt::new(view.clone(), runtime.handle().clone());
+            IsoFs::open(Arc::new(reader))
+                .map_err(|err| tracing::warn!("{}: no files/ view: {err}", args.image))
+                .ok()
+        })
+        .flatten();
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let tree = Arc::new(Tree::new(
+        view,
+        &args.image,
+        &file_stem(&args.image),
+        is_iso,
+        files,
+        uid,
+        gid,
+    ));
+    let adapter = FuseAdapter::new(tree, runtime.handle().clone());
+    let failed = |err: std::io::Error| {
+        let reason = match err.kind() {
+            std::io::ErrorKind::PermissionDenied => format!("no permission: {err}"),
+            _ => err.to_string(),
+        };
+        anyhow::anyhow!(
+            "mounting {} failed: {}",
+            mountpoint.display(),
+            reason.trim()
+        )
+    };
+    let fuser_config = config.fuser_config(&args.image);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let mut session =
+            fuser::Session::new(adapter, mountpoint, &fuser_config).map_err(failed)?;
+        let unmounter = Unmounter::Kernel(session.unmount_callable());
+        return Ok((session, unmounter));
+    }
+    let fd =
+        fusermount::mount(mountpoint, &config.fusermount_options(&args.image)).map_err(failed)?;
+    let session = fuser::Session::from_fd(adapter, fd, config.acl, fuser_config);
+    match session {
+        Ok(session) => Ok((session, Unmounter::Helper(mountpoint.to_path_buf()))),
+        Err(err) => {
+            let _ = fusermount::unmount(mountpoint);
+            Err(failed(err))
+        }
+    }
+}
+
+/// How this mount is undone: by `umount(2)` through fuser (root) or by the helper (users).
+enum Unmounter {
+    Kernel(fuser::SessionUnmounter),
+    Helper(PathBuf),
+}
+
+impl Unmounter {
+    fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            Unmounter::Kernel(unmounter) => unmounter.unmount(),
+            Unmounter::Helper(mountpoint) => fusermount::unmount(mountpoint),
+        }
+    }
+}
+
+async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
+    let _ = global;
+    if args.local_file {
+        let source = crate::source::FileSource::open(Path::new(&args.image), 2048)
+            .with_context(|| format!("while opening {}", args.image))?;
+        return Ok(Arc::new(SourceView::new(source)));
+    }
+    bail!("mounting catalog images needs the image core (not merged yet)")
+}
+
+/// Wait for SIGINT, SIGTERM (true) or the end of the session (false: unmounted from outside).
+async fn wait_for_end(done: tokio::sync::oneshot::Receiver<()>) -> anyhow::Result<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => true,
+        _ = terminate.recv() => true,
+        _ = hangup.recv() => true,
+        _ = done => false,
+    })
+}
+
+pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCode> {
+    let path = args
+        .mountpoint
+        .canonicalize()
+        .with_context(|| format!("while resolving {}", args.mountpoint.display()))?;
+    if mounted_at(&path).is_none() {
+        bail!("{} is not mounted", path.display());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        // SAFETY: c_path is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c_path.as_ptr(), 0) } != 0 {
+            let err = std::io::Error::last_os_error();
+            bail!("unmounting {} failed: {err}", path.display());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let output = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("--")
+        .arg(OsString::from(path.as_os_str()))
+        .output()
+        .context("while running fusermount3")?;
+    if !output.status.success() {
+        bail!(
+            "unmounting {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn mount_fuse3_options_are_understood() {
+        // What mount.fuse3 passes for an fstab line "NAME /mnt/cd fuse.isomount ro,allow_other".
+        let config =
+            MountConfig::parse(&options(&["ro", "allow_other", "defaults", "dev", "suid"]))
+                .unwrap();
+        assert_eq!(config.acl, SessionACL::All);
+        assert!(config.kernel.is_empty());
+        let fuser = config.fuser_config("netbsd");
+        assert!(fuser.mount_options.contains(&MountOption::RO));
+        assert!(fuser.mount_options.contains(&MountOption::NoSuid));
+        assert!(fuser
+            .mount_options
+            .contains(&MountOption::FSName("isomount:netbsd".to_string())));
+        assert_eq!(
+            config.fusermount_options("netbsd"),
+            "ro,nodev,nosuid,fsname=isomount:netbsd,subtype=isomount,allow_other"
+        );
+    }
+
+    #[test]
+    fn isomount_options_reach_the_global_options() {
+        let config = MountConfig::parse(&options(&[
+            "catalog=/etc/x.toml",
+            "cache_dir=/var/cache/iso",
+            "offline",
+            "log=/tmp/l",
+        ]))
+        .unwrap();
+        let global = config.global(&GlobalOpts::default());
+        assert_eq!(global.catalogs, ["/etc/x.toml"]);
+        assert_eq!(global.cache_dir, Some(PathBuf::from("/var/cache/iso")));
+        assert!(global.offline);
+        assert_eq!(config.log, Some(PathBuf::from("/tmp/l")));
+    }
+
+    #[test]
+    fn bad_options_are_named() {
+        let err = MountConfig::parse(&options(&["ro", "frobnicate"])).unwrap_err();
+        assert_eq!(err.to_string(), "unknown mount option `frobnicate`");
+        let err = MountConfig::parse(&options(&["catalog="])).unwrap_err();
+        assert!(err.to_string().contains("catalog needs a value"));
+    }
+
+    #[test]
+    fn file_stems_come_from_names_and_urls() {
+        assert_eq!(file_stem("netbsd-5.0"), "netbsd-5.0");
+        assert_eq!(
+            file_stem("iscsi://127.0.0.1:3260/iqn.2009-04.org.example:netbsd-5.0/0"),
+            "netbsd-5.0"
+        );
+        assert_eq!(
+            file_stem("iscsi://h/iqn.2009-04.org.example:disk/2"),
+            "disk-lun2"
+        );
+        assert_eq!(file_stem("/srv/images/x.iso"), "x");
+        assert_eq!(file_stem(".."), "image");
+    }
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
+        assert_eq!(unescape_mountinfo("/mnt/\\13"), b"/mnt/\\13");
+    }
+
+    #[test]
+    fn mountpoint_problems_are_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let err = check_mountpoint(&missing, false).unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let err = check_mountpoint(dir.path(), false).unwrap_err();
+        assert!(err.to_string().contains("is not empty"), "{err}");
+        assert!(check_mountpoint(dir.path(), true).is_ok());
+        let err = check_mountpoint(&dir.path().join("f"), false).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+        let err = check_mountpoint(Path::new("/proc"), true).unwrap_err();
+        assert!(err.to_string().contains("already mounted (proc)"), "{err}");
+    }
 }

@@ -1,1 +1,912 @@
-//! (to be written)
+//! The image core: byte ranges → chunks → cache hit or fetch → verification → [`Verified`] bytes.
+//!
+//! An [`Image`] is one published image: its mirrors (each a [`Mirror`] that yields a
+//! [`BlockSource`]), its manifest when it has one, and its cache [`Store`]. A read splits into
+//! chunks; hits are re-hashed from the store; misses coalesce into large READs that run
+//! concurrently, are verified chunk by chunk (a failing chunk is fetched again from the next
+//! mirror, then the read fails naming image and chunk), and are written to the store. Sequential
+//! reads grow a read-ahead window. Offline, or when no portal answers, only cached chunks read.
+//!
+//! Nothing in this module speaks iSCSI: `remote` adapts [`crate::iscsi::IscsiLun`] to [`Mirror`].
+
+pub mod identity;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+use tokio::sync::watch;
+
+use crate::cache::{Cache, Geometry, Store};
+use crate::manifest::{sha256, Hash, Manifest};
+use crate::source::{BlockSource, SourceError};
+
+/// Largest single READ a run of missing chunks becomes.
+const MAX_RUN_BYTES: u64 = 2 << 20;
+/// Read-ahead grows to this many bytes past a sequential reader.
+const MAX_READAHEAD: u64 = 8 << 20;
+/// Verified chunks kept in memory (read-ahead lands here first).
+const RECENT_BYTES: u64 = 32 << 20;
+/// How long to wait for a connection attempt to one portal.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// After every portal failed, how long reads go straight to "unavailable".
+const DOWN_PAUSE: Duration = Duration::from_secs(5);
+/// Rounds over all mirrors before a read gives up.
+const ROUNDS: u32 = 3;
+/// Longest wait for another task's fetch of the same chunk.
+const INFLIGHT_WAIT: Duration = Duration::from_secs(120);
+
+/// Bytes that matched the manifest (or the hash recorded on first fetch). Only this module
+/// constructs it, so unverified bytes cannot reach a reader by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verified(Bytes);
+
+impl Verified {
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Verified {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verified({} bytes)", self.0.len())
+    }
+}
+
+/// Why a read failed. Every variant names the image and the byte range; FUSE answers EIO.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{image}: bytes {start}..{end}: chunk {chunk} failed verification ({detail})")]
+    Verification {
+        image: String,
+        start: u64,
+        end: u64,
+        chunk: u64,
+        detail: String,
+    },
+    #[error("{image}: bytes {start}..{end} are not cached and isomount is offline")]
+    Offline { image: String, start: u64, end: u64 },
+    #[error("{image}: bytes {start}..{end} are not cached and no portal is reachable: {reason}")]
+    Unavailable {
+        image: String,
+        start: u64,
+        end: u64,
+        reason: String,
+    },
+}
+
+impl ImageError {
+    /// The errno a file system reports for this error.
+    pub fn errno(&self) -> i32 {
+        libc::EIO
+    }
+}
+
+/// One way to reach the image: a portal of a mirror.
+#[async_trait]
+pub trait Mirror: Send + Sync {
+    /// "host:port" or another short description, for messages and `info/portal`.
+    fn describe(&self) -> String;
+    /// Connect (or reconnect). Called again after a failure.
+    async fn connect(&self) -> Result<Arc<dyn BlockSource>, SourceError>;
+    /// What the connected LUN says about itself (vendor, product, serial, block-size, …).
+    fn facts(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+}
+
+/// A mirror that is an already-open source (a file, a test double, a LUN opened by URL).
+pub struct SourceMirror {
+    pub label: String,
+    pub source: Arc<dyn BlockSource>,
+}
+
+#[async_trait]
+impl Mirror for SourceMirror {
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+    async fn connect(&self) -> Result<Arc<dyn BlockSource>, SourceError> {
+        Ok(self.source.clone())
+    }
+}
+
+/// Everything needed to build an [`Image`].
+pub struct ImageSpec {
+    pub name: String,
+    pub size: u64,
+    /// The manifest's chunk size when there is one.
+    pub chunk_size: u32,
+    pub manifest: Option<Manifest>,
+    /// The pinned manifest's bytes, kept with the store for offline use.
+    pub manifest_bytes: Option<Vec<u8>>,
+    /// Cache identity (see [`crate::cache`]).
+    pub identity: String,
+    pub mirrors: Vec<Box<dyn Mirror>>,
+    pub offline: bool,
+    /// Facts for `info/` (target, lun, vendor, …); size, manifest and portal are added.
+    pub facts: Vec<(String, String)>,
+    /// Serial the LUN must report (images with no manifest).
+    pub expect_serial: Option<String>,
+}
+
+#[derive(Default)]
+struct Stats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bytes_fetched: AtomicU64,
+    errors: AtomicU64,
+    verify_failures: AtomicU64,
+}
+
+struct Connections {
+    sources: Vec<Option<Arc<dyn BlockSource>>>,
+    down_until: Option<Instant>,
+    last_error: String,
+}
+
+struct Sequential {
+    next: u64,
+    window: u64,
+    ahead_until: u64,
+}
+
+/// One image: mirrors, manifest, cache store.
+pub struct Image {
+    me: Weak<Image>,
+    name: String,
+    size: u64,
+    geometry: Geometry,
+    manifest: Option<Manifest>,
+    manifest_pin: Option<String>,
+    mirrors: Vec<Box<dyn Mirror>>,
+    offline: bool,
+    expect_serial: Option<String>,
+    facts: Vec<(String, String)>,
+    cache: Option<Arc<Cache>>,
+    store: Option<Arc<Store>>,
+    caching: AtomicBool,
+    conns: tokio::sync::Mutex<Connections>,
+    preferred: AtomicUsize,
+    warned_unreachable: AtomicBool,
+    /// Hashes first seen this session (images with no manifest and no store).
+    first_seen: Mutex<HashMap<u64, Hash>>,
+    recent: Mutex<lru::LruCache<u64, Bytes>>,
+    inflight: Mutex<HashMap<u64, watch::Receiver<()>>>,
+    sequential: Mutex<Sequential>,
+    readahead_busy: AtomicBool,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("name", &self.name)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// Marks chunks as being fetched; dropping it wakes the tasks waiting for them.
+struct InflightGuard<'a> {
+    image: &'a Image,
+    chunks: Vec<u64>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for InflightGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .image
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for c in &self.chunks {
+            map.remove(c);
+        }
+    }
+}
+
+impl Image {
+    /// Build an image; with a cache, open (or create) its store. A store that cannot be opened
+    /// means uncached operation, with a warning.
+    pub fn new(spec: ImageSpec, cache: Option<Arc<Cache>>) -> Arc<Image> {
+        let geometry = Geometry {
+            chunk_size: spec.chunk_size,
+            image_size: spec.size,
+        };
+        let store = cache.as_ref().and_then(|c| {
+            match c.open_store(
+                &spec.name,
+                &spec.identity,
+                geometry,
+                spec.manifest_bytes.as_deref(),
+            ) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!("{}: cache unavailable ({e}); reading without it", spec.name);
+                    None
+                }
+            }
+        });
+        let recent_entries = (RECENT_BYTES / u64::from(spec.chunk_size)).max(4) as usize;
+        let manifest_pin = spec.identity.strip_prefix("manifest:").map(str::to_string);
+        let sources = spec.mirrors.iter().map(|_| None).collect();
+        Arc::new_cyclic(|me| Image {
+            me: me.clone(),
+            name: spec.name,
+            size: spec.size,
+            geometry,
+            manifest: spec.manifest,
+            manifest_pin,
+            mirrors: spec.mirrors,
+            offline: spec.offline,
+            expect_serial: spec.expect_serial,
+            facts: spec.facts,
+            caching: AtomicBool::new(store.is_some()),
+            cache,
+            store,
+            conns: tokio::sync::Mutex::new(Connections {
+                sources,
+                down_until: None,
+                last_error: String::new(),
+            }),
+            preferred: AtomicUsize::new(0),
+            warned_unreachable: AtomicBool::new(false),
+            first_seen: Mutex::new(HashMap::new()),
+            recent: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(recent_entries).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            inflight: Mutex::new(HashMap::new()),
+            sequential: Mutex::new(Sequential {
+                next: u64::MAX,
+                window: 0,
+                ahead_until: 0,
+            }),
+            readahead_busy: AtomicBool::new(false),
+            stats: Stats::default(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn chunk_size(&self) -> u32 {
+        self.geometry.chunk_size
+    }
+
+    /// Facts for `info/`: one (name, value) per file.
+    pub fn facts(&self) -> Vec<(String, String)> {
+        let mut out = self.facts.clone();
+        out.push(("size".into(), self.size.to_string()));
+        out.push((
+            "manifest".into(),
+            self.manifest_pin
+                .clone()
+                .unwrap_or_else(|| "none (chunk hashes recorded on first fetch)".into()),
+        ));
+        out.push(("portal".into(), self.current_portal()));
+        if !self.offline {
+            if let Some(m) = self.mirrors.get(self.preferred.load(Ordering::Relaxed)) {
+                for (k, v) in m.facts() {
+                    if !out.iter().any(|(have, _)| *have == k) {
+                        out.push((k, v));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn current_portal(&self) -> String {
+        if self.offline {
+            return "offline".into();
+        }
+        self.mirrors
+            .get(self.preferred.load(Ordering::Relaxed))
+            .map_or_else(|| "none".into(), |m| m.describe())
+    }
+
+    /// Counters for `info/stats`.
+    pub fn stats(&self) -> String {
+        let s = &self.stats;
+        format!(
+            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\ncaching: {}\n",
+            s.hits.load(Ordering::Relaxed),
+            s.misses.load(Ordering::Relaxed),
+            s.bytes_fetched.load(Ordering::Relaxed),
+            s.errors.load(Ordering::Relaxed),
+            s.verify_failures.load(Ordering::Relaxed),
+            self.current_portal(),
+            if self.caching.load(Ordering::Relaxed) { "on" } else { "off" },
+        )
+    }
+
+    /// Bytes of this image present in the cache (by the index; not re-hashed).
+    pub fn cached_bytes(&self) -> u64 {
+        self.present_chunks()
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| **p)
+            .map(|(i, _)| self.geometry.chunk_len(i as u64) as u64)
+            .sum()
+    }
+
+    fn present_chunks(&self) -> Vec<bool> {
+        let n = self.geometry.chunks() as usize;
+        match self.store.as_ref().map(|s| s.records()) {
+            Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),
+            _ => vec![false; n],
+        }
+    }
+
+    /// Read `len` bytes at `offset` (clamped at the image's end): verified, or an error.
+    pub async fn read(&self, offset: u64, len: usize) -> Result<Verified, ImageError> {
+        if offset >= self.size || len == 0 {
+            return Ok(Verified(Bytes::new()));
+        }
+        let end = offset.saturating_add(len as u64).min(self.size);
+        let cs = u64::from(self.geometry.chunk_size);
+        let first = offset / cs;
+        let last = (end - 1) / cs;
+        let mut parts: Vec<Option<Bytes>> = (first..=last).map(|i| self.lookup(i)).collect();
+        let missing: Vec<u64> = (first..=last)
+            .zip(&parts)
+            .filter(|(_, p)| p.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            let fetched = self.obtain(&missing, offset, end).await.inspect_err(|_| {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+            })?;
+            for (i, bytes) in fetched {
+                parts[(i - first) as usize] = Some(bytes);
+            }
+        }
+        self.after_read(offset, end);
+        let parts: Vec<Bytes> = parts.into_iter().flatten().collect();
+        let skip = (offset - first * cs) as usize;
+        let want = (end - offset) as usize;
+        if parts.len() == 1 {
+            return Ok(Verified(parts[0].slice(skip..skip + want)));
+        }
+        let mut out = BytesMut::with_capacity(want);
+        let mut skip = skip;
+        for p in parts {
+            let take = (p.len() - skip).min(want - out.len());
+            out.extend_from_slice(&p[skip..skip + take]);
+            skip = 0;
+        }
+        Ok(Verified(out.freeze()))
+    }
+
+    /// Make sure every chunk of `offset..offset+len` is in the cache, fetching what is missing
+    /// (present chunks are not re-hashed). Returns the bytes fetched.
+    pub async fn prefetch(&self, offset: u64, len: u64) -> Result<u64, ImageError> {
+        let end = offset.saturating_add(len).min(self.size);
+        if offset >= end {
+            return Ok(0);
+        }
+        let cs = u64::from(self.geometry.chunk_size);
+        let (first, last) = (offset / cs, (end - 1) / cs);
+        let missing: Vec<u64> = match &self.store {
+            Some(store) => (first..=last)
+                .filter(|&i| !store.record(i).map(|r| r.present()).unwrap_or(false))
+                .collect(),
+            None => (first..=last).collect(),
+        };
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let got = self.obtain(&missing, offset, end).await?;
+        Ok(got.iter().map(|(_, b)| b.len() as u64).sum())
+    }
+
+    fn expected_hash(&self, index: u64) -> Option<Hash> {
+        match &self.manifest {
+            Some(m) => m.hash(index).copied(),
+            None => self
+                .first_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&index)
+                .copied(),
+        }
+    }
+
+    /// A verified chunk from memory or the store.
+    fn lookup(&self, index: u64) -> Option<Bytes> {
+        if let Some(b) = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&index)
+        {
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(b.clone());
+        }
+        let store = self.store.as_ref()?;
+        let (bytes, record) = match store.get(index) {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!("{}: cache read of chunk {index} failed: {e}", self.name);
+                return None;
+            }
+        };
+        let actual = sha256(&bytes);
+        let expected = match &self.manifest {
+            Some(m) => m.hash(index).copied(),
+            None => Some(record.hash),
+        };
+        if Some(actual) == expected {
+            if self.manifest.is_none() {
+                self.first_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(index, actual);
+            }
+            let _ = store.touch(index, &record);
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            return Some(bytes);
+        }
+        // Another process may have evicted it between our reads of record and data.
+        if store.record(index).map(|r| r.present()).unwrap_or(false) {
+            tracing::warn!(
+                "{}: cached chunk {index} failed verification; dropping it and fetching again",
+                self.name
+            );
+            let _ = store.drop_chunks(&[index]);
+        }
+        None
+    }
+
+    /// Fetch `chunks` (sorted, missing), sharing fetches already under way.
+    async fn obtain(
+        &self,
+        chunks: &[u64],
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, Bytes)>, ImageError> {
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        let (done, _) = watch::channel(());
+        {
+            let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            for &c in chunks {
+                match map.get(&c) {
+                    Some(rx) => theirs.push((c, rx.clone())),
+                    None => {
+                        map.insert(c, done.subscribe());
+                        mine.push(c);
+                    }
+                }
+            }
+        }
+        let guard = InflightGuard {
+            image: self,
+            chunks: mine.clone(),
+            _done: done,
+        };
+        let mut out = if mine.is_empty() {
+            Vec::new()
+        } else {
+            self.fetch(&mine, start, end).await?
+        };
+        drop(guard);
+        let mut leftover = Vec::new();
+        for (c, mut rx) in theirs {
+            let _ = tokio::time::timeout(INFLIGHT_WAIT, rx.changed()).await;
+            match self.lookup(c) {
+                Some(b) => out.push((c, b)),
+                None => leftover.push(c),
+            }
+        }
+        if !leftover.is_empty() {
+            out.extend(self.fetch(&leftover, start, end).await?);
+        }
+        Ok(out)
+    }
+
+    /// Fetch chunks from the network: runs of adjacent chunks become one READ each, issued
+    /// concurrently; results are verified and stored.
+    async fn fetch(
+        &self,
+        chunks: &[u64],
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, Bytes)>, ImageError> {
+        if self.offline {
+            return Err(ImageError::Offline {
+                image: self.name.clone(),
+                start,
+                end,
+            });
+        }
+        let per_run = (MAX_RUN_BYTES / u64::from(self.geometry.chunk_size)).max(1);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &c in chunks {
+            match runs.last_mut() {
+                Some((first, count)) if *first + *count == c && *count < per_run => *count += 1,
+                _ => runs.push((c, 1)),
+            }
+        }
+        self.stats
+            .misses
+            .fetch_add(chunks.len() as u64, Ordering::Relaxed);
+        let results = join_all(
+            runs.iter()
+                .map(|&(first, count)| self.fetch_run(first, count, start, end)),
+        )
+        .await;
+        let mut out = Vec::with_capacity(chunks.len());
+        for r in results {
+            out.extend(r?);
+        }
+        self.keep(&out).await;
+        Ok(out)
+    }
+
+    /// Put verified chunks in memory and (unless caching is off) the store.
+    async fn keep(&self, chunks: &[(u64, Bytes)]) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, b) in chunks {
+                recent.put(*i, b.clone());
+            }
+        }
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        if !self.caching.load(Ordering::Relaxed) || chunks.is_empty() {
+            return;
+        }
+        let cache = self.cache.clone();
+        let items: Vec<(u64, Bytes)> = chunks.to_vec();
+        let result = tokio::task::spawn_blocking(move || {
+            let refs: Vec<(u64, &[u8], Hash)> =
+                items.iter().map(|(i, b)| (*i, &b[..], sha256(b))).collect();
+            store.put(&refs)?;
+            let bytes: u64 = items.iter().map(|(_, b)| b.len() as u64).sum();
+            match cache {
+                Some(c) => c.note_stored(bytes),
+                None => Ok(()),
+            }
+        })
+        .await;
+        let err = match result {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        if self.caching.swap(false, Ordering::Relaxed) {
+            tracing::warn!(
+                "{}: cannot write the cache ({err}); continuing without caching",
+                self.name
+            );
+        }
+    }
+
+    /// Fetch `count` chunks from `first` with one READ, verify each, and fetch failing chunks
+    /// again from the other mirrors.
+    async fn fetch_run(
+        &self,
+        first: u64,
+        count: u64,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<(u64, Bytes)>, ImageError> {
+        let cs = u64::from(self.geometry.chunk_size);
+        let offset = first * cs;
+        let len = ((first + count) * cs).min(self.size) - offset;
+        let (mirror, data) = self
+            .read_any(offset, len as usize, None, start, end)
+            .await?;
+        let mut out = Vec::with_capacity(count as usize);
+        for i in first..first + count {
+            let at = ((i - first) * cs) as usize;
+            let chunk = data.slice(at..at + self.geometry.chunk_len(i));
+            let chunk = match self.check(i, &chunk) {
+                Ok(()) => chunk,
+                Err(detail) => self.refetch(i, mirror, detail, start, end).await?,
+            };
+            out.push((i, chunk));
+        }
+        Ok(out)
+    }
+
+    /// Verify chunk `index` (recording its hash on first sight when there is no manifest).
+    fn check(&self, index: u64, bytes: &Bytes) -> Result<(), String> {
+        let actual = sha256(bytes);
+        match self.expected_hash(index) {
+            Some(expected) if expected == actual => Ok(()),
+            Some(expected) => {
+                self.stats.verify_failures.fetch_add(1, Ordering::Relaxed);
+                Err(format!(
+                    "sha256 {} where {} expected",
+                    &hex::encode(actual)[..16],
+                    &hex::encode(expected)[..16]
+                ))
+            }
+            None => {
+                self.first_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(index, actual);
+                Ok(())
+            }
+        }
+    }
+
+    /// A chunk failed verification from `failed_mirror`: try every other mirror, then that one
+    /// once more; then give up naming the chunk.
+    async fn refetch(
+        &self,
+        index: u64,
+        failed_mirror: usize,
+        mut detail: String,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, ImageError> {
+        let n = self.mirrors.len();
+        let cs = u64::from(self.geometry.chunk_size);
+        for step in 1..=n {
+            let mirror = (failed_mirror + step) % n;
+            let from = self.mirrors[mirror].describe();
+            match self
+                .read_any(
+                    index * cs,
+                    self.geometry.chunk_len(index),
+                    Some(mirror),
+                    start,
+                    end,
+                )
+                .await
+            {
+                Ok((_, data)) => match self.check(index, &data) {
+                    Ok(()) => return Ok(data),
+                    Err(d) => detail = format!("{d} from {from}"),
+                },
+                Err(e) => {
+                    tracing::debug!("{}: refetch of chunk {index} from {from}: {e}", self.name)
+                }
+            }
+        }
+        Err(ImageError::Verification {
+            image: self.name.clone(),
+            start,
+            end,
+            chunk: index,
+            detail,
+        })
+    }
+
+    /// Read from the preferred mirror (or `only`), failing over in order with backoff.
+    async fn read_any(
+        &self,
+        offset: u64,
+        len: usize,
+        only: Option<usize>,
+        start: u64,
+        end: u64,
+    ) -> Result<(usize, Bytes), ImageError> {
+        let n = self.mirrors.len();
+        let unavailable = |reason: String| ImageError::Unavailable {
+            image: self.name.clone(),
+            start,
+            end,
+            reason,
+        };
+        if n == 0 {
+            return Err(unavailable("the image has no portals".into()));
+        }
+        let attempts = match only {
+            Some(_) => 1,
+            None => n as u32 * ROUNDS,
+        };
+        let mut last_error = String::new();
+        for attempt in 0..attempts {
+            let mirror = only
+                .unwrap_or_else(|| (self.preferred.load(Ordering::Relaxed) + attempt as usize) % n);
+            if only.is_none() && attempt > 0 && attempt % n as u32 == 0 {
+                tokio::time::sleep(Duration::from_millis(200 << (attempt / n as u32))).await;
+            }
+            let source = match self.source(mirror, only.is_some()).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last_error = e;
+                    if only.is_none() && self.is_down().await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match source.read_at(offset, len).await {
+                Ok(data) if data.len() == len => {
+                    self.preferred.store(mirror, Ordering::Relaxed);
+                    self.stats
+                        .bytes_fetched
+                        .fetch_add(len as u64, Ordering::Relaxed);
+                    return Ok((mirror, data));
+                }
+                Ok(data) => {
+                    last_error = format!(
+                        "{}: short read ({} of {len} bytes)",
+                        self.mirrors[mirror].describe(),
+                        data.len()
+                    );
+                }
+                Err(e) => {
+                    last_error = format!("{}: {e}", self.mirrors[mirror].describe());
+                    if matches!(e, SourceError::OutOfRange(_)) {
+                        return Err(unavailable(last_error));
+                    }
+                    self.conns.lock().await.sources[mirror] = None;
+                }
+            }
+        }
+        self.note_down(&last_error).await;
+        Err(unavailable(last_error))
+    }
+
+    async fn is_down(&self) -> bool {
+        let c = self.conns.lock().await;
+        c.down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    async fn note_down(&self, reason: &str) {
+        let mut c = self.conns.lock().await;
+        if c.sources.iter().all(Option::is_none) {
+            c.down_until = Some(Instant::now() + DOWN_PAUSE);
+            c.last_error = reason.to_string();
+        }
+    }
+
+    /// The connected source of `mirror`, connecting when needed. While every portal is known
+    /// to be down, fails at once unless `force`.
+    async fn source(&self, mirror: usize, force: bool) -> Result<Arc<dyn BlockSource>, String> {
+        let mut c = self.conns.lock().await;
+        if let Some(s) = &c.sources[mirror] {
+            return Ok(s.clone());
+        }
+        if !force && c.down_until.is_some_and(|t| Instant::now() < t) {
+            return Err(c.last_error.clone());
+        }
+        let m = &self.mirrors[mirror];
+        let source = match tokio::time::timeout(CONNECT_TIMEOUT, m.connect()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(format!("{}: {e}", m.describe())),
+            Err(_) => return Err(format!("{}: connect timed out", m.describe())),
+        };
+        if source.size() != self.size {
+            return Err(format!(
+                "{}: LUN is {} bytes, the image is {} bytes; refusing it",
+                m.describe(),
+                source.size(),
+                self.size
+            ));
+        }
+        if let Some(serial) = &self.expect_serial {
+            if source.identity().serial.as_ref() != Some(serial) {
+                return Err(format!(
+                    "{}: LUN serial differs from the one cached; refusing it",
+                    m.describe()
+                ));
+            }
+        }
+        c.sources[mirror] = Some(source.clone());
+        c.down_until = None;
+        Ok(source)
+    }
+
+    /// Try to connect to a mirror now (for `open`): a one-line warning when none answers.
+    pub async fn connect_now(&self) -> bool {
+        if self.offline {
+            return false;
+        }
+        let n = self.mirrors.len();
+        let mut errors = Vec::new();
+        for step in 0..n {
+            let mirror = (self.preferred.load(Ordering::Relaxed) + step) % n;
+            match self.source(mirror, true).await {
+                Ok(_) => {
+                    self.preferred.store(mirror, Ordering::Relaxed);
+                    return true;
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        if !self.warned_unreachable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{}: no portal reachable ({}); serving cached chunks only",
+                self.name,
+                errors.join("; ")
+            );
+        }
+        self.note_down(&errors.join("; ")).await;
+        false
+    }
+
+    /// Detect sequential reading and keep a growing window of chunks fetched ahead.
+    fn after_read(&self, offset: u64, end: u64) {
+        if self.offline {
+            return;
+        }
+        let (from, to) = {
+            let mut s = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
+            let sequential = offset == s.next;
+            s.next = end;
+            if !sequential {
+                s.window = 0;
+                s.ahead_until = end;
+                return;
+            }
+            let cs = u64::from(self.geometry.chunk_size);
+            s.window = (s.window.max(cs * 4) * 2).min(MAX_READAHEAD.max(cs));
+            let target = end.saturating_add(s.window).min(self.size);
+            if s.ahead_until >= end.saturating_add(s.window / 2).min(self.size)
+                || self.readahead_busy.swap(true, Ordering::Acquire)
+            {
+                return;
+            }
+            let from = s.ahead_until.max(end);
+            s.ahead_until = target;
+            (from, target)
+        };
+        if from >= to {
+            self.readahead_busy.store(false, Ordering::Release);
+            return;
+        }
+        let Some(me) = self.me.upgrade() else {
+            self.readahead_busy.store(false, Ordering::Release);
+            return;
+        };
+        tokio::spawn(async move {
+            let cs = u64::from(me.geometry.chunk_size);
+            let missing: Vec<u64> = (from / cs..to.div_ceil(cs))
+                .filter(|&i| me.lookup_quiet(i))
+                .collect();
+            if !missing.is_empty() {
+                if let Err(e) = me.obtain(&missing, from, to).await {
+                    tracing::debug!("read-ahead: {e}");
+                }
+            }
+            me.readahead_busy.store(false, Ordering::Release);
+        });
+    }
+
+    /// True when chunk `index` is neither in memory nor marked present in the store.
+    fn lookup_quiet(&self, index: u64) -> bool {
+        if self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&index)
+        {
+            return false;
+        }
+        !self
+            .store
+            .as_ref()
+            .is_some_and(|s| s.record(index).map(|r| r.present()).unwrap_or(false))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,522 @@
+//! One image's chunk store: a sparse data file and an index of what it holds.
+//!
+//! Chunk `i` lives at byte `i * chunk size` of `data`. The index says which chunks are present,
+//! with the sha256 of the bytes written and when each was last used. Index layout, version 1
+//! (integers big-endian):
+//! ```text
+//!  offset  size  field
+//!  ------  ----  -----------------------------------------------------------
+//!       0     8  magic "ISOMCIDX"
+//!       8     2  version (1)
+//!      10     2  reserved, zero
+//!      12     4  chunk size in bytes
+//!      16     8  image size in bytes
+//!      24     8  chunk count
+//!      32     4  CRC32C of bytes 0..32 (header checksum)
+//!      36    28  reserved, zero
+//!      64  40*n  one record per chunk:
+//!                  +0  32  sha256 of the chunk's bytes as written
+//!                  +32  8  last use, microseconds since the Unix epoch; 0 = absent
+//! ```
+//! Crash safety: a chunk's bytes are written and `fdatasync`ed before its record is written, so
+//! after `kill -9` or power loss every record that says "present" describes bytes on disk. Dropping
+//! a chunk clears its record and syncs the index before the bytes are discarded. Readers still
+//! hash what they read (a torn record or a damaged disk shows up as a mismatch and a miss).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+
+use super::CacheError;
+use crate::manifest::{chunk_count, Hash, HASH_LEN};
+
+pub const INDEX_MAGIC: [u8; 8] = *b"ISOMCIDX";
+pub const INDEX_VERSION: u16 = 1;
+pub const INDEX_HEADER_LEN: u64 = 64;
+pub const RECORD_LEN: u64 = 40;
+
+/// Geometry of a store, as its index header records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub chunk_size: u32,
+    pub image_size: u64,
+}
+
+impl Geometry {
+    pub fn chunks(&self) -> u64 {
+        chunk_count(self.image_size, self.chunk_size)
+    }
+
+    /// Byte length of chunk `index` (the last one may be short).
+    pub fn chunk_len(&self, index: u64) -> usize {
+        let start = index.saturating_mul(u64::from(self.chunk_size));
+        self.image_size
+            .saturating_sub(start)
+            .min(u64::from(self.chunk_size)) as usize
+    }
+
+    fn index_len(&self) -> Option<u64> {
+        self.chunks()
+            .checked_mul(RECORD_LEN)
+            .and_then(|n| n.checked_add(INDEX_HEADER_LEN))
+    }
+
+    pub fn header(&self) -> [u8; INDEX_HEADER_LEN as usize] {
+        let mut h = [0u8; INDEX_HEADER_LEN as usize];
+        h[0..8].copy_from_slice(&INDEX_MAGIC);
+        h[8..10].copy_from_slice(&INDEX_VERSION.to_be_bytes());
+        h[12..16].copy_from_slice(&self.chunk_size.to_be_bytes());
+        h[16..24].copy_from_slice(&self.image_size.to_be_bytes());
+        h[24..32].copy_from_slice(&self.chunks().to_be_bytes());
+        let crc = crc32c::crc32c(&h[..32]);
+        h[32..36].copy_from_slice(&crc.to_be_bytes());
+        h
+    }
+
+    /// Parse an index header; None when it is not a valid version-1 header.
+    pub fn parse_header(h: &[u8]) -> Option<Geometry> {
+        if h.len() < INDEX_HEADER_LEN as usize || h[0..8] != INDEX_MAGIC {
+            return None;
+        }
+        let be32 = |at: usize| u32::from_be_bytes(h[at..at + 4].try_into().unwrap_or([0; 4]));
+        let be64 = |at: usize| u64::from_be_bytes(h[at..at + 8].try_into().unwrap_or([0; 8]));
+        if u16::from_be_bytes([h[8], h[9]]) != INDEX_VERSION || be32(32) != crc32c::crc32c(&h[..32])
+        {
+            return None;
+        }
+        let g = Geometry {
+            chunk_size: be32(12),
+            image_size: be64(16),
+        };
+        (g.chunk_size > 0 && g.image_size > 0 && be64(24) == g.chunks()).then_some(g)
+    }
+}
+
+/// One record of the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    pub hash: Hash,
+    /// Microseconds since the epoch; 0 = absent.
+    pub last_use: u64,
+}
+
+impl Record {
+    pub fn present(&self) -> bool {
+        self.last_use != 0
+    }
+
+    fn parse(b: &[u8]) -> Record {
+        let mut hash = [0u8; HASH_LEN];
+        hash.copy_from_slice(&b[..HASH_LEN]);
+        let last_use = u64::from_be_bytes(b[HASH_LEN..HASH_LEN + 8].try_into().unwrap_or([0; 8]));
+        Record { hash, last_use }
+    }
+}
+
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+        .max(1)
+}
+
+fn record_offset(index: u64) -> u64 {
+    INDEX_HEADER_LEN + index * RECORD_LEN
+}
+
+/// An open store. Many processes may hold the same store open; each record and chunk is
+/// written whole, and every reader re-checks what it reads.
+pub struct Store {
+    dir: PathBuf,
+    geometry: Geometry,
+    index: File,
+    data: File,
+    /// Held shared while open, so `cache evict`/`clear` (exclusive) cannot pull the store away.
+    _lock: File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("geometry", &self.geometry)
+            .finish()
+    }
+}
+
+fn io(path: &Path, source: std::io::Error) -> CacheError {
+    CacheError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// flock(2) on a file: exclusive or shared, blocking or not.
+pub fn flock(file: &File, exclusive: bool, wait: bool) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    if !wait {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+fn open_lock(dir: &Path) -> Result<File, CacheError> {
+    let path = dir.join("lock");
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| io(&path, e))
+}
+
+impl Store {
+    /// Open the store in `dir`, creating it for `geometry` when missing or unusable. `label`
+    /// (text for `cache list`) and `manifest` (a copy for offline use and `cache verify`) are
+    /// written when the store is created.
+    pub fn open_or_create(
+        dir: &Path,
+        geometry: Geometry,
+        label: &str,
+        manifest: Option<&[u8]>,
+    ) -> Result<Store, CacheError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let lock = open_lock(dir)?;
+        flock(&lock, false, true).map_err(|e| io(dir, e))?;
+        if Self::index_matches(dir, geometry) {
+            return Self::open_locked(dir, lock);
+        }
+        // Upgrading may wait for other users; bounded, so a store held open elsewhere (even by
+        // this process) gives a clear error instead of a hang.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !flock(&lock, true, false).map_err(|e| io(dir, e))? {
+            if std::time::Instant::now() > deadline {
+                return Err(CacheError::Busy(dir.display().to_string()));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if !Self::index_matches(dir, geometry) {
+            if dir.join("index").exists() {
+                tracing::warn!(
+                    "cache store {} has a damaged or different index; starting it afresh",
+                    dir.display()
+                );
+            }
+            Self::create(dir, geometry, label, manifest)?;
+        }
+        flock(&lock, false, true).map_err(|e| io(dir, e))?;
+        Self::open_locked(dir, lock)
+    }
+
+    fn index_matches(dir: &Path, geometry: Geometry) -> bool {
+        let mut header = [0u8; INDEX_HEADER_LEN as usize];
+        let Ok(f) = File::open(dir.join("index")) else {
+            return false;
+        };
+        let len = f.metadata().map(|m| m.len()).ok();
+        f.read_exact_at(&mut header, 0).is_ok()
+            && Geometry::parse_header(&header) == Some(geometry)
+            && len == geometry.index_len()
+            && dir.join("data").is_file()
+    }
+
+    /// Open an existing store without creating anything (for `cache` commands).
+    pub fn open_existing(dir: &Path) -> Result<Store, CacheError> {
+        let lock = open_lock(dir)?;
+        flock(&lock, false, true).map_err(|e| io(dir, e))?;
+        Self::open_locked(dir, lock)
+    }
+
+    fn open_locked(dir: &Path, lock: File) -> Result<Store, CacheError> {
+        let index_path = dir.join("index");
+        let data_path = dir.join("data");
+        let rw = |p: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| io(p, e))
+        };
+        let index = rw(&index_path)?;
+        let data = rw(&data_path)?;
+        let mut header = [0u8; INDEX_HEADER_LEN as usize];
+        index
+            .read_exact_at(&mut header, 0)
+            .map_err(|e| io(&index_path, e))?;
+        let geometry = Geometry::parse_header(&header).ok_or_else(|| CacheError::Damaged {
+            path: index_path.display().to_string(),
+        })?;
+        let len = index.metadata().map_err(|e| io(&index_path, e))?.len();
+        if Some(len) != geometry.index_len() {
+            return Err(CacheError::Damaged {
+                path: index_path.display().to_string(),
+            });
+        }
+        Ok(Store {
+            dir: dir.to_path_buf(),
+            geometry,
+            index,
+            data,
+            _lock: lock,
+        })
+    }
+
+    fn create(
+        dir: &Path,
+        geometry: Geometry,
+        label: &str,
+        manifest: Option<&[u8]>,
+    ) -> Result<(), CacheError> {
+        let index_len = geometry.index_len().ok_or_else(|| CacheError::Damaged {
+            path: dir.display().to_string(),
+        })?;
+        let data_path = dir.join("data");
+        let data = File::create(&data_path).map_err(|e| io(&data_path, e))?;
+        data.set_len(geometry.image_size)
+            .map_err(|e| io(&data_path, e))?;
+        let tmp = dir.join("index.tmp");
+        let index = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        index.set_len(index_len).map_err(|e| io(&tmp, e))?;
+        index
+            .write_all_at(&geometry.header(), 0)
+            .map_err(|e| io(&tmp, e))?;
+        index.sync_all().map_err(|e| io(&tmp, e))?;
+        if let Some(m) = manifest {
+            crate::catalog::write_atomic(&dir.join("manifest"), m).map_err(|e| io(dir, e))?;
+        }
+        crate::catalog::write_atomic(&dir.join("label"), label.as_bytes())
+            .map_err(|e| io(dir, e))?;
+        std::fs::rename(&tmp, dir.join("index")).map_err(|e| io(dir, e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// The record of chunk `index`, read fresh (another process may have changed it).
+    pub fn record(&self, index: u64) -> Result<Record, CacheError> {
+        let mut b = [0u8; RECORD_LEN as usize];
+        self.index
+            .read_exact_at(&mut b, record_offset(index))
+            .map_err(|e| io(&self.dir.join("index"), e))?;
+        Ok(Record::parse(&b))
+    }
+
+    /// Every record, in chunk order.
+    pub fn records(&self) -> Result<Vec<Record>, CacheError> {
+        let n = self.geometry.chunks();
+        let mut all = vec![0u8; (n * RECORD_LEN) as usize];
+        self.index
+            .read_exact_at(&mut all, INDEX_HEADER_LEN)
+            .map_err(|e| io(&self.dir.join("index"), e))?;
+        Ok(all
+            .chunks_exact(RECORD_LEN as usize)
+            .map(Record::parse)
+            .collect())
+    }
+
+    /// The stored bytes and recorded hash of chunk `index`, if present. Unchecked: the caller
+    /// hashes them.
+    pub fn get(&self, index: u64) -> Result<Option<(Bytes, Record)>, CacheError> {
+        if index >= self.geometry.chunks() {
+            return Ok(None);
+        }
+        let record = self.record(index)?;
+        if !record.present() {
+            return Ok(None);
+        }
+        let len = self.geometry.chunk_len(index);
+        let mut buf = BytesMut::zeroed(len);
+        self.data
+            .read_exact_at(&mut buf, index * u64::from(self.geometry.chunk_size))
+            .map_err(|e| io(&self.dir.join("data"), e))?;
+        Ok(Some((buf.freeze(), record)))
+    }
+
+    /// Record a use of chunk `index` (for LRU), at most once a second per chunk.
+    pub fn touch(&self, index: u64, record: &Record) -> Result<(), CacheError> {
+        let now = now_micros();
+        if now.saturating_sub(record.last_use) < 1_000_000 {
+            return Ok(());
+        }
+        self.index
+            .write_all_at(&now.to_be_bytes(), record_offset(index) + HASH_LEN as u64)
+            .map_err(|e| io(&self.dir.join("index"), e))
+    }
+
+    /// Store verified chunks: write all bytes, fdatasync, then mark them present.
+    pub fn put(&self, chunks: &[(u64, &[u8], Hash)]) -> Result<(), CacheError> {
+        let data_path = || self.dir.join("data");
+        for (index, bytes, _) in chunks {
+            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index) {
+                continue;
+            }
+            self.data
+                .write_all_at(bytes, index * u64::from(self.geometry.chunk_size))
+                .map_err(|e| io(&data_path(), e))?;
+        }
+        self.data.sync_data().map_err(|e| io(&data_path(), e))?;
+        let now = now_micros();
+        for (index, bytes, hash) in chunks {
+            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index) {
+                continue;
+            }
+            let mut rec = [0u8; RECORD_LEN as usize];
+            rec[..HASH_LEN].copy_from_slice(hash);
+            rec[HASH_LEN..].copy_from_slice(&now.to_be_bytes());
+            self.index
+                .write_all_at(&rec, record_offset(*index))
+                .map_err(|e| io(&self.dir.join("index"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Forget chunks: clear their records, sync the index, then release their space.
+    pub fn drop_chunks(&self, indexes: &[u64]) -> Result<(), CacheError> {
+        let index_path = || self.dir.join("index");
+        for &i in indexes {
+            if i < self.geometry.chunks() {
+                self.index
+                    .write_all_at(&[0u8; RECORD_LEN as usize], record_offset(i))
+                    .map_err(|e| io(&index_path(), e))?;
+            }
+        }
+        self.index.sync_data().map_err(|e| io(&index_path(), e))?;
+        for &i in indexes {
+            if i < self.geometry.chunks() {
+                self.punch(i);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(target_os = "linux")]
+    fn punch(&self, index: u64) {
+        use std::os::fd::AsRawFd;
+        let offset = index * u64::from(self.geometry.chunk_size);
+        let len = self.geometry.chunk_len(index);
+        // SAFETY: fallocate on a valid, owned descriptor; the range lies within the file.
+        let rc = unsafe {
+            libc::fallocate(
+                self.data.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            tracing::debug!(
+                "could not release chunk {index} of {}: {}",
+                self.dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn punch(&self, _index: u64) {}
+
+    /// The label written at creation ("name=…", "identity=…" lines).
+    pub fn label(&self) -> String {
+        std::fs::read_to_string(self.dir.join("label")).unwrap_or_default()
+    }
+
+    /// The manifest copy kept with the store, if any.
+    pub fn manifest_bytes(&self) -> Option<Vec<u8>> {
+        std::fs::read(self.dir.join("manifest")).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::sha256;
+
+    fn geometry() -> Geometry {
+        Geometry {
+            chunk_size: 4096,
+            image_size: 10_000,
+        }
+    }
+
+    #[test]
+    fn put_get_drop_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path(), geometry(), "name=t\n", None).unwrap();
+        assert!(store.get(0).unwrap().is_none());
+        let last = vec![7u8; 10_000 - 8192];
+        store.put(&[(2, &last, sha256(&last))]).unwrap();
+        let (bytes, rec) = store.get(2).unwrap().unwrap();
+        assert_eq!(&bytes[..], &last[..]);
+        assert_eq!(rec.hash, sha256(&last));
+        let short = vec![1u8; 10];
+        store.put(&[(0, &short, sha256(&short))]).unwrap();
+        assert!(
+            store.get(0).unwrap().is_none(),
+            "wrong-length chunk must not be stored"
+        );
+        store.drop_chunks(&[2]).unwrap();
+        assert!(store.get(2).unwrap().is_none());
+        drop(store);
+        let again = Store::open_existing(dir.path()).unwrap();
+        assert_eq!(again.geometry(), geometry());
+        assert_eq!(again.label(), "name=t\n");
+    }
+
+    #[test]
+    fn damaged_index_header_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path(), geometry(), "", None).unwrap();
+        let c = vec![3u8; 4096];
+        store.put(&[(0, &c, sha256(&c))]).unwrap();
+        drop(store);
+        let idx = dir.path().join("index");
+        let mut b = std::fs::read(&idx).unwrap();
+        b[20] ^= 0xff;
+        std::fs::write(&idx, &b).unwrap();
+        assert!(matches!(
+            Store::open_existing(dir.path()),
+            Err(CacheError::Damaged { .. })
+        ));
+        let store = Store::open_or_create(dir.path(), geometry(), "", None).unwrap();
+        assert!(store.get(0).unwrap().is_none());
+    }
+
+    #[test]
+    fn header_parser_refuses_garbage() {
+        assert_eq!(Geometry::parse_header(&[0u8; 64]), None);
+        assert_eq!(Geometry::parse_header(&geometry().header()[..10]), None);
+        assert_eq!(
+            Geometry::parse_header(&geometry().header()),
+            Some(geometry())
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! The fuser adapter: each FUSE request goes to the [`Tree`] on a tokio runtime, so a slow image
+//! read never holds a FUSE worker thread (`FUSE_ASYNC_READ`; replies are sent from the task).
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use fuser::{
+    FileHandle, Filesystem, FopenFlags, INodeNo, KernelConfig, LockOwner, OpenAccMode, OpenFlags,
+    ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+
+use super::{Caching, Tree};
+
+/// The largest read the kernel may send us (and its read-ahead window), in bytes. The kernel caps
+/// it by its own `max_pages_limit` (256 pages by default).
+pub const MAX_READ: u32 = 1 << 20;
+
+/// How many FUSE requests the kernel keeps in flight in the background (read-ahead).
+const MAX_BACKGROUND: u16 = 64;
+
+/// A [`fuser::Filesystem`] over a [`Tree`].
+pub struct FuseAdapter {
+    tree: Arc<Tree>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl FuseAdapter {
+    /// `runtime` runs the reads; it must outlive the session.
+    pub fn new(tree: Arc<Tree>, runtime: tokio::runtime::Handle) -> FuseAdapter {
+        FuseAdapter { tree, runtime }
+    }
+
+    /// Answer a request about `ino`: at once for the fixed nodes, on the blocking pool for
+    /// `files/`, whose metadata may have to be read from the network first.
+    fn answer(&self, ino: INodeNo, work: impl FnOnce(&Tree) + Send + 'static) {
+        if self.tree.in_files(ino.0) {
+            let tree = self.tree.clone();
+            self.runtime.spawn_blocking(move || work(&tree));
+        } else {
+            work(&self.tree);
+        }
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Each setter reports the kernel's limit when asked for more; take the limit then.
+        if let Err(limit) = config.set_max_readahead(MAX_READ) {
+            let _ = config.set_max_readahead(limit);
+        }
+        if let Err(limit) = config.set_max_write(MAX_READ) {
+            let _ = config.set_max_write(limit);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
+        let wanted = fuser::InitFlags::FUSE_ASYNC_READ
+            | fuser::InitFlags::FUSE_PARALLEL_DIROPS
+            | fuser::InitFlags::FUSE_CACHE_SYMLINKS
+            | fuser::InitFlags::FUSE_MAX_PAGES;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.to_os_string();
+        self.answer(parent, move |tree| match tree.lookup(parent.0, &name) {
+            Ok(attr) => reply.entry(&tree.ttl(attr.ino.0), &attr, fuser::Generation(0)),
+            Err(err) => reply.error(err.errno()),
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.answer(ino, move |tree| match tree.getattr(ino.0) {
+            Ok(attr) => reply.attr(&tree.ttl(ino.0), &attr),
+            Err(err) => reply.error(err.errno()),
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.answer(ino, move |tree| match tree.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(err) => reply.error(err.errno()),
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
+        self.answer(ino, move |tree| match tree.open(ino.0, write) {
+            Ok(Caching::KeepCache) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(Caching::Direct) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
+            Err(err) => reply.error(err.errno()),
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let tree = self.tree.clone();
+        self.runtime.spawn(async move {
+            match tree.read(ino.0, offset, size).await {
+                Ok(bytes) => reply.data(&bytes),
+                Err(err) => reply.error(err.errno()),
+            }
+        });
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.tree.readdir(ino.0) {
+            Ok(entries) => entries,
+            Err(err) => return reply.error(err.errno()),
+        };
+        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
+        for (index, entry) in entries.iter().enumerate().skip(skip) {
+            if reply.add(
+                INodeNo(entry.ino),
+                index as u64 + 1,
+                entry.kind,
+                &entry.name,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let size = self.tree.image_size();
+        reply.statfs(size.div_ceil(2048), 0, 0, 0, 0, 2048, 255, 2048);
+    }
+}

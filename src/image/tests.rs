@@ -1,0 +1,357 @@
+//! Image core tests over in-memory sources with injected faults.
+
+use std::sync::atomic::AtomicU32;
+
+use super::*;
+use crate::source::SourceIdentity;
+
+/// A source over bytes in memory that counts reads and can fail or lie.
+struct FaultySource {
+    data: Vec<u8>,
+    reads: AtomicU64,
+    fail_next: AtomicU32,
+    /// Flip a bit in every byte range that overlaps this offset.
+    corrupt_at: Mutex<Option<u64>>,
+}
+
+impl FaultySource {
+    fn new(data: Vec<u8>) -> Arc<FaultySource> {
+        Arc::new(FaultySource {
+            data,
+            reads: AtomicU64::new(0),
+            fail_next: AtomicU32::new(0),
+            corrupt_at: Mutex::new(None),
+        })
+    }
+    fn reads(&self) -> u64 {
+        self.reads.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl BlockSource for FaultySource {
+    fn size(&self) -> u64 {
+        self.data.len() as u64
+    }
+    fn block_size(&self) -> u32 {
+        512
+    }
+    fn identity(&self) -> SourceIdentity {
+        SourceIdentity {
+            size: self.size(),
+            block_size: 512,
+            serial: Some("SERIAL1".into()),
+            device_id: None,
+        }
+    }
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        if self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(SourceError::Unavailable("injected failure".into()));
+        }
+        let end = offset as usize + len;
+        if end > self.data.len() {
+            return Err(SourceError::OutOfRange("past end".into()));
+        }
+        let mut out = self.data[offset as usize..end].to_vec();
+        if let Some(at) = *self.corrupt_at.lock().unwrap() {
+            if (offset..end as u64).contains(&at) {
+                out[(at - offset) as usize] ^= 0x01;
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+}
+
+struct DeadMirror;
+
+#[async_trait]
+impl Mirror for DeadMirror {
+    fn describe(&self) -> String {
+        "127.0.0.1:1".into()
+    }
+    async fn connect(&self) -> Result<Arc<dyn BlockSource>, SourceError> {
+        Err(SourceError::Unavailable("connection refused".into()))
+    }
+}
+
+const CHUNK: u32 = 64 << 10;
+
+fn data(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+fn mirror(label: &str, source: &Arc<FaultySource>) -> Box<dyn Mirror> {
+    Box::new(SourceMirror {
+        label: label.into(),
+        source: source.clone(),
+    })
+}
+
+fn spec(
+    bytes: &[u8],
+    with_manifest: bool,
+    mirrors: Vec<Box<dyn Mirror>>,
+    offline: bool,
+) -> ImageSpec {
+    let manifest = Manifest::build(bytes, CHUNK).unwrap();
+    let identity = if with_manifest {
+        format!("manifest:{}", manifest.pin())
+    } else {
+        "lun:iqn.test:1".into()
+    };
+    ImageSpec {
+        name: "test-image".into(),
+        size: bytes.len() as u64,
+        chunk_size: CHUNK,
+        manifest_bytes: with_manifest.then(|| manifest.to_bytes()),
+        manifest: with_manifest.then_some(manifest),
+        identity,
+        mirrors,
+        offline,
+        facts: vec![("target".into(), "iqn.test".into())],
+        expect_serial: None,
+    }
+}
+
+fn cache(dir: &std::path::Path, limit: Option<u64>) -> Option<Arc<Cache>> {
+    Some(Arc::new(Cache::new(dir.to_path_buf(), limit)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_ranges_then_offline_from_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(1_000_000 + 123, 1);
+    let src = FaultySource::new(bytes.clone());
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    for (off, len) in [
+        (0u64, 10usize),
+        (65_530, 20),
+        (999_000, 5000),
+        (1_000_100, 100),
+        (2_000_000, 10),
+    ] {
+        let got = image.read(off, len).await.unwrap();
+        let end = (off as usize + len).min(bytes.len());
+        let want = bytes.get(off as usize..end).unwrap_or(&[]);
+        assert_eq!(&got[..], want, "range {off}+{len}");
+    }
+    let whole = image.read(0, bytes.len()).await.unwrap();
+    assert!(whole[..] == bytes[..]);
+    assert!(image.stats().contains("verification failures: 0"));
+    drop(image);
+    let offline = Image::new(spec(&bytes, true, vec![], true), cache(dir.path(), None));
+    assert!(offline.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert_eq!(offline.cached_bytes(), bytes.len() as u64);
+}
+
+#[tokio::test]
+async fn offline_miss_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(300_000, 2);
+    let image = Image::new(spec(&bytes, true, vec![], true), cache(dir.path(), None));
+    let err = image.read(70_000, 10).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "test-image: bytes 70000..70010 are not cached and isomount is offline"
+    );
+}
+
+#[tokio::test]
+async fn misses_coalesce_into_one_read() {
+    let bytes = data(1 << 20, 3);
+    let src = FaultySource::new(bytes.clone());
+    let image = Image::new(spec(&bytes, true, vec![mirror("a", &src)], false), None);
+    let got = image.read(0, 1 << 20).await.unwrap();
+    assert!(got[..] == bytes[..]);
+    assert_eq!(src.reads(), 1, "16 missing chunks must be one READ");
+}
+
+#[tokio::test]
+async fn corrupt_cache_chunk_is_refetched_never_returned() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(4 * CHUNK as usize, 4);
+    let src = FaultySource::new(bytes.clone());
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    image.prefetch(0, bytes.len() as u64).await.unwrap();
+    drop(image);
+    let store_dir = std::fs::read_dir(dir.path().join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let data_path = store_dir.join("data");
+    let mut raw = std::fs::read(&data_path).unwrap();
+    raw[CHUNK as usize + 7] ^= 0x80;
+    std::fs::write(&data_path, &raw).unwrap();
+    let before = src.reads();
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert_eq!(
+        src.reads(),
+        before + 1,
+        "only the corrupt chunk is fetched again"
+    );
+    let offline = Image::new(spec(&bytes, true, vec![], true), cache(dir.path(), None));
+    assert!(
+        offline.read(0, bytes.len()).await.unwrap()[..] == bytes[..],
+        "healed"
+    );
+}
+
+#[tokio::test]
+async fn tampered_mirror_falls_back_then_fails_naming_the_chunk() {
+    let bytes = data(3 * CHUNK as usize, 5);
+    let bad = FaultySource::new(bytes.clone());
+    *bad.corrupt_at.lock().unwrap() = Some(u64::from(CHUNK) + 100);
+    let good = FaultySource::new(bytes.clone());
+    let image = Image::new(
+        spec(
+            &bytes,
+            true,
+            vec![mirror("bad", &bad), mirror("good", &good)],
+            false,
+        ),
+        None,
+    );
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert!(good.reads() >= 1);
+    assert!(image.stats().contains("verification failures: 1"));
+
+    let image = Image::new(spec(&bytes, true, vec![mirror("bad", &bad)], false), None);
+    let err = image.read(0, bytes.len()).await.unwrap_err();
+    assert!(
+        matches!(err, ImageError::Verification { chunk: 1, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("chunk 1 failed verification"),
+        "{err}"
+    );
+    assert_eq!(err.errno(), libc::EIO);
+    let first = image.read(0, CHUNK as usize).await.unwrap();
+    assert!(
+        first[..] == bytes[..CHUNK as usize],
+        "good chunks still read"
+    );
+}
+
+#[tokio::test]
+async fn dead_first_mirror_and_transient_errors_are_survived() {
+    let bytes = data(200_000, 6);
+    let src = FaultySource::new(bytes.clone());
+    src.fail_next.store(1, Ordering::SeqCst);
+    let image = Image::new(
+        spec(
+            &bytes,
+            true,
+            vec![Box::new(DeadMirror), mirror("b", &src)],
+            false,
+        ),
+        None,
+    );
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert!(image.stats().contains("portal: b"), "{}", image.stats());
+}
+
+#[tokio::test]
+async fn all_mirrors_dead_fails_and_warns_once() {
+    let bytes = data(200_000, 7);
+    let image = Image::new(spec(&bytes, true, vec![Box::new(DeadMirror)], false), None);
+    assert!(!image.connect_now().await);
+    let started = Instant::now();
+    let err = image.read(0, 10).await.unwrap_err().to_string();
+    assert!(err.contains("no portal is reachable"), "{err}");
+    assert!(err.contains("connection refused"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "a known-dead portal is skipped quickly"
+    );
+}
+
+#[tokio::test]
+async fn trust_on_first_use_detects_a_changed_lun() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(2 * CHUNK as usize, 8);
+    let src = FaultySource::new(bytes.clone());
+    let image = Image::new(
+        spec(&bytes, false, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    drop(image);
+    let image = Image::new(
+        spec(&bytes, false, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    image.recent.lock().unwrap().clear();
+    image.store.as_ref().unwrap().drop_chunks(&[0]).unwrap();
+    *src.corrupt_at.lock().unwrap() = Some(10);
+    let err = image.read(0, 100).await.unwrap_err();
+    assert!(
+        matches!(err, ImageError::Verification { chunk: 0, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_reads_trigger_read_ahead() {
+    let bytes = data(8 << 20, 9);
+    let src = FaultySource::new(bytes.clone());
+    let image = Image::new(spec(&bytes, true, vec![mirror("a", &src)], false), None);
+    let piece = 128 << 10;
+    let mut off = 0;
+    while off < bytes.len() {
+        let got = image.read(off as u64, piece).await.unwrap();
+        assert!(got[..] == bytes[off..off + piece]);
+        off += piece;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let reads = src.reads();
+    assert!(
+        reads < (bytes.len() / piece) as u64 / 2,
+        "{reads} READs for 64 sequential reads"
+    );
+}
+
+#[tokio::test]
+async fn facts_and_stats_describe_the_image() {
+    let bytes = data(10_000, 10);
+    let src = FaultySource::new(bytes.clone());
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("127.0.0.1:3260", &src)], false),
+        None,
+    );
+    image.read(0, 100).await.unwrap();
+    let facts: HashMap<String, String> = image.facts().into_iter().collect();
+    assert_eq!(facts["size"], "10000");
+    assert_eq!(facts["target"], "iqn.test");
+    assert_eq!(facts["portal"], "127.0.0.1:3260");
+    assert_eq!(facts["manifest"].len(), 64);
+    let stats = image.stats();
+    assert!(stats.contains("misses: 1\n"), "{stats}");
+    assert!(stats.contains("bytes fetched: 10000\n"), "{stats}");
+}
