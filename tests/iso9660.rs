@@ -3,6 +3,8 @@
 //! made from (names, kinds, contents, symlink targets, and with Rock Ridge modes, owners, mtimes
 //! and file link counts); mutated images must give errors, never panics.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -477,4 +479,96 @@ fn mutated_images_never_panic() {
     }
     eprintln!("{opened} mutated images opened, {failed} errors seen");
     assert!(opened > 0);
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `isomount fetch NAME --files PATH…` against an ISO served by tgtd as a CD: only the named
+/// files (and the directories on their paths) end up in the cache, which `--offline` proves.
+#[test]
+fn fetch_files_prefetches_only_those_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    mkdir(&src.join("dir/sub"), 0o755);
+    write(&src.join("big1.bin"), &noise(6 << 20, 11), 0o644, 1);
+    write(&src.join("big2.bin"), &noise(6 << 20, 12), 0o644, 1);
+    write(&src.join("dir/small.txt"), b"small\n", 0o644, 1);
+    write(
+        &src.join("dir/sub/other.txt"),
+        &noise(100_000, 13),
+        0o644,
+        1,
+    );
+    std::os::unix::fs::symlink("dir/sub", src.join("shortcut")).unwrap();
+    let iso = tmp.path().join("files.iso");
+    xorriso(&["-R", "-J"], &src, &iso);
+    const IQN: &str = "iqn.2026-11.org.isomount.test:iso-files";
+    let tgtd = common::Tgtd::start(
+        "fetch_files",
+        &[common::TargetSpec::new(
+            IQN,
+            vec![common::LunSpec::cd(&iso)],
+        )],
+    );
+    let catalog = tmp.path().join("catalog.toml");
+    let out = common::isomount()
+        .arg("publish")
+        .arg(&iso)
+        .args(["--name", "files", "--target", IQN, "--lun", "1", "--portal"])
+        .arg(tgtd.portal())
+        .arg("-o")
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "publish: {}", text(&out.stderr));
+    let run = |args: &[&str]| {
+        common::isomount()
+            .arg("--catalog")
+            .arg(&catalog)
+            .arg("--cache-dir")
+            .arg(tmp.path().join("cache"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = run(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stderr)
+    };
+    let fails = |args: &[&str]| {
+        let out = run(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        text(&out.stderr)
+    };
+
+    let said = ok(&[
+        "fetch",
+        "files",
+        "--files",
+        "/dir/small.txt",
+        "shortcut/other.txt",
+    ]);
+    assert!(said.contains("2 files"), "{said}");
+    ok(&[
+        "--offline",
+        "fetch",
+        "files",
+        "--files",
+        "dir/small.txt",
+        "/dir/sub",
+    ]);
+    let err = fails(&["--offline", "fetch", "files", "--files", "big1.bin"]);
+    assert!(err.contains("not cached"), "{err}");
+    ok(&["fetch", "files", "--files", "big1.bin"]);
+    let again = ok(&["fetch", "files", "--files", "/big1.bin"]);
+    assert!(again.contains("fetched 0 B"), "{again}");
+    ok(&["--offline", "fetch", "files", "--files", "big1.bin", "dir"]);
+    fails(&["--offline", "fetch", "files", "--files", "big2.bin"]);
+    fails(&["--offline", "fetch", "files"]);
+    let missing = fails(&["fetch", "files", "--files", "/dir/nope.txt"]);
+    assert!(missing.contains("no /dir/nope.txt"), "{missing}");
 }
