@@ -42,6 +42,9 @@ pub const ROOT_INO: u64 = 1;
 const SECTOR_U64: u64 = SECTOR as u64;
 /// Volume descriptors read before giving up on finding the set terminator.
 const MAX_DESCRIPTORS: u64 = 64;
+/// Volume descriptors read in the first request: a primary, a Joliet, a boot record and the
+/// terminator fit with room to spare, and 16 sectors lie in one 64 KiB chunk of the image.
+const DESCRIPTORS_AT_ONCE: u64 = 16;
 /// Largest directory extent read (bytes): about 100 000 entries with Rock Ridge names.
 const MAX_DIR_BYTES: u64 = 16 << 20;
 /// Records of one multi-extent file: 4096 extents of up to 4 GiB each.
@@ -280,6 +283,24 @@ impl Reader {
         let s = Arc::new(self.read(offset, len)?);
         lock(&self.sectors).put(n, s.clone());
         Ok(s)
+    }
+
+    /// Reads up to `count` whole sectors from sector `first` in one request into the cache: one
+    /// round trip, and one read rather than a sequence the image core would take for a
+    /// streaming reader and read ahead of.
+    fn load_sectors(&self, first: u64, count: u64) -> Result<(), IsoError> {
+        let offset = first.saturating_mul(SECTOR_U64);
+        let whole = self.size.saturating_sub(offset) / SECTOR_U64;
+        let count = count.min(whole);
+        if count == 0 {
+            return Ok(());
+        }
+        let bytes = self.read(offset, (count * SECTOR_U64) as usize)?;
+        let mut cache = lock(&self.sectors);
+        for (i, s) in bytes.chunks_exact(SECTOR).enumerate() {
+            cache.put(first + i as u64, Arc::new(s.to_vec()));
+        }
+        Ok(())
     }
 
     /// Bytes that usually lie in one sector (continuation areas) go through the sector cache.
@@ -702,6 +723,7 @@ type RootRecords = ([u8; 34], Option<[u8; 34]>);
 fn read_descriptors(reader: &Reader) -> Result<RootRecords, IsoError> {
     let mut primary = None;
     let mut joliet = None;
+    reader.load_sectors(FIRST_DESCRIPTOR_SECTOR, DESCRIPTORS_AT_ONCE)?;
     for i in 0..MAX_DESCRIPTORS {
         let n = FIRST_DESCRIPTOR_SECTOR + i;
         let at = n * SECTOR_U64;
