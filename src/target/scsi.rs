@@ -42,6 +42,7 @@ impl DeviceType {
 pub mod sense_key {
     pub const NO_SENSE: u8 = 0x0;
     pub const MEDIUM_ERROR: u8 = 0x3;
+    pub const MISCOMPARE: u8 = 0xe;
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const DATA_PROTECT: u8 = 0x7;
 }
@@ -63,6 +64,7 @@ impl Sense {
     pub const LUN_NOT_SUPPORTED: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x25, 0x00);
     pub const SAVING_NOT_SUPPORTED: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x39, 0x00);
     pub const WRITE_PROTECTED: Sense = Sense::new(sense_key::DATA_PROTECT, 0x27, 0x00);
+    pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(sense_key::MISCOMPARE, 0x1d, 0x00);
 
     pub const fn new(key: u8, asc: u8, ascq: u8) -> Sense {
         Sense { key, asc, ascq }
@@ -95,6 +97,9 @@ pub enum Outcome {
     /// GOOD status with `len` bytes of the image at `offset`. The range lies within the LUN's
     /// capacity; the part of it past the image's size (a partial last block) reads as zeros.
     Read { offset: u64, len: u64 },
+    /// VERIFY with BYTCHK: GOOD if the `len` bytes of Data-Out equal the image at `offset`,
+    /// else MISCOMPARE.
+    Compare { offset: u64, len: u64 },
     /// CHECK CONDITION with this sense.
     Check(Sense),
 }
@@ -194,14 +199,7 @@ impl LogicalUnit {
                 let (lba, blocks) = lba_and_length(cdb);
                 self.read(lba, blocks)
             }
-            op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => {
-                // VRPROTECT must be 0; BYTCHK (comparing data) needs Data-Out, which we do not take.
-                if cdb[1] & 0xe6 != 0 {
-                    return Outcome::Check(Sense::INVALID_FIELD_IN_CDB);
-                }
-                let (lba, blocks) = lba_and_length(cdb);
-                self.check_range(lba, blocks).map(|_| Outcome::Good)
-            }
+            op::VERIFY_10 | op::VERIFY_12 | op::VERIFY_16 => self.verify(cdb),
             op::PRE_FETCH_10 | op::PRE_FETCH_16 => {
                 let (lba, blocks) = lba_and_length(cdb);
                 self.check_range(lba, blocks).map(|_| Outcome::Good)
@@ -365,6 +363,28 @@ impl LogicalUnit {
         Ok(Outcome::Read { offset, len })
     }
 
+    /// VERIFY (SBC-3 §5.26): BYTCHK 0 checks the range only; BYTCHK 1 compares the Data-Out
+    /// with the medium. VRPROTECT must be 0 (no protection information).
+    fn verify(&self, cdb: &[u8]) -> Result<Outcome, Sense> {
+        let vrprotect = cdb[1] >> 5;
+        let bytchk = (cdb[1] >> 1) & 0x03;
+        if vrprotect != 0 || bytchk > 1 {
+            return Err(Sense::INVALID_FIELD_IN_CDB);
+        }
+        let (lba, blocks) = lba_and_length(cdb);
+        self.check_range(lba, blocks)?;
+        if bytchk == 0 || blocks == 0 {
+            return Ok(Outcome::Good);
+        }
+        let bs = u64::from(self.block_size());
+        let len = blocks.checked_mul(bs).ok_or(Sense::INVALID_FIELD_IN_CDB)?;
+        if len > MAX_TRANSFER_BYTES {
+            return Err(Sense::INVALID_FIELD_IN_CDB);
+        }
+        let offset = lba.checked_mul(bs).ok_or(Sense::LBA_OUT_OF_RANGE)?;
+        Ok(Outcome::Compare { offset, len })
+    }
+
     fn mode_sense(&self, cdb: &[u8], ten: bool) -> Result<Outcome, Sense> {
         let dbd = cdb[1] & 0x08 != 0;
         let llbaa = ten && cdb[1] & 0x10 != 0;
@@ -411,7 +431,11 @@ impl LogicalUnit {
                 blockdesc.extend_from_slice(&bs.to_be_bytes()[1..]);
             }
         }
-        let device_specific = 0x80; // WP: the medium is write-protected
+        // WP: the medium is write-protected; DPOFUA (disks): DPO and FUA bits are accepted.
+        let device_specific = match self.device {
+            DeviceType::Disk => 0x90,
+            DeviceType::Cd => 0x80,
+        };
         let mut d = Vec::new();
         if ten {
             let total = 8 + blockdesc.len() + body.len();
@@ -1061,7 +1085,7 @@ mod tests {
         // MODE SENSE(6), all pages, allocation 255.
         let d = data(disk().execute(&[0x1a, 0, 0x3f, 0, 255, 0]));
         assert_eq!(usize::from(d[0]) + 1, d.len());
-        assert_eq!(d[2] & 0x80, 0x80, "WP");
+        assert_eq!(d[2], 0x90, "WP and DPOFUA");
         assert_eq!(d[3], 8, "one short block descriptor");
         assert_eq!(&d[4..12], &[0, 0, 0x08, 0x01, 0, 0, 0x02, 0x00]);
         // Pages follow in ascending order: caching, control, informational exceptions.
@@ -1165,9 +1189,22 @@ mod tests {
             Sense::LBA_OUT_OF_RANGE
         );
         assert_eq!(
-            sense(lun.execute(&[0x2f, 0x02, 0, 0, 0, 0, 0, 0, 8, 0])),
+            lun.execute(&[0x2f, 0x02, 0, 0, 0, 4, 0, 0, 8, 0]),
+            Outcome::Compare {
+                offset: 4 * 512,
+                len: 8 * 512
+            },
+            "BYTCHK=1 compares the Data-Out"
+        );
+        assert_eq!(
+            sense(lun.execute(&[0x2f, 0x06, 0, 0, 0, 0, 0, 0, 8, 0])),
             Sense::INVALID_FIELD_IN_CDB,
-            "BYTCHK needs data we do not accept"
+            "BYTCHK=3 is not supported"
+        );
+        assert_eq!(
+            sense(lun.execute(&[0x2f, 0x22, 0, 0, 0x08, 0x01, 0, 0, 1, 0])),
+            Sense::INVALID_FIELD_IN_CDB,
+            "VRPROTECT"
         );
     }
 }

@@ -1,0 +1,504 @@
+//! The target's side of the login phase (RFC 7143 §6.3 login stages, §11.12–11.13 Login
+//! Request/Response, §12.1.3 CHAP, §13 operational keys), without I/O.
+//!
+//! [`Login::step`] takes one Login Request and its data segment and returns the Login Response
+//! to send and whether the connection goes on to the full feature phase or is refused.
+//! Negotiation answers come from the shared codec's [`text::respond`]; CHAP (one-way and mutual,
+//! MD5 only) checks the initiator's response and answers the initiator's challenge.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{ChapConfig, ExportedTarget};
+use crate::iscsi::pdu::{Bhs, LoginRequest, LoginResponse, Pdu, Stage};
+use crate::iscsi::text::{self, TextBuffer};
+
+/// How far MaxCmdSN runs ahead of ExpCmdSN: the command window each session gets.
+pub const CMD_WINDOW: u32 = 128;
+/// The largest data segment this target accepts (its MaxRecvDataSegmentLength).
+pub const MAX_RECV_DATA: u32 = 256 * 1024;
+/// The largest Data-In sequence this target will agree to (MaxBurstLength).
+const MAX_BURST: u32 = (1 << 24) - 1024;
+/// The most login PDUs one connection may send before it must be done.
+const MAX_LOGIN_PDUS: u32 = 64;
+
+/// Login status classes and details (§11.13.5).
+mod status {
+    pub const INITIATOR_ERROR: (u8, u8) = (2, 0x00);
+    pub const AUTH_FAILURE: (u8, u8) = (2, 0x01);
+    pub const AUTHORIZATION_FAILURE: (u8, u8) = (2, 0x02);
+    pub const NOT_FOUND: (u8, u8) = (2, 0x03);
+    pub const UNSUPPORTED_VERSION: (u8, u8) = (2, 0x05);
+    pub const MISSING_PARAMETER: (u8, u8) = (2, 0x07);
+    pub const SESSION_TYPE_NOT_SUPPORTED: (u8, u8) = (2, 0x09);
+    pub const SESSION_DOES_NOT_EXIST: (u8, u8) = (2, 0x0a);
+    pub const INVALID_DURING_LOGIN: (u8, u8) = (2, 0x0b);
+}
+
+/// What the login produced once it reaches the full feature phase.
+#[derive(Debug, Clone)]
+pub struct Negotiated {
+    /// `None`: a discovery session.
+    pub target: Option<Arc<ExportedTarget>>,
+    pub initiator_name: String,
+    pub header_digest: bool,
+    pub data_digest: bool,
+    /// The initiator's MaxRecvDataSegmentLength: the largest data segment we may send.
+    pub max_xmit_data: u32,
+    /// MaxBurstLength: the largest Data-In sequence.
+    pub max_burst: u32,
+    pub tsih: u16,
+    /// CmdSN of the last login request: the first command's CmdSN.
+    pub exp_cmd_sn: u32,
+    /// The next StatSN to use.
+    pub stat_sn: u32,
+}
+
+/// The result of one login step.
+#[derive(Debug)]
+pub enum Step {
+    /// Send this response and wait for the next request.
+    Continue(Pdu),
+    /// Send this response; the full feature phase starts.
+    Done(Pdu, Box<Negotiated>),
+    /// Send this response and close the connection.
+    Refused(Pdu, &'static str),
+}
+
+/// Where CHAP stands (§12.1.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Auth {
+    /// Nothing agreed yet.
+    Start,
+    /// AuthMethod=None agreed, or nothing to authenticate.
+    NotRequired,
+    /// AuthMethod=CHAP agreed; waiting for CHAP_A.
+    ChapAlgorithm,
+    /// Challenge sent; waiting for CHAP_N and CHAP_R.
+    ChapResponse { id: u8, challenge: [u8; 16] },
+    /// The initiator proved its identity.
+    Authenticated,
+}
+
+/// One connection's login, from the first Login Request to the full feature phase.
+pub struct Login {
+    peer: IpAddr,
+    targets: Vec<Arc<ExportedTarget>>,
+    chap: Option<Arc<ChapConfig>>,
+    stage: Stage,
+    auth: Auth,
+    text: TextBuffer,
+    first: bool,
+    pdus: u32,
+    initiator_name: Option<String>,
+    target: Option<Arc<ExportedTarget>>,
+    discovery: bool,
+    params: text::Params,
+    declared_limits: bool,
+    stat_sn: u32,
+    tsih: u16,
+    challenge: [u8; 17],
+}
+
+impl Login {
+    /// `tsih` is the session handle to hand out; `challenge` the random CHAP identifier byte
+    /// and challenge to use if CHAP is negotiated.
+    pub fn new(
+        peer: IpAddr,
+        targets: Vec<Arc<ExportedTarget>>,
+        chap: Option<Arc<ChapConfig>>,
+        tsih: u16,
+        challenge: [u8; 17],
+    ) -> Login {
+        Login {
+            peer,
+            targets,
+            chap,
+            stage: Stage::Security,
+            auth: Auth::Start,
+            text: TextBuffer::default(),
+            first: true,
+            pdus: 0,
+            initiator_name: None,
+            target: None,
+            discovery: false,
+            params: text::Params::default(),
+            declared_limits: false,
+            stat_sn: 1,
+            tsih,
+            challenge,
+        }
+    }
+
+    /// Process one Login Request.
+    pub fn step(&mut self, req: &LoginRequest, data: &[u8]) -> Step {
+        self.pdus += 1;
+        if self.pdus > MAX_LOGIN_PDUS {
+            return self.refuse(req, status::INITIATOR_ERROR, "too many login PDUs");
+        }
+        if req.version_min > 0 {
+            return self.refuse(req, status::UNSUPPORTED_VERSION, "unsupported version");
+        }
+        if req.tsih != 0 {
+            return self.refuse(
+                req,
+                status::SESSION_DOES_NOT_EXIST,
+                "adding a connection to a session is not supported",
+            );
+        }
+        if self.first && req.csg == Stage::Operational {
+            // The initiator skips the security stage (allowed when no authentication is due).
+            self.stage = Stage::Operational;
+        }
+        if req.csg != self.stage || req.csg == Stage::FullFeature {
+            return self.refuse(req, status::INVALID_DURING_LOGIN, "unexpected login stage");
+        }
+        if self.text.push(data).is_err() {
+            return self.refuse(req, status::INITIATOR_ERROR, "login text too long");
+        }
+        if req.cont {
+            // More text follows: acknowledge with an empty response (§6.6).
+            return Step::Continue(self.response(req, false, Bytes::new()));
+        }
+        let pairs = match self.text.take() {
+            Ok(pairs) => pairs,
+            Err(_) => return self.refuse(req, status::INITIATOR_ERROR, "malformed login text"),
+        };
+        let mut answer: Vec<(String, String)> = Vec::new();
+
+        if self.first {
+            self.first = false;
+            if let Err((status, why)) = self.leading_keys(&pairs) {
+                return self.refuse(req, status, why);
+            }
+            if self.target.is_some() {
+                answer.push(("TargetPortalGroupTag".into(), "1".into()));
+            }
+            if req.csg == Stage::Operational && self.chap.is_some() {
+                return self.refuse(req, status::AUTH_FAILURE, "authentication required");
+            }
+        }
+
+        let mut chap_keys: Vec<(String, String)> = Vec::new();
+        for (key, value) in &pairs {
+            match key.as_str() {
+                "InitiatorName" | "TargetName" | "SessionType" | "InitiatorAlias" => {}
+                "AuthMethod" => {
+                    if self.stage != Stage::Security {
+                        answer.push((key.clone(), "Irrelevant".into()));
+                        continue;
+                    }
+                    let ours = if self.chap.is_some() { "CHAP" } else { "None" };
+                    let chosen = text::respond(key, value, ours).unwrap_or_default();
+                    match chosen.as_str() {
+                        "CHAP" => self.auth = Auth::ChapAlgorithm,
+                        "None" => self.auth = Auth::NotRequired,
+                        _ => {
+                            return self.refuse(
+                                req,
+                                status::AUTH_FAILURE,
+                                "no acceptable AuthMethod",
+                            )
+                        }
+                    }
+                    answer.push((key.clone(), chosen));
+                }
+                k if k.starts_with("CHAP_") => chap_keys.push((key.clone(), value.clone())),
+                "MaxRecvDataSegmentLength" => {
+                    if self.params.set(key, value).is_err() {
+                        return self.refuse(
+                            req,
+                            status::INITIATOR_ERROR,
+                            "bad MaxRecvDataSegmentLength",
+                        );
+                    }
+                }
+                _ => {
+                    if let Some(reply) = text::respond(key, value, &our_value(key)) {
+                        if !matches!(reply.as_str(), "Reject" | "NotUnderstood" | "Irrelevant") {
+                            // The value is within range (respond checked it).
+                            let _ = self.params.set(key, &reply);
+                        }
+                        answer.push((key.clone(), reply));
+                    }
+                }
+            }
+        }
+
+        if self.stage == Stage::Security {
+            if let Err(why) = self.chap_step(&chap_keys, &mut answer) {
+                return self.refuse(req, status::AUTH_FAILURE, why);
+            }
+        } else if !chap_keys.is_empty() {
+            return self.refuse(
+                req,
+                status::INVALID_DURING_LOGIN,
+                "CHAP keys outside the security stage",
+            );
+        }
+
+        let mut transit = false;
+        if req.transit {
+            if req.nsg == Stage::Security
+                || (req.csg == Stage::Operational && req.nsg == Stage::Operational)
+            {
+                return self.refuse(req, status::INVALID_DURING_LOGIN, "invalid next stage");
+            }
+            transit = match self.stage {
+                Stage::Security => match &self.auth {
+                    Auth::Authenticated | Auth::NotRequired => true,
+                    Auth::Start => self.chap.is_none(),
+                    _ => false,
+                },
+                _ => true,
+            };
+        }
+        // Declare our limit once the operational stage is reached (or skipped).
+        let entering_ffp = transit && req.nsg == Stage::FullFeature;
+        if !self.declared_limits && (self.stage == Stage::Operational || entering_ffp) {
+            self.declared_limits = true;
+            answer.push(("MaxRecvDataSegmentLength".into(), MAX_RECV_DATA.to_string()));
+        }
+
+        let data = text::encode(&answer);
+        if transit {
+            let next = req.nsg;
+            let resp = self.response_to(req, true, next, data);
+            self.stage = next;
+            if next == Stage::FullFeature {
+                return Step::Done(resp, Box::new(self.negotiated(req)));
+            }
+            Step::Continue(resp)
+        } else {
+            Step::Continue(self.response(req, false, data))
+        }
+    }
+
+    /// The keys of the first request: who is logging in, to what, and whether it may.
+    fn leading_keys(&mut self, pairs: &[(String, String)]) -> Result<(), ((u8, u8), &'static str)> {
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(name) = get("InitiatorName").filter(|n| !n.is_empty()) else {
+            return Err((status::MISSING_PARAMETER, "InitiatorName missing"));
+        };
+        self.initiator_name = Some(name.to_string());
+        match get("SessionType").unwrap_or("Normal") {
+            "Discovery" => {
+                self.discovery = true;
+                Ok(())
+            }
+            "Normal" => {
+                let Some(wanted) = get("TargetName") else {
+                    return Err((status::MISSING_PARAMETER, "TargetName missing"));
+                };
+                let target = self
+                    .targets
+                    .iter()
+                    .find(|t| t.name.eq_ignore_ascii_case(wanted))
+                    .ok_or((status::NOT_FOUND, "no such target"))?;
+                if !target.allow.allows(self.peer) {
+                    return Err((
+                        status::AUTHORIZATION_FAILURE,
+                        "initiator address not allowed",
+                    ));
+                }
+                self.target = Some(target.clone());
+                Ok(())
+            }
+            _ => Err((status::SESSION_TYPE_NOT_SUPPORTED, "unknown SessionType")),
+        }
+    }
+
+    /// CHAP in the security stage: answer CHAP_A with a challenge, then check CHAP_N/CHAP_R and
+    /// answer a mutual challenge.
+    fn chap_step(
+        &mut self,
+        keys: &[(String, String)],
+        answer: &mut Vec<(String, String)>,
+    ) -> Result<(), &'static str> {
+        let get = |k: &str| {
+            keys.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(chap) = self.chap.clone() else {
+            return if keys.is_empty() {
+                Ok(())
+            } else {
+                Err("CHAP keys without AuthMethod=CHAP")
+            };
+        };
+        match self.auth.clone() {
+            Auth::ChapAlgorithm => {
+                let Some(algorithms) = get("CHAP_A") else {
+                    return if keys.is_empty() {
+                        Ok(())
+                    } else {
+                        Err("CHAP keys before CHAP_A")
+                    };
+                };
+                if !algorithms.split(',').any(|a| a.trim() == "5") {
+                    return Err("CHAP_A offers no MD5 (5)");
+                }
+                let id = self.challenge[0];
+                let mut challenge = [0u8; 16];
+                challenge.copy_from_slice(&self.challenge[1..]);
+                answer.push(("CHAP_A".into(), "5".into()));
+                answer.push(("CHAP_I".into(), id.to_string()));
+                answer.push(("CHAP_C".into(), format!("0x{}", hex::encode(challenge))));
+                self.auth = Auth::ChapResponse { id, challenge };
+                Ok(())
+            }
+            Auth::ChapResponse { id, challenge } => {
+                let (Some(user), Some(response)) = (get("CHAP_N"), get("CHAP_R")) else {
+                    return Err("CHAP_N and CHAP_R expected");
+                };
+                let response = decode_binary(response).ok_or("CHAP_R is not a hex value")?;
+                let expected = chap_response(id, chap.secret.expose().as_bytes(), &challenge);
+                if user != chap.user || !constant_time_eq(&response, &expected) {
+                    return Err("CHAP authentication failed");
+                }
+                match (get("CHAP_I"), get("CHAP_C")) {
+                    (None, None) => {}
+                    (Some(id), Some(challenge)) => {
+                        let Some((name, secret)) = &chap.target else {
+                            return Err("mutual CHAP requested but no target credentials set");
+                        };
+                        let id: u8 = id.parse().map_err(|_| "bad CHAP_I")?;
+                        let theirs = decode_binary(challenge).ok_or("CHAP_C is not a hex value")?;
+                        if theirs.is_empty() || theirs.len() > 1024 || theirs == self.challenge[1..]
+                        {
+                            return Err("unacceptable mutual CHAP challenge");
+                        }
+                        let ours = chap_response(id, secret.expose().as_bytes(), &theirs);
+                        answer.push(("CHAP_N".into(), name.clone()));
+                        answer.push(("CHAP_R".into(), format!("0x{}", hex::encode(ours))));
+                    }
+                    _ => return Err("CHAP_I and CHAP_C must come together"),
+                }
+                self.auth = Auth::Authenticated;
+                Ok(())
+            }
+            Auth::Authenticated | Auth::NotRequired => {
+                if keys.is_empty() {
+                    Ok(())
+                } else {
+                    Err("unexpected CHAP keys")
+                }
+            }
+            Auth::Start => {
+                if keys.is_empty() {
+                    Ok(())
+                } else {
+                    Err("CHAP keys before AuthMethod")
+                }
+            }
+        }
+    }
+
+    fn negotiated(&self, req: &LoginRequest) -> Negotiated {
+        use crate::iscsi::text::Digest;
+        Negotiated {
+            target: self.target.clone(),
+            initiator_name: self.initiator_name.clone().unwrap_or_default(),
+            header_digest: self.params.header_digest == Digest::Crc32c,
+            data_digest: self.params.data_digest == Digest::Crc32c,
+            max_xmit_data: self.params.max_xmit_data_segment_length,
+            max_burst: self.params.max_burst_length,
+            tsih: self.tsih,
+            exp_cmd_sn: req.cmd_sn,
+            stat_sn: self.stat_sn,
+        }
+    }
+
+    fn response(&mut self, req: &LoginRequest, transit: bool, data: Bytes) -> Pdu {
+        self.response_to(req, transit, Stage::Security, data)
+    }
+
+    fn response_to(&mut self, req: &LoginRequest, transit: bool, nsg: Stage, data: Bytes) -> Pdu {
+        let final_response = transit && nsg == Stage::FullFeature;
+        let resp = LoginResponse {
+            transit,
+            cont: false,
+            csg: req.csg,
+            nsg: if transit { nsg } else { Stage::Security },
+            version_max: 0,
+            version_active: 0,
+            isid: req.isid,
+            tsih: if final_response { self.tsih } else { 0 },
+            itt: req.itt,
+            stat_sn: self.stat_sn,
+            exp_cmd_sn: req.cmd_sn,
+            max_cmd_sn: req.cmd_sn.wrapping_add(CMD_WINDOW - 1),
+            status_class: 0,
+            status_detail: 0,
+        };
+        self.stat_sn = self.stat_sn.wrapping_add(1);
+        Pdu::with_data(Bhs::LoginResponse(resp), data)
+    }
+
+    fn refuse(&mut self, req: &LoginRequest, (class, detail): (u8, u8), why: &'static str) -> Step {
+        let mut pdu = self.response(req, false, Bytes::new());
+        if let Bhs::LoginResponse(r) = &mut pdu.bhs {
+            r.status_class = class;
+            r.status_detail = detail;
+        }
+        Step::Refused(pdu, why)
+    }
+}
+
+/// The values this target offers for each negotiable key (§13).
+fn our_value(key: &str) -> String {
+    let value = match key {
+        "HeaderDigest" | "DataDigest" => "CRC32C,None",
+        "MaxConnections" => "1",
+        "InitialR2T" => "Yes",
+        "ImmediateData" => "Yes",
+        "MaxBurstLength" => return MAX_BURST.to_string(),
+        "FirstBurstLength" => "262144",
+        "DefaultTime2Wait" => "2",
+        "DefaultTime2Retain" => "0",
+        "MaxOutstandingR2T" => "1",
+        "DataPDUInOrder" | "DataSequenceInOrder" => "Yes",
+        "ErrorRecoveryLevel" => "0",
+        "IFMarker" | "OFMarker" => "No",
+        _ => "",
+    };
+    value.to_string()
+}
+
+/// CHAP_R for identifier `id`, `secret` and `challenge` (RFC 1994 §4.1: MD5 over id, secret,
+/// challenge).
+pub fn chap_response(id: u8, secret: &[u8], challenge: &[u8]) -> [u8; 16] {
+    use md5::{Digest, Md5};
+    let mut h = Md5::new();
+    h.update([id]);
+    h.update(secret);
+    h.update(challenge);
+    h.finalize().into()
+}
+
+/// A binary value in hex form (§6.1: `0x…`).
+fn decode_binary(value: &str) -> Option<Vec<u8>> {
+    let hex_digits = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))?;
+    if hex_digits.len() > 2048 {
+        return None;
+    }
+    if hex_digits.len() % 2 == 1 {
+        hex::decode(format!("0{hex_digits}")).ok()
+    } else {
+        hex::decode(hex_digits).ok()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,907 @@
+//! One connection of the target: login, then the full feature phase (RFC 7143 §4.2 command
+//! numbering, §11.2–11.7 SCSI Command/Response and Data-In, §11.5–11.6 task management,
+//! §11.10–11.11 Text (SendTargets, Appendix C), §11.14–11.15 Logout, §11.17 Reject,
+//! §11.18–11.19 NOP) on a single connection per session, ErrorRecoveryLevel 0.
+//!
+//! The reader decodes PDUs and keeps the command window; each SCSI command runs as its own task
+//! (at most [`TASKS_PER_SESSION`] at once, so a flood of commands waits in TCP, not in memory);
+//! one writer stamps StatSN/ExpCmdSN/MaxCmdSN in send order and batches PDUs into few writes.
+//! Read data is streamed from the source in pieces of [`READ_PIECE`] bytes and cut into Data-In
+//! PDUs of the initiator's MaxRecvDataSegmentLength, the status riding in the last one.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::AbortHandle;
+
+use super::login::{Login, Negotiated, Step, CMD_WINDOW, MAX_RECV_DATA};
+use super::scsi::{self, Outcome, Sense};
+use super::{ExportedTarget, Server};
+use crate::iscsi::pdu::{
+    self, Bhs, DataIn, Framing, LogoutResponse, NopIn, Pdu, PduError, Reject, ScsiCommand,
+    ScsiResponse, TaskMgmtResponse, TextResponse, BHS_LEN, RESERVED_TAG,
+};
+use crate::iscsi::text;
+
+/// Commands executing at once in one session.
+pub const TASKS_PER_SESSION: usize = 32;
+/// Bytes read from the source at a time for one command.
+pub const READ_PIECE: usize = 128 * 1024;
+/// How long a login may take.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Idle time before the target pings the initiator with a NOP-In.
+const NOP_INTERVAL: Duration = Duration::from_secs(15);
+/// How long the initiator has to show life after a ping.
+const NOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long logout waits for running commands.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bytes the writer gathers before one write.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+/// Reject reasons (§11.17.1).
+mod reject {
+    pub const DATA_DIGEST: u8 = 0x02;
+    pub const PROTOCOL_ERROR: u8 = 0x04;
+    pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    pub const INVALID_PDU_FIELD: u8 = 0x09;
+}
+
+/// Serve one TCP (or test) connection until logout, error or EOF.
+pub async fn serve_connection<S>(
+    stream: S,
+    peer: SocketAddr,
+    local: SocketAddr,
+    server: Arc<Server>,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let negotiated = match tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        login(&mut reader, &mut writer, &mut buf, peer, &server),
+    )
+    .await
+    {
+        Ok(Some(n)) => n,
+        Ok(None) => return,
+        Err(_) => {
+            tracing::info!("{peer}: login timed out");
+            return;
+        }
+    };
+    tracing::info!(
+        "{peer}: {} logged in to {}",
+        negotiated.initiator_name,
+        negotiated
+            .target
+            .as_ref()
+            .map_or("discovery", |t| t.name.as_str())
+    );
+    let framing = Framing {
+        header_digest: negotiated.header_digest,
+        data_digest: negotiated.data_digest,
+        max_recv_data: MAX_RECV_DATA,
+    };
+    let shared = Arc::new(Shared {
+        exp_cmd_sn: AtomicU32::new(negotiated.exp_cmd_sn),
+    });
+    let (tx, rx) = mpsc::channel(4 * TASKS_PER_SESSION);
+    let writer_task = tokio::spawn(write_loop(
+        writer,
+        rx,
+        framing,
+        negotiated.stat_sn,
+        shared.clone(),
+    ));
+    let mut session = Session {
+        peer,
+        local,
+        server,
+        target: negotiated.target.clone(),
+        tx,
+        shared,
+        tasks: Arc::new(Mutex::new(HashMap::new())),
+        permits: Arc::new(Semaphore::new(TASKS_PER_SESSION)),
+        limits: DataLimits {
+            max_xmit: negotiated.max_xmit_data.clamp(512, pdu::MAX_DATA_SEGMENT) as usize,
+            max_burst: negotiated.max_burst.max(512) as usize,
+        },
+        pending_text: None,
+        next_ttt: 1,
+    };
+    if let Err(why) = session.run(&mut reader, &mut buf, framing).await {
+        tracing::info!("{peer}: connection closed: {why}");
+    }
+    session.abort_all();
+    drop(session);
+    let _ = writer_task.await;
+}
+
+/// Read login PDUs and answer them until the full feature phase or a refusal.
+async fn login<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    buf: &mut BytesMut,
+    peer: SocketAddr,
+    server: &Server,
+) -> Option<Negotiated>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let framing = Framing::default();
+    let mut challenge = [0u8; 17];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut challenge[..]);
+    let mut login = Login::new(
+        peer.ip(),
+        server.targets.clone(),
+        server.chap.clone(),
+        server.next_tsih(),
+        challenge,
+    );
+    loop {
+        let pdu = match read_pdu(reader, buf, &framing).await {
+            Ok(Some(pdu)) => pdu,
+            Ok(None) => return None,
+            Err(why) => {
+                tracing::info!("{peer}: during login: {why}");
+                return None;
+            }
+        };
+        let Bhs::LoginRequest(req) = &pdu.bhs else {
+            tracing::info!("{peer}: expected a Login Request, got {:?}", pdu.opcode());
+            return None;
+        };
+        let (reply, result) = match login.step(req, &pdu.data) {
+            Step::Continue(reply) => (reply, None),
+            Step::Done(reply, negotiated) => (reply, Some(Ok(*negotiated))),
+            Step::Refused(reply, why) => (reply, Some(Err(why))),
+        };
+        if writer.write_all(&reply.to_bytes(&framing)).await.is_err() {
+            return None;
+        }
+        match result {
+            None => continue,
+            Some(Ok(negotiated)) => return Some(negotiated),
+            Some(Err(why)) => {
+                tracing::warn!("{peer}: login refused: {why}");
+                let _ = writer.flush().await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Why reading a PDU failed.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Pdu(#[from] PduError),
+    /// A PDU whose frame was read but whose content is bad: answer with Reject, go on.
+    #[error("rejected PDU")]
+    Rejectable { reason: u8, header: [u8; BHS_LEN] },
+}
+
+/// Read one PDU. `Ok(None)`: the peer closed the connection between PDUs.
+async fn read_pdu<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    framing: &Framing,
+) -> Result<Option<Pdu>, ReadError> {
+    loop {
+        match pdu::decode(buf, framing) {
+            Ok(Some(pdu)) => return Ok(Some(pdu)),
+            Ok(None) => {}
+            Err(err @ (PduError::DataDigest | PduError::Malformed(_))) => {
+                // The frame's length is sound: drop it whole and let the caller reject it.
+                let total = pdu::frame_len(buf, framing)?
+                    .unwrap_or(buf.len())
+                    .min(buf.len());
+                let mut header = [0u8; BHS_LEN];
+                header.copy_from_slice(&buf[..BHS_LEN]);
+                let _ = buf.split_to(total);
+                let reason = if err == PduError::DataDigest {
+                    reject::DATA_DIGEST
+                } else {
+                    reject::INVALID_PDU_FIELD
+                };
+                return Err(ReadError::Rejectable { reason, header });
+            }
+            Err(err) => return Err(err.into()),
+        }
+        if reader.read_buf(buf).await? == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+/// Sequence state the reader shares with the writer.
+struct Shared {
+    exp_cmd_sn: AtomicU32,
+}
+
+/// A PDU for the writer; `status` says whether it carries (and advances) StatSN.
+struct Outgoing {
+    pdu: Pdu,
+    close_after: bool,
+}
+
+/// Limits on what we send, from the login.
+#[derive(Debug, Clone, Copy)]
+struct DataLimits {
+    max_xmit: usize,
+    max_burst: usize,
+}
+
+struct Session {
+    peer: SocketAddr,
+    local: SocketAddr,
+    server: Arc<Server>,
+    /// `None`: a discovery session.
+    target: Option<Arc<ExportedTarget>>,
+    tx: mpsc::Sender<Outgoing>,
+    shared: Arc<Shared>,
+    tasks: Arc<Mutex<HashMap<u32, AbortHandle>>>,
+    permits: Arc<Semaphore>,
+    limits: DataLimits,
+    /// The rest of a long Text Response, sent when the initiator asks with this TTT.
+    pending_text: Option<(u32, Bytes)>,
+    next_ttt: u32,
+}
+
+/// Why the full feature phase ended.
+#[derive(Debug, thiserror::Error)]
+enum End {
+    #[error("{0}")]
+    Read(#[from] ReadError),
+    #[error("the writer stopped")]
+    WriterGone,
+    #[error("no answer to NOP-In within {0:?}")]
+    NopTimeout(Duration),
+    #[error("logged out")]
+    Logout,
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("target reset")]
+    Reset,
+}
+
+impl Session {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        buf: &mut BytesMut,
+        framing: Framing,
+    ) -> Result<(), End> {
+        let mut ping_sent: Option<tokio::time::Instant> = None;
+        loop {
+            let wait = match ping_sent {
+                Some(at) => NOP_TIMEOUT.saturating_sub(at.elapsed()),
+                None => NOP_INTERVAL,
+            };
+            let pdu = match tokio::time::timeout(wait, read_pdu(reader, buf, &framing)).await {
+                Err(_) if ping_sent.is_some() => return Err(End::NopTimeout(NOP_TIMEOUT)),
+                Err(_) => {
+                    ping_sent = Some(tokio::time::Instant::now());
+                    let ttt = self.take_ttt();
+                    let ping = NopIn {
+                        itt: RESERVED_TAG,
+                        ttt,
+                        ..Default::default()
+                    };
+                    self.send(Pdu::new(Bhs::NopIn(ping))).await?;
+                    continue;
+                }
+                Ok(Ok(Some(pdu))) => pdu,
+                Ok(Ok(None)) => return Err(End::Eof),
+                Ok(Err(ReadError::Rejectable { reason, header })) => {
+                    ping_sent = None;
+                    self.reject(reason, header).await?;
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e.into()),
+            };
+            ping_sent = None;
+            self.dispatch(pdu).await?;
+        }
+    }
+
+    async fn dispatch(&mut self, pdu: Pdu) -> Result<(), End> {
+        let header = pdu.bhs.to_bytes();
+        match pdu.bhs {
+            Bhs::ScsiCommand(cmd) => {
+                if !self.in_window(cmd.immediate, cmd.cmd_sn) {
+                    return Ok(());
+                }
+                let Some(target) = self.target.clone() else {
+                    return self.reject(reject::PROTOCOL_ERROR, header).await;
+                };
+                self.start_command(cmd, pdu.data, target).await
+            }
+            Bhs::NopOut(nop) => {
+                if !self.in_window(nop.immediate, nop.cmd_sn) || nop.itt == RESERVED_TAG {
+                    // An answer to our ping (or out of window): nothing to send.
+                    return Ok(());
+                }
+                let reply = NopIn {
+                    lun: nop.lun,
+                    itt: nop.itt,
+                    ttt: RESERVED_TAG,
+                    ..Default::default()
+                };
+                let echo = pdu.data.slice(..pdu.data.len().min(self.limits.max_xmit));
+                self.send(Pdu::with_data(Bhs::NopIn(reply), echo)).await
+            }
+            Bhs::TextRequest(req) => {
+                if !self.in_window(req.immediate, req.cmd_sn) {
+                    return Ok(());
+                }
+                let body = if req.ttt != RESERVED_TAG {
+                    match self.pending_text.take() {
+                        Some((ttt, rest)) if ttt == req.ttt => rest,
+                        _ => return self.reject(reject::INVALID_PDU_FIELD, header).await,
+                    }
+                } else {
+                    self.pending_text = None;
+                    match text::parse(&pdu.data) {
+                        Ok(pairs) => self.text_answer(&pairs),
+                        Err(_) => return self.reject(reject::INVALID_PDU_FIELD, header).await,
+                    }
+                };
+                let (chunk, rest) = if body.len() > self.limits.max_xmit {
+                    (
+                        body.slice(..self.limits.max_xmit),
+                        Some(body.slice(self.limits.max_xmit..)),
+                    )
+                } else {
+                    (body, None)
+                };
+                let ttt = match rest {
+                    Some(rest) => {
+                        let ttt = self.take_ttt();
+                        self.pending_text = Some((ttt, rest));
+                        ttt
+                    }
+                    None => RESERVED_TAG,
+                };
+                let resp = TextResponse {
+                    fin: ttt == RESERVED_TAG,
+                    cont: ttt != RESERVED_TAG,
+                    lun: req.lun,
+                    itt: req.itt,
+                    ttt,
+                    ..Default::default()
+                };
+                self.send(Pdu::with_data(Bhs::TextResponse(resp), chunk))
+                    .await
+            }
+            Bhs::TaskMgmtRequest(tmf) => {
+                if !self.in_window(tmf.immediate, tmf.cmd_sn) {
+                    return Ok(());
+                }
+                let response = self.task_management(tmf.function, tmf.lun, tmf.referenced_tag);
+                let resp = TaskMgmtResponse {
+                    response,
+                    itt: tmf.itt,
+                    ..Default::default()
+                };
+                let cold_reset = tmf.function == 7 && response == 0;
+                self.queue(Outgoing {
+                    pdu: Pdu::new(Bhs::TaskMgmtResponse(resp)),
+                    close_after: cold_reset,
+                })
+                .await?;
+                if cold_reset {
+                    return Err(End::Reset);
+                }
+                Ok(())
+            }
+            Bhs::LogoutRequest(req) => {
+                self.in_window(req.immediate, req.cmd_sn);
+                // Let running commands finish so their responses precede the logout response.
+                let all = TASKS_PER_SESSION as u32;
+                let _drained =
+                    tokio::time::timeout(DRAIN_TIMEOUT, self.permits.acquire_many(all)).await;
+                let response = match req.reason {
+                    0 | 1 => 0,
+                    _ => 2, // connection recovery is not supported
+                };
+                let resp = LogoutResponse {
+                    response,
+                    itt: req.itt,
+                    ..Default::default()
+                };
+                self.queue(Outgoing {
+                    pdu: Pdu::new(Bhs::LogoutResponse(resp)),
+                    close_after: true,
+                })
+                .await?;
+                Err(End::Logout)
+            }
+            // No R2T is ever sent, so Data-Out is unsolicited data for a refused write: dropped.
+            Bhs::DataOut(_) => Ok(()),
+            Bhs::Unknown(_) => self.reject(reject::COMMAND_NOT_SUPPORTED, header).await,
+            // SNACK needs ErrorRecoveryLevel > 0; a login or any target-to-initiator PDU here
+            // is a protocol error.
+            _ => self.reject(reject::PROTOCOL_ERROR, header).await,
+        }
+    }
+
+    /// Check CmdSN against the window (§4.2.2.1) and advance ExpCmdSN. Out of window: ignore.
+    fn in_window(&self, immediate: bool, cmd_sn: u32) -> bool {
+        if immediate {
+            return true;
+        }
+        let exp = self.shared.exp_cmd_sn.load(Ordering::Acquire);
+        // Serial number arithmetic (RFC 1982): distance from ExpCmdSN within the window.
+        let ahead = cmd_sn.wrapping_sub(exp);
+        if ahead >= CMD_WINDOW {
+            tracing::debug!(
+                "{}: CmdSN {cmd_sn} outside [{exp}, +{CMD_WINDOW})",
+                self.peer
+            );
+            return false;
+        }
+        self.shared
+            .exp_cmd_sn
+            .store(cmd_sn.wrapping_add(1), Ordering::Release);
+        true
+    }
+
+    async fn start_command(
+        &mut self,
+        cmd: ScsiCommand,
+        data_out: Bytes,
+        target: Arc<ExportedTarget>,
+    ) -> Result<(), End> {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| End::WriterGone)?;
+        let tx = self.tx.clone();
+        let limits = self.limits;
+        let tasks = self.tasks.clone();
+        let itt = cmd.itt;
+        let handle = tokio::spawn(async move {
+            let result = run_command(cmd, data_out, &target, &tx, limits).await;
+            tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&itt);
+            drop(permit);
+            result
+        });
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if !handle.is_finished() {
+            tasks.insert(itt, handle.abort_handle());
+        }
+        Ok(())
+    }
+
+    /// Task management (§11.5.1): returns the response code.
+    fn task_management(&self, function: u8, lun: u64, referenced: u32) -> u8 {
+        const COMPLETE: u8 = 0;
+        const NO_LUN: u8 = 2;
+        const REASSIGN_UNSUPPORTED: u8 = 4;
+        const NOT_SUPPORTED: u8 = 5;
+        let lun_scoped = matches!(function, 1..=5);
+        if lun_scoped && lun != 0 {
+            return NO_LUN;
+        }
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        match function {
+            // ABORT TASK: the task is gone when we answer (or had completed already).
+            1 => {
+                if let Some(handle) = tasks.remove(&referenced) {
+                    handle.abort();
+                }
+                COMPLETE
+            }
+            // ABORT TASK SET, CLEAR ACA, CLEAR TASK SET, LUN RESET, TARGET WARM/COLD RESET.
+            2..=7 => {
+                for (_, handle) in tasks.drain() {
+                    handle.abort();
+                }
+                COMPLETE
+            }
+            8 => REASSIGN_UNSUPPORTED,
+            _ => NOT_SUPPORTED,
+        }
+    }
+
+    fn abort_all(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for (_, handle) in tasks.drain() {
+            handle.abort();
+        }
+    }
+
+    /// The answer to a Text Request: SendTargets (Appendix C) lists what this initiator may see;
+    /// anything else is negotiated with the login rules.
+    fn text_answer(&self, pairs: &[(String, String)]) -> Bytes {
+        let mut answer: Vec<(String, String)> = Vec::new();
+        for (key, value) in pairs {
+            if key == "SendTargets" {
+                let portal = match self.local {
+                    SocketAddr::V4(a) => format!("{}:{},1", a.ip(), a.port()),
+                    SocketAddr::V6(a) => format!("[{}]:{},1", a.ip(), a.port()),
+                };
+                let visible = self
+                    .server
+                    .targets
+                    .iter()
+                    .filter(|t| t.allow.allows(self.peer.ip()))
+                    .filter(|t| match (&self.target, value.as_str()) {
+                        // A normal session reports only its own target.
+                        (Some(own), _) => Arc::ptr_eq(own, t),
+                        (None, "All") => true,
+                        (None, name) => t.name.eq_ignore_ascii_case(name),
+                    });
+                for t in visible {
+                    answer.push(("TargetName".into(), t.name.clone()));
+                    answer.push(("TargetAddress".into(), portal.clone()));
+                }
+            } else if let Some(reply) = text::respond(key, value, "") {
+                answer.push((key.clone(), reply));
+            }
+        }
+        text::encode(&answer)
+    }
+
+    fn take_ttt(&mut self) -> u32 {
+        let ttt = self.next_ttt;
+        self.next_ttt = self.next_ttt.wrapping_add(1);
+        if self.next_ttt == RESERVED_TAG {
+            self.next_ttt = 1;
+        }
+        ttt
+    }
+
+    async fn reject(&self, reason: u8, header: [u8; BHS_LEN]) -> Result<(), End> {
+        let bhs = Bhs::Reject(Reject {
+            reason,
+            ..Default::default()
+        });
+        self.send(Pdu::with_data(bhs, Bytes::copy_from_slice(&header)))
+            .await
+    }
+
+    async fn send(&self, pdu: Pdu) -> Result<(), End> {
+        self.queue(Outgoing {
+            pdu,
+            close_after: false,
+        })
+        .await
+    }
+
+    async fn queue(&self, out: Outgoing) -> Result<(), End> {
+        self.tx.send(out).await.map_err(|_| End::WriterGone)
+    }
+}
+
+/// Execute one SCSI command and send its Data-In and status. `data_out` is the command's
+/// immediate data (the only Data-Out this target takes: it never sends R2T).
+async fn run_command(
+    cmd: ScsiCommand,
+    data_out: Bytes,
+    target: &ExportedTarget,
+    tx: &mpsc::Sender<Outgoing>,
+    limits: DataLimits,
+) -> Result<(), ()> {
+    let outcome = if cmd.lun == 0 {
+        target.lun.execute(&cmd.cdb)
+    } else {
+        scsi::execute_without_lun(&cmd.cdb)
+    };
+    let expected = if cmd.read {
+        u64::from(cmd.expected_length)
+    } else {
+        0
+    };
+    match outcome {
+        Outcome::Good => send_status(tx, &cmd, 0, Residual::of(0, expected), None).await,
+        Outcome::Check(sense) => send_status(tx, &cmd, 2, Residual::None, Some(sense)).await,
+        Outcome::Data(data) => {
+            let residual = Residual::of(data.len() as u64, expected);
+            let mut data = Bytes::from(data);
+            data.truncate(expected as usize);
+            if data.is_empty() {
+                return send_status(tx, &cmd, 0, residual, None).await;
+            }
+            let mut stream = DataInStream::new(&cmd, limits, data.len() as u64);
+            stream.send(tx, data, residual).await
+        }
+        Outcome::Compare { offset, len } => {
+            if data_out.len() as u64 != len || !cmd.write {
+                let sense = Some(Sense::INVALID_FIELD_IN_CDB);
+                return send_status(tx, &cmd, 2, Residual::None, sense).await;
+            }
+            let sense = match compare(target, offset, &data_out).await {
+                Ok(true) => None,
+                Ok(false) => Some(Sense::MISCOMPARE_DURING_VERIFY),
+                Err(why) => {
+                    tracing::warn!("{}: verify read at {offset} failed: {why}", target.name);
+                    Some(Sense::UNRECOVERED_READ_ERROR)
+                }
+            };
+            let status = if sense.is_some() { 2 } else { 0 };
+            send_status(tx, &cmd, status, Residual::None, sense).await
+        }
+        Outcome::Read { offset, len } => {
+            let residual = Residual::of(len, expected);
+            let total = len.min(expected);
+            if total == 0 {
+                return send_status(tx, &cmd, 0, residual, None).await;
+            }
+            let mut stream = DataInStream::new(&cmd, limits, total);
+            let mut done = 0u64;
+            while done < total {
+                let piece = (total - done).min(READ_PIECE as u64) as usize;
+                match read_padded(target, offset + done, piece).await {
+                    Ok(data) => stream.send(tx, data, residual).await?,
+                    Err(why) => {
+                        tracing::warn!(
+                            "{}: read of {piece} bytes at {} failed: {why}",
+                            target.name,
+                            offset + done
+                        );
+                        let sense = Some(Sense::UNRECOVERED_READ_ERROR);
+                        return send_status(tx, &cmd, 2, Residual::None, sense).await;
+                    }
+                }
+                done += piece as u64;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Residual count of a command (§11.4.5): what the initiator expected versus what there was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Residual {
+    None,
+    Overflow(u32),
+    Underflow(u32),
+}
+
+impl Residual {
+    fn of(have: u64, expected: u64) -> Residual {
+        let clamp = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+        match have.cmp(&expected) {
+            std::cmp::Ordering::Equal => Residual::None,
+            std::cmp::Ordering::Greater => Residual::Overflow(clamp(have - expected)),
+            std::cmp::Ordering::Less => Residual::Underflow(clamp(expected - have)),
+        }
+    }
+
+    fn flags(self) -> (bool, bool, u32) {
+        match self {
+            Residual::None => (false, false, 0),
+            Residual::Overflow(n) => (true, false, n),
+            Residual::Underflow(n) => (false, true, n),
+        }
+    }
+}
+
+async fn send_status(
+    tx: &mpsc::Sender<Outgoing>,
+    cmd: &ScsiCommand,
+    status: u8,
+    residual: Residual,
+    sense: Option<Sense>,
+) -> Result<(), ()> {
+    let (overflow, underflow, residual) = residual.flags();
+    let resp = ScsiResponse {
+        overflow,
+        underflow,
+        residual,
+        status,
+        itt: cmd.itt,
+        ..Default::default()
+    };
+    let data = sense.map_or_else(Bytes::new, |s| pdu::sense_segment(&s.fixed()));
+    let out = Outgoing {
+        pdu: Pdu::with_data(Bhs::ScsiResponse(resp), data),
+        close_after: false,
+    };
+    tx.send(out).await.map_err(|_| ())
+}
+
+/// The Data-In PDUs of one command: DataSN, buffer offset, sequence (burst) boundaries, and
+/// the GOOD status with the residual in the last one.
+struct DataInStream {
+    itt: u32,
+    lun: u64,
+    limits: DataLimits,
+    total: u64,
+    sent: u64,
+    data_sn: u32,
+    in_burst: usize,
+}
+
+impl DataInStream {
+    fn new(cmd: &ScsiCommand, limits: DataLimits, total: u64) -> DataInStream {
+        DataInStream {
+            itt: cmd.itt,
+            lun: cmd.lun,
+            limits,
+            total,
+            sent: 0,
+            data_sn: 0,
+            in_burst: 0,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        tx: &mpsc::Sender<Outgoing>,
+        mut data: Bytes,
+        residual: Residual,
+    ) -> Result<(), ()> {
+        while !data.is_empty() {
+            let room = (self.limits.max_burst - self.in_burst).min(self.limits.max_xmit);
+            let chunk = data.split_to(room.min(data.len()));
+            let offset = self.sent;
+            self.sent += chunk.len() as u64;
+            self.in_burst += chunk.len();
+            let last = self.sent >= self.total;
+            let end_of_burst = last || self.in_burst >= self.limits.max_burst;
+            if end_of_burst {
+                self.in_burst = 0;
+            }
+            let (overflow, underflow, residual) = if last {
+                residual.flags()
+            } else {
+                (false, false, 0)
+            };
+            let bhs = DataIn {
+                fin: end_of_burst,
+                status: last.then_some(0),
+                overflow,
+                underflow,
+                residual,
+                lun: self.lun,
+                itt: self.itt,
+                ttt: RESERVED_TAG,
+                data_sn: self.data_sn,
+                buffer_offset: offset as u32,
+                ..Default::default()
+            };
+            self.data_sn = self.data_sn.wrapping_add(1);
+            let out = Outgoing {
+                pdu: Pdu::with_data(Bhs::DataIn(bhs), chunk),
+                close_after: false,
+            };
+            tx.send(out).await.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `expected` equals the image at `offset`, read piece by piece.
+async fn compare(
+    target: &ExportedTarget,
+    offset: u64,
+    expected: &[u8],
+) -> Result<bool, crate::source::SourceError> {
+    for (i, want) in expected.chunks(READ_PIECE).enumerate() {
+        let at = offset + (i * READ_PIECE) as u64;
+        if read_padded(target, at, want.len()).await?.as_ref() != want {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Read `len` bytes at `offset`; the part past the image's end (a partial last block) is zeros.
+async fn read_padded(
+    target: &ExportedTarget,
+    offset: u64,
+    len: usize,
+) -> Result<Bytes, crate::source::SourceError> {
+    let size = target.source.size();
+    let available = size.saturating_sub(offset).min(len as u64) as usize;
+    let data = if available > 0 {
+        target.source.read_at(offset, available).await?
+    } else {
+        Bytes::new()
+    };
+    if data.len() != available {
+        return Err(crate::source::SourceError::Io(format!(
+            "source returned {} bytes instead of {available}",
+            data.len()
+        )));
+    }
+    if available == len {
+        return Ok(data);
+    }
+    let mut padded = BytesMut::with_capacity(len);
+    padded.extend_from_slice(&data);
+    padded.resize(len, 0);
+    Ok(padded.freeze())
+}
+
+/// Stamp sequence numbers in send order, batch PDUs, write them.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Outgoing>,
+    framing: Framing,
+    mut stat_sn: u32,
+    shared: Arc<Shared>,
+) {
+    let mut batch = BytesMut::with_capacity(WRITE_BATCH + 64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut close = false;
+        let mut next = Some(first);
+        while let Some(mut out) = next.take() {
+            let exp = shared.exp_cmd_sn.load(Ordering::Acquire);
+            stamp(
+                &mut out.pdu.bhs,
+                &mut stat_sn,
+                exp,
+                exp.wrapping_add(CMD_WINDOW - 1),
+            );
+            out.pdu.encode(&framing, &mut batch);
+            if out.close_after {
+                close = true;
+                break;
+            }
+            if batch.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if writer.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+        if close {
+            let _ = writer.flush().await;
+            let _ = writer.shutdown().await;
+            return;
+        }
+    }
+    let _ = writer.shutdown().await;
+}
+
+/// Fill StatSN (advancing it for PDUs that carry status), ExpCmdSN and MaxCmdSN (§4.2.2).
+fn stamp(bhs: &mut Bhs, stat_sn: &mut u32, exp: u32, max: u32) {
+    let mut next = || {
+        let sn = *stat_sn;
+        *stat_sn = stat_sn.wrapping_add(1);
+        sn
+    };
+    match bhs {
+        Bhs::ScsiResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (next(), exp, max),
+        Bhs::DataIn(p) => {
+            if p.status.is_some() {
+                p.stat_sn = next();
+            }
+            (p.exp_cmd_sn, p.max_cmd_sn) = (exp, max);
+        }
+        Bhs::NopIn(p) => {
+            // A ping (ITT reserved) shows the next StatSN without advancing it.
+            p.stat_sn = if p.itt == RESERVED_TAG {
+                *stat_sn
+            } else {
+                next()
+            };
+            (p.exp_cmd_sn, p.max_cmd_sn) = (exp, max);
+        }
+        Bhs::TextResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (next(), exp, max),
+        Bhs::TaskMgmtResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (next(), exp, max),
+        Bhs::LogoutResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (next(), exp, max),
+        Bhs::Reject(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (next(), exp, max),
+        _ => {}
+    }
+}
