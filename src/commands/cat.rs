@@ -27,12 +27,9 @@ pub const CHUNK: usize = 1 << 20;
 /// Reads in flight.
 pub const DEPTH: usize = 16;
 
-pub fn run(_global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
     if !args.image.starts_with("iscsi://") {
-        anyhow::bail!(
-            "{:?} is not an iscsi:// URL, and catalog names are not available in this build",
-            args.image
-        );
+        return super::fetch::cat_name(global, &args.image);
     }
     let url: IscsiUrl = args.image.parse()?;
     let runtime = super::runtime()?;
