@@ -608,13 +608,13 @@ impl Unmounter {
 }
 
 async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
-    let _ = global;
     if args.local_file {
         let source = crate::source::FileSource::open(Path::new(&args.image), 2048)
             .with_context(|| format!("while opening {}", args.image))?;
         return Ok(Arc::new(SourceView::new(source)));
     }
-    bail!("mounting catalog images needs the image core (not merged yet)")
+    let image = crate::image::open(global, &args.image).await?;
+    Ok(image)
 }
 
 /// Wait for SIGINT, SIGTERM (true) or the end of the session (false: unmounted from outside).
