@@ -126,6 +126,10 @@ fn mount_ok(image: &Path, mountpoint: &Mountpoint) {
 }
 
 fn unmount_ok(mountpoint: &Mountpoint) {
+    assert!(
+        find_daemon(&mountpoint.path).is_some(),
+        "no daemon serves the mount"
+    );
     let out = run_bounded(
         isomount().arg("unmount").arg(&mountpoint.path),
         Duration::from_secs(30),
@@ -136,6 +140,9 @@ fn unmount_ok(mountpoint: &Mountpoint) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mounted(&mountpoint.path));
+    wait_until(Duration::from_secs(20), "the daemon to exit", || {
+        find_daemon(&mountpoint.path).is_none()
+    });
 }
 
 fn read(path: &Path) -> String {
@@ -337,6 +344,10 @@ fn readahead_knob(path: &Path) -> PathBuf {
 
 /// The pid of the daemon serving `mountpoint`, from /proc.
 fn daemon_pid(mountpoint: &Path) -> i32 {
+    find_daemon(mountpoint).unwrap_or_else(|| panic!("no daemon for {}", mountpoint.display()))
+}
+
+fn find_daemon(mountpoint: &Path) -> Option<i32> {
     let want = mountpoint.as_os_str().as_encoded_bytes();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -348,10 +359,10 @@ fn daemon_pid(mountpoint: &Path) -> i32 {
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let ours = args.first().is_some_and(|a| a.ends_with(b"isomount"));
         if ours && args.contains(&want) {
-            return pid;
+            return Some(pid);
         }
     }
-    panic!("no daemon for {}", mountpoint.display());
+    None
 }
 
 #[test]
