@@ -49,8 +49,14 @@ perf() {
     printf '%-8s %-28s %s\n' "$label" "$*" "${line:-no result}"
 }
 
+# Warm both up (page cache, first connections) before anything is measured.
+timeout 30 iscsi-perf -t 2 "$serve_url" >/dev/null 2>&1 || true
+timeout 30 iscsi-perf -t 2 "$tgtd_url" >/dev/null 2>&1 || true
+
 echo "iscsi-perf, ${secs}s each, 256 MiB image, 2 cores shared"
-for args in "-b 8 -m 32" "-b 256 -m 16" "-r -b 8 -m 32"; do
+cases=("-b 8 -m 32" "-b 256 -m 16" "-r -b 8 -m 32")
+if [ -n "${BENCH_CASES:-}" ]; then IFS=';' read -r -a cases <<<"$BENCH_CASES"; fi
+for args in "${cases[@]}"; do
     # shellcheck disable=SC2086
     perf serve "$serve_url" $args
     # shellcheck disable=SC2086
