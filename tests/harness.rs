@@ -225,3 +225,206 @@ fn random_file_is_deterministic_and_seed_dependent() {
     assert_ne!(a, c);
     assert_ne!(a[..4096], a[4096..8192], "content repeats");
 }
+
+/// A TCP server on loopback that answers every connection with the byte stream `stream_byte`
+/// defines, `len` bytes long, then closes.
+fn source_server(len: u64) -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let handle = std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let block: Vec<u8> = (0..65536u64).map(stream_byte).collect();
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    if stream.write_all(&block[..n]).is_err() {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+            });
+        }
+    });
+    (addr, handle)
+}
+
+fn stream_byte(i: u64) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 8)) as u8
+}
+
+/// Reads until EOF or an error; returns the bytes and whether it ended in an error.
+fn read_all(stream: &mut TcpStream) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, false),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+fn assert_stream_prefix(got: &[u8]) {
+    let bad = got
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b != stream_byte(i as u64 % 65536));
+    assert_eq!(bad, None, "wrong byte through the proxy");
+}
+
+#[test]
+fn proxy_without_faults_forwards_every_byte_and_counts_them() {
+    let (upstream, _server) = source_server(5_000_000);
+    let proxy = FaultProxy::start(&upstream, Faults::default());
+    let mut client = TcpStream::connect(proxy.portal()).unwrap();
+    let (got, failed) = read_all(&mut client);
+    assert!(!failed);
+    assert_eq!(got.len(), 5_000_000);
+    assert_stream_prefix(&got);
+    assert_eq!(proxy.bytes_to_client(), 5_000_000);
+    assert_eq!(proxy.connections(), 1);
+}
+
+#[test]
+fn proxy_resets_each_connection_after_n_bytes() {
+    let (upstream, _server) = source_server(1_000_000);
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            reset_every: Some(100_000),
+            ..Faults::default()
+        },
+    );
+    for round in 1..=2u64 {
+        let mut client = TcpStream::connect(proxy.portal()).unwrap();
+        let (got, failed) = read_all(&mut client);
+        assert!(failed, "the connection ended without a reset");
+        assert_eq!(got.len(), 100_000);
+        assert_stream_prefix(&got);
+        assert_eq!(proxy.resets(), round);
+        assert_eq!(proxy.bytes_to_client(), round * 100_000);
+    }
+}
+
+#[test]
+fn proxy_stalls_once_then_resumes() {
+    let (upstream, _server) = source_server(300_000);
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            stall_after: Some((120_000, std::time::Duration::from_millis(1500))),
+            ..Faults::default()
+        },
+    );
+    let mut client = TcpStream::connect(proxy.portal()).unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    let (got, timed_out) = read_all(&mut client);
+    assert!(timed_out, "no stall seen");
+    assert_eq!(got.len(), 120_000, "stalled at the wrong place");
+    assert!(proxy.stalled());
+    client.set_read_timeout(None).unwrap();
+    let (rest, failed) = read_all(&mut client);
+    assert!(!failed);
+    let all = [got, rest].concat();
+    assert_eq!(all.len(), 300_000);
+    assert_stream_prefix(&all);
+}
+
+#[test]
+fn proxy_latency_delays_without_serialising() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut r = s.try_clone().unwrap();
+        std::io::copy(&mut r, &mut s).ok();
+    });
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            latency: Some(Duration::from_millis(10)),
+            ..Faults::default()
+        },
+    );
+    let mut client = TcpStream::connect(proxy.portal()).unwrap();
+    client.set_nodelay(true).unwrap();
+    let mut reply = [0u8; 1024];
+
+    let start = Instant::now();
+    client.write_all(&[7u8; 1024]).unwrap();
+    client.read_exact(&mut reply).unwrap();
+    let round_trip = start.elapsed();
+    assert!(
+        round_trip >= Duration::from_millis(20),
+        "no latency added: {round_trip:?}"
+    );
+
+    // 200 messages in flight at once: one round trip plus transfer time if the delay is a
+    // pipeline, 200 round trips (4 s) if the proxy serialised them.
+    let messages = 200;
+    let start = Instant::now();
+    let mut reader = client.try_clone().unwrap();
+    let collector = std::thread::spawn(move || {
+        let mut all = vec![0u8; 1024 * messages];
+        reader.read_exact(&mut all).unwrap();
+        all
+    });
+    for i in 0..messages {
+        client.write_all(&[i as u8; 1024]).unwrap();
+    }
+    let all = collector.join().unwrap();
+    let pipelined = start.elapsed();
+    for (i, message) in all.chunks(1024).enumerate() {
+        assert!(message.iter().all(|b| *b == i as u8), "message {i} garbled");
+    }
+    assert!(
+        pipelined < Duration::from_secs(1),
+        "200 pipelined messages took {pipelined:?}: latency is serialising"
+    );
+}
+
+#[test]
+fn proxy_latency_keeps_bulk_throughput() {
+    let len = 64_000_000;
+    let (upstream, _server) = source_server(len);
+    let proxy = FaultProxy::start(
+        &upstream,
+        Faults {
+            latency: Some(std::time::Duration::from_millis(10)),
+            ..Faults::default()
+        },
+    );
+    let start = std::time::Instant::now();
+    let mut client = TcpStream::connect(proxy.portal()).unwrap();
+    let (got, failed) = read_all(&mut client);
+    let elapsed = start.elapsed();
+    assert!(!failed);
+    assert_eq!(got.len() as u64, len);
+    assert_stream_prefix(&got);
+    eprintln!(
+        "bulk through 10 ms latency: {:.0} MB/s",
+        len as f64 / elapsed.as_secs_f64() / 1e6
+    );
+}
+
+#[test]
+fn proxy_drop_closes_open_connections() {
+    let (upstream, _server) = source_server(u64::MAX);
+    let proxy = FaultProxy::start(&upstream, Faults::default());
+    let mut client = TcpStream::connect(proxy.portal()).unwrap();
+    let mut first = [0u8; 1000];
+    std::io::Read::read_exact(&mut client, &mut first).unwrap();
+    let portal = proxy.portal();
+    drop(proxy);
+    let (_, _) = read_all(&mut client);
+    assert!(TcpStream::connect(portal).is_err(), "listener still open");
+}

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn isomount() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_isomount"))
-}
+mod common;
+
+use common::{isomount, random_file};
 
 /// Run `cmd`, killing it if it takes longer than `limit`.
 fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
@@ -79,22 +79,6 @@ impl Drop for Mountpoint {
     }
 }
 
-/// A pseudo-random file of `size` bytes, the same for the same seed.
-fn random_file(dir: &Path, name: &str, size: u64, seed: u64) -> PathBuf {
-    let path = dir.join(name);
-    let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut bytes = Vec::with_capacity(size as usize);
-    while (bytes.len() as u64) < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size as usize);
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
-
 /// A source tree and the ISO 9660 image xorriso makes of it (Rock Ridge + Joliet).
 fn make_iso(dir: &Path) -> (PathBuf, PathBuf) {
     let tree = dir.join("tree");
@@ -103,6 +87,11 @@ fn make_iso(dir: &Path) -> (PathBuf, PathBuf) {
     std::fs::write(tree.join("docs/deep/notes.txt"), b"lazy reads\n").unwrap();
     random_file(&tree, "kernel.bin", 3 << 20, 1);
     random_file(&tree.join("docs"), "set.tgz", 700_001, 2);
+    std::os::unix::fs::symlink("docs/deep/notes.txt", tree.join("NOTES")).unwrap();
+    let script = tree.join("docs/run.sh");
+    std::fs::write(&script, b"#!/bin/sh\necho hi\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let iso = dir.join("image.iso");
     let out = run_bounded(
         Command::new("xorriso")
@@ -165,7 +154,7 @@ fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["image.iso", "info"]);
+    assert_eq!(names, ["files", "image.iso", "info"]);
     let mounted = std::fs::read(mp.path.join("image.iso")).unwrap();
     assert!(
         mounted == std::fs::read(&iso).unwrap(),
@@ -176,6 +165,7 @@ fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
     assert_eq!(read(&mp.path.join("info/block-size")), "2048\n");
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("errors: 0"), "{stats}");
+    assert_eq!(read(&readahead_knob(&mp.path)), "1024\n");
     assert!(std::fs::write(mp.path.join("image.iso"), b"x").is_err());
 
     unmount_ok(&mp);
@@ -334,6 +324,17 @@ fn foreground_mount_unmounts_on_sigint_and_sigterm_unmounts_a_daemon() {
     });
 }
 
+/// The kernel's read-ahead setting for the mount at `path`.
+fn readahead_knob(path: &Path) -> PathBuf {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).unwrap().dev();
+    PathBuf::from(format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    ))
+}
+
 /// The pid of the daemon serving `mountpoint`, from /proc.
 fn daemon_pid(mountpoint: &Path) -> i32 {
     let want = mountpoint.as_os_str().as_encoded_bytes();
@@ -351,4 +352,35 @@ fn daemon_pid(mountpoint: &Path) -> i32 {
         }
     }
     panic!("no daemon for {}", mountpoint.display());
+}
+
+#[test]
+fn files_matches_the_source_tree_with_links_and_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, iso) = make_iso(dir.path());
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    mount_ok(&iso, &mp);
+    let files = mp.path.join("files");
+    let out = run_bounded(
+        Command::new("diff").arg("-r").arg(&tree).arg(&files),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "diff -r: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = std::fs::read_link(files.join("NOTES")).unwrap();
+    assert_eq!(link, Path::new("docs/deep/notes.txt"));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(files.join("docs/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o755);
+    let copy = dir.path().join("kernel.copy");
+    std::fs::copy(files.join("kernel.bin"), &copy).unwrap();
+    assert!(std::fs::read(&copy).unwrap() == std::fs::read(tree.join("kernel.bin")).unwrap());
+    unmount_ok(&mp);
 }

@@ -9,9 +9,11 @@
 mod fixtures;
 mod ports;
 mod process;
+mod proxy;
 mod tgtd;
 
 pub use fixtures::random_file;
 pub use ports::free_tcp_port;
 pub use process::logs_root;
+pub use proxy::{FaultProxy, Faults};
 pub use tgtd::{LunSpec, TargetSpec, Tgtd};

@@ -1,8 +1,20 @@
-//! `isomount cat`.
+//! `isomount cat`: the whole image to stdout, read ahead with many reads in flight and written
+//! in order; a progress bar on stderr when stderr is a terminal.
+//!
+//! [`pipe`] is independent of where bytes come from: an `iscsi://` URL reads the LUN directly;
+//! catalog names go through the image core.
 
+use std::future::Future;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
 
 use crate::cli::GlobalOpts;
+use crate::iscsi::{ConnectOptions, IscsiLun, IscsiUrl};
+use crate::source::BlockSource;
 
 #[derive(Debug, clap::Args)]
 pub struct CatArgs {
@@ -10,6 +22,120 @@ pub struct CatArgs {
     pub image: String,
 }
 
-pub fn run(_global: &GlobalOpts, _args: CatArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`isomount cat` is not implemented yet")
+/// Bytes asked for by one read.
+pub const CHUNK: usize = 1 << 20;
+/// Reads in flight.
+pub const DEPTH: usize = 16;
+
+pub fn run(_global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
+    if !args.image.starts_with("iscsi://") {
+        anyhow::bail!(
+            "{:?} is not an iscsi:// URL, and catalog names are not available in this build",
+            args.image
+        );
+    }
+    let url: IscsiUrl = args.image.parse()?;
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let lun = IscsiLun::connect(ConnectOptions::from_url(&url))
+            .await
+            .with_context(|| format!("while connecting to {url}"))?;
+        let size = lun.size();
+        let source = lun.clone();
+        let result = pipe(size, CHUNK, DEPTH, move |offset, len| {
+            let source = source.clone();
+            async move {
+                source
+                    .read_at(offset, len)
+                    .await
+                    .with_context(|| format!("while reading {len} bytes at offset {offset}"))
+            }
+        })
+        .await;
+        lun.logout().await;
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Read `size` bytes as `chunk`-sized reads, `depth` of them in flight, and write them to stdout
+/// in order from a writer thread. A closed stdout (`| head`) ends quietly.
+pub async fn pipe<F, Fut>(size: u64, chunk: usize, depth: usize, read: F) -> anyhow::Result<()>
+where
+    F: Fn(u64, usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<Bytes>> + Send + 'static,
+{
+    let progress = std::io::stderr().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(size),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        while let Some(data) = rx.blocking_recv() {
+            out.write_all(&data)?;
+        }
+        out.flush()
+    });
+    let chunk = chunk.max(1) as u64;
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = 0u64;
+    let result: anyhow::Result<()> = async {
+        loop {
+            while in_flight.len() < depth.max(1) && next < size {
+                let len = (size - next).min(chunk) as usize;
+                in_flight.push_back(tokio::spawn(read(next, len)));
+                next += len as u64;
+            }
+            let Some(handle) = in_flight.pop_front() else {
+                return Ok(());
+            };
+            let data = handle.await.context("while reading")??;
+            let len = data.len() as u64;
+            if tx.send(data).await.is_err() {
+                // The writer stopped: its result says why.
+                return Ok(());
+            }
+            if let Some(bar) = &progress {
+                bar.inc(len);
+            }
+        }
+    }
+    .await;
+    for handle in in_flight {
+        handle.abort();
+    }
+    drop(tx);
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the stdout writer panicked"))?;
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(e) => return Err(e).context("while writing to stdout"),
+        Ok(()) => {}
+    }
+    result
+}
+
+/// A [`BlockSource`] behind an `Arc`, for callers that hold one already.
+pub async fn cat_source(source: Arc<dyn BlockSource>) -> anyhow::Result<()> {
+    let size = source.size();
+    pipe(size, CHUNK, DEPTH, move |offset, len| {
+        let source = source.clone();
+        async move { Ok(source.read_at(offset, len).await?) }
+    })
+    .await
 }

@@ -1,8 +1,12 @@
-//! `isomount discover`.
+//! `isomount discover`: SendTargets discovery against one portal; `-l` logs in to each target
+//! there and lists its LUNs.
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 use crate::cli::GlobalOpts;
+use crate::iscsi::{self, lun, url};
 
 #[derive(Debug, clap::Args)]
 pub struct DiscoverArgs {
@@ -13,6 +17,46 @@ pub struct DiscoverArgs {
     pub luns: bool,
 }
 
-pub fn run(_global: &GlobalOpts, _args: DiscoverArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`isomount discover` is not implemented yet")
+pub fn run(_global: &GlobalOpts, args: DiscoverArgs) -> anyhow::Result<ExitCode> {
+    let (host, port) = url::split_host_port(&args.portal)
+        .map_err(|reason| anyhow::anyhow!("bad portal {:?}: {reason}", args.portal))?;
+    let portal = url::format_portal(&host, port);
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let chap = iscsi::Chap::from_env();
+        let initiator = iscsi::default_initiator_name();
+        let targets = iscsi::discover(&portal, &initiator, chap)
+            .await
+            .with_context(|| format!("while discovering targets at {portal}"))?;
+        for target in &targets {
+            println!("{}", target.name);
+            for p in &target.portals {
+                println!("    portal {p}");
+            }
+            if args.luns {
+                // Log in where we asked: advertised addresses may not be reachable from here.
+                let opts = iscsi::ConnectOptions::new(vec![portal.clone()], target.name.clone(), 0);
+                let luns = lun::list_luns(&opts)
+                    .await
+                    .with_context(|| format!("while listing the LUNs of {}", target.name))?;
+                for l in luns {
+                    let size = match l
+                        .capacity
+                        .and_then(|c| c.bytes().map(|b| (b, c.block_size)))
+                    {
+                        Some((bytes, bs)) => format!("{bytes} bytes, {bs}-byte blocks"),
+                        None => "no capacity".to_string(),
+                    };
+                    println!(
+                        "    lun {}: {} {} ({}), {size}",
+                        l.lun,
+                        l.vendor,
+                        l.product,
+                        crate::scsi::device_type_name(l.device_type)
+                    );
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }

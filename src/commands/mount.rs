@@ -22,7 +22,8 @@ use fuser::{MountOption, SessionACL};
 
 use crate::cli::GlobalOpts;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{fusermount, holds_iso9660, ImageView, SourceView, Tree};
+use crate::fs::{fusermount, holds_iso9660, ImageReadAt, ImageView, SourceView, Tree};
+use crate::iso9660::IsoFs;
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
@@ -342,8 +343,11 @@ fn detach_stdio(log: Option<&Path>) -> anyhow::Result<()> {
 }
 
 pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
-    let config = MountConfig::parse(&args.options)?;
-    let global = config.global(global);
+    let mut config = MountConfig::parse(&args.options)?;
+    let global = absolute_paths(config.global(global));
+    config.log = config
+        .log
+        .map(|log| std::path::absolute(&log).unwrap_or(log));
     let mountpoint = check_mountpoint(&args.mountpoint, config.nonempty)?;
     if args.foreground {
         serve(&global, &args, &config, &mountpoint, Ready::Foreground)?;
@@ -358,6 +362,8 @@ pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
             drop(read_end);
             // SAFETY: setsid has no preconditions; failure only means we already lead a session.
             unsafe { libc::setsid() };
+            // Hold no directory busy; every path in use was made absolute above.
+            let _ = std::env::set_current_dir("/");
             let ready = Ready::Parent {
                 pipe: std::fs::File::from(write_end),
                 log: config.log.clone(),
@@ -371,6 +377,21 @@ pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
             wait_ready(std::fs::File::from(read_end), child)
         }
     }
+}
+
+/// The daemon leaves its working directory, so relative catalog and cache paths become absolute.
+fn absolute_paths(mut global: GlobalOpts) -> GlobalOpts {
+    for catalog in &mut global.catalogs {
+        if !catalog.contains("://") {
+            if let Ok(path) = std::path::absolute(Path::new(catalog.as_str())) {
+                *catalog = path.to_string_lossy().into_owned();
+            }
+        }
+    }
+    global.cache_dir = global
+        .cache_dir
+        .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+    global
 }
 
 fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
@@ -453,6 +474,7 @@ fn serve(
             result
         })
         .context("while starting the FUSE session")?;
+    raise_readahead(mountpoint);
     if let Err(err) = ready.ok() {
         let _ = unmounter.unmount();
         return Err(err);
@@ -483,6 +505,22 @@ fn serve(
     Ok(())
 }
 
+/// Let the kernel read ahead as far as one FUSE request can carry: the INIT reply cannot raise
+/// the window past the kernel's default (128 KiB), but root may through the mount's bdi. Sequential
+/// readers then send 1 MiB requests instead of 128 KiB ones. Best effort.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let kib = crate::fs::fuse::MAX_READ / 1024;
+    if let Err(err) = std::fs::write(&knob, kib.to_string()) {
+        tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
+    }
+}
+
 type Mounted = (fuser::Session<FuseAdapter>, Unmounter);
 
 fn mount(
@@ -496,6 +534,15 @@ fn mount(
     let is_iso = runtime
         .block_on(holds_iso9660(view.as_ref()))
         .with_context(|| format!("while reading {}'s volume descriptor", args.image))?;
+    // A volume the reader cannot make sense of still mounts, as the image alone.
+    let files = is_iso
+        .then(|| {
+            let reader = ImageReadAt::new(view.clone(), runtime.handle().clone());
+            IsoFs::open(Arc::new(reader))
+                .map_err(|err| tracing::warn!("{}: no files/ view: {err}", args.image))
+                .ok()
+        })
+        .flatten();
     // SAFETY: getuid and getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let tree = Arc::new(Tree::new(
@@ -503,6 +550,7 @@ fn mount(
         &args.image,
         &file_stem(&args.image),
         is_iso,
+        files,
         uid,
         gid,
     ));

@@ -29,6 +29,17 @@ impl FuseAdapter {
     pub fn new(tree: Arc<Tree>, runtime: tokio::runtime::Handle) -> FuseAdapter {
         FuseAdapter { tree, runtime }
     }
+
+    /// Answer a request about `ino`: at once for the fixed nodes, on the blocking pool for
+    /// `files/`, whose metadata may have to be read from the network first.
+    fn answer(&self, ino: INodeNo, work: impl FnOnce(&Tree) + Send + 'static) {
+        if self.tree.in_files(ino.0) {
+            let tree = self.tree.clone();
+            self.runtime.spawn_blocking(move || work(&tree));
+        } else {
+            work(&self.tree);
+        }
+    }
 }
 
 impl Filesystem for FuseAdapter {
@@ -51,26 +62,34 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.tree.lookup(parent.0, name) {
-            Ok(attr) => reply.entry(&self.tree.ttl(attr.ino.0), &attr, fuser::Generation(0)),
+        let name = name.to_os_string();
+        self.answer(parent, move |tree| match tree.lookup(parent.0, &name) {
+            Ok(attr) => reply.entry(&tree.ttl(attr.ino.0), &attr, fuser::Generation(0)),
             Err(err) => reply.error(err.errno()),
-        }
+        });
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.tree.getattr(ino.0) {
-            Ok(attr) => reply.attr(&self.tree.ttl(ino.0), &attr),
+        self.answer(ino, move |tree| match tree.getattr(ino.0) {
+            Ok(attr) => reply.attr(&tree.ttl(ino.0), &attr),
             Err(err) => reply.error(err.errno()),
-        }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.answer(ino, move |tree| match tree.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(err) => reply.error(err.errno()),
+        });
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        match self.tree.open(ino.0, write) {
+        self.answer(ino, move |tree| match tree.open(ino.0, write) {
             Ok(Caching::KeepCache) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
             Ok(Caching::Direct) => reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO),
             Err(err) => reply.error(err.errno()),
-        }
+        });
     }
 
     fn read(

@@ -5,7 +5,11 @@
 //! MOUNTPOINT/
 //!   NAME.iso | NAME.img   the image, byte for byte (".iso" when sector 16 is an ISO 9660 PVD)
 //!   info/                 one small text file per fact, and a live `stats`
+//!   files/                the ISO 9660 tree inside the image, read lazily (ISO images only)
 //! ```
+//!
+//! Inode numbers: 1 root, 2 the image, 3 `info/`, 16.. the info files, and ISO 9660 node `n`
+//! (the iso9660 reader's own stable number) is `FILES_BASE + n`.
 //!
 //! [`Tree`] is the core: inode numbers, attributes, directory listings and reads, with no
 //! knowledge of `/dev/fuse`, so unit tests drive it directly. [`fuse`] is the thin adapter that
@@ -16,7 +20,7 @@
 pub mod fuse;
 pub mod fusermount;
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -25,6 +29,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fuser::{FileAttr, FileType, INodeNo};
 
+use crate::iso9660::{IsoError, IsoFs, ReadAt};
 use crate::source::BlockSource;
 
 /// A read that cannot be satisfied, with its cause chain already flattened to text.
@@ -64,6 +69,8 @@ pub enum FsError {
         end: u64,
         cause: String,
     },
+    #[error("{image} files/: {source}")]
+    Iso { image: String, source: IsoError },
 }
 
 impl FsError {
@@ -74,6 +81,7 @@ impl FsError {
             FsError::IsDirectory => fuser::Errno::EISDIR,
             FsError::ReadOnly => fuser::Errno::EROFS,
             FsError::Read { .. } => fuser::Errno::EIO,
+            FsError::Iso { source, .. } => fuser::Errno::from_i32(source.errno()),
         }
     }
 }
@@ -102,13 +110,17 @@ const IMAGE: u64 = 2;
 const INFO_DIR: u64 = 3;
 /// Info files are numbered from here, in the order of `Tree::info`.
 const INFO_FIRST: u64 = 16;
+/// ISO 9660 node `n` is inode `FILES_BASE + n` (the reader's numbers are byte positions in the
+/// image, far below this).
+const FILES_BASE: u64 = 1 << 56;
+const FILES_ROOT: u64 = FILES_BASE + crate::iso9660::ROOT_INO;
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirEntry {
     pub ino: u64,
     pub kind: FileType,
-    pub name: String,
+    pub name: OsString,
 }
 
 /// How the kernel should cache an open file.
@@ -138,6 +150,8 @@ pub struct Tree {
     /// `NAME.iso` or `NAME.img`.
     image_file: String,
     info: Vec<InfoFile>,
+    /// The ISO 9660 tree behind `files/`; its calls may block on image reads.
+    files: Option<Arc<IsoFs>>,
     uid: u32,
     gid: u32,
     mounted_at: SystemTime,
@@ -146,12 +160,13 @@ pub struct Tree {
 
 impl Tree {
     /// A tree for `image`, whose file is called `file_stem` + `.iso` (or `.img` when `is_iso` is
-    /// false). Files belong to `uid`:`gid`.
+    /// false), with `files/` when `files` is given. Files belong to `uid`:`gid`.
     pub fn new(
         image: Arc<dyn ImageView>,
         label: &str,
         file_stem: &str,
         is_iso: bool,
+        files: Option<IsoFs>,
         uid: u32,
         gid: u32,
     ) -> Tree {
@@ -176,6 +191,7 @@ impl Tree {
             label: label.to_string(),
             image_file: format!("{}.{extension}", file_stem.replace(['/', '\0'], "_")),
             info,
+            files: files.map(Arc::new),
             uid,
             gid,
             mounted_at: SystemTime::now(),
@@ -196,6 +212,61 @@ impl Tree {
     /// Reads that failed with EIO since the mount.
     pub fn failed_reads(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Whether `ino` is in `files/`, whose operations may block on image reads.
+    pub fn in_files(&self, ino: u64) -> bool {
+        ino >= FILES_BASE
+    }
+
+    /// The ISO 9660 volume and node number behind `ino`.
+    fn iso(&self, ino: u64) -> Result<(&Arc<IsoFs>, u64), FsError> {
+        match (&self.files, ino.checked_sub(FILES_BASE)) {
+            (Some(files), Some(node)) => Ok((files, node)),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    fn iso_error(&self, source: IsoError) -> FsError {
+        let err = FsError::Iso {
+            image: self.label.clone(),
+            source,
+        };
+        if err.errno() == fuser::Errno::EIO {
+            tracing::error!("{err}");
+        }
+        err
+    }
+
+    fn iso_attr(&self, attr: crate::iso9660::Attr) -> Result<FileAttr, FsError> {
+        let ino = attr
+            .ino
+            .checked_add(FILES_BASE)
+            .ok_or_else(|| self.iso_error(IsoError::NoSuchInode(attr.ino)))?;
+        let kind = match attr.kind {
+            crate::iso9660::Kind::File => FileType::RegularFile,
+            crate::iso9660::Kind::Dir => FileType::Directory,
+            crate::iso9660::Kind::Symlink => FileType::Symlink,
+        };
+        Ok(FileAttr {
+            ino: INodeNo(ino),
+            size: attr.size,
+            blocks: attr.size.div_ceil(512),
+            atime: attr.atime,
+            mtime: attr.mtime,
+            ctime: attr.ctime,
+            crtime: attr.ctime,
+            kind,
+            // The set-id bits mean nothing on a nosuid mount; owners become the mounting user,
+            // as for removable media, so that the files are readable by whoever mounted them.
+            perm: (attr.mode & 0o1777) as u16,
+            nlink: attr.nlink.max(1),
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 128 * 1024,
+            flags: 0,
+        })
     }
 
     fn info_index(&self, ino: u64) -> Option<usize> {
@@ -245,6 +316,11 @@ impl Tree {
         match ino {
             ROOT | INFO_DIR => Ok(self.attr(ino, FileType::Directory, 0)),
             IMAGE => Ok(self.attr(ino, FileType::RegularFile, self.image.size())),
+            _ if self.in_files(ino) => {
+                let (iso, node) = self.iso(ino)?;
+                let attr = iso.getattr(node).map_err(|e| self.iso_error(e))?;
+                self.iso_attr(attr)
+            }
             _ => {
                 let index = self.info_index(ino).ok_or(FsError::NotFound)?;
                 let size = self.info_bytes(index).len() as u64;
@@ -263,11 +339,16 @@ impl Tree {
 
     /// The entry `name` in directory `parent`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
+        if self.in_files(parent) {
+            let (iso, node) = self.iso(parent)?;
+            let found = iso.lookup(node, name).map_err(|e| self.iso_error(e))?;
+            return self.iso_attr(found.ok_or(FsError::NotFound)?.attr);
+        }
         let entry = self
             .readdir(parent)?
             .into_iter()
             .skip(2)
-            .find(|entry| OsStr::new(&entry.name) == name)
+            .find(|entry| entry.name == name)
             .ok_or(FsError::NotFound)?;
         self.getattr(entry.ino)
     }
@@ -277,20 +358,48 @@ impl Tree {
         let dir = |ino, name: &str| DirEntry {
             ino,
             kind: FileType::Directory,
-            name: name.to_string(),
+            name: name.into(),
         };
         let file = |ino, name: &str| DirEntry {
             ino,
             kind: FileType::RegularFile,
-            name: name.to_string(),
+            name: name.into(),
         };
         match ino {
-            ROOT => Ok(vec![
-                dir(ROOT, "."),
-                dir(ROOT, ".."),
-                file(IMAGE, &self.image_file),
-                dir(INFO_DIR, "info"),
-            ]),
+            ROOT => {
+                let mut entries = vec![
+                    dir(ROOT, "."),
+                    dir(ROOT, ".."),
+                    file(IMAGE, &self.image_file),
+                    dir(INFO_DIR, "info"),
+                ];
+                if self.files.is_some() {
+                    entries.push(dir(FILES_ROOT, "files"));
+                }
+                Ok(entries)
+            }
+            _ if self.in_files(ino) => {
+                let (iso, node) = self.iso(ino)?;
+                let listing = iso.readdir(node).map_err(|e| self.iso_error(e))?;
+                let parent = if ino == FILES_ROOT { ROOT } else { FILES_ROOT };
+                let mut entries = vec![dir(ino, "."), dir(parent, "..")];
+                for entry in listing {
+                    let Some(ino) = entry.ino.checked_add(FILES_BASE) else {
+                        continue;
+                    };
+                    let kind = match entry.kind {
+                        crate::iso9660::Kind::File => FileType::RegularFile,
+                        crate::iso9660::Kind::Dir => FileType::Directory,
+                        crate::iso9660::Kind::Symlink => FileType::Symlink,
+                    };
+                    entries.push(DirEntry {
+                        ino,
+                        kind,
+                        name: entry.name,
+                    });
+                }
+                Ok(entries)
+            }
             INFO_DIR => {
                 let mut entries = vec![dir(INFO_DIR, "."), dir(ROOT, "..")];
                 entries.extend(
@@ -324,10 +433,31 @@ impl Tree {
         })
     }
 
+    /// The target of symbolic link `ino`.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let (iso, node) = self.iso(ino)?;
+        let target = iso.readlink(node).map_err(|e| self.iso_error(e))?;
+        Ok(target.into_encoded_bytes())
+    }
+
     /// Up to `size` bytes of `ino` at `offset` (fewer at the end of the file).
     pub async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Bytes, FsError> {
         match ino {
             IMAGE => self.read_image(offset, size).await,
+            _ if self.in_files(ino) => {
+                let (iso, node) = self.iso(ino)?;
+                let iso = iso.clone();
+                let read = move || iso.read(node, offset, size as usize);
+                match tokio::task::spawn_blocking(read).await {
+                    Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                    Ok(Err(err)) => Err(self.iso_error(err)),
+                    Err(err) => Err(self.iso_error(IsoError::Io {
+                        offset,
+                        len: size as usize,
+                        source: std::io::Error::other(err.to_string()),
+                    })),
+                }
+            }
             ROOT | INFO_DIR => Err(FsError::IsDirectory),
             _ => {
                 let index = self.info_index(ino).ok_or(FsError::NotFound)?;
@@ -370,6 +500,61 @@ impl Tree {
         };
         tracing::error!("{err}");
         Err(err)
+    }
+}
+
+/// The iso9660 reader's synchronous [`ReadAt`] over an [`ImageView`]. Each call waits on the
+/// runtime, so it must run off the runtime's own threads (the mount opens the volume on its main
+/// thread; `files/` operations run on the blocking pool).
+pub struct ImageReadAt {
+    image: Arc<dyn ImageView>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ImageReadAt {
+    pub fn new(image: Arc<dyn ImageView>, runtime: tokio::runtime::Handle) -> ImageReadAt {
+        ImageReadAt { image, runtime }
+    }
+}
+
+impl ReadAt for ImageReadAt {
+    fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+        let read =
+            async { tokio::time::timeout(READ_DEADLINE, self.image.read(offset, len)).await };
+        match self.runtime.block_on(read) {
+            Ok(Ok(bytes)) => Ok(bytes.to_vec()),
+            Ok(Err(err)) => Err(std::io::Error::other(err.0)),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", READ_DEADLINE.as_secs()),
+            )),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        self.image.size()
+    }
+}
+
+#[async_trait]
+impl ImageView for crate::image::Image {
+    fn size(&self) -> u64 {
+        crate::image::Image::size(self)
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, ReadFailure> {
+        match crate::image::Image::read(self, offset, len).await {
+            Ok(verified) => Ok(verified.into_bytes()),
+            Err(err) => Err(ReadFailure(err.to_string())),
+        }
+    }
+
+    fn facts(&self) -> Vec<(String, String)> {
+        crate::image::Image::facts(self)
+    }
+
+    fn stats(&self) -> String {
+        crate::image::Image::stats(self)
     }
 }
 

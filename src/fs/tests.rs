@@ -2,6 +2,7 @@ use std::ffi::OsStr;
 use std::io::Write;
 
 use super::*;
+use crate::iso9660::IsoFs;
 use crate::source::{FileSource, SourceError, SourceIdentity};
 
 fn patterned(len: usize) -> Vec<u8> {
@@ -46,12 +47,12 @@ fn iso9660_is_recognised_by_its_primary_volume_descriptor() {
 #[test]
 fn root_lists_the_image_and_info() {
     let (_f, view) = file_view(&patterned(10_000), 512);
-    let tree = Tree::new(view, "demo", "demo", false, 1000, 1000);
+    let tree = Tree::new(view, "demo", "demo", false, None, 1000, 1000);
     let names: Vec<String> = tree
         .readdir(1)
         .unwrap()
         .into_iter()
-        .map(|e| e.name)
+        .map(|e| e.name.to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, [".", "..", "demo.img", "info"]);
     let attr = tree.lookup(1, OsStr::new("demo.img")).unwrap();
@@ -67,7 +68,7 @@ fn root_lists_the_image_and_info() {
         .readdir(3)
         .unwrap()
         .into_iter()
-        .map(|e| e.name)
+        .map(|e| e.name.to_string_lossy().into_owned())
         .collect();
     assert_eq!(info, [".", "..", "size", "block-size", "stats"]);
 }
@@ -77,7 +78,7 @@ fn image_reads_are_exact_and_clamped_at_the_end() {
     let rt = runtime();
     let bytes = patterned(10_000);
     let (_f, view) = file_view(&bytes, 512);
-    let tree = Tree::new(view, "demo", "demo", false, 0, 0);
+    let tree = Tree::new(view, "demo", "demo", false, None, 0, 0);
     let ino = tree.lookup(1, OsStr::new("demo.img")).unwrap().ino.0;
     let got = rt.block_on(tree.read(ino, 1000, 3000)).unwrap();
     assert_eq!(&got[..], &bytes[1000..4000]);
@@ -97,7 +98,7 @@ fn image_reads_are_exact_and_clamped_at_the_end() {
 fn info_files_hold_facts_and_live_stats() {
     let rt = runtime();
     let (_f, view) = file_view(&iso_like(40960), 2048);
-    let tree = Tree::new(view, "demo", "demo", true, 0, 0);
+    let tree = Tree::new(view, "demo", "demo", true, None, 0, 0);
     assert_eq!(tree.image_file_name(), "demo.iso");
     let size = tree.lookup(3, OsStr::new("size")).unwrap();
     assert_eq!(size.size, 6);
@@ -116,7 +117,7 @@ fn info_files_hold_facts_and_live_stats() {
 #[test]
 fn opening_is_read_only_and_the_image_keeps_its_cache() {
     let (_f, view) = file_view(&patterned(4096), 512);
-    let tree = Tree::new(view, "demo", "demo", false, 0, 0);
+    let tree = Tree::new(view, "demo", "demo", false, None, 0, 0);
     assert_eq!(tree.open(2, false).unwrap(), Caching::KeepCache);
     assert_eq!(tree.open(2, true).unwrap_err().errno(), fuser::Errno::EROFS);
     assert_eq!(
@@ -156,6 +157,7 @@ fn a_failed_read_is_eio_naming_image_range_and_cause() {
         "netbsd",
         "netbsd",
         false,
+        None,
         0,
         0,
     );
@@ -189,12 +191,83 @@ fn facts_with_hostile_names_are_made_safe() {
             String::new()
         }
     }
-    let tree = Tree::new(Arc::new(Odd), "odd", "odd", false, 0, 0);
+    let tree = Tree::new(Arc::new(Odd), "odd", "odd", false, None, 0, 0);
     let names: Vec<String> = tree
         .readdir(3)
         .unwrap()
         .into_iter()
-        .map(|e| e.name)
+        .map(|e| e.name.to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, [".", "..", ".._x", "a", "stats"]);
+}
+
+/// A tree over fixtures/sample.iso with `files/`, the volume opened the way the mount does it.
+fn sample_tree(rt: &tokio::runtime::Runtime) -> Tree {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample.iso");
+    let source = FileSource::open(&path, 2048).unwrap();
+    let view: Arc<dyn ImageView> = Arc::new(SourceView::new(source));
+    let reader = ImageReadAt::new(view.clone(), rt.handle().clone());
+    let files = IsoFs::open(Arc::new(reader)).unwrap();
+    Tree::new(view, "sample", "sample", true, Some(files), 0, 0)
+}
+
+fn child(tree: &Tree, parent: u64, name: &str) -> FileAttr {
+    tree.lookup(parent, OsStr::new(name)).unwrap()
+}
+
+#[test]
+fn files_shows_the_iso_tree_with_modes_links_and_contents() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tree = sample_tree(&rt);
+    let root: Vec<String> = tree
+        .readdir(1)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(root, [".", "..", "sample.iso", "info", "files"]);
+    let files = child(&tree, 1, "files");
+    assert_eq!(files.kind, FileType::Directory);
+    assert!(tree.in_files(files.ino.0));
+
+    let docs = child(&tree, files.ino.0, "docs");
+    let history = child(&tree, docs.ino.0, "history");
+    let text = child(&tree, history.ino.0, "iscsifs.txt");
+    let got = rt.block_on(tree.read(text.ino.0, 0, 4096)).unwrap();
+    assert!(got.starts_with(b"The idea comes from the NetBSD portable iSCSI initiator"));
+    assert_eq!(got.len() as u64, text.size);
+
+    let script = child(&tree, child(&tree, files.ino.0, "bin").ino.0, "hello.sh");
+    assert_eq!(script.perm, 0o755);
+    let link = child(&tree, files.ino.0, "USAGE");
+    assert_eq!(link.kind, FileType::Symlink);
+    assert_eq!(tree.readlink(link.ino.0).unwrap(), b"docs/usage.txt");
+
+    let pattern = child(
+        &tree,
+        child(&tree, files.ino.0, "data").ino.0,
+        "pattern.bin",
+    );
+    assert_eq!(pattern.size, 1280 * 32);
+    let middle = rt.block_on(tree.read(pattern.ino.0, 32 * 700, 32)).unwrap();
+    assert_eq!(&middle[..], b"block 00000700/sample-data-line\n");
+
+    assert_eq!(
+        tree.lookup(files.ino.0, OsStr::new("missing"))
+            .unwrap_err()
+            .errno(),
+        fuser::Errno::ENOENT
+    );
+    assert_eq!(
+        tree.readdir(text.ino.0).unwrap_err().errno(),
+        fuser::Errno::ENOTDIR
+    );
+    assert_eq!(
+        tree.open(text.ino.0, true).unwrap_err().errno(),
+        fuser::Errno::EROFS
+    );
 }

@@ -9,6 +9,8 @@
 //!
 //! Nothing in this module speaks iSCSI: `remote` adapts [`crate::iscsi::IscsiLun`] to [`Mirror`].
 
+pub mod identity;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -98,6 +100,10 @@ pub trait Mirror: Send + Sync {
     fn describe(&self) -> String;
     /// Connect (or reconnect). Called again after a failure.
     async fn connect(&self) -> Result<Arc<dyn BlockSource>, SourceError>;
+    /// What the connected LUN says about itself (vendor, product, serial, block-size, …).
+    fn facts(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// A mirror that is an already-open source (a file, a test double, a LUN opened by URL).
@@ -296,6 +302,15 @@ impl Image {
                 .unwrap_or_else(|| "none (chunk hashes recorded on first fetch)".into()),
         ));
         out.push(("portal".into(), self.current_portal()));
+        if !self.offline {
+            if let Some(m) = self.mirrors.get(self.preferred.load(Ordering::Relaxed)) {
+                for (k, v) in m.facts() {
+                    if !out.iter().any(|(have, _)| *have == k) {
+                        out.push((k, v));
+                    }
+                }
+            }
+        }
         out
     }
 

@@ -1,7 +1,93 @@
 //! The iSCSI protocol (RFC 7143), initiator side, and the codec shared with the target.
 //!
 //! - [`pdu`], [`digest`], [`text`]: the wire codec, no I/O (§11, §6, §13).
+//! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
+//! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
+//! - [`lun`]: a LUN as a [`crate::source::BlockSource`]; [`discovery`]: SendTargets.
+//! - [`url`] — `iscsi://[user[%secret]@]host[:port]/target/lun[?digest=crc32c]`.
+//!
+//! CRC32C digests are offered when the URL has `?digest=crc32c` or `ISOMOUNT_DIGEST=crc32c` is
+//! set in the environment.
 
 pub mod digest;
+pub mod discovery;
+pub mod login;
+pub mod lun;
 pub mod pdu;
+pub mod session;
 pub mod text;
+pub mod url;
+
+pub use discovery::{discover, DiscoveredTarget};
+pub use login::{Chap, Secret};
+pub use lun::{ConnectOptions, IscsiLun, LunInfo};
+pub use url::IscsiUrl;
+
+use crate::scsi::ScsiError;
+use crate::source::SourceError;
+
+/// Why an iSCSI operation failed. Messages never contain a secret.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IscsiError {
+    #[error("cannot connect to {portal}: {reason}")]
+    Connect { portal: String, reason: String },
+    #[error("login to {target} at {portal} failed: {reason}")]
+    Login {
+        target: String,
+        portal: String,
+        reason: String,
+        transient: bool,
+    },
+    #[error("{portal}: {reason}")]
+    Protocol { portal: String, reason: String },
+    #[error("the target has no LUN {lun}")]
+    NoSuchLun { lun: u64 },
+    #[error("after reconnecting to {portal}, the LUN is not the same one: {reason}")]
+    IdentityChanged { portal: String, reason: String },
+    #[error("target unreachable for {secs}s, giving up: {last}")]
+    GaveUp { secs: u64, last: String },
+    #[error("target rejected the command (reason {reason:#04x})")]
+    Rejected { reason: u8 },
+    #[error("read past the end of the LUN")]
+    OutOfRange,
+    #[error("short read: wanted {wanted} bytes, got {got}")]
+    ShortRead { wanted: u32, got: usize },
+    #[error("the iSCSI session is closed")]
+    Closed,
+    #[error(transparent)]
+    Scsi(#[from] ScsiError),
+}
+
+impl IscsiError {
+    /// The same failure as the block-source seam sees it.
+    pub fn to_source_error(&self) -> SourceError {
+        match self {
+            Self::OutOfRange => SourceError::OutOfRange(self.to_string()),
+            Self::Connect { .. } | Self::GaveUp { .. } | Self::Closed | Self::Login { .. } => {
+                SourceError::Unavailable(self.to_string())
+            }
+            _ => SourceError::Io(self.to_string()),
+        }
+    }
+}
+
+/// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.
+pub fn default_initiator_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| {
+            h.trim()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'))
+                .collect::<String>()
+                .to_ascii_lowercase()
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "initiator".to_string());
+    format!("iqn.2024-01.org.isomount:{host}")
+}
+
+/// `ISOMOUNT_DIGEST=crc32c` asks for CRC32C digests.
+pub fn digests_from_env() -> bool {
+    std::env::var("ISOMOUNT_DIGEST").is_ok_and(|v| v.eq_ignore_ascii_case("crc32c"))
+}

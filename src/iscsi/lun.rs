@@ -1,0 +1,682 @@
+//! One LUN of one target as a [`BlockSource`]: connect (portals in order, redirects followed),
+//! probe what the LUN is (TEST UNIT READY until UNIT ATTENTIONs are drained, INQUIRY and VPD
+//! 0x00/0x80/0x83, READ CAPACITY(16) falling back to (10); MMC devices use (10) only), then read
+//! with READ(10)/(12)/(16) as the device takes them, clamped to the capacity.
+//!
+//! Recovery (RFC 7143 §6.2.1 session reinstatement is not used: ErrorRecoveryLevel 0 with a new
+//! session, same ISID, TSIH 0) reconnects through [`Connector`], which checks the LUN's identity.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use tokio::sync::{mpsc, oneshot};
+
+use super::login::{Chap, LoginConfig};
+use super::session::{
+    CommandOutcome, CommandSpec, Conn, Driver, LoginFailure, Reconnect, Request, Seq, Shared,
+    Timing,
+};
+use super::text::Params;
+use super::IscsiError;
+use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
+use crate::source::{BlockSource, SourceError, SourceIdentity};
+
+/// How to reach a LUN. [`ConnectOptions::new`] fills in defaults.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// "host:port" or "[::1]:3260"; tried in order.
+    pub portals: Vec<String>,
+    pub target: String,
+    pub lun: u64,
+    pub chap: Option<Chap>,
+    pub initiator_name: String,
+    /// Offer CRC32C header and data digests.
+    pub digests: bool,
+    /// Fail outstanding reads when the target stays away this long.
+    pub give_up_after: Duration,
+    /// Bound on connecting, logging in and each setup exchange.
+    pub timeout: Duration,
+    /// Ping an idle link after this long.
+    pub nop_interval: Duration,
+    /// Declare a link dead when nothing arrives for this long while we wait for the target.
+    pub stall_timeout: Duration,
+    /// Most commands in flight.
+    pub queue_depth: usize,
+    /// Largest READ we issue (also bounded by the negotiated MaxBurstLength).
+    pub max_read: u32,
+}
+
+impl ConnectOptions {
+    /// Defaults: our initiator name, no CHAP (or libiscsi's environment variables), digests when
+    /// `ISOMOUNT_DIGEST=crc32c`, give up after 60 s.
+    pub fn new(portals: Vec<String>, target: impl Into<String>, lun: u64) -> Self {
+        Self {
+            portals,
+            target: target.into(),
+            lun,
+            chap: Chap::from_env(),
+            initiator_name: super::default_initiator_name(),
+            digests: super::digests_from_env(),
+            give_up_after: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            nop_interval: Duration::from_secs(3),
+            stall_timeout: Duration::from_secs(8),
+            queue_depth: 64,
+            max_read: 1 << 20,
+        }
+    }
+
+    /// Options for an `iscsi://` URL.
+    pub fn from_url(url: &super::IscsiUrl) -> Self {
+        let mut opts = Self::new(vec![url.portal()], url.target.clone(), url.lun);
+        opts.chap = url.chap.clone();
+        opts.digests |= url.digests;
+        opts
+    }
+}
+
+/// What a LUN is, and how the session to it was negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunInfo {
+    pub target: String,
+    pub lun: u64,
+    pub vendor: String,
+    pub product: String,
+    pub revision: String,
+    pub serial: Option<String>,
+    pub device_id: Option<Vec<u8>>,
+    pub device_type: u8,
+    pub block_size: u32,
+    pub blocks: u64,
+    /// Bytes.
+    pub capacity: u64,
+    pub portal: String,
+    pub target_alias: Option<String>,
+    /// Negotiated parameters, `(key, value)`.
+    pub parameters: Vec<(String, String)>,
+}
+
+impl LunInfo {
+    pub fn device_type_name(&self) -> &'static str {
+        scsi::device_type_name(self.device_type)
+    }
+}
+
+/// What the probe found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Probe {
+    inquiry: Inquiry,
+    serial: Option<String>,
+    device_id: Option<Vec<u8>>,
+    capacity: Capacity,
+}
+
+impl Probe {
+    fn same_lun(&self, other: &Probe) -> Result<(), String> {
+        if self.serial != other.serial {
+            return Err(format!(
+                "serial changed from {:?} to {:?}",
+                self.serial, other.serial
+            ));
+        }
+        if self.device_id != other.device_id {
+            return Err("device identifier changed".into());
+        }
+        if self.capacity != other.capacity {
+            return Err(format!(
+                "capacity changed from {} to {} blocks of {}",
+                self.capacity.blocks, other.capacity.blocks, other.capacity.block_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Connects, logs in and probes; remembers the first probe to check later reconnects against.
+struct Connector {
+    opts: ConnectOptions,
+    isid: [u8; 6],
+    current: AtomicUsize,
+    first: Mutex<Option<Probe>>,
+}
+
+struct Established {
+    conn: Conn,
+    seq: Seq,
+    params: Params,
+    probe: Probe,
+    target_alias: Option<String>,
+}
+
+impl Connector {
+    fn login_error(&self, portal: &str, failure: LoginFailure) -> IscsiError {
+        match failure {
+            LoginFailure::Io(e) => e,
+            LoginFailure::Refused(source) => IscsiError::Login {
+                target: self.opts.target.clone(),
+                portal: portal.to_string(),
+                reason: source.to_string(),
+                transient: source.is_transient(),
+            },
+        }
+    }
+
+    /// Connect and log in, following redirects.
+    async fn login(
+        &self,
+        portal: &str,
+    ) -> Result<(Conn, Seq, super::login::LoginOutcome), IscsiError> {
+        let mut address = portal.to_string();
+        for _ in 0..4 {
+            let mut conn = Conn::connect(&address, self.opts.timeout).await?;
+            let cfg = LoginConfig {
+                initiator_name: self.opts.initiator_name.clone(),
+                target: Some(self.opts.target.clone()),
+                isid: self.isid,
+                tsih: 0,
+                cid: 0,
+                chap: self.opts.chap.clone(),
+                digests: self.opts.digests,
+                max_recv_data_segment_length: 262_144,
+                max_burst_length: 16_776_192,
+            };
+            match conn.login(cfg, 0).await {
+                Ok(Ok(outcome)) => {
+                    let seq = Seq::new(&outcome, 1);
+                    return Ok((conn, seq, outcome));
+                }
+                Ok(Err(redirect)) => {
+                    tracing::info!("{address} redirects us to {redirect}");
+                    address = redirect;
+                }
+                Err(failure) => return Err(self.login_error(&address, failure)),
+            }
+        }
+        Err(IscsiError::Protocol {
+            portal: portal.to_string(),
+            reason: "too many login redirects".into(),
+        })
+    }
+
+    async fn establish(&self, portal: &str) -> Result<Established, IscsiError> {
+        let (mut conn, mut seq, outcome) = self.login(portal).await?;
+        let probe = probe(&mut conn, &mut seq, self.opts.lun).await?;
+        Ok(Established {
+            conn,
+            seq,
+            params: outcome.params,
+            probe,
+            target_alias: outcome.target_alias,
+        })
+    }
+}
+
+/// One LUN as REPORT LUNS and INQUIRY describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LunSummary {
+    pub lun: u64,
+    pub device_type: u8,
+    pub vendor: String,
+    pub product: String,
+    /// Blocks and block size, where the device reports them.
+    pub capacity: Option<Capacity>,
+}
+
+/// Log in to `opts.target` at its first portal and describe every LUN it reports.
+pub async fn list_luns(opts: &ConnectOptions) -> Result<Vec<LunSummary>, IscsiError> {
+    let connector = Connector {
+        opts: opts.clone(),
+        isid: random_isid(),
+        current: AtomicUsize::new(0),
+        first: Mutex::new(None),
+    };
+    let portal = opts.portals.first().ok_or(IscsiError::Closed)?;
+    let (mut conn, mut seq, _) = connector.login(portal).await?;
+    let data = setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096).await?;
+    let mut out = Vec::new();
+    for lun in scsi::parse_report_luns(&data)?.into_iter().take(256) {
+        let data = setup_command(&mut conn, &mut seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
+        let inquiry = scsi::parse_inquiry(&data)?;
+        let capacity =
+            match setup_command(&mut conn, &mut seq, lun, scsi::read_capacity10(), 8).await {
+                Ok(data) => scsi::parse_read_capacity10(&data).ok(),
+                Err(_) => None,
+            };
+        out.push(LunSummary {
+            lun,
+            device_type: inquiry.device_type,
+            vendor: inquiry.vendor,
+            product: inquiry.product,
+            capacity,
+        });
+    }
+    conn.logout(&mut seq).await;
+    Ok(out)
+}
+
+fn random_isid() -> [u8; 6] {
+    let mut isid = [0x80u8, 0, 0, 0, 0, 0];
+    isid[1..].copy_from_slice(&rand::random::<[u8; 5]>());
+    isid
+}
+
+#[async_trait]
+impl Reconnect for Connector {
+    async fn reconnect(&self, attempt: u32) -> Result<(Conn, Seq, Params), (IscsiError, bool)> {
+        let n = self.opts.portals.len().max(1);
+        let index = (self.current.load(Ordering::Relaxed) + 1 + attempt as usize) % n;
+        let portal = self.opts.portals[index].clone();
+        let est = self.establish(&portal).await.map_err(|e| {
+            let fatal = matches!(
+                &e,
+                IscsiError::Login {
+                    transient: false,
+                    ..
+                }
+            );
+            (e, fatal)
+        })?;
+        if let Some(first) = &*lock(&self.first) {
+            if let Err(reason) = first.same_lun(&est.probe) {
+                return Err((
+                    IscsiError::IdentityChanged {
+                        portal: portal.clone(),
+                        reason,
+                    },
+                    true,
+                ));
+            }
+        }
+        self.current.store(index, Ordering::Relaxed);
+        tracing::info!("reconnected to {portal}");
+        Ok((est.conn, est.seq, est.params))
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Run a command on a setup connection, retrying UNIT ATTENTION and busy statuses.
+async fn setup_command(
+    conn: &mut Conn,
+    seq: &mut Seq,
+    lun: u64,
+    cdb: scsi::Cdb,
+    read_len: u32,
+) -> Result<Bytes, IscsiError> {
+    let spec = CommandSpec {
+        lun: scsi::lun_to_wire(lun),
+        cdb,
+        read_len,
+    };
+    let mut last = None;
+    for attempt in 0..10u32 {
+        let outcome = conn.command(seq, &spec).await?;
+        match check(&outcome) {
+            Ok(()) => return Ok(outcome.data),
+            Err(Verdict::Retry(e)) => {
+                last = Some(e);
+                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
+            }
+            Err(Verdict::Fail(e)) => return Err(e.into()),
+        }
+    }
+    Err(last
+        .unwrap_or(ScsiError::Malformed("command kept failing".into()))
+        .into())
+}
+
+enum Verdict {
+    Retry(ScsiError),
+    Fail(ScsiError),
+}
+
+/// GOOD, or whether the status is worth a retry (UNIT ATTENTION, NOT READY, BUSY, TASK SET FULL).
+fn check(outcome: &CommandOutcome) -> Result<(), Verdict> {
+    match outcome.status {
+        status::GOOD => Ok(()),
+        status::CHECK_CONDITION => {
+            let sense = scsi::parse_sense(&outcome.sense).ok();
+            let err = ScsiError::Status {
+                status: outcome.status,
+                sense,
+            };
+            match sense.map(|s| s.key) {
+                Some(sense_key::UNIT_ATTENTION) | Some(sense_key::NOT_READY) => {
+                    Err(Verdict::Retry(err))
+                }
+                _ => Err(Verdict::Fail(err)),
+            }
+        }
+        status::BUSY | status::TASK_SET_FULL => Err(Verdict::Retry(ScsiError::Status {
+            status: outcome.status,
+            sense: None,
+        })),
+        other => Err(Verdict::Fail(ScsiError::Status {
+            status: other,
+            sense: None,
+        })),
+    }
+}
+
+async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, IscsiError> {
+    // TEST UNIT READY drains the UNIT ATTENTIONs a new session starts with.
+    setup_command(conn, seq, lun, scsi::test_unit_ready(), 0).await?;
+    let data = setup_command(conn, seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
+    let inquiry = scsi::parse_inquiry(&data)?;
+    if inquiry.qualifier != 0 || inquiry.device_type == 0x1f {
+        return Err(IscsiError::NoSuchLun { lun });
+    }
+    let pages = match setup_command(conn, seq, lun, scsi::inquiry(true, 0x00, 255), 255).await {
+        Ok(data) => scsi::parse_supported_pages(&data).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let serial = if pages.contains(&0x80) {
+        let data = setup_command(conn, seq, lun, scsi::inquiry(true, 0x80, 255), 255).await?;
+        Some(scsi::parse_serial(&data)?).filter(|s| !s.is_empty())
+    } else {
+        None
+    };
+    let device_id = if pages.contains(&0x83) {
+        let data = setup_command(conn, seq, lun, scsi::inquiry(true, 0x83, 1024), 1024).await?;
+        Some(scsi::parse_device_id(&data)?)
+    } else {
+        None
+    };
+    let capacity = if inquiry.device_type == scsi::TYPE_MMC {
+        read_capacity10(conn, seq, lun).await?
+    } else {
+        match setup_command(conn, seq, lun, scsi::read_capacity16(32), 32).await {
+            Ok(data) => scsi::parse_read_capacity16(&data)?,
+            Err(IscsiError::Scsi(_)) => read_capacity10(conn, seq, lun).await?,
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(Probe {
+        inquiry,
+        serial,
+        device_id,
+        capacity,
+    })
+}
+
+async fn read_capacity10(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Capacity, IscsiError> {
+    let data = setup_command(conn, seq, lun, scsi::read_capacity10(), 8).await?;
+    Ok(scsi::parse_read_capacity10(&data)?)
+}
+
+/// A LUN read over one iSCSI session. Many reads may run at once.
+pub struct IscsiLun {
+    tx: mpsc::Sender<Request>,
+    shared: Arc<Shared>,
+    info: LunInfo,
+    read_kind: ReadKind,
+    lun_wire: u64,
+    max_read_blocks: u32,
+}
+
+impl std::fmt::Debug for IscsiLun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IscsiLun")
+            .field("target", &self.info.target)
+            .field("lun", &self.info.lun)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IscsiLun {
+    /// Log in (portals tried in order) and probe the LUN.
+    pub async fn connect(opts: ConnectOptions) -> Result<Arc<IscsiLun>, IscsiError> {
+        if opts.portals.is_empty() {
+            return Err(IscsiError::Protocol {
+                portal: String::new(),
+                reason: "no portal given".into(),
+            });
+        }
+        let connector = Arc::new(Connector {
+            opts: opts.clone(),
+            isid: random_isid(),
+            current: AtomicUsize::new(0),
+            first: Mutex::new(None),
+        });
+        let mut last = None;
+        let mut established = None;
+        for (index, portal) in opts.portals.iter().enumerate() {
+            match connector.establish(portal).await {
+                Ok(est) => {
+                    connector.current.store(index, Ordering::Relaxed);
+                    established = Some((portal.clone(), est));
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    last = Some(e);
+                }
+            }
+        }
+        let Some((portal, est)) = established else {
+            return Err(last.unwrap_or(IscsiError::Closed));
+        };
+        *lock(&connector.first) = Some(est.probe.clone());
+        let probe = est.probe;
+        let capacity = probe.capacity.bytes().unwrap_or(0);
+        let block_size = probe.capacity.block_size;
+        let burst = est
+            .params
+            .max_burst_length
+            .min(opts.max_read)
+            .max(block_size);
+        let info = LunInfo {
+            target: opts.target.clone(),
+            lun: opts.lun,
+            vendor: probe.inquiry.vendor.clone(),
+            product: probe.inquiry.product.clone(),
+            revision: probe.inquiry.revision.clone(),
+            serial: probe.serial.clone(),
+            device_id: probe.device_id.clone(),
+            device_type: probe.inquiry.device_type,
+            block_size,
+            blocks: probe.capacity.blocks,
+            capacity,
+            portal: portal.clone(),
+            target_alias: est.target_alias,
+            parameters: Vec::new(),
+        };
+        let shared = Arc::new(Shared {
+            portal: Mutex::new(portal),
+            params: Mutex::new(est.params),
+        });
+        let timing = Timing {
+            nop_interval: opts.nop_interval,
+            stall_timeout: opts.stall_timeout,
+            give_up_after: opts.give_up_after,
+            queue_depth: opts.queue_depth.max(1),
+        };
+        let tx = Driver::spawn(est.conn, est.seq, timing, connector, shared.clone());
+        Ok(Arc::new(IscsiLun {
+            tx,
+            shared,
+            read_kind: if info.device_type == scsi::TYPE_MMC {
+                ReadKind::Mmc
+            } else {
+                ReadKind::Disk
+            },
+            lun_wire: scsi::lun_to_wire(opts.lun),
+            max_read_blocks: burst / block_size,
+            info,
+        }))
+    }
+
+    pub fn info(&self) -> LunInfo {
+        let mut info = self.info.clone();
+        info.portal = self.current_portal();
+        info.parameters = lock(&self.shared.params)
+            .describe()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        info
+    }
+
+    pub fn current_portal(&self) -> String {
+        lock(&self.shared.portal).clone()
+    }
+
+    /// Log out (waiting up to a few seconds for outstanding commands).
+    pub async fn logout(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Request::Logout(tx)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+    }
+
+    /// The largest read issued as one command, in bytes.
+    pub fn max_read(&self) -> u32 {
+        self.max_read_blocks * self.info.block_size
+    }
+
+    async fn submit(
+        &self,
+        spec: CommandSpec,
+    ) -> Result<oneshot::Receiver<Result<CommandOutcome, IscsiError>>, IscsiError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Command(spec, tx))
+            .await
+            .map_err(|_| IscsiError::Closed)?;
+        Ok(rx)
+    }
+
+    /// Run a command to GOOD status, retrying UNIT ATTENTION and busy statuses a few times.
+    pub async fn execute(&self, cdb: scsi::Cdb, read_len: u32) -> Result<Bytes, IscsiError> {
+        let spec = CommandSpec {
+            lun: self.lun_wire,
+            cdb,
+            read_len,
+        };
+        let rx = self.submit(spec.clone()).await?;
+        self.finish(&spec, rx).await
+    }
+
+    async fn finish(
+        &self,
+        spec: &CommandSpec,
+        mut rx: oneshot::Receiver<Result<CommandOutcome, IscsiError>>,
+    ) -> Result<Bytes, IscsiError> {
+        let mut last = None;
+        for attempt in 0..10u64 {
+            let outcome = rx.await.map_err(|_| IscsiError::Closed)??;
+            match check(&outcome) {
+                Ok(()) => return Ok(outcome.data),
+                Err(Verdict::Fail(e)) => return Err(e.into()),
+                Err(Verdict::Retry(e)) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(10 * attempt)).await;
+                    rx = self.submit(spec.clone()).await?;
+                }
+            }
+        }
+        Err(last
+            .unwrap_or(ScsiError::Malformed("command kept failing".into()))
+            .into())
+    }
+
+    /// REPORT LUNS through this session.
+    pub async fn report_luns(&self) -> Result<Vec<u64>, IscsiError> {
+        let data = self.execute(scsi::report_luns(4096), 4096).await?;
+        Ok(scsi::parse_report_luns(&data)?)
+    }
+
+    /// Read `blocks` blocks at `lba` as commands of at most `max_read` bytes, all in flight at
+    /// once; the result is exactly `blocks * block_size` bytes.
+    async fn read_blocks(&self, lba: u64, blocks: u64) -> Result<Bytes, IscsiError> {
+        let bs = u64::from(self.info.block_size);
+        let end = lba
+            .checked_add(blocks)
+            .filter(|&e| e <= self.info.blocks)
+            .ok_or(IscsiError::OutOfRange)?;
+        let mut specs = Vec::new();
+        let mut at = lba;
+        while at < end {
+            let n = (end - at).min(u64::from(self.max_read_blocks)) as u32;
+            let cdb = scsi::read(self.read_kind, at, n).ok_or(IscsiError::OutOfRange)?;
+            specs.push(CommandSpec {
+                lun: self.lun_wire,
+                cdb,
+                read_len: n * self.info.block_size,
+            });
+            at += u64::from(n);
+        }
+        let mut receivers = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            receivers.push(self.submit(spec.clone()).await?);
+        }
+        let total = usize::try_from(blocks * bs).map_err(|_| IscsiError::OutOfRange)?;
+        let mut joined: Option<BytesMut> = None;
+        let mut single = None;
+        for (spec, rx) in specs.iter().zip(receivers) {
+            let data = self.finish(spec, rx).await?;
+            if data.len() != spec.read_len as usize {
+                return Err(IscsiError::ShortRead {
+                    wanted: spec.read_len,
+                    got: data.len(),
+                });
+            }
+            if specs.len() == 1 {
+                single = Some(data);
+            } else {
+                joined
+                    .get_or_insert_with(|| BytesMut::with_capacity(total))
+                    .extend_from_slice(&data);
+            }
+        }
+        Ok(single.unwrap_or_else(|| joined.map(BytesMut::freeze).unwrap_or_default()))
+    }
+}
+
+#[async_trait]
+impl BlockSource for IscsiLun {
+    fn size(&self) -> u64 {
+        self.info.capacity
+    }
+
+    fn block_size(&self) -> u32 {
+        self.info.block_size
+    }
+
+    fn identity(&self) -> SourceIdentity {
+        SourceIdentity {
+            size: self.info.capacity,
+            block_size: self.info.block_size,
+            serial: self.info.serial.clone(),
+            device_id: self.info.device_id.clone(),
+        }
+    }
+
+    /// Any byte range within the LUN; unaligned ranges are read as whole blocks and cut.
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
+        let size = self.info.capacity;
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| {
+                SourceError::OutOfRange(format!("read of {len} bytes at {offset} past end {size}"))
+            })?;
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let bs = u64::from(self.info.block_size);
+        let first = offset / bs;
+        let last = end.div_ceil(bs);
+        let data = self
+            .read_blocks(first, last - first)
+            .await
+            .map_err(|e| e.to_source_error())?;
+        let skip = (offset - first * bs) as usize;
+        Ok(data.slice(skip..skip + len))
+    }
+}
