@@ -26,6 +26,8 @@ pub struct FetchArgs {
 const WINDOW: u64 = 8 << 20;
 /// Prefetch requests in flight.
 const DEPTH: usize = 4;
+/// Bytes per image read of `cat NAME` (the 4 MiB it used before `cat::CHUNK` went away).
+const CAT_READ: usize = 4 << 20;
 
 pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
     if !args.files.is_empty() {
@@ -125,15 +127,10 @@ pub fn cat_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let image = image::open(global, name).await?;
         let reader = image.clone();
-        super::cat::pipe(
-            image.size(),
-            super::cat::CHUNK * 4,
-            8,
-            move |offset, len| {
-                let image = reader.clone();
-                async move { Ok(image.read(offset, len).await?.into_bytes()) }
-            },
-        )
+        super::cat::pipe(image.size(), CAT_READ, 8, move |offset, len| {
+            let image = reader.clone();
+            async move { Ok(image.read(offset, len).await?.into_bytes()) }
+        })
         .await?;
         Ok(ExitCode::SUCCESS)
     })
