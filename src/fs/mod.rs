@@ -279,9 +279,10 @@ impl Tree {
             InfoContent::Fixed(bytes) => bytes.clone(),
             InfoContent::Stats => {
                 let mut text = self.image.stats();
-                if !text.ends_with('\n') {
+                if !text.is_empty() && !text.ends_with('\n') {
                     text.push('\n');
                 }
+                text.push_str(&format!("failed reads: {}\n", self.failed_reads()));
                 Bytes::from(text)
             }
         }

@@ -168,6 +168,9 @@ fn a_failed_read_is_eio_naming_image_range_and_cause() {
         "read of netbsd bytes 4096..12288 failed: target unreachable"
     );
     assert_eq!(tree.failed_reads(), 1);
+    let stats = tree.lookup(3, OsStr::new("stats")).unwrap();
+    let text = rt.block_on(tree.read(stats.ino.0, 0, 4096)).unwrap();
+    assert!(String::from_utf8_lossy(&text).ends_with("errors: 1\nfailed reads: 1\n"));
 }
 
 #[test]
