@@ -10,16 +10,14 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::catalog::{upsert_entry, PublishedEntry};
 use crate::cli::GlobalOpts;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
-use crate::source::{BlockSource, SourceError, SourceIdentity};
 use crate::target::config::AllowList;
 use crate::target::scsi::{DeviceType, LogicalUnit};
-use crate::target::{ExportedTarget, Server};
+use crate::target::{ExportedTarget, MemorySource, Server};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -90,7 +88,7 @@ async fn start_target() -> anyhow::Result<String> {
             "isomount-demo-1",
             DEMO_IQN,
         ),
-        source: Arc::new(EmbeddedImage(Bytes::from_static(SAMPLE_ISO))),
+        source: Arc::new(MemorySource::new(Bytes::from_static(SAMPLE_ISO), 2048)),
         allow: AllowList::parse(&["127.0.0.0/8", "::1/128"])?,
     };
     let server = Server::new(vec![target], None);
@@ -218,40 +216,6 @@ fn walk(dir: &Path, depth: usize, budget: &mut usize, out: &mut String) -> anyho
     Ok(())
 }
 
-/// The bundled image as a block source.
-struct EmbeddedImage(Bytes);
-
-#[async_trait]
-impl BlockSource for EmbeddedImage {
-    fn size(&self) -> u64 {
-        self.0.len() as u64
-    }
-    fn block_size(&self) -> u32 {
-        DeviceType::Cd.block_size()
-    }
-    fn identity(&self) -> SourceIdentity {
-        SourceIdentity {
-            size: self.size(),
-            block_size: self.block_size(),
-            ..Default::default()
-        }
-    }
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        let start = usize::try_from(offset).map_err(|_| out_of_range(offset, len))?;
-        let end = start
-            .checked_add(len)
-            .filter(|&end| end <= self.0.len())
-            .ok_or_else(|| out_of_range(offset, len))?;
-        Ok(self.0.slice(start..end))
-    }
-}
-
-fn out_of_range(offset: u64, len: usize) -> SourceError {
-    SourceError::OutOfRange(format!(
-        "read of {len} bytes at {offset} past the sample's end"
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,15 +225,6 @@ mod tests {
         assert!(SAMPLE_ISO.len() < 1 << 20);
         assert_eq!(SAMPLE_ISO.len() % 2048, 0);
         assert_eq!(&SAMPLE_ISO[32769..32774], b"CD001");
-    }
-
-    #[tokio::test]
-    async fn embedded_image_reads_are_bounded() {
-        let image = EmbeddedImage(Bytes::from_static(SAMPLE_ISO));
-        let magic = image.read_at(32769, 5).await.unwrap();
-        assert_eq!(&magic[..], b"CD001");
-        assert!(image.read_at(image.size() - 1, 2).await.is_err());
-        assert!(image.read_at(u64::MAX, 1).await.is_err());
     }
 
     #[test]
