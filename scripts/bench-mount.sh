@@ -8,14 +8,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mib="${1:-256}"
-cargo build --release --quiet
+cargo build --release --quiet --bin isomount
 bin="$PWD/target/release/isomount"
 work="$(mktemp -d /tmp/isomount-bench.XXXXXX)"
 mnt="$work/mnt"
 mkdir -p "$mnt"
 iqn="iqn.2026-11.org.isomount.bench:mount"
-control=$((20000 + RANDOM % 10000))
-port=$((40000 + RANDOM % 20000))
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+control=$((20000 + RANDOM % 20000))
+port="$(free_port)"
 tgtd_pid=""
 
 cleanup() {
