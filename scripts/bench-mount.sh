@@ -21,7 +21,10 @@ tgtd_pid=""
 
 cleanup() {
     if mountpoint -q "$mnt"; then "$bin" unmount "$mnt" || umount -l "$mnt" || true; fi
-    if [ -n "$tgtd_pid" ]; then kill -9 "$tgtd_pid" 2>/dev/null || true; fi
+    if [ -n "$tgtd_pid" ]; then
+        kill -9 "$tgtd_pid" 2>/dev/null || true
+        wait "$tgtd_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
