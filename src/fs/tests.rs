@@ -274,3 +274,35 @@ fn files_shows_the_iso_tree_with_modes_links_and_contents() {
         fuser::Errno::EROFS
     );
 }
+
+#[test]
+fn info_files_follow_a_fact_that_changes() {
+    struct Failover(AtomicU64);
+    #[async_trait]
+    impl ImageView for Failover {
+        fn size(&self) -> u64 {
+            0
+        }
+        async fn read(&self, _offset: u64, _len: usize) -> Result<Bytes, ReadFailure> {
+            Ok(Bytes::new())
+        }
+        fn facts(&self) -> Vec<(String, String)> {
+            let portal = format!("mirror-{}:3260", self.0.load(Ordering::Relaxed));
+            vec![("portal".to_string(), portal)]
+        }
+        fn stats(&self) -> String {
+            String::new()
+        }
+    }
+    let rt = runtime();
+    let view = Arc::new(Failover(AtomicU64::new(1)));
+    let tree = Tree::new(view.clone(), "f", "f", false, None, 0, 0);
+    let portal = tree.lookup(3, OsStr::new("portal")).unwrap();
+    assert_eq!(tree.ttl(portal.ino.0), Duration::ZERO);
+    assert_eq!(tree.open(portal.ino.0, false).unwrap(), Caching::Direct);
+    let before = rt.block_on(tree.read(portal.ino.0, 0, 100)).unwrap();
+    assert_eq!(&before[..], b"mirror-1:3260\n");
+    view.0.store(2, Ordering::Relaxed);
+    let after = rt.block_on(tree.read(portal.ino.0, 0, 100)).unwrap();
+    assert_eq!(&after[..], b"mirror-2:3260\n");
+}
