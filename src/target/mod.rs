@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::iscsi::Secret;
 use crate::source::{BlockSource, SourceError, SourceIdentity};
 
 pub mod config;
@@ -33,25 +34,6 @@ pub enum TargetError {
     /// Socket I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A CHAP secret: never printed.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: String) -> Secret {
-        Secret(secret)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// CHAP credentials the target demands (`user`, `secret`) and, for mutual CHAP, the name and
