@@ -4,6 +4,7 @@
 //! - [`config`]: target names, device types, the CIDR allow-list (LUN masking) and CHAP secrets.
 //! - [`login`]: the login phase (RFC 7143 §6, §12.1.3, §13), without I/O.
 //! - [`session`]: one connection's full feature phase over tokio.
+//! - [`mirror`]: a catalog image (verified, cached) as an exported LUN's source.
 //!
 //! Each exported image is one target with one LUN (LUN 0). The PDU, text and digest codec is
 //! the initiator's (`crate::iscsi`).
@@ -22,6 +23,7 @@ use crate::source::{BlockSource, SourceError, SourceIdentity};
 
 pub mod config;
 pub mod login;
+pub mod mirror;
 pub mod scsi;
 pub mod session;
 
