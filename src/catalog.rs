@@ -773,6 +773,15 @@ size = 4096
     }
 
     #[test]
+    fn the_shipped_example_catalog_parses() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalogs/example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let entries = parse(&text, &Origin::File(path)).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].portals, ["[::1]:3260"]);
+    }
+
+    #[test]
     fn unknown_names_get_suggestions() {
         let catalog = Catalog {
             entries: parse(&good(), &origin()).unwrap(),

@@ -28,7 +28,7 @@ pub fn run(_global: &GlobalOpts, args: InfoArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("while connecting to {url}"))?;
         let info = lun.info();
         lun.logout().await;
-        let show = |k: &str, v: &str| println!("{k:<28}{v}");
+        let show = |k: &str, v: &str| println!("{k:<32}{v}");
         show("target", &info.target);
         show("lun", &info.lun.to_string());
         show("portal", &info.portal);

@@ -531,6 +531,12 @@ fn mount(
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Mounted> {
     let view = runtime.block_on(open_view(global, args))?;
+    // Like mount(8) with a dead device: fail now rather than on the first read when the image
+    // is neither reachable nor cached.
+    let first = (view.size().min(2048)) as usize;
+    runtime
+        .block_on(view.read(0, first))
+        .with_context(|| format!("while reading the start of {}", args.image))?;
     let is_iso = runtime
         .block_on(holds_iso9660(view.as_ref()))
         .with_context(|| format!("while reading {}'s volume descriptor", args.image))?;
@@ -602,13 +608,13 @@ impl Unmounter {
 }
 
 async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
-    let _ = global;
     if args.local_file {
         let source = crate::source::FileSource::open(Path::new(&args.image), 2048)
             .with_context(|| format!("while opening {}", args.image))?;
         return Ok(Arc::new(SourceView::new(source)));
     }
-    bail!("mounting catalog images needs the image core (not merged yet)")
+    let image = crate::image::open(global, &args.image).await?;
+    Ok(image)
 }
 
 /// Wait for SIGINT, SIGTERM (true) or the end of the session (false: unmounted from outside).

@@ -10,6 +10,8 @@
 //! Nothing in this module speaks iSCSI: `remote` adapts [`crate::iscsi::IscsiLun`] to [`Mirror`].
 
 pub mod identity;
+mod open;
+mod remote;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,6 +26,8 @@ use tokio::sync::watch;
 use crate::cache::{Cache, Geometry, Store};
 use crate::manifest::{sha256, Hash, Manifest};
 use crate::source::{BlockSource, SourceError};
+
+pub use open::open;
 
 /// Largest single READ a run of missing chunks becomes.
 const MAX_RUN_BYTES: u64 = 2 << 20;
@@ -791,6 +795,7 @@ impl Image {
         let m = &self.mirrors[mirror];
         let source = match tokio::time::timeout(CONNECT_TIMEOUT, m.connect()).await {
             Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.to_string().contains(&m.describe()) => return Err(e.to_string()),
             Ok(Err(e)) => return Err(format!("{}: {e}", m.describe())),
             Err(_) => return Err(format!("{}: connect timed out", m.describe())),
         };

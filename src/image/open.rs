@@ -1,0 +1,203 @@
+//! `image::open`: from a catalog name or an iscsi:// URL to an [`Image`] with its manifest,
+//! mirrors and cache store.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::remote::{self, IscsiMirror};
+use super::{Image, ImageSpec, Mirror};
+use crate::cache::Cache;
+use crate::catalog::{self, Catalog, Entry, ManifestLocation, ManifestRef};
+use crate::cli::GlobalOpts;
+use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use crate::source::SourceIdentity;
+
+use super::identity::{lun_identity, offline_lun_identity, serial_of};
+
+/// Open `name_or_url`: a catalog name (with its pinned manifest) or an iscsi:// URL (no
+/// manifest: chunk hashes are recorded on first fetch). Unless `--offline`, connects to the
+/// first answering portal; when none answers, warns once and serves what is cached.
+pub async fn open(global: &GlobalOpts, name_or_url: &str) -> anyhow::Result<Arc<Image>> {
+    let cache = Arc::new(Cache::from_options(
+        global.cache_dir.as_deref(),
+        global.cache_size.as_deref(),
+    )?);
+    if name_or_url.starts_with("iscsi://") {
+        return open_url(global.offline, cache, name_or_url).await;
+    }
+    let catalogs = global.catalogs.clone();
+    let root = cache.root().to_path_buf();
+    let offline = global.offline;
+    let catalog =
+        tokio::task::spawn_blocking(move || Catalog::load(&catalogs, Some(&root), offline))
+            .await
+            .context("while loading catalogs")??;
+    let entry = catalog.find(name_or_url)?.clone();
+    open_entry(offline, cache, entry).await
+}
+
+/// Read, check against its pin, and keep the manifest of an entry. A copy kept with the cache
+/// store (or from an earlier https fetch) serves when the original is out of reach.
+fn load_manifest(
+    cache: &Cache,
+    entry: &Entry,
+    mref: &ManifestRef,
+    offline: bool,
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
+    let pinned = |bytes: Vec<u8>| Manifest::parse_pinned(&bytes, &mref.sha256).map(|m| (m, bytes));
+    let store_copy = cache
+        .store_dir(&format!("manifest:{}", mref.sha256))
+        .join("manifest");
+    if let Some(found) = std::fs::read(&store_copy).ok().and_then(|b| pinned(b).ok()) {
+        return Ok(found);
+    }
+    let bytes = match &mref.location {
+        ManifestLocation::Path(p) => std::fs::read(p).with_context(|| {
+            format!(
+                "while reading the manifest of `{}` ({})",
+                entry.name,
+                p.display()
+            )
+        })?,
+        ManifestLocation::Url(u) => {
+            catalog::fetch_kept(u, Some(&cache.kept_manifest(&mref.sha256)), offline)
+                .with_context(|| format!("while fetching the manifest of `{}`", entry.name))?
+        }
+    };
+    pinned(bytes).with_context(|| format!("manifest of `{}` refused", entry.name))
+}
+
+async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::Result<Arc<Image>> {
+    let manifest = match &entry.manifest {
+        Some(mref) => {
+            let (c, e, m) = (cache.clone(), entry.clone(), mref.clone());
+            let (manifest, bytes) =
+                tokio::task::spawn_blocking(move || load_manifest(&c, &e, &m, offline)).await??;
+            manifest
+                .check_size(entry.size)
+                .with_context(|| format!("manifest of `{}` refused (catalog size)", entry.name))?;
+            Some((manifest, bytes, mref.sha256.clone()))
+        }
+        None => None,
+    };
+    let mirrors: Vec<Box<dyn Mirror>> = entry
+        .portals
+        .iter()
+        .map(|p| {
+            Box::new(IscsiMirror::new(
+                p,
+                &entry.target,
+                entry.lun,
+                entry.chap.clone(),
+            )) as Box<dyn Mirror>
+        })
+        .collect();
+    let mut facts = vec![
+        ("target".to_string(), entry.target.clone()),
+        ("lun".to_string(), entry.lun.to_string()),
+    ];
+    if let Some(d) = &entry.description {
+        facts.push(("description".into(), d.clone()));
+    }
+    let spec = match manifest {
+        Some((manifest, bytes, pin)) => ImageSpec {
+            name: entry.name.clone(),
+            size: entry.size,
+            chunk_size: manifest.chunk_size(),
+            manifest: Some(manifest),
+            manifest_bytes: Some(bytes),
+            identity: format!("manifest:{pin}"),
+            mirrors,
+            offline,
+            facts,
+            expect_serial: None,
+        },
+        None => {
+            let identity = if offline {
+                offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
+            } else {
+                match probe(&mirrors).await {
+                    Some(id) => Some(lun_identity(&entry.target, entry.lun, &id)),
+                    None => {
+                        offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
+                    }
+                }
+            };
+            let identity = identity.unwrap_or_else(|| {
+                format!("lun:{} {} {} ? ?", entry.target, entry.lun, entry.size)
+            });
+            ImageSpec {
+                name: entry.name.clone(),
+                size: entry.size,
+                chunk_size: DEFAULT_CHUNK_SIZE,
+                manifest: None,
+                manifest_bytes: None,
+                expect_serial: serial_of(&identity),
+                identity,
+                mirrors,
+                offline,
+                facts,
+            }
+        }
+    };
+    finish(spec, cache).await
+}
+
+/// The identity of the first mirror that answers.
+async fn probe(mirrors: &[Box<dyn Mirror>]) -> Option<SourceIdentity> {
+    for m in mirrors {
+        match tokio::time::timeout(super::CONNECT_TIMEOUT, m.connect()).await {
+            Ok(Ok(source)) => return Some(source.identity()),
+            Ok(Err(e)) => tracing::debug!("{}: {e}", m.describe()),
+            Err(_) => tracing::debug!("{}: connect timed out", m.describe()),
+        }
+    }
+    None
+}
+
+async fn finish(spec: ImageSpec, cache: Arc<Cache>) -> anyhow::Result<Arc<Image>> {
+    let offline = spec.offline;
+    let image = tokio::task::spawn_blocking(move || Image::new(spec, Some(cache)))
+        .await
+        .context("while opening the cache")?;
+    if !offline {
+        image.connect_now().await;
+    }
+    Ok(image)
+}
+
+async fn open_url(offline: bool, cache: Arc<Cache>, url: &str) -> anyhow::Result<Arc<Image>> {
+    let parsed = remote::parse_url(url)?;
+    let label = remote::url_label(&parsed);
+    let (mirror, identity) = if offline {
+        let identity = offline_lun_identity(&cache, &parsed.target, parsed.lun, None)
+            .with_context(|| format!("{label} is not in the cache (offline)"))?;
+        (IscsiMirror::from_url(&parsed), identity)
+    } else {
+        let (mirror, id) = IscsiMirror::connect_url(&parsed).await?;
+        let identity = lun_identity(&parsed.target, parsed.lun, &id);
+        (mirror, identity)
+    };
+    let size: u64 = identity
+        .split(' ')
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .context("damaged cache label")?;
+    let spec = ImageSpec {
+        name: label,
+        size,
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        manifest: None,
+        manifest_bytes: None,
+        expect_serial: serial_of(&identity),
+        identity,
+        mirrors: vec![Box::new(mirror)],
+        offline,
+        facts: vec![
+            ("target".into(), parsed.target.clone()),
+            ("lun".into(), parsed.lun.to_string()),
+        ],
+    };
+    finish(spec, cache).await
+}

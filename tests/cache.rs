@@ -1,0 +1,370 @@
+//! Catalogs, manifests and the verified cache against real tgtd targets, through the binary.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const MIB: u64 = 1 << 20;
+const IQN: &str = "iqn.2026-11.org.isomount.test:cache";
+
+/// A published image served by tgtd, with a catalog and a cache directory of its own.
+struct Published {
+    dir: tempfile::TempDir,
+    tgtd: Tgtd,
+    image: PathBuf,
+    catalog: PathBuf,
+}
+
+impl Published {
+    fn new(test: &str, size: u64, seed: u64) -> Published {
+        let dir = tempfile::tempdir().unwrap();
+        let image = random_file(dir.path(), "image.img", size, seed);
+        let tgtd = Tgtd::start(test, &[TargetSpec::new(IQN, vec![LunSpec::disk(&image)])]);
+        let catalog = dir.path().join("catalog.toml");
+        let p = Published {
+            dir,
+            tgtd,
+            image,
+            catalog,
+        };
+        let portal = p.tgtd.portal();
+        p.publish("img", &[&portal]);
+        p
+    }
+
+    fn publish(&self, name: &str, portals: &[&str]) {
+        let mut cmd = isomount();
+        cmd.arg("publish")
+            .arg(&self.image)
+            .args(["--name", name, "--target", IQN, "--lun", "1", "-o"])
+            .arg(&self.catalog);
+        for p in portals {
+            cmd.args(["--portal", p]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "publish: {}", text(&out.stderr));
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        isomount()
+            .arg("--catalog")
+            .arg(&self.catalog)
+            .arg("--cache-dir")
+            .arg(self.cache_dir())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        std::fs::read(&self.image).unwrap()
+    }
+
+    fn store_data(&self) -> PathBuf {
+        let images = self.cache_dir().join("images");
+        let store = std::fs::read_dir(&images)
+            .unwrap()
+            .next()
+            .expect("one store")
+            .unwrap()
+            .path();
+        store.join("data")
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed: {}", text(&out.stderr));
+}
+
+/// Flip one byte of a file in place.
+fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    b[0] ^= 0x55;
+    f.write_all_at(&b, at).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn publish_list_cat_fetch_offline_and_target_gone() {
+    let mut p = Published::new("cache_publish_cat", 6 * MIB + 1536, 11);
+    let want = p.bytes();
+
+    let list = p.run(&["list"]);
+    assert_ok(&list, "list");
+    let listing = text(&list.stdout);
+    assert!(listing.contains("img"), "{listing}");
+    assert!(listing.contains(&p.tgtd.portal()), "{listing}");
+    assert!(listing.contains("(0%)"), "{listing}");
+
+    let cold = p.run(&["cat", "img"]);
+    assert_ok(&cold, "cold cat");
+    assert!(cold.stdout == want, "cold cat is byte-exact");
+    assert!(text(&p.run(&["list"]).stdout).contains("(100%)"));
+
+    let again = p.run(&["fetch", "img"]);
+    assert_ok(&again, "second fetch");
+    assert!(
+        text(&again.stderr).contains("fetched 0 B"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    p.tgtd.kill();
+    let gone = p.run(&["cat", "img"]);
+    assert_ok(&gone, "cat with the target gone");
+    assert!(gone.stdout == want);
+    let warnings = text(&gone.stderr);
+    assert_eq!(
+        warnings.matches("no portal reachable").count(),
+        1,
+        "one warning: {warnings}"
+    );
+
+    let offline = p.run(&["--offline", "cat", "img"]);
+    assert_ok(&offline, "offline cat");
+    assert!(offline.stdout == want);
+    assert!(offline.stderr.is_empty(), "{}", text(&offline.stderr));
+
+    assert_ok(&p.run(&["cache", "evict", "img"]), "evict");
+    let miss = p.run(&["--offline", "cat", "img"]);
+    assert!(!miss.status.success());
+    assert!(
+        text(&miss.stderr).contains("img: bytes 0..")
+            && text(&miss.stderr).contains("not cached and isomount is offline"),
+        "{}",
+        text(&miss.stderr)
+    );
+    assert!(miss.stdout.is_empty());
+}
+
+#[test]
+fn corrupt_cache_is_detected_never_served_and_healed() {
+    let mut p = Published::new("cache_corrupt", 4 * MIB, 12);
+    let want = p.bytes();
+    assert_ok(&p.run(&["fetch", "img"]), "fetch");
+    let data = p.store_data();
+    flip(&data, 3 * MIB + 17);
+    let verify = p.run(&["cache", "verify"]);
+    assert!(
+        !verify.status.success(),
+        "verify must fail on a corrupt chunk"
+    );
+    let chunk = (3 * MIB + 17) / (64 << 10);
+    assert!(
+        text(&verify.stderr).contains(&format!("img: chunk {chunk} is corrupt")),
+        "{}",
+        text(&verify.stderr)
+    );
+    assert_ok(&p.run(&["cache", "verify"]), "verify after dropping");
+
+    flip(&data, MIB + 5);
+    p.tgtd.kill();
+    let partial = p.run(&["cat", "img"]);
+    assert!(
+        !partial.status.success(),
+        "a corrupt chunk with no target must fail"
+    );
+    assert!(partial.stdout.len() < want.len());
+    assert!(want.starts_with(&partial.stdout), "output is a true prefix");
+    assert!(partial.stdout.len() as u64 <= MIB);
+
+    p.tgtd.restart();
+    let healed = p.run(&["cat", "img"]);
+    assert_ok(&healed, "cat after the target returned");
+    assert!(healed.stdout == want);
+    assert_ok(&p.run(&["cache", "verify"]), "verify after healing");
+    assert!(p.run(&["--offline", "cat", "img"]).stdout == want);
+}
+
+#[test]
+fn tampered_image_fails_naming_verification_with_a_true_prefix() {
+    let p = Published::new("cache_tampered", 5 * MIB, 13);
+    let want = p.bytes();
+    let at = 3 * MIB + 100;
+    flip(&p.image, at);
+    let out = p.run(&["cat", "img"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    let chunk = at / (64 << 10);
+    assert!(
+        err.contains(&format!("chunk {chunk} failed verification")) && err.contains("img"),
+        "{err}"
+    );
+    assert!(want.starts_with(&out.stdout), "output is a true prefix");
+    assert!((out.stdout.len() as u64) <= chunk * (64 << 10));
+}
+
+#[test]
+fn kill_9_during_fetch_leaves_a_verifiable_cache() {
+    let p = Published::new("cache_kill9", 48 * MIB, 14);
+    let want = p.bytes();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..8 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = isomount()
+            .arg("--catalog")
+            .arg(&p.catalog)
+            .arg("--cache-dir")
+            .arg(p.cache_dir())
+            .args(["fetch", "img"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + seed % 300));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let verify = p.run(&["cache", "verify"]);
+    assert_ok(&verify, "verify after kill -9");
+    assert_ok(&p.run(&["fetch", "img"]), "fetch to completion");
+    assert!(p.run(&["--offline", "cat", "img"]).stdout == want);
+}
+
+#[test]
+fn two_mirrors_with_the_first_dead() {
+    let dir_portal = format!("127.0.0.1:{}", free_tcp_port());
+    let p = Published::new("cache_mirrors", 3 * MIB, 15);
+    let live = p.tgtd.portal();
+    p.publish("img", &[&dir_portal, &live]);
+    let started = std::time::Instant::now();
+    let out = p.run(&["cat", "img"]);
+    assert_ok(&out, "cat through the second mirror");
+    assert!(out.stdout == p.bytes());
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn eviction_keeps_the_cache_under_its_size() {
+    let p = Published::new("cache_evict", 4 * MIB, 16);
+    let second = random_file(p.dir.path(), "second.img", 4 * MIB, 17);
+    let tgtd2 = Tgtd::start(
+        "cache_evict_2",
+        &[TargetSpec::new(IQN, vec![LunSpec::disk(&second)])],
+    );
+    let out = isomount()
+        .arg("publish")
+        .arg(&second)
+        .args([
+            "--name",
+            "second",
+            "--target",
+            IQN,
+            "--portal",
+            &tgtd2.portal(),
+            "-o",
+        ])
+        .arg(&p.catalog)
+        .output()
+        .unwrap();
+    assert_ok(&out, "publish second");
+    assert_ok(&p.run(&["--cache-size", "6M", "fetch", "img"]), "fetch img");
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_ok(
+        &p.run(&["--cache-size", "6M", "fetch", "second"]),
+        "fetch second",
+    );
+    let list = text(&p.run(&["cache", "list"]).stdout);
+    let total: u64 = {
+        let stores = std::fs::read_dir(p.cache_dir().join("images")).unwrap();
+        stores
+            .map(|s| {
+                let data = s.unwrap().path().join("data");
+                std::fs::metadata(&data)
+                    .map(|m| {
+                        use std::os::unix::fs::MetadataExt;
+                        m.blocks() * 512
+                    })
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    assert!(
+        total <= 6 * MIB + 64 * 1024,
+        "{total} bytes on disk\n{list}"
+    );
+    let offline_second = p.run(&["--offline", "cat", "second"]);
+    assert!(
+        offline_second.stdout == std::fs::read(&second).unwrap(),
+        "most recent image kept whole"
+    );
+    let offline_first = p.run(&["--offline", "cat", "img"]);
+    assert!(
+        !offline_first.status.success(),
+        "the least recently used chunks went first"
+    );
+}
+
+#[test]
+fn broken_catalogs_and_unknown_names_are_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[[image]]\nname = \"a\"\ntarget = \"iqn.2000-01.x:a\"\nportals = [\"h\"]\nsize = 1\nfoo = 2\n",
+            ":6: key `foo`: unknown field `foo`",
+        ),
+        (
+            "[[image]]\nname = \"a\"\ntarget = \"iqn.2000-01.x:a\"\nportals = [\"h\"]\nsize = 1\n[[image]]\nname = \"a\"\ntarget = \"iqn.2000-01.x:a\"\nportals = [\"h\"]\nsize = 1\n",
+            ":7: key `name`: duplicate image name `a`",
+        ),
+    ];
+    for (i, (body, expected)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&file, body).unwrap();
+        let out = isomount()
+            .arg("--catalog")
+            .arg(&file)
+            .arg("list")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("bad{i}.toml{expected}")), "{err}");
+    }
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[[image]]\nname = \"netbsd-5.0\"\ntarget = \"iqn.2000-01.x:a\"\nportals = [\"127.0.0.1:9\"]\nsize = 4096\n",
+    )
+    .unwrap();
+    let out = isomount()
+        .arg("--catalog")
+        .arg(&good)
+        .args(["--offline", "cat", "netbsd5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("did you mean `netbsd-5.0`"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = isomount()
+        .args(["--catalog", "http://127.0.0.1:9/c.toml", "list"])
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains("plain http is refused"));
+}
