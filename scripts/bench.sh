@@ -29,6 +29,7 @@ BIN=target/release
 WORK=$(mktemp -d /tmp/isomount-bench.XXXXXX)
 PIDS=()
 cleanup() {
+    if mountpoint -q "$WORK/mnt" 2>/dev/null; then umount -l "$WORK/mnt" || true; fi
     exec 3>&- 2>/dev/null || true          # harness-target stops tgtd when its stdin closes
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -70,6 +71,41 @@ measure_isomount_cat() {
     awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
 }
 
+# The mount (issue 4): `dd bs=1M` of the image file of `isomount bench MNT`, published from the
+# LUN into a catalog. drop_caches needs root; so does mounting without fusermount3.
+MNT="$WORK/mnt"
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+dd_mibs() {
+    LC_ALL=C dd if="$1" of=/dev/null bs=1M 2>&1 |
+        awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") s = $(i - 1); printf "%.1f\n", $1 / s / 1048576 }'
+}
+mount_bench() { "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$1" bench "$MNT"; }
+unmount_bench() { "$BIN/isomount" unmount "$MNT"; }
+# Cold: empty cache, empty page cache; every byte comes over iSCSI and is verified.
+measure_mount_cold() {
+    rm -rf "$WORK/cache-cold"
+    mount_bench "$WORK/cache-cold"
+    drop_caches
+    dd_mibs "$MNT/bench.img"
+    unmount_bench
+}
+# Remounted over a full cache ($1), page cache dropped: the persistent cache serves.
+measure_mount_cached() {
+    mount_bench "$1"
+    drop_caches
+    dd_mibs "$MNT/bench.img"
+    unmount_bench
+}
+# A second read of the mounted image: the kernel's page cache, kept across opens.
+measure_mount_again() {
+    mount_bench "$1"
+    cat "$MNT/bench.img" >/dev/null
+    dd_mibs "$MNT/bench.img"
+    unmount_bench
+}
+measure_file_cold() { drop_caches; dd_mibs "$1"; }
+measure_file_again() { cat "$1" >/dev/null; dd_mibs "$1"; }
+
 # --- reporting ---------------------------------------------------------------------------------
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -96,3 +132,17 @@ row "loopback: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN"
     -- measure_isomount_cat "iscsi://$PORTAL/$IQN/$LUN"
 row "+${LATENCY_MS}ms/way: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$SLOW_PORTAL/$IQN/$LUN" \
     -- measure_isomount_cat "iscsi://$SLOW_PORTAL/$IQN/$LUN"
+if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$MNT"
+    "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \
+        --portal "$PORTAL" -o "$WORK/catalog.toml" >/dev/null
+    row "mount: iscsi-perf vs cold dd" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
+        -- measure_mount_cold "$MNT"
+    mount_bench "$WORK/cache-warm" && cat "$MNT/bench.img" >/dev/null && unmount_bench
+    row "mount: file vs cache, cold pages" measure_file_cold "$WORK/disk.img" \
+        -- measure_mount_cached "$WORK/cache-warm"
+    row "mount: file vs 2nd read" measure_file_again "$WORK/disk.img" \
+        -- measure_mount_again "$WORK/cache-warm"
+else
+    echo "mount rows skipped: they need root (drop_caches)"
+fi

@@ -582,3 +582,52 @@ async fn hostile_pdus_get_reject_and_the_target_lives_on() {
     let mut again = Raw::new(connect_from(&serve.portal, "127.0.0.1").await);
     assert_eq!(again.login_normal(&name, false).await, (0, 0));
 }
+
+#[test]
+fn our_initiator_reads_serve_byte_exact_and_discovers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::random_file(dir.path(), "ours.img", 5 << 20, 21);
+    let iso = sample_iso();
+    let serve = Serve::start(&[&disk, &iso], &[]);
+    for (stem, path) in [("ours", &disk), ("sample", &iso)] {
+        let out = common::isomount()
+            .args(["cat", &serve.url(stem)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == std::fs::read(path).unwrap(), "{stem} differs");
+    }
+    let out = common::isomount()
+        .args(["discover", "-l", &serve.portal])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("{PREFIX}:ours")), "{text}");
+    assert!(text.contains(&format!("{PREFIX}:sample")), "{text}");
+}
+
+#[test]
+fn demo_once_shows_the_sample_cds_files() {
+    let out = common::isomount()
+        .args(["demo", "--once"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("README.TXT  (332 bytes)"), "{text}");
+    assert!(text.contains("pattern.bin  (40960 bytes)"), "{text}");
+    assert!(text.contains("iscsifs.txt"), "{text}");
+}

@@ -4,6 +4,7 @@
 //! - [`config`]: target names, device types, the CIDR allow-list (LUN masking) and CHAP secrets.
 //! - [`login`]: the login phase (RFC 7143 §6, §12.1.3, §13), without I/O.
 //! - [`session`]: one connection's full feature phase over tokio.
+//! - [`mirror`]: a catalog image (verified, cached) as an exported LUN's source.
 //!
 //! Each exported image is one target with one LUN (LUN 0). The PDU, text and digest codec is
 //! the initiator's (`crate::iscsi`).
@@ -17,10 +18,12 @@ use tokio::net::TcpListener;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use crate::iscsi::Secret;
 use crate::source::{BlockSource, SourceError, SourceIdentity};
 
 pub mod config;
 pub mod login;
+pub mod mirror;
 pub mod scsi;
 pub mod session;
 
@@ -33,25 +36,6 @@ pub enum TargetError {
     /// Socket I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A CHAP secret: never printed.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: String) -> Secret {
-        Secret(secret)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// CHAP credentials the target demands (`user`, `secret`) and, for mutual CHAP, the name and
