@@ -22,6 +22,8 @@ pub struct CatArgs {
     pub image: String,
 }
 
+/// Bytes per read for sources that have no preferred read size (the image core's callers).
+pub const CHUNK: usize = 1 << 20;
 /// Reads in flight: enough to cover a long round trip (32 × 256 KiB = 8 MiB per RTT).
 pub const DEPTH: usize = 32;
 
