@@ -40,12 +40,12 @@ fn iscsi_perf(url: &str) -> String {
         .output()
         .expect("iscsi-perf");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim()
-        .to_string()
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.contains("/s"))
+        .collect();
+    lines.last().copied().unwrap_or("no figure").to_string()
 }
 
 fn main() {
