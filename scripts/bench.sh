@@ -135,7 +135,8 @@ row "+${LATENCY_MS}ms/way: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$SLOW_
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$MNT"
     "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \
-        --portal "$PORTAL" -o "$WORK/catalog.toml" >/dev/null
+        --portal "$PORTAL" -o "$WORK/catalog.toml" >/dev/null 2>"$WORK/publish.err" ||
+        { cat "$WORK/publish.err" >&2; exit 1; }
     row "mount: iscsi-perf vs cold dd" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
         -- measure_mount_cold "$MNT"
     mount_bench "$WORK/cache-warm" && cat "$MNT/bench.img" >/dev/null && unmount_bench

@@ -172,7 +172,7 @@ fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
     assert_eq!(read(&mp.path.join("info/block-size")), "2048\n");
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("errors: 0"), "{stats}");
-    assert_eq!(read(&readahead_knob(&mp.path)), "1024\n");
+    assert_eq!(read(&readahead_knob(&mp.path)), "16384\n");
     assert!(std::fs::write(mp.path.join("image.iso"), b"x").is_err());
 
     unmount_ok(&mp);

@@ -512,9 +512,9 @@ fn serve(
     Ok(())
 }
 
-/// Let the kernel read ahead as far as one FUSE request can carry: the INIT reply cannot raise
-/// the window past the kernel's default (128 KiB), but root may through the mount's bdi. Sequential
-/// readers then send 1 MiB requests instead of 128 KiB ones. Best effort.
+/// Widen the kernel's read-ahead: the INIT reply cannot raise it past the kernel's default
+/// (128 KiB), but root may through the mount's bdi. Sequential readers then keep many 1 MiB
+/// requests in flight instead of one 128 KiB request. Best effort.
 fn raise_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(mountpoint) else {
@@ -522,7 +522,7 @@ fn raise_readahead(mountpoint: &Path) {
     };
     let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    let kib = crate::fs::fuse::MAX_READ / 1024;
+    let kib = crate::fs::fuse::READ_AHEAD / 1024;
     if let Err(err) = std::fs::write(&knob, kib.to_string()) {
         tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
     }
