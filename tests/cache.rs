@@ -368,3 +368,130 @@ fn broken_catalogs_and_unknown_names_are_explained() {
         .unwrap();
     assert!(text(&out.stderr).contains("plain http is refused"));
 }
+
+/// A small tmpfs, unmounted on drop.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(at: &Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (the suite runs as root)"
+        );
+        SmallFs(at.to_path_buf())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_degrades_to_uncached_reads_with_one_warning() {
+    let p = Published::new("cache_full_disk", 4 * MIB, 18);
+    let _fs = SmallFs::mount(&p.cache_dir(), "1m");
+    let out = p.run(&["cat", "img"]);
+    assert_ok(&out, "cat onto a full cache disk");
+    assert!(out.stdout == p.bytes());
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.matches("continuing without caching").count(),
+        1,
+        "{err}"
+    );
+    assert_ok(&p.run(&["cache", "verify"]), "what did get cached verifies");
+}
+
+#[test]
+fn two_processes_share_one_cache() {
+    let p = Published::new("cache_two_procs", 16 * MIB, 19);
+    let want = p.bytes();
+    let spawn = || {
+        isomount()
+            .arg("--catalog")
+            .arg(&p.catalog)
+            .arg("--cache-dir")
+            .arg(p.cache_dir())
+            .args(["cat", "img"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_ok(&a, "first reader");
+    assert_ok(&b, "second reader");
+    assert!(a.stdout == want && b.stdout == want);
+    assert_ok(&p.run(&["cache", "verify"]), "verify after concurrent use");
+    assert!(p.run(&["--offline", "cat", "img"]).stdout == want);
+}
+
+#[test]
+fn fetch_files_pulls_only_those_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("sample.iso");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/sample.iso"),
+        &iso,
+    )
+    .unwrap();
+    let tgtd = Tgtd::start(
+        "cache_fetch_files",
+        &[TargetSpec::new(IQN, vec![LunSpec::cd(&iso)])],
+    );
+    let catalog = dir.path().join("catalog.toml");
+    let cache = dir.path().join("cache");
+    let out = isomount()
+        .arg("publish")
+        .arg(&iso)
+        .args([
+            "--name",
+            "sample",
+            "--target",
+            IQN,
+            "--portal",
+            &tgtd.portal(),
+            "-o",
+        ])
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    assert_ok(&out, "publish");
+    let run = |args: &[&str]| {
+        isomount()
+            .arg("--catalog")
+            .arg(&catalog)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_ok(
+        &run(&["fetch", "sample", "--files", "/docs/usage.txt"]),
+        "fetch --files",
+    );
+    assert_ok(
+        &run(&["--offline", "fetch", "sample", "--files", "/docs/usage.txt"]),
+        "the file is cached",
+    );
+    let listing = text(&run(&["list"]).stdout);
+    assert!(
+        !listing.contains("(100%)") && !listing.contains("(0%)"),
+        "{listing}"
+    );
+    let missing = run(&["fetch", "sample", "--files", "/no/such/file"]);
+    assert!(text(&missing.stderr).contains("/no/such/file: no such file in the image"));
+}

@@ -626,6 +626,11 @@ fn offline_and_uncached_is_eio_with_a_log_line_and_an_empty_cache_does_not_mount
     file.read_exact_at(&mut cached, 0).unwrap();
     assert!(cached[..] == head[..4096]);
     drop(file);
+    let stats = read(&mp.path.join("info/stats"));
+    assert!(
+        stats.contains("failed reads: ") && !stats.contains("failed reads: 0\n"),
+        "{stats}"
+    );
     unmount_ok(&mp);
     let logged = read(&log);
     assert!(

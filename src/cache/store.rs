@@ -343,6 +343,38 @@ impl Store {
             .collect())
     }
 
+    /// Chunks `first..=last` in one read, when every one of them is present: the bytes (from
+    /// the start of `first`) and their records. Unchecked: the caller hashes them.
+    pub fn get_range(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<(Bytes, Vec<Record>)>, CacheError> {
+        if first > last || last >= self.geometry.chunks() {
+            return Ok(None);
+        }
+        let count = (last - first + 1) as usize;
+        let mut raw = vec![0u8; count * RECORD_LEN as usize];
+        self.index
+            .read_exact_at(&mut raw, record_offset(first))
+            .map_err(|e| io(&self.dir.join("index"), e))?;
+        let records: Vec<Record> = raw
+            .chunks_exact(RECORD_LEN as usize)
+            .map(Record::parse)
+            .collect();
+        if !records.iter().all(Record::present) {
+            return Ok(None);
+        }
+        let cs = u64::from(self.geometry.chunk_size);
+        let start = first * cs;
+        let end = (last * cs).saturating_add(self.geometry.chunk_len(last) as u64);
+        let mut buf = BytesMut::zeroed((end - start) as usize);
+        self.data
+            .read_exact_at(&mut buf, start)
+            .map_err(|e| io(&self.dir.join("data"), e))?;
+        Ok(Some((buf.freeze(), records)))
+    }
+
     /// The stored bytes and recorded hash of chunk `index`, if present. Unchecked: the caller
     /// hashes them.
     pub fn get(&self, index: u64) -> Result<Option<(Bytes, Record)>, CacheError> {

@@ -30,7 +30,11 @@ pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
         return super::fetch::cat_name(global, &args.image);
     }
     let url: IscsiUrl = args.image.parse()?;
-    let runtime = super::runtime()?;
+    // One thread runs the session and every read: no cross-thread wake-ups on the data path
+    // (stdout is written from a thread of its own).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let lun = IscsiLun::connect(ConnectOptions::from_url(&url))
             .await
@@ -64,7 +68,7 @@ where
         );
         bar
     });
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();

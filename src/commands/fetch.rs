@@ -26,6 +26,10 @@ pub struct FetchArgs {
 const WINDOW: u64 = 8 << 20;
 /// Prefetch requests in flight.
 const DEPTH: usize = 4;
+/// Bytes per read of `cat NAME`: one coalesced READ when cold, one store read when cached.
+const CAT_READ: usize = 2 << 20;
+/// Reads of `cat NAME` in flight.
+const CAT_DEPTH: usize = 16;
 
 pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
     if !args.files.is_empty() {
@@ -34,6 +38,7 @@ pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let image = image::open(global, &args.image).await?;
+        image.set_read_ahead(false);
         let size = image.size();
         let before = image.cached_bytes();
         if global.offline {
@@ -52,7 +57,7 @@ pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
             );
             return Ok(ExitCode::SUCCESS);
         }
-        let fetched = fetch_all(&image, !global.quiet).await?;
+        let fetched = prefetch_ranges(&image, &[(0, size)], size, !global.quiet).await?;
         if !global.quiet {
             eprintln!(
                 "{}: fetched {}, {} were cached already; {} complete",
@@ -66,75 +71,21 @@ pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Prefetch every missing chunk, `DEPTH` windows in flight. Returns the bytes fetched.
-async fn fetch_all(image: &Arc<Image>, show: bool) -> anyhow::Result<u64> {
-    let size = image.size();
-    let bar = if show && std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::with_draw_target(
-            Some(size),
-            indicatif::ProgressDrawTarget::stderr(),
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(image.name().to_string());
-    let mut in_flight = VecDeque::new();
-    let mut next = 0u64;
-    let mut fetched = 0u64;
-    loop {
-        while in_flight.len() < DEPTH && next < size {
-            let len = (size - next).min(WINDOW);
-            let img = image.clone();
-            let at = next;
-            in_flight.push_back((
-                len,
-                tokio::spawn(async move { img.prefetch(at, len).await }),
-            ));
-            next += len;
-        }
-        let Some((len, handle)) = in_flight.pop_front() else {
-            break;
-        };
-        match handle.await.context("while fetching") {
-            Ok(Ok(n)) => fetched += n,
-            Ok(Err(e)) => {
-                for (_, h) in in_flight {
-                    h.abort();
-                }
-                bar.abandon();
-                return Err(e.into());
-            }
-            Err(e) => return Err(e),
-        }
-        bar.inc(len);
-    }
-    bar.finish_and_clear();
-    Ok(fetched)
-}
-
 /// `isomount cat NAME`: the image through the cache and verification, in order, to stdout.
 /// On a failed read what was written is a true prefix of the image.
 pub fn cat_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
         let image = image::open(global, name).await?;
+        image.set_read_ahead(false);
         let reader = image.clone();
-        super::cat::pipe(
-            image.size(),
-            super::cat::CHUNK * 4,
-            8,
-            move |offset, len| {
-                let image = reader.clone();
-                async move { Ok(image.read(offset, len).await?.into_bytes()) }
-            },
-        )
-        .await?;
+        let result = super::cat::pipe(image.size(), CAT_READ, CAT_DEPTH, move |offset, len| {
+            let image = reader.clone();
+            async move { Ok(image.read(offset, len).await?.into_bytes()) }
+        })
+        .await;
+        image.flush().await;
+        result?;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -148,6 +99,7 @@ const MAX_FILES_NODES: usize = 1 << 20;
 fn fetch_files(global: &GlobalOpts, args: &FetchArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     let image = runtime.block_on(image::open(global, &args.image))?;
+    image.set_read_ahead(false);
     let name = image.name().to_string();
     let before = image.cached_bytes();
     // The reader blocks on the runtime for each read, so it runs here, off the runtime's threads.
@@ -288,6 +240,7 @@ async fn prefetch_ranges(
         }
         bar.inc(len);
     }
+    image.flush().await;
     bar.finish_and_clear();
     Ok(fetched)
 }

@@ -141,8 +141,15 @@ impl MountConfig {
                 MountOption::Atime => "atime".to_string(),
                 MountOption::DefaultPermissions => "default_permissions".to_string(),
                 MountOption::FSName(name) => format!("fsname={}", name.replace(',', "_")),
+                MountOption::Subtype(subtype) => format!("subtype={subtype}"),
                 MountOption::CUSTOM(custom) => custom.clone(),
-                other => format!("{other:?}").to_lowercase(),
+                MountOption::AutoUnmount => "auto_unmount".to_string(),
+                MountOption::Dev => "dev".to_string(),
+                MountOption::Suid => "suid".to_string(),
+                MountOption::RW => "rw".to_string(),
+                MountOption::DirSync => "dirsync".to_string(),
+                MountOption::Sync => "sync".to_string(),
+                MountOption::Async => "async".to_string(),
             })
             .collect();
         match self.acl {

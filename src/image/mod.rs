@@ -41,6 +41,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DOWN_PAUSE: Duration = Duration::from_secs(5);
 /// Rounds over all mirrors before a read gives up.
 const ROUNDS: u32 = 3;
+/// Cache write batches that may run behind readers.
+const WRITE_BEHIND: usize = 8;
 /// Longest wait for another task's fetch of the same chunk.
 const INFLIGHT_WAIT: Duration = Duration::from_secs(120);
 
@@ -190,6 +192,8 @@ pub struct Image {
     inflight: Mutex<HashMap<u64, watch::Receiver<()>>>,
     sequential: Mutex<Sequential>,
     readahead_busy: AtomicBool,
+    readahead: AtomicBool,
+    writes: Arc<tokio::sync::Semaphore>,
     stats: Stats,
 }
 
@@ -279,6 +283,8 @@ impl Image {
                 ahead_until: 0,
             }),
             readahead_busy: AtomicBool::new(false),
+            readahead: AtomicBool::new(true),
+            writes: Arc::new(tokio::sync::Semaphore::new(WRITE_BEHIND)),
             stats: Stats::default(),
         })
     }
@@ -369,6 +375,11 @@ impl Image {
         let cs = u64::from(self.geometry.chunk_size);
         let first = offset / cs;
         let last = (end - 1) / cs;
+        if let Some(all) = self.lookup_range(first, last) {
+            self.after_read(offset, end);
+            let skip = (offset - first * cs) as usize;
+            return Ok(Verified(all.slice(skip..skip + (end - offset) as usize)));
+        }
         let mut parts: Vec<Option<Bytes>> = (first..=last).map(|i| self.lookup(i)).collect();
         let missing: Vec<u64> = (first..=last)
             .zip(&parts)
@@ -432,6 +443,43 @@ impl Image {
                 .get(&index)
                 .copied(),
         }
+    }
+
+    /// Chunks `first..=last` from the store in one read when all are present and verify: no
+    /// copies beyond the read itself. None sends the caller down the chunk-by-chunk path.
+    fn lookup_range(&self, first: u64, last: u64) -> Option<Bytes> {
+        if first == last {
+            return None;
+        }
+        let store = self.store.as_ref()?;
+        let (bytes, records) = store.get_range(first, last).ok()??;
+        let cs = self.geometry.chunk_size as usize;
+        for (k, record) in records.iter().enumerate() {
+            let i = first + k as u64;
+            let at = k * cs;
+            let chunk = &bytes[at..at + self.geometry.chunk_len(i)];
+            let expected = match &self.manifest {
+                Some(m) => m.hash(i).copied(),
+                None => Some(record.hash),
+            };
+            if Some(sha256(chunk)) != expected {
+                return None;
+            }
+        }
+        for (k, record) in records.iter().enumerate() {
+            let i = first + k as u64;
+            if self.manifest.is_none() {
+                self.first_seen
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(i, record.hash);
+            }
+            let _ = store.touch(i, record);
+        }
+        self.stats
+            .hits
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
+        Some(bytes)
     }
 
     /// A verified chunk from memory or the store.
@@ -567,7 +615,8 @@ impl Image {
         Ok(out)
     }
 
-    /// Put verified chunks in memory and (unless caching is off) the store.
+    /// Put verified chunks in memory and (unless caching is off) the store. Store writes run
+    /// behind the reader, at most [`WRITE_BEHIND`] batches at a time; [`Image::flush`] waits.
     async fn keep(&self, chunks: &[(u64, Bytes)]) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -575,36 +624,47 @@ impl Image {
                 recent.put(*i, b.clone());
             }
         }
-        let Some(store) = self.store.clone() else {
+        let (Some(store), Some(me)) = (self.store.clone(), self.me.upgrade()) else {
             return;
         };
         if !self.caching.load(Ordering::Relaxed) || chunks.is_empty() {
             return;
         }
-        let cache = self.cache.clone();
-        let items: Vec<(u64, Bytes)> = chunks.to_vec();
-        let result = tokio::task::spawn_blocking(move || {
+        let Ok(permit) = self.writes.clone().acquire_owned().await else {
+            return;
+        };
+        let items: Vec<(u64, Bytes, Hash)> = chunks
+            .iter()
+            .filter_map(|(i, b)| self.expected_hash(*i).map(|h| (*i, b.clone(), h)))
+            .collect();
+        tokio::task::spawn_blocking(move || {
             let refs: Vec<(u64, &[u8], Hash)> =
-                items.iter().map(|(i, b)| (*i, &b[..], sha256(b))).collect();
-            store.put(&refs)?;
-            let bytes: u64 = items.iter().map(|(_, b)| b.len() as u64).sum();
-            match cache {
+                items.iter().map(|(i, b, h)| (*i, &b[..], *h)).collect();
+            let bytes: u64 = items.iter().map(|(_, b, _)| b.len() as u64).sum();
+            let result = store.put(&refs).and_then(|()| match &me.cache {
                 Some(c) => c.note_stored(bytes),
                 None => Ok(()),
+            });
+            drop(permit);
+            if let Err(err) = result {
+                if me.caching.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{}: cannot write the cache ({err}); continuing without caching",
+                        me.name
+                    );
+                }
             }
-        })
-        .await;
-        let err = match result {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
-        };
-        if self.caching.swap(false, Ordering::Relaxed) {
-            tracing::warn!(
-                "{}: cannot write the cache ({err}); continuing without caching",
-                self.name
-            );
-        }
+        });
+    }
+
+    /// Turn read-ahead off for a reader that keeps its own reads in flight (`cat`, `fetch`).
+    pub fn set_read_ahead(&self, on: bool) {
+        self.readahead.store(on, Ordering::Relaxed);
+    }
+
+    /// Wait until every chunk fetched so far has been written to the cache.
+    pub async fn flush(&self) {
+        let _ = self.writes.acquire_many(WRITE_BEHIND as u32).await;
     }
 
     /// Fetch `count` chunks from `first` with one READ, verify each, and fetch failing chunks
@@ -850,7 +910,7 @@ impl Image {
 
     /// Detect sequential reading and keep a growing window of chunks fetched ahead.
     fn after_read(&self, offset: u64, end: u64) {
-        if self.offline {
+        if self.offline || !self.readahead.load(Ordering::Relaxed) {
             return;
         }
         let (from, to) = {

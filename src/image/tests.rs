@@ -154,6 +154,7 @@ async fn exact_ranges_then_offline_from_cache() {
     let whole = image.read(0, bytes.len()).await.unwrap();
     assert!(whole[..] == bytes[..]);
     assert!(image.stats().contains("verification failures: 0"));
+    image.flush().await;
     drop(image);
     let offline = Image::new(spec(&bytes, true, vec![], true), cache(dir.path(), None));
     assert!(offline.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
@@ -192,6 +193,7 @@ async fn corrupt_cache_chunk_is_refetched_never_returned() {
         cache(dir.path(), None),
     );
     image.prefetch(0, bytes.len() as u64).await.unwrap();
+    image.flush().await;
     drop(image);
     let store_dir = std::fs::read_dir(dir.path().join("images"))
         .unwrap()
@@ -214,6 +216,7 @@ async fn corrupt_cache_chunk_is_refetched_never_returned() {
         before + 1,
         "only the corrupt chunk is fetched again"
     );
+    image.flush().await;
     let offline = Image::new(spec(&bytes, true, vec![], true), cache(dir.path(), None));
     assert!(
         offline.read(0, bytes.len()).await.unwrap()[..] == bytes[..],
@@ -301,6 +304,7 @@ async fn trust_on_first_use_detects_a_changed_lun() {
         cache(dir.path(), None),
     );
     assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    image.flush().await;
     drop(image);
     let image = Image::new(
         spec(&bytes, false, vec![mirror("a", &src)], false),
