@@ -51,6 +51,14 @@ PIDS+=($!)
 for _ in $(seq 100); do [ -s "$WORK/proxy.out" ] && break; sleep 0.1; done
 read -r SLOW_PORTAL <"$WORK/proxy.out" || { echo "bench: faultproxy did not start" >&2; exit 1; }
 
+# `isomount serve` (issue 6) on the same image file, read-only, beside tgtd.
+"$BIN/isomount" serve "$WORK/disk.img" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^listening on' "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
+SERVE_PORTAL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
+[ -n "$SERVE_PORTAL" ] || { echo "bench: isomount serve did not start" >&2; exit 1; }
+SERVE_URL="iscsi://$SERVE_PORTAL/iqn.2026-01.org.isomount.serve:disk/0"
+
 # --- measurements: each prints one MiB/s figure for one run ------------------------------------
 
 # libiscsi's iscsi-perf, sequential reads, PERF_SECONDS long; its own running average at the end.
@@ -60,6 +68,11 @@ measure_iscsi_perf() {
     # Lines are "... iops average N (X MB/s) ..." separated by carriage returns; take the last.
     tr '\r' '\n' <<<"$out" | sed -n 's/.*iops average [0-9]* (\([0-9.]*\) MB\/s).*/\1/p' | tail -1 | grep . \
         || { echo "bench: iscsi-perf gave no figure: $out" >&2; return 1; }
+}
+
+# iscsi-perf with 4 KiB requests (-b 8): per-command cost rather than bandwidth.
+measure_iscsi_perf_small() {
+    PERF_BLOCKS=8 measure_iscsi_perf "$1"
 }
 
 # `isomount cat URL > /dev/null`: the whole LUN, timed.
@@ -132,6 +145,10 @@ row "loopback: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN"
     -- measure_isomount_cat "iscsi://$PORTAL/$IQN/$LUN"
 row "+${LATENCY_MS}ms/way: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$SLOW_PORTAL/$IQN/$LUN" \
     -- measure_isomount_cat "iscsi://$SLOW_PORTAL/$IQN/$LUN"
+row "target: tgtd vs serve, iscsi-perf" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
+    -- measure_iscsi_perf "$SERVE_URL"
+row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORTAL/$IQN/$LUN" \
+    -- measure_iscsi_perf_small "$SERVE_URL"
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$MNT"
     "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \

@@ -631,3 +631,73 @@ fn demo_once_shows_the_sample_cds_files() {
     assert!(text.contains("pattern.bin  (40960 bytes)"), "{text}");
     assert!(text.contains("iscsifs.txt"), "{text}");
 }
+
+/// A catalog entry for `image` served by `portal` (as `isomount publish` writes it).
+fn publish(dir: &Path, name: &str, image: &Path, target: &str, portal: &str) -> PathBuf {
+    use isomount::catalog::{upsert_entry, PublishedEntry};
+    use isomount::manifest::Manifest;
+    let bytes = std::fs::read(image).unwrap();
+    let manifest = Manifest::build(&bytes[..], 64 << 10).unwrap();
+    std::fs::write(dir.join(format!("{name}.manifest")), manifest.to_bytes()).unwrap();
+    let catalog = dir.join("catalog.toml");
+    let entry = PublishedEntry {
+        name: name.into(),
+        description: None,
+        target: target.into(),
+        lun: 0,
+        portals: vec![portal.into()],
+        size: bytes.len() as u64,
+        manifest: format!("{name}.manifest"),
+        manifest_sha256: manifest.pin(),
+    };
+    upsert_entry(&catalog, &entry).unwrap();
+    catalog
+}
+
+#[test]
+fn lazy_mirror_serves_a_catalog_image_from_the_verified_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::random_file(dir.path(), "upstream.img", 3 << 20, 31);
+    let want = std::fs::read(&disk).unwrap();
+    let upstream = Serve::start(&[&disk], &[]);
+    let catalog = publish(
+        dir.path(),
+        "lab-disk",
+        &disk,
+        &format!("{PREFIX}:upstream"),
+        &upstream.portal,
+    );
+    let cache = dir.path().join("mirror-cache");
+    let mirror = Serve::start(
+        &[Path::new("lab-disk")],
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--iqn-prefix",
+            "iqn.2026-01.org.example.lab",
+        ],
+    );
+    let url = format!(
+        "iscsi://{}/iqn.2026-01.org.example.lab:lab-disk/0",
+        mirror.portal
+    );
+    let cat = || common::isomount().args(["cat", &url]).output().unwrap();
+    let out = cat();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == want, "first read through the mirror differs");
+    // The upstream goes away: everything is in the mirror's cache now.
+    drop(upstream);
+    let out = cat();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == want, "cached read through the mirror differs");
+}

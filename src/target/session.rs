@@ -244,7 +244,8 @@ struct Shared {
     exp_cmd_sn: AtomicU32,
 }
 
-/// A PDU for the writer; `status` says whether it carries (and advances) StatSN.
+/// A PDU for the writer (which stamps its sequence numbers); `close_after`: the connection ends
+/// once it is written (logout, target reset).
 struct Outgoing {
     pdu: Pdu,
     close_after: bool,
