@@ -63,6 +63,12 @@ fn main() {
     let url = tgtd.url(IQN, 1);
     println!("image: {mib} MiB on tgtd {}", tgtd.portal());
     println!("iscsi-perf (peer): {}", iscsi_perf(&url));
+    let mut direct = isomount();
+    direct.args(["cat", &url]);
+    println!(
+        "isomount cat URL, no cache or verification (peer): {:.0} MB/s",
+        mb_s(size, timed(direct))
+    );
     let cat_file = || {
         let mut c = Command::new("cat");
         c.arg(&image);
