@@ -19,7 +19,19 @@ if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo fmt --check
-cargo clippy --all-targets --release -- -D warnings
-cargo build --release --manifest-path fuzz/Cargo.toml
-cargo test --release --all-targets -- --test-threads="${TEST_THREADS:-2}"
+# A failing test keeps its targets' logs under test-logs/<test>/; say where they are.
+rm -rf test-logs
+show_kept_logs() {
+    if [ -n "$(find test-logs -type f 2>/dev/null)" ]; then
+        echo "kept target logs:"
+        find test-logs -type f | sort
+    fi
+}
+trap show_kept_logs EXIT
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --release -- -D warnings
+if [ -f fuzz/Cargo.toml ]; then
+    cargo build --release --manifest-path fuzz/Cargo.toml
+fi
+cargo test --workspace --release --all-targets -- --test-threads="${TEST_THREADS:-2}"

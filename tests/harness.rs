@@ -23,7 +23,22 @@ fn libiscsi(tool: &str, args: &[&str], target_chap: Option<(&str, &str)>) -> (bo
         cmd.env("LIBISCSI_CHAP_TARGET_USERNAME", user)
             .env("LIBISCSI_CHAP_TARGET_PASSWORD", secret);
     }
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    // A bounded run: libiscsi's tools can spin forever on a target's odd answer.
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            return (false, format!("{tool} timed out"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
@@ -427,4 +442,157 @@ fn proxy_drop_closes_open_connections() {
     drop(proxy);
     let (_, _) = read_all(&mut client);
     assert!(TcpStream::connect(portal).is_err(), "listener still open");
+}
+
+const CD: &str = "iqn.2026-11.org.isomount.test:cd";
+
+#[test]
+fn istgt_serves_disk_cd_chap_and_mutual_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "disk.img", 8 * MIB, 21);
+    let cd = random_file(dir.path(), "cd.iso", 4 * MIB, 22);
+    let istgt = Istgt::start(
+        "istgt_serves_disk_cd_chap_and_mutual_targets",
+        &[
+            TargetSpec::new(PLAIN, vec![LunSpec::disk(disk.clone())]),
+            TargetSpec::new(CD, vec![LunSpec::cd(cd)]),
+            TargetSpec::new(CHAP, vec![LunSpec::disk(disk.clone())]).with_chap(ALICE.0, ALICE.1),
+            TargetSpec::new(MUTUAL, vec![LunSpec::disk(disk)])
+                .with_chap(BOB.0, BOB.1)
+                .with_mutual(TARGET.0, TARGET.1),
+        ],
+    );
+    // No iscsi-ls here: libiscsi's iscsi-ls spins forever on istgt's SendTargets answer.
+    let (ok, out) = inq(&istgt.lun_url(PLAIN, 0), None);
+    assert!(ok && out.contains("DIRECT_ACCESS"), "disk LUN: {out}");
+    let (ok, cap) = libiscsi("iscsi-readcapacity16", &[&istgt.url(PLAIN, 0)], None);
+    assert!(
+        ok && cap.contains(&format!("Total size:{}", 8 * MIB)),
+        "capacity: {cap}"
+    );
+    let (ok, out) = inq(&istgt.lun_url(CD, 0), None);
+    assert!(ok && out.contains("MMC"), "CD LUN: {out}");
+
+    let chap = |creds: (&str, &str), iqn: &str| {
+        format!("iscsi://{}%{}@{}/{iqn}/0", creds.0, creds.1, istgt.portal())
+    };
+    let (ok, out) = inq(&chap(ALICE, CHAP), None);
+    assert!(ok && out.contains("DIRECT_ACCESS"), "CHAP login: {out}");
+    let (ok, out) = inq(&chap((ALICE.0, "wrong-secret-0000"), CHAP), None);
+    assert!(!ok, "a wrong CHAP secret was accepted: {out}");
+    let (ok, out) = inq(&istgt.url(CHAP, 0), None);
+    assert!(!ok, "a CHAP target accepted an anonymous login: {out}");
+    let (ok, out) = inq(&chap(BOB, MUTUAL), Some(TARGET));
+    assert!(
+        ok && out.contains("DIRECT_ACCESS"),
+        "mutual CHAP login: {out}"
+    );
+    let (ok, out) = inq(
+        &chap(BOB, MUTUAL),
+        Some((TARGET.0, "not-the-target-secret")),
+    );
+    assert!(
+        !ok,
+        "a target that cannot prove the mutual secret was accepted: {out}"
+    );
+}
+
+#[test]
+fn istgt_drop_kills_and_restart_reuses_the_portal() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "disk.img", MIB, 23);
+    let spec = [TargetSpec::new(PLAIN, vec![LunSpec::disk(disk)])];
+    let mut istgt = Istgt::start("istgt_drop_kills", &spec);
+    let portal = istgt.portal();
+    istgt.restart();
+    assert_eq!(istgt.portal(), portal);
+    let (ok, out) = inq(&istgt.url(PLAIN, 0), None);
+    assert!(ok && out.contains("DIRECT_ACCESS"), "after restart: {out}");
+    let pid = istgt.pid().expect("running");
+    drop(istgt);
+    assert!(
+        !Path::new(&format!("/proc/{pid}")).exists(),
+        "istgt {pid} still exists"
+    );
+    assert!(
+        TcpStream::connect(&portal).is_err(),
+        "portal still open after drop"
+    );
+}
+
+#[test]
+fn tgtd_and_istgt_number_luns_their_own_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "disk.img", MIB, 24);
+    let spec = [TargetSpec::new(PLAIN, vec![LunSpec::disk(disk)])];
+    let tgtd = Tgtd::start("lun_numbering_tgtd", &spec);
+    let istgt = Istgt::start("lun_numbering_istgt", &spec);
+    let targets: [&dyn IscsiTarget; 2] = [&tgtd, &istgt];
+    for target in targets {
+        let (ok, out) = libiscsi("iscsi-readcapacity16", &[&target.lun_url(PLAIN, 0)], None);
+        assert!(
+            ok && out.contains(&format!("Total size:{MIB}")),
+            "{}: {out}",
+            target.portal()
+        );
+    }
+}
+
+/// The file names xorriso reads back from `iso` (Rock Ridge, else Joliet, else plain names).
+fn iso_names(iso: &Path) -> Vec<String> {
+    let out = Command::new("xorriso")
+        .arg("-indev")
+        .arg(iso)
+        .args(["-find", "/"])
+        .output()
+        .unwrap();
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_matches('\'').to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn iso_from_dir_writes_each_flavour() {
+    let dir = test_dir("iso_from_dir_writes_each_flavour");
+    let src = dir.path().join("tree");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/LongFileName.txt"), b"hello\n").unwrap();
+    random_file(&src, "data.bin", 100_000, 5);
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    for (flavour, names, rock_ridge, joliet) in [
+        (
+            IsoFlavour::RockRidgeJoliet,
+            ["/", "/data.bin", "/sub", "/sub/LongFileName.txt"],
+            true,
+            true,
+        ),
+        (
+            IsoFlavour::JolietOnly,
+            ["/", "/data.bin", "/sub", "/sub/LongFileName.txt"],
+            false,
+            true,
+        ),
+        (
+            IsoFlavour::Level1,
+            ["/", "/DATA.BIN", "/SUB", "/SUB/LONGFILE.TXT"],
+            false,
+            false,
+        ),
+    ] {
+        let iso = iso_from_dir(&src, &dir.path().join("out.iso"), flavour);
+        assert_eq!(iso_names(&iso), names, "{flavour:?}");
+        let bytes = std::fs::read(&iso).unwrap();
+        assert_eq!(bytes.len() % 2048, 0);
+        assert_eq!(
+            &bytes[32769..32774],
+            b"CD001",
+            "{flavour:?}: no volume descriptor"
+        );
+        let has_rr = contains(&bytes, b"IEEE_1282") || contains(&bytes, b"RRIP_1991A");
+        assert_eq!(has_rr, rock_ridge, "{flavour:?}: Rock Ridge");
+        assert_eq!(contains(&bytes, b"%/E"), joliet, "{flavour:?}: Joliet");
+    }
 }

@@ -126,6 +126,10 @@ fn mount_ok(image: &Path, mountpoint: &Mountpoint) {
 }
 
 fn unmount_ok(mountpoint: &Mountpoint) {
+    assert!(
+        find_daemon(&mountpoint.path).is_some(),
+        "no daemon serves the mount"
+    );
     let out = run_bounded(
         isomount().arg("unmount").arg(&mountpoint.path),
         Duration::from_secs(30),
@@ -136,6 +140,9 @@ fn unmount_ok(mountpoint: &Mountpoint) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mounted(&mountpoint.path));
+    wait_until(Duration::from_secs(20), "the daemon to exit", || {
+        find_daemon(&mountpoint.path).is_none()
+    });
 }
 
 fn read(path: &Path) -> String {
@@ -165,7 +172,7 @@ fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
     assert_eq!(read(&mp.path.join("info/block-size")), "2048\n");
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("errors: 0"), "{stats}");
-    assert_eq!(read(&readahead_knob(&mp.path)), "1024\n");
+    assert_eq!(read(&readahead_knob(&mp.path)), "16384\n");
     assert!(std::fs::write(mp.path.join("image.iso"), b"x").is_err());
 
     unmount_ok(&mp);
@@ -337,6 +344,10 @@ fn readahead_knob(path: &Path) -> PathBuf {
 
 /// The pid of the daemon serving `mountpoint`, from /proc.
 fn daemon_pid(mountpoint: &Path) -> i32 {
+    find_daemon(mountpoint).unwrap_or_else(|| panic!("no daemon for {}", mountpoint.display()))
+}
+
+fn find_daemon(mountpoint: &Path) -> Option<i32> {
     let want = mountpoint.as_os_str().as_encoded_bytes();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -348,10 +359,10 @@ fn daemon_pid(mountpoint: &Path) -> i32 {
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
         let ours = args.first().is_some_and(|a| a.ends_with(b"isomount"));
         if ours && args.contains(&want) {
-            return pid;
+            return Some(pid);
         }
     }
-    panic!("no daemon for {}", mountpoint.display());
+    None
 }
 
 #[test]
@@ -383,4 +394,275 @@ fn files_matches_the_source_tree_with_links_and_modes() {
     std::fs::copy(files.join("kernel.bin"), &copy).unwrap();
     assert!(std::fs::read(&copy).unwrap() == std::fs::read(tree.join("kernel.bin")).unwrap());
     unmount_ok(&mp);
+}
+
+const CD_IQN: &str = "iqn.2026-11.org.isomount.test:mount-cd";
+
+/// A CD image served by a real tgtd and published in a catalog as `testcd`.
+struct Published {
+    tgtd: Option<common::Tgtd>,
+    tree: PathBuf,
+    iso: PathBuf,
+    catalog: PathBuf,
+    cache: PathBuf,
+}
+
+fn publish_cd(dir: &Path, test: &str) -> Published {
+    let (tree, iso) = make_iso(dir);
+    publish(dir, test, tree, iso, true)
+}
+
+/// `image` served as LUN 1 of a real tgtd (a CD or a disk) and published as `testcd`.
+fn publish(dir: &Path, test: &str, tree: PathBuf, iso: PathBuf, cd: bool) -> Published {
+    let lun = if cd {
+        common::LunSpec::cd(&iso)
+    } else {
+        common::LunSpec::disk(&iso)
+    };
+    let tgtd = common::Tgtd::start(test, &[common::TargetSpec::new(CD_IQN, vec![lun])]);
+    let catalog = dir.join("catalog.toml");
+    let out = run_bounded(
+        isomount()
+            .arg("publish")
+            .arg(&iso)
+            .args(["--name", "testcd", "--target", CD_IQN, "--lun", "1"])
+            .args(["--portal", &tgtd.portal(), "-o"])
+            .arg(&catalog),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "publish: {out:?}");
+    Published {
+        tgtd: Some(tgtd),
+        tree,
+        iso,
+        catalog,
+        cache: dir.join("cache"),
+    }
+}
+
+impl Published {
+    fn mount(&self, name: &str, mountpoint: &Mountpoint, extra: &[&str]) -> Output {
+        run_bounded(
+            isomount()
+                .arg("--catalog")
+                .arg(&self.catalog)
+                .arg("--cache-dir")
+                .arg(&self.cache)
+                .args(extra)
+                .arg("mount")
+                .arg(name)
+                .arg(&mountpoint.path),
+            Duration::from_secs(120),
+        )
+    }
+
+    fn mount_ok(&self, mountpoint: &Mountpoint, extra: &[&str]) {
+        let out = self.mount("testcd", mountpoint, extra);
+        assert!(
+            out.status.success(),
+            "mount failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(is_mounted(&mountpoint.path), "exit 0 but nothing mounted");
+    }
+}
+
+#[test]
+fn published_cd_mounts_exact_and_an_offline_remount_serves_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cd = publish_cd(dir.path(), "published_cd_mounts_exact");
+    let portal = cd.tgtd.as_ref().unwrap().portal();
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    cd.mount_ok(&mp, &[]);
+
+    let mut names: Vec<String> = std::fs::read_dir(&mp.path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["files", "info", "testcd.iso"]);
+    let truth = std::fs::read(&cd.iso).unwrap();
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == truth);
+    assert_eq!(read(&mp.path.join("info/target")), format!("{CD_IQN}\n"));
+    assert_eq!(read(&mp.path.join("info/lun")), "1\n");
+    assert_eq!(read(&mp.path.join("info/portal")), format!("{portal}\n"));
+    assert_eq!(
+        read(&mp.path.join("info/size")),
+        format!("{}\n", truth.len())
+    );
+    assert_eq!(read(&mp.path.join("info/block-size")), "2048\n");
+    assert!(!read(&mp.path.join("info/vendor")).trim().is_empty());
+    assert!(!read(&mp.path.join("info/manifest")).trim().is_empty());
+    let stats = read(&mp.path.join("info/stats"));
+    assert!(stats.contains("bytes fetched"), "{stats}");
+
+    let out = run_bounded(
+        Command::new("diff")
+            .arg("-r")
+            .arg(&cd.tree)
+            .arg(mp.path.join("files")),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "diff -r: {out:?}");
+    unmount_ok(&mp);
+
+    // The way mount(8) and /etc/fstab get here: mount.fuse3 runs `isomount NAME DIR -o OPTS`.
+    let bin = Path::new(env!("CARGO_BIN_EXE_isomount")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let options = format!(
+        "ro,allow_other,catalog={},cache_dir={}",
+        cd.catalog.display(),
+        cd.cache.display()
+    );
+    let out = run_bounded(
+        Command::new("mount.fuse3")
+            .arg("testcd")
+            .arg(&mp.path)
+            .args(["-t", "fuse.isomount", "-o", &options])
+            .env("PATH", path),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "mount.fuse3: {out:?}");
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == truth);
+    let out = run_bounded(
+        Command::new("umount").arg(&mp.path),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "umount: {out:?}");
+    assert!(!is_mounted(&mp.path));
+
+    drop(cd.tgtd.take());
+    cd.mount_ok(&mp, &["--offline"]);
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == truth);
+    assert_eq!(read(&mp.path.join("info/portal")), "offline\n");
+    unmount_ok(&mp);
+}
+
+#[test]
+fn published_cd_serves_eight_concurrent_readers_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = publish_cd(dir.path(), "published_cd_eight_readers");
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    cd.mount_ok(&mp, &[]);
+    let mounted = mp.path.join("testcd.iso");
+    let size = std::fs::metadata(&cd.iso).unwrap().len();
+    std::thread::scope(|scope| {
+        for reader in 0..8u64 {
+            let (mounted, iso) = (&mounted, &cd.iso);
+            scope.spawn(move || {
+                let ours = std::fs::File::open(mounted).unwrap();
+                let truth = std::fs::File::open(iso).unwrap();
+                let mut state = (reader + 11).wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+                for _ in 0..16 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let offset = state % size;
+                    let len = ((state >> 32) % (200 << 10)) as usize + 1;
+                    let len = len.min((size - offset) as usize);
+                    let mut got = vec![0u8; len];
+                    let mut want = vec![0u8; len];
+                    ours.read_exact_at(&mut got, offset).unwrap();
+                    truth.read_exact_at(&mut want, offset).unwrap();
+                    assert!(
+                        got == want,
+                        "reader {reader}: bytes differ at {offset}+{len}"
+                    );
+                }
+            });
+        }
+    });
+    unmount_ok(&mp);
+}
+
+#[test]
+fn offline_and_uncached_is_eio_with_a_log_line_and_an_empty_cache_does_not_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "disk.img", 32 << 20, 9);
+    let mut cd = publish(
+        dir.path(),
+        "offline_uncached_is_eio",
+        dir.path().to_path_buf(),
+        disk,
+        false,
+    );
+    let mp = Mountpoint::new(dir.path(), "mnt");
+
+    // Cache only the start of the image (the mount itself reads the volume descriptors).
+    cd.mount_ok(&mp, &[]);
+    let mut head = vec![0u8; 64 << 10];
+    std::fs::File::open(mp.path.join("testcd.img"))
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    unmount_ok(&mp);
+    drop(cd.tgtd.take());
+
+    let log = dir.path().join("mount.log");
+    let option = format!("log={}", log.display());
+    let out = run_bounded(
+        isomount()
+            .arg("--catalog")
+            .arg(&cd.catalog)
+            .arg("--cache-dir")
+            .arg(&cd.cache)
+            .args(["--offline", "mount", "testcd"])
+            .arg(&mp.path)
+            .args(["-o", &option]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let file = std::fs::File::open(mp.path.join("testcd.img")).unwrap();
+    let size = file.metadata().unwrap().len();
+    let far = size - (1 << 20);
+    let mut buf = vec![0u8; 4096];
+    let err = file.read_exact_at(&mut buf, far).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let mut cached = vec![0u8; 4096];
+    file.read_exact_at(&mut cached, 0).unwrap();
+    assert!(cached[..] == head[..4096]);
+    drop(file);
+    let stats = read(&mp.path.join("info/stats"));
+    assert!(
+        stats.contains("failed reads: ") && !stats.contains("failed reads: 0\n"),
+        "{stats}"
+    );
+    unmount_ok(&mp);
+    let logged = read(&log);
+    assert!(
+        logged.contains("testcd") && logged.contains(&far.to_string()),
+        "log names neither image nor range: {logged}"
+    );
+
+    let empty = dir.path().join("empty-cache");
+    let out = run_bounded(
+        isomount()
+            .arg("--catalog")
+            .arg(&cd.catalog)
+            .arg("--cache-dir")
+            .arg(&empty)
+            .args(["--offline", "mount", "testcd"])
+            .arg(&mp.path),
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success());
+    assert!(!is_mounted(&mp.path));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn an_unknown_name_suggests_the_close_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = publish_cd(dir.path(), "unknown_name_suggests");
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let out = cd.mount("testdc", &mp, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("testcd"), "{err}");
+    assert!(!is_mounted(&mp.path));
 }

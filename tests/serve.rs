@@ -582,3 +582,122 @@ async fn hostile_pdus_get_reject_and_the_target_lives_on() {
     let mut again = Raw::new(connect_from(&serve.portal, "127.0.0.1").await);
     assert_eq!(again.login_normal(&name, false).await, (0, 0));
 }
+
+#[test]
+fn our_initiator_reads_serve_byte_exact_and_discovers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::random_file(dir.path(), "ours.img", 5 << 20, 21);
+    let iso = sample_iso();
+    let serve = Serve::start(&[&disk, &iso], &[]);
+    for (stem, path) in [("ours", &disk), ("sample", &iso)] {
+        let out = common::isomount()
+            .args(["cat", &serve.url(stem)])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout == std::fs::read(path).unwrap(), "{stem} differs");
+    }
+    let out = common::isomount()
+        .args(["discover", "-l", &serve.portal])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("{PREFIX}:ours")), "{text}");
+    assert!(text.contains(&format!("{PREFIX}:sample")), "{text}");
+}
+
+#[test]
+fn demo_once_shows_the_sample_cds_files() {
+    let out = common::isomount()
+        .args(["demo", "--once"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("README.TXT  (332 bytes)"), "{text}");
+    assert!(text.contains("pattern.bin  (40960 bytes)"), "{text}");
+    assert!(text.contains("iscsifs.txt"), "{text}");
+}
+
+/// A catalog entry for `image` served by `portal` (as `isomount publish` writes it).
+fn publish(dir: &Path, name: &str, image: &Path, target: &str, portal: &str) -> PathBuf {
+    use isomount::catalog::{upsert_entry, PublishedEntry};
+    use isomount::manifest::Manifest;
+    let bytes = std::fs::read(image).unwrap();
+    let manifest = Manifest::build(&bytes[..], 64 << 10).unwrap();
+    std::fs::write(dir.join(format!("{name}.manifest")), manifest.to_bytes()).unwrap();
+    let catalog = dir.join("catalog.toml");
+    let entry = PublishedEntry {
+        name: name.into(),
+        description: None,
+        target: target.into(),
+        lun: 0,
+        portals: vec![portal.into()],
+        size: bytes.len() as u64,
+        manifest: format!("{name}.manifest"),
+        manifest_sha256: manifest.pin(),
+    };
+    upsert_entry(&catalog, &entry).unwrap();
+    catalog
+}
+
+#[test]
+fn lazy_mirror_serves_a_catalog_image_from_the_verified_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = common::random_file(dir.path(), "upstream.img", 3 << 20, 31);
+    let want = std::fs::read(&disk).unwrap();
+    let upstream = Serve::start(&[&disk], &[]);
+    let catalog = publish(
+        dir.path(),
+        "lab-disk",
+        &disk,
+        &format!("{PREFIX}:upstream"),
+        &upstream.portal,
+    );
+    let cache = dir.path().join("mirror-cache");
+    let mirror = Serve::start(
+        &[Path::new("lab-disk")],
+        &[
+            "--catalog",
+            catalog.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--iqn-prefix",
+            "iqn.2026-01.org.example.lab",
+        ],
+    );
+    let url = format!(
+        "iscsi://{}/iqn.2026-01.org.example.lab:lab-disk/0",
+        mirror.portal
+    );
+    let cat = || common::isomount().args(["cat", &url]).output().unwrap();
+    let out = cat();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == want, "first read through the mirror differs");
+    // The upstream goes away: everything is in the mirror's cache now.
+    drop(upstream);
+    let out = cat();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout == want, "cached read through the mirror differs");
+}

@@ -7,13 +7,30 @@
 //! `faultproxy` binary.
 
 mod fixtures;
+mod istgt;
 mod ports;
 mod process;
 mod proxy;
 mod tgtd;
 
-pub use fixtures::random_file;
+pub use fixtures::{iso_from_dir, random_file, test_dir, IsoFlavour};
+pub use istgt::Istgt;
 pub use ports::free_tcp_port;
 pub use process::logs_root;
 pub use proxy::{FaultProxy, Faults};
 pub use tgtd::{LunSpec, TargetSpec, Tgtd};
+
+/// What tests need from any target the harness runs, so one test body can cover tgtd and istgt.
+pub trait IscsiTarget {
+    /// `127.0.0.1:PORT`
+    fn portal(&self) -> String;
+
+    /// The LUN number the target gives the LUN at `index` in its `TargetSpec` (tgtd counts from
+    /// 1 because its LUN 0 is a controller; istgt counts from 0).
+    fn lun(&self, index: usize) -> u64;
+
+    /// `iscsi://127.0.0.1:PORT/IQN/LUN` for the LUN at `index` of target `iqn`.
+    fn lun_url(&self, iqn: &str, index: usize) -> String {
+        format!("iscsi://{}/{iqn}/{}", self.portal(), self.lun(index))
+    }
+}

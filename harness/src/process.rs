@@ -83,6 +83,10 @@ impl WorkDir {
         }
     }
 
+    pub(crate) fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
     /// A log file in append mode (created if missing).
     pub(crate) fn log(&self, name: &str) -> File {
         OpenOptions::new()

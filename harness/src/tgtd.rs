@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::ports::{free_control_port, free_tcp_port};
 use crate::process::{kill_and_reap, run_bounded, spawn_tied, WorkDir};
+use crate::IscsiTarget;
 
 const START_ATTEMPTS: usize = 10;
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -266,6 +267,16 @@ impl Tgtd {
                 self.tgtadm(&bind);
             }
         }
+    }
+}
+
+impl IscsiTarget for Tgtd {
+    fn portal(&self) -> String {
+        Tgtd::portal(self)
+    }
+
+    fn lun(&self, index: usize) -> u64 {
+        index as u64 + 1
     }
 }
 

@@ -22,33 +22,28 @@ pub struct CatArgs {
     pub image: String,
 }
 
-/// Bytes asked for by one read.
+/// Bytes per read for sources that have no preferred read size (the image core's callers).
 pub const CHUNK: usize = 1 << 20;
-/// Reads in flight.
-pub const DEPTH: usize = 16;
+/// Reads in flight: enough to cover a long round trip (32 × 256 KiB = 8 MiB per RTT).
+pub const DEPTH: usize = 32;
 
 pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
     if !args.image.starts_with("iscsi://") {
         return super::fetch::cat_name(global, &args.image);
     }
     let url: IscsiUrl = args.image.parse()?;
-    let runtime = super::runtime()?;
+    // One thread runs the session and every read: no cross-thread wake-ups on the data path
+    // (stdout is written from a thread of its own).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         let lun = IscsiLun::connect(ConnectOptions::from_url(&url))
             .await
             .with_context(|| format!("while connecting to {url}"))?;
-        let size = lun.size();
-        let source = lun.clone();
-        let result = pipe(size, CHUNK, DEPTH, move |offset, len| {
-            let source = source.clone();
-            async move {
-                source
-                    .read_at(offset, len)
-                    .await
-                    .with_context(|| format!("while reading {len} bytes at offset {offset}"))
-            }
-        })
-        .await;
+        // One READ per chunk: each comes back as a single Data-In segment, never copied.
+        let chunk = lun.max_read() as usize;
+        let result = cat_source(lun.clone(), chunk).await;
         lun.logout().await;
         result?;
         Ok(ExitCode::SUCCESS)
@@ -75,7 +70,7 @@ where
         );
         bar
     });
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
@@ -127,12 +122,17 @@ where
     result
 }
 
-/// A [`BlockSource`] behind an `Arc`, for callers that hold one already.
-pub async fn cat_source(source: Arc<dyn BlockSource>) -> anyhow::Result<()> {
+/// The whole of a [`BlockSource`] to stdout in `chunk`-sized reads.
+pub async fn cat_source(source: Arc<dyn BlockSource>, chunk: usize) -> anyhow::Result<()> {
     let size = source.size();
-    pipe(size, CHUNK, DEPTH, move |offset, len| {
+    pipe(size, chunk, DEPTH, move |offset, len| {
         let source = source.clone();
-        async move { Ok(source.read_at(offset, len).await?) }
+        async move {
+            source
+                .read_at(offset, len)
+                .await
+                .with_context(|| format!("while reading {len} bytes at offset {offset}"))
+        }
     })
     .await
 }

@@ -36,9 +36,13 @@ pub fn run(_global: &GlobalOpts, args: DiscoverArgs) -> anyhow::Result<ExitCode>
             if args.luns {
                 // Log in where we asked: advertised addresses may not be reachable from here.
                 let opts = iscsi::ConnectOptions::new(vec![portal.clone()], target.name.clone(), 0);
-                let luns = lun::list_luns(&opts)
-                    .await
-                    .with_context(|| format!("while listing the LUNs of {}", target.name))?;
+                let luns = match lun::list_luns(&opts).await {
+                    Ok(luns) => luns,
+                    Err(e) => {
+                        println!("    cannot list LUNs: {e}");
+                        continue;
+                    }
+                };
                 for l in luns {
                     let size = match l
                         .capacity

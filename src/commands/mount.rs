@@ -141,8 +141,15 @@ impl MountConfig {
                 MountOption::Atime => "atime".to_string(),
                 MountOption::DefaultPermissions => "default_permissions".to_string(),
                 MountOption::FSName(name) => format!("fsname={}", name.replace(',', "_")),
+                MountOption::Subtype(subtype) => format!("subtype={subtype}"),
                 MountOption::CUSTOM(custom) => custom.clone(),
-                other => format!("{other:?}").to_lowercase(),
+                MountOption::AutoUnmount => "auto_unmount".to_string(),
+                MountOption::Dev => "dev".to_string(),
+                MountOption::Suid => "suid".to_string(),
+                MountOption::RW => "rw".to_string(),
+                MountOption::DirSync => "dirsync".to_string(),
+                MountOption::Sync => "sync".to_string(),
+                MountOption::Async => "async".to_string(),
             })
             .collect();
         match self.acl {
@@ -505,9 +512,9 @@ fn serve(
     Ok(())
 }
 
-/// Let the kernel read ahead as far as one FUSE request can carry: the INIT reply cannot raise
-/// the window past the kernel's default (128 KiB), but root may through the mount's bdi. Sequential
-/// readers then send 1 MiB requests instead of 128 KiB ones. Best effort.
+/// Widen the kernel's read-ahead: the INIT reply cannot raise it past the kernel's default
+/// (128 KiB), but root may through the mount's bdi. Sequential readers then keep many 1 MiB
+/// requests in flight instead of one 128 KiB request. Best effort.
 fn raise_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(mountpoint) else {
@@ -515,7 +522,7 @@ fn raise_readahead(mountpoint: &Path) {
     };
     let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    let kib = crate::fs::fuse::MAX_READ / 1024;
+    let kib = crate::fs::fuse::READ_AHEAD / 1024;
     if let Err(err) = std::fs::write(&knob, kib.to_string()) {
         tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
     }
@@ -531,6 +538,12 @@ fn mount(
     runtime: &tokio::runtime::Runtime,
 ) -> anyhow::Result<Mounted> {
     let view = runtime.block_on(open_view(global, args))?;
+    // Like mount(8) with a dead device: fail now rather than on the first read when the image
+    // is neither reachable nor cached.
+    let first = (view.size().min(2048)) as usize;
+    runtime
+        .block_on(view.read(0, first))
+        .with_context(|| format!("while reading the start of {}", args.image))?;
     let is_iso = runtime
         .block_on(holds_iso9660(view.as_ref()))
         .with_context(|| format!("while reading {}'s volume descriptor", args.image))?;
@@ -602,13 +615,13 @@ impl Unmounter {
 }
 
 async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
-    let _ = global;
     if args.local_file {
         let source = crate::source::FileSource::open(Path::new(&args.image), 2048)
             .with_context(|| format!("while opening {}", args.image))?;
         return Ok(Arc::new(SourceView::new(source)));
     }
-    bail!("mounting catalog images needs the image core (not merged yet)")
+    let image = crate::image::open(global, &args.image).await?;
+    Ok(image)
 }
 
 /// Wait for SIGINT, SIGTERM (true) or the end of the session (false: unmounted from outside).

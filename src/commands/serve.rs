@@ -10,12 +10,14 @@ use anyhow::Context;
 use crate::cli::GlobalOpts;
 use crate::source::{BlockSource, FileSource};
 use crate::target::config::{self, AllowList, DeviceChoice};
+use crate::target::mirror::ImageSource;
 use crate::target::scsi::LogicalUnit;
 use crate::target::{ChapConfig, ExportedTarget, Secret, Server};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
-    /// Image files to serve (each becomes a target with one LUN)
+    /// Image files to serve, each a target with one LUN (with --catalog: catalog names, served
+    /// as a lazy mirror through the verified cache)
     #[arg(required = true)]
     pub images: Vec<String>,
     /// Address to listen on (port 0 picks a free port; the address is printed)
@@ -44,26 +46,29 @@ pub struct ServeArgs {
     pub device_type: DeviceChoice,
 }
 
-pub fn run(_global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let allow = AllowList::parse(&args.allow)?;
     let chap = chap_config(&args)?;
-    let mut targets = Vec::new();
-    for image in &args.images {
-        let target = export_file(Path::new(image), &args.iqn_prefix, args.device_type, &allow)
-            .with_context(|| format!("while exporting {image}"))?;
-        if targets
-            .iter()
-            .any(|t: &ExportedTarget| t.name == target.name)
-        {
-            anyhow::bail!(
-                "two images would both be served as {}: rename one of them",
-                target.name
-            );
-        }
-        targets.push(target);
-    }
     let runtime = super::runtime()?;
     runtime.block_on(async move {
+        let mut targets: Vec<ExportedTarget> = Vec::new();
+        for image in &args.images {
+            // With --catalog the arguments are catalog names: a lazy mirror of each.
+            let target = if global.catalogs.is_empty() {
+                export_file(Path::new(image), &args.iqn_prefix, args.device_type, &allow)
+            } else {
+                export_catalog_image(global, image, &args.iqn_prefix, args.device_type, &allow)
+                    .await
+            }
+            .with_context(|| format!("while exporting {image}"))?;
+            if targets.iter().any(|t| t.name == target.name) {
+                anyhow::bail!(
+                    "two images would both be served as {}: rename one of them",
+                    target.name
+                );
+            }
+            targets.push(target);
+        }
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .with_context(|| format!("while listening on {}", args.listen))?;
@@ -75,6 +80,47 @@ pub fn run(_global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
             _ = tokio::signal::ctrl_c() => {}
         }
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A catalog image as a target: reads go through the image core (cache, verification, upstream
+/// fetch on a miss).
+async fn export_catalog_image(
+    global: &GlobalOpts,
+    name: &str,
+    iqn_prefix: &str,
+    device: DeviceChoice,
+    allow: &AllowList,
+) -> anyhow::Result<ExportedTarget> {
+    let target_name = config::target_name_for(iqn_prefix, name)?;
+    let image = crate::image::open(global, name).await?;
+    let magic = if device == DeviceChoice::Auto {
+        let at = config::ISO9660_MAGIC_OFFSET;
+        let bytes = image
+            .read(at, config::ISO9660_MAGIC.len())
+            .await
+            .with_context(|| format!("while reading the volume descriptor of {name}"))?;
+        (bytes.len() == config::ISO9660_MAGIC.len()).then(|| bytes.to_vec())
+    } else {
+        None
+    };
+    let device = device.resolve(magic.as_deref());
+    let size = image.size();
+    if size == 0 {
+        anyhow::bail!("{name} is empty");
+    }
+    let source = ImageSource::new(image, device.block_size());
+    let serial = source.serial().unwrap_or_else(|| {
+        format!(
+            "{:016x}",
+            stable_hash(&[target_name.as_bytes(), &size.to_be_bytes()])
+        )
+    });
+    Ok(ExportedTarget {
+        lun: LogicalUnit::new(device, size, name, &serial, &target_name),
+        name: target_name,
+        source: Arc::new(source),
+        allow: allow.clone(),
     })
 }
 

@@ -132,8 +132,11 @@ pub enum Caching {
     Direct,
 }
 
+/// What an info file shows, read afresh each time: facts can change while mounted (the portal
+/// after a failover), and the stats always do.
 enum InfoContent {
-    Fixed(Bytes),
+    /// The image's fact of this name.
+    Fact(String),
     Stats,
 }
 
@@ -172,14 +175,14 @@ impl Tree {
     ) -> Tree {
         let extension = if is_iso { "iso" } else { "img" };
         let mut info: Vec<InfoFile> = Vec::new();
-        for (name, value) in image.facts() {
-            let name = name.replace(['/', '\0'], "_");
+        for (fact, _) in image.facts() {
+            let name = fact.replace(['/', '\0'], "_");
             if name.is_empty() || name == "stats" || info.iter().any(|f| f.name == name) {
                 continue;
             }
             info.push(InfoFile {
                 name,
-                content: InfoContent::Fixed(Bytes::from(format!("{value}\n"))),
+                content: InfoContent::Fact(fact),
             });
         }
         info.push(InfoFile {
@@ -276,12 +279,20 @@ impl Tree {
 
     fn info_bytes(&self, index: usize) -> Bytes {
         match &self.info[index].content {
-            InfoContent::Fixed(bytes) => bytes.clone(),
+            InfoContent::Fact(fact) => {
+                let value = self
+                    .image
+                    .facts()
+                    .into_iter()
+                    .find(|(name, _)| name == fact);
+                Bytes::from(value.map_or_else(String::new, |(_, value)| format!("{value}\n")))
+            }
             InfoContent::Stats => {
                 let mut text = self.image.stats();
-                if !text.ends_with('\n') {
+                if !text.is_empty() && !text.ends_with('\n') {
                     text.push('\n');
                 }
+                text.push_str(&format!("failed reads: {}\n", self.failed_reads()));
                 Bytes::from(text)
             }
         }
@@ -332,8 +343,8 @@ impl Tree {
     /// How long the kernel may keep `ino`'s attributes (and a name that leads to it).
     pub fn ttl(&self, ino: u64) -> Duration {
         match self.info_index(ino) {
-            Some(index) if matches!(self.info[index].content, InfoContent::Stats) => Duration::ZERO,
-            _ => STATIC_TTL,
+            Some(_) => Duration::ZERO,
+            None => STATIC_TTL,
         }
     }
 

@@ -168,6 +168,9 @@ fn a_failed_read_is_eio_naming_image_range_and_cause() {
         "read of netbsd bytes 4096..12288 failed: target unreachable"
     );
     assert_eq!(tree.failed_reads(), 1);
+    let stats = tree.lookup(3, OsStr::new("stats")).unwrap();
+    let text = rt.block_on(tree.read(stats.ino.0, 0, 4096)).unwrap();
+    assert!(String::from_utf8_lossy(&text).ends_with("errors: 1\nfailed reads: 1\n"));
 }
 
 #[test]
@@ -270,4 +273,36 @@ fn files_shows_the_iso_tree_with_modes_links_and_contents() {
         tree.open(text.ino.0, true).unwrap_err().errno(),
         fuser::Errno::EROFS
     );
+}
+
+#[test]
+fn info_files_follow_a_fact_that_changes() {
+    struct Failover(AtomicU64);
+    #[async_trait]
+    impl ImageView for Failover {
+        fn size(&self) -> u64 {
+            0
+        }
+        async fn read(&self, _offset: u64, _len: usize) -> Result<Bytes, ReadFailure> {
+            Ok(Bytes::new())
+        }
+        fn facts(&self) -> Vec<(String, String)> {
+            let portal = format!("mirror-{}:3260", self.0.load(Ordering::Relaxed));
+            vec![("portal".to_string(), portal)]
+        }
+        fn stats(&self) -> String {
+            String::new()
+        }
+    }
+    let rt = runtime();
+    let view = Arc::new(Failover(AtomicU64::new(1)));
+    let tree = Tree::new(view.clone(), "f", "f", false, None, 0, 0);
+    let portal = tree.lookup(3, OsStr::new("portal")).unwrap();
+    assert_eq!(tree.ttl(portal.ino.0), Duration::ZERO);
+    assert_eq!(tree.open(portal.ino.0, false).unwrap(), Caching::Direct);
+    let before = rt.block_on(tree.read(portal.ino.0, 0, 100)).unwrap();
+    assert_eq!(&before[..], b"mirror-1:3260\n");
+    view.0.store(2, Ordering::Relaxed);
+    let after = rt.block_on(tree.read(portal.ino.0, 0, 100)).unwrap();
+    assert_eq!(&after[..], b"mirror-2:3260\n");
 }

@@ -78,7 +78,6 @@ pub async fn discover(
                 target: "discovery session".into(),
                 portal: portal.to_string(),
                 reason: e.to_string(),
-                transient: e.is_transient(),
             })
         }
     };

@@ -88,13 +88,6 @@ pub enum LoginError {
     Protocol(String),
 }
 
-impl LoginError {
-    /// Worth trying again later (the target said so), as opposed to a final refusal.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::TargetError { .. })
-    }
-}
-
 impl From<text::TextError> for LoginError {
     fn from(e: text::TextError) -> Self {
         Self::Protocol(e.to_string())
@@ -904,7 +897,10 @@ mod tests {
             LoginError::NotFound
         );
         let (mut login, _) = Login::start(cfg(None), 1, 1);
-        assert!(login.receive(status(3, 1, &[])).unwrap_err().is_transient());
+        assert!(matches!(
+            login.receive(status(3, 1, &[])).unwrap_err(),
+            LoginError::TargetError { class: 3, .. }
+        ));
         let (mut login, _) = Login::start(cfg(None), 1, 1);
         let step = login
             .receive(status(1, 1, &[("TargetAddress", "127.0.0.2:3261,1")]))

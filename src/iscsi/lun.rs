@@ -159,7 +159,6 @@ impl Connector {
                 target: self.opts.target.clone(),
                 portal: portal.to_string(),
                 reason: source.to_string(),
-                transient: source.is_transient(),
             },
         }
     }
@@ -269,16 +268,9 @@ impl Reconnect for Connector {
         let n = self.opts.portals.len().max(1);
         let index = (self.current.load(Ordering::Relaxed) + 1 + attempt as usize) % n;
         let portal = self.opts.portals[index].clone();
-        let est = self.establish(&portal).await.map_err(|e| {
-            let fatal = matches!(
-                &e,
-                IscsiError::Login {
-                    transient: false,
-                    ..
-                }
-            );
-            (e, fatal)
-        })?;
+        // A restarting target may refuse logins for a moment (target not configured yet): every
+        // failure to log in is retried until `give_up_after`.
+        let est = self.establish(&portal).await.map_err(|e| (e, false))?;
         if let Some(first) = &*lock(&self.first) {
             if let Err(reason) = first.same_lun(&est.probe) {
                 return Err((
@@ -453,7 +445,9 @@ impl IscsiLun {
                     break;
                 }
                 Err(e) => {
-                    tracing::warn!("{e}");
+                    if index + 1 < opts.portals.len() {
+                        tracing::warn!("{e}; trying the next portal");
+                    }
                     last = Some(e);
                 }
             }

@@ -4,7 +4,8 @@
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
 //! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
 //! - [`lun`]: a LUN as a [`crate::source::BlockSource`]; [`discovery`]: SendTargets.
-//! - [`url`]: `iscsi://[user[%secret]@]host[:port]/target/lun[?digest=crc32c]`.
+//! - [`url`] parses `iscsi://user%secret@host:port/target/lun?digest=crc32c` (user, secret, port
+//!   and query optional).
 //!
 //! CRC32C digests are offered when the URL has `?digest=crc32c` or `ISOMOUNT_DIGEST=crc32c` is
 //! set in the environment.
@@ -36,7 +37,6 @@ pub enum IscsiError {
         target: String,
         portal: String,
         reason: String,
-        transient: bool,
     },
     #[error("{portal}: {reason}")]
     Protocol { portal: String, reason: String },

@@ -690,13 +690,14 @@ impl Driver {
                     Err((err, true)) => break err,
                     Err((err, false)) => {
                         tracing::warn!("reconnect attempt {attempt} failed: {err}");
-                        if started.elapsed() + backoff > self.timing.give_up_after {
+                        let elapsed = started.elapsed();
+                        if elapsed >= self.timing.give_up_after {
                             break IscsiError::GaveUp {
                                 secs: self.timing.give_up_after.as_secs(),
                                 last: err.to_string(),
                             };
                         }
-                        tokio::time::sleep(backoff).await;
+                        tokio::time::sleep(backoff.min(self.timing.give_up_after - elapsed)).await;
                         backoff = (backoff * 2).min(Duration::from_secs(2));
                         attempt += 1;
                     }
@@ -779,6 +780,7 @@ impl Driver {
                 && self.pending.is_empty()
                 && seq.window_open()
                 && self.inflight.len() < self.timing.queue_depth;
+            let drain_deadline = draining.unwrap_or_else(|| Instant::now() + tick);
             if rbuf.capacity() - rbuf.len() < 64 * 1024 {
                 rbuf.reserve(512 * 1024);
             }
@@ -839,6 +841,7 @@ impl Driver {
                         }
                     }
                 }
+                _ = tokio::time::sleep_until(drain_deadline), if logout_itt.is_none() && draining.is_some() => {}
                 _ = &mut writer_task => break Ended::Lost("connection lost while sending".into()),
                 _ = ticker.tick() => {
                     let idle = last_rx.elapsed();
@@ -1082,5 +1085,202 @@ mod tests {
         };
         assert_eq!(out.status, 2);
         assert_eq!(crate::scsi::parse_sense(&out.sense).unwrap().asc, 0x29);
+    }
+
+    /// A scripted target on a loopback socket: drives the real driver through a NOP-In, an
+    /// asynchronous logout request, a hostile PDU, and reconnects, and checks what it sends.
+    mod scripted {
+        use super::*;
+        use crate::iscsi::pdu::{AsyncMessage, LogoutResponse, NopIn};
+        use tokio::net::TcpListener;
+
+        struct Fake {
+            portal: String,
+        }
+
+        #[async_trait::async_trait]
+        impl Reconnect for Fake {
+            async fn reconnect(
+                &self,
+                _attempt: u32,
+            ) -> Result<(Conn, Seq, Params), (IscsiError, bool)> {
+                let conn = Conn::connect(&self.portal, Duration::from_secs(5))
+                    .await
+                    .map_err(|e| (e, false))?;
+                Ok((conn, test_seq(), Params::default()))
+            }
+        }
+
+        fn test_seq() -> Seq {
+            Seq {
+                cmd_sn: 1,
+                exp_cmd_sn: 1,
+                max_cmd_sn: 64,
+                exp_stat_sn: 1,
+                next_itt: 1,
+            }
+        }
+
+        struct Peer {
+            stream: TcpStream,
+            buf: BytesMut,
+        }
+
+        impl Peer {
+            async fn accept(listener: &TcpListener) -> Peer {
+                let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+                    .await
+                    .expect("initiator reconnects")
+                    .unwrap();
+                Peer {
+                    stream,
+                    buf: BytesMut::new(),
+                }
+            }
+
+            async fn recv(&mut self) -> Pdu {
+                let framing = Framing::default();
+                loop {
+                    if let Some(pdu) = pdu::decode(&mut self.buf, &framing).unwrap() {
+                        return pdu;
+                    }
+                    self.buf.reserve(4096);
+                    let n = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        self.stream.read_buf(&mut self.buf),
+                    )
+                    .await
+                    .expect("initiator sends")
+                    .unwrap();
+                    assert!(n > 0, "initiator closed the connection");
+                }
+            }
+
+            async fn send(&mut self, pdu: Pdu) {
+                let bytes = pdu.to_bytes(&Framing::default());
+                self.stream.write_all(&bytes).await.unwrap();
+            }
+
+            async fn send_raw(&mut self, bytes: &[u8]) {
+                self.stream.write_all(bytes).await.unwrap();
+            }
+        }
+
+        fn data_in_done(itt: u32, data: &'static [u8]) -> Pdu {
+            Pdu::with_data(
+                Bhs::DataIn(DataIn {
+                    fin: true,
+                    status: Some(0),
+                    itt,
+                    ttt: RESERVED_TAG,
+                    stat_sn: 1,
+                    exp_cmd_sn: 2,
+                    max_cmd_sn: 64,
+                    ..DataIn::default()
+                }),
+                Bytes::from_static(data),
+            )
+        }
+
+        #[tokio::test]
+        async fn nop_async_logout_hostile_pdu_and_reissue() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let portal = listener.local_addr().unwrap().to_string();
+            let conn = Conn::connect(&portal, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let mut peer = Peer::accept(&listener).await;
+            let timing = Timing {
+                nop_interval: Duration::from_secs(30),
+                stall_timeout: Duration::from_secs(30),
+                give_up_after: Duration::from_secs(30),
+                queue_depth: 8,
+            };
+            let shared = Arc::new(Shared {
+                portal: Mutex::new(portal.clone()),
+                params: Mutex::new(Params::default()),
+            });
+            let fake = Arc::new(Fake {
+                portal: portal.clone(),
+            });
+            let tx = Driver::spawn(conn, test_seq(), timing, fake, shared);
+            let (reply_tx, reply_rx) = oneshot::channel();
+            let spec = CommandSpec {
+                lun: 1 << 48,
+                cdb: crate::scsi::read(crate::scsi::ReadKind::Disk, 7, 1).unwrap(),
+                read_len: 4,
+            };
+            tx.send(Request::Command(spec, reply_tx))
+                .await
+                .ok()
+                .unwrap();
+
+            // Connection 1: the command arrives; a target ping must be echoed.
+            let Bhs::ScsiCommand(cmd) = peer.recv().await.bhs else {
+                panic!("expected the read")
+            };
+            assert_eq!(cmd.cdb[0], 0x28);
+            assert!(cmd.read && cmd.fin);
+            peer.send(Pdu::new(Bhs::NopIn(NopIn {
+                lun: 5,
+                itt: RESERVED_TAG,
+                ttt: 0x1234,
+                stat_sn: 1,
+                exp_cmd_sn: 2,
+                max_cmd_sn: 64,
+            })))
+            .await;
+            let Bhs::NopOut(nop) = peer.recv().await.bhs else {
+                panic!("expected a NOP-Out echo")
+            };
+            assert_eq!((nop.ttt, nop.lun, nop.itt), (0x1234, 5, RESERVED_TAG));
+            assert!(nop.immediate);
+
+            // The target asks for a logout within 2 s; the initiator logs out.
+            peer.send(Pdu::new(Bhs::AsyncMessage(AsyncMessage {
+                stat_sn: 1,
+                exp_cmd_sn: 2,
+                max_cmd_sn: 64,
+                event: 1,
+                parameter3: 2,
+                ..AsyncMessage::default()
+            })))
+            .await;
+            let Bhs::LogoutRequest(logout) = peer.recv().await.bhs else {
+                panic!("expected a logout")
+            };
+            peer.send(Pdu::new(Bhs::LogoutResponse(LogoutResponse {
+                itt: logout.itt,
+                stat_sn: 2,
+                exp_cmd_sn: 2,
+                max_cmd_sn: 64,
+                ..LogoutResponse::default()
+            })))
+            .await;
+
+            // Connection 2: the read is reissued; the target answers with a hostile length.
+            let mut peer = Peer::accept(&listener).await;
+            let Bhs::ScsiCommand(again) = peer.recv().await.bhs else {
+                panic!("expected the reissued read")
+            };
+            assert_eq!(again.cdb, cmd.cdb);
+            let mut hostile = Bhs::DataIn(DataIn::default()).to_bytes();
+            hostile[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
+            peer.send_raw(&hostile).await;
+
+            // Connection 3: reissued once more, answered properly.
+            let mut peer = Peer::accept(&listener).await;
+            let Bhs::ScsiCommand(third) = peer.recv().await.bhs else {
+                panic!("expected the read a third time")
+            };
+            peer.send(data_in_done(third.itt, b"data")).await;
+            let outcome = tokio::time::timeout(Duration::from_secs(10), reply_rx)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert_eq!(outcome.status, 0);
+            assert_eq!(&outcome.data[..], b"data");
+        }
     }
 }

@@ -42,8 +42,11 @@ pub const ROOT_INO: u64 = 1;
 const SECTOR_U64: u64 = SECTOR as u64;
 /// Volume descriptors read before giving up on finding the set terminator.
 const MAX_DESCRIPTORS: u64 = 64;
-/// Largest directory extent read (bytes): about 300 000 entries with Rock Ridge.
-const MAX_DIR_BYTES: u64 = 32 << 20;
+/// Volume descriptors read in the first request: a primary, a Joliet, a boot record and the
+/// terminator fit with room to spare, and 16 sectors lie in one 64 KiB chunk of the image.
+const DESCRIPTORS_AT_ONCE: u64 = 16;
+/// Largest directory extent read (bytes): about 100 000 entries with Rock Ridge names.
+const MAX_DIR_BYTES: u64 = 16 << 20;
 /// Records of one multi-extent file: 4096 extents of up to 4 GiB each.
 const MAX_EXTENTS: usize = 4096;
 /// Continuation areas followed for one record (Linux follows at most 31) and their sizes.
@@ -282,6 +285,24 @@ impl Reader {
         Ok(s)
     }
 
+    /// Reads up to `count` whole sectors from sector `first` in one request into the cache: one
+    /// round trip, and one read rather than a sequence the image core would take for a
+    /// streaming reader and read ahead of.
+    fn load_sectors(&self, first: u64, count: u64) -> Result<(), IsoError> {
+        let offset = first.saturating_mul(SECTOR_U64);
+        let whole = self.size.saturating_sub(offset) / SECTOR_U64;
+        let count = count.min(whole);
+        if count == 0 {
+            return Ok(());
+        }
+        let bytes = self.read(offset, (count * SECTOR_U64) as usize)?;
+        let mut cache = lock(&self.sectors);
+        for (i, s) in bytes.chunks_exact(SECTOR).enumerate() {
+            cache.put(first + i as u64, Arc::new(s.to_vec()));
+        }
+        Ok(())
+    }
+
     /// Bytes that usually lie in one sector (continuation areas) go through the sector cache.
     fn small(&self, offset: u64, len: usize) -> Result<Vec<u8>, IsoError> {
         self.check_range(offset, len as u64)?;
@@ -301,9 +322,30 @@ struct Layout {
     su_skip: usize,
 }
 
+/// A parsed directory: its entries in record order, and an index by name (the first of
+/// duplicates wins) so that each lookup in a large directory is not a scan.
+struct Listing {
+    entries: Vec<Arc<Entry>>,
+    by_name: HashMap<OsString, usize>,
+}
+
+impl Listing {
+    fn new(entries: Vec<Arc<Entry>>) -> Listing {
+        let mut by_name = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            by_name.entry(e.name.clone()).or_insert(i);
+        }
+        Listing { entries, by_name }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 struct State {
     nodes: LruCache<u64, Arc<Entry>>,
-    dirs: LruCache<u64, Arc<Vec<Arc<Entry>>>>,
+    dirs: LruCache<u64, Arc<Listing>>,
     dir_cache_entries: usize,
     /// Directory extent start → (parent's extent start, depth); a second parent is a loop.
     tree: HashMap<u64, (u64, u32)>,
@@ -387,13 +429,18 @@ impl IsoFs {
     /// The entry named `name` in directory `parent`, or `None`.
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Option<Node>, IsoError> {
         let list = self.dir_list(parent)?;
-        Ok(list.iter().find(|e| e.name == name).map(|e| e.node()))
+        Ok(list
+            .by_name
+            .get(name)
+            .and_then(|&i| list.entries.get(i))
+            .map(|e| e.node()))
     }
 
     /// The entries of directory `ino`, without `.` and `..`.
     pub fn readdir(&self, ino: u64) -> Result<Vec<DirEntry>, IsoError> {
         let list = self.dir_list(ino)?;
         Ok(list
+            .entries
             .iter()
             .map(|e| DirEntry {
                 name: e.name.clone(),
@@ -549,7 +596,7 @@ impl IsoFs {
             .ok_or(IsoError::NoSuchInode(pos))
     }
 
-    fn dir_list(&self, ino: u64) -> Result<Arc<Vec<Arc<Entry>>>, IsoError> {
+    fn dir_list(&self, ino: u64) -> Result<Arc<Listing>, IsoError> {
         if let Some(list) = lock(&self.state).dirs.get(&ino) {
             return Ok(list.clone());
         }
@@ -557,15 +604,15 @@ impl IsoFs {
         if dir.attr.kind != Kind::Dir {
             return Err(IsoError::NotADirectory(ino));
         }
-        let list = Arc::new(self.parse_dir(&dir)?);
+        let list = Arc::new(Listing::new(self.parse_dir(&dir)?));
         let mut state = lock(&self.state);
         let dir_start = dir.extents.first().map_or(0, |e| e.0);
-        for child in list.iter().filter(|e| e.attr.kind == Kind::Dir) {
+        for child in list.entries.iter().filter(|e| e.attr.kind == Kind::Dir) {
             if let Some(&(child_start, _)) = child.extents.first() {
                 check_tree(&mut state.tree, dir_start, child_start, child.attr.ino)?;
             }
         }
-        for e in list.iter() {
+        for e in &list.entries {
             state.nodes.put(e.attr.ino, e.clone());
         }
         state.dir_cache_entries += list.len();
@@ -676,6 +723,7 @@ type RootRecords = ([u8; 34], Option<[u8; 34]>);
 fn read_descriptors(reader: &Reader) -> Result<RootRecords, IsoError> {
     let mut primary = None;
     let mut joliet = None;
+    reader.load_sectors(FIRST_DESCRIPTOR_SECTOR, DESCRIPTORS_AT_ONCE)?;
     for i in 0..MAX_DESCRIPTORS {
         let n = FIRST_DESCRIPTOR_SECTOR + i;
         let at = n * SECTOR_U64;

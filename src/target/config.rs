@@ -45,34 +45,44 @@ impl AllowList {
     }
 }
 
-/// The target name for an image: the prefix, a colon, and the file stem in the iSCSI name
+/// The target name for an image file: the prefix, a colon, and the file stem in the iSCSI name
 /// character set (lower-case letters, digits, `.`, `-`; anything else becomes `-`).
 pub fn target_name(prefix: &str, image: &Path) -> Result<String, TargetError> {
+    let stem = image
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    target_name_for(prefix, &stem).map_err(|_| {
+        TargetError::Config(format!(
+            "{}: cannot make a target name from this file name",
+            image.display()
+        ))
+    })
+}
+
+/// The target name for `word` (a file stem or a catalog name) under `prefix`.
+pub fn target_name_for(prefix: &str, word: &str) -> Result<String, TargetError> {
     let prefix = prefix.trim_end_matches(':').to_ascii_lowercase();
     if !prefix.starts_with("iqn.") || prefix.len() < 5 || !prefix.bytes().all(is_name_char) {
         return Err(TargetError::Config(format!(
             "--iqn-prefix {prefix:?}: expected an iSCSI qualified name such as {DEFAULT_IQN_PREFIX}"
         )));
     }
-    let stem = image
-        .file_stem()
-        .map(|s| s.to_string_lossy().to_ascii_lowercase())
-        .unwrap_or_default();
-    let stem: String = stem
+    let word: String = word
+        .to_ascii_lowercase()
         .chars()
         .map(|c| match c {
             'a'..='z' | '0'..='9' | '.' | '-' => c,
             _ => '-',
         })
         .collect();
-    let stem = stem.trim_matches(|c| c == '-' || c == '.');
-    if stem.is_empty() {
-        return Err(TargetError::Config(format!(
-            "{}: cannot make a target name from this file name",
-            image.display()
-        )));
+    let word = word.trim_matches(|c| c == '-' || c == '.');
+    if word.is_empty() {
+        return Err(TargetError::Config(
+            "cannot make a target name from an empty name".into(),
+        ));
     }
-    let name = format!("{prefix}:{stem}");
+    let name = format!("{prefix}:{word}");
     if name.len() > 223 {
         return Err(TargetError::Config(format!(
             "target name {name} is longer than 223 bytes"
@@ -171,6 +181,10 @@ mod tests {
         assert!(target_name("eui.0123", Path::new("a.img")).is_err());
         assert!(target_name("iqn.x y", Path::new("a.img")).is_err());
         assert!(target_name(DEFAULT_IQN_PREFIX, Path::new("/srv/__.iso")).is_err());
+        assert_eq!(
+            target_name_for(DEFAULT_IQN_PREFIX, "netbsd-5.0").unwrap(),
+            "iqn.2026-01.org.isomount.serve:netbsd-5.0"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{ChapConfig, ExportedTarget};
+use crate::iscsi::login::chap_response;
 use crate::iscsi::pdu::{Bhs, LoginRequest, LoginResponse, Pdu, Stage};
 use crate::iscsi::text::{self, TextBuffer};
 
@@ -473,17 +474,6 @@ fn our_value(key: &str) -> String {
     value.to_string()
 }
 
-/// CHAP_R for identifier `id`, `secret` and `challenge` (RFC 1994 §4.1: MD5 over id, secret,
-/// challenge).
-pub fn chap_response(id: u8, secret: &[u8], challenge: &[u8]) -> [u8; 16] {
-    use md5::{Digest, Md5};
-    let mut h = Md5::new();
-    h.update([id]);
-    h.update(secret);
-    h.update(challenge);
-    h.finalize().into()
-}
-
 /// A binary value in hex form (§6.1: `0x…`).
 fn decode_binary(value: &str) -> Option<Vec<u8>> {
     let hex_digits = value
@@ -501,4 +491,270 @@ fn decode_binary(value: &str) -> Option<Vec<u8>> {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::config::AllowList;
+    use crate::target::scsi::{DeviceType, LogicalUnit};
+    use crate::target::{MemorySource, Secret};
+
+    const IQN: &str = "iqn.2026-01.test:disk";
+
+    fn target(allow: &[&str]) -> Arc<ExportedTarget> {
+        Arc::new(ExportedTarget {
+            name: IQN.into(),
+            lun: LogicalUnit::new(DeviceType::Disk, 4096, "t", "s", IQN),
+            source: Arc::new(MemorySource::new(Bytes::from(vec![0u8; 4096]), 512)),
+            allow: AllowList::parse(allow).unwrap(),
+        })
+    }
+
+    fn chap(mutual: bool) -> Option<Arc<ChapConfig>> {
+        Some(Arc::new(ChapConfig {
+            user: "alice".into(),
+            secret: Secret::new("initiator-secret"),
+            target: mutual.then(|| ("mirror".into(), Secret::new("target-secret-x"))),
+        }))
+    }
+
+    fn login(chap: Option<Arc<ChapConfig>>, allow: &[&str]) -> Login {
+        let mut challenge = [0u8; 17];
+        challenge[0] = 7;
+        challenge[1..].copy_from_slice(&[0xab; 16]);
+        Login::new(
+            "127.0.0.1".parse().unwrap(),
+            vec![target(allow)],
+            chap,
+            9,
+            challenge,
+        )
+    }
+
+    fn request(csg: Stage, nsg: Stage, transit: bool) -> LoginRequest {
+        LoginRequest {
+            transit,
+            cont: false,
+            csg,
+            nsg,
+            version_max: 0,
+            version_min: 0,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 0,
+            itt: 5,
+            cid: 0,
+            cmd_sn: 100,
+            exp_stat_sn: 0,
+        }
+    }
+
+    fn keys(pdu: &Pdu) -> Vec<(String, String)> {
+        text::parse(&pdu.data).unwrap()
+    }
+
+    fn get(pairs: &[(String, String)], key: &str) -> Option<String> {
+        pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    }
+
+    fn status(step: &Step) -> (u8, u8) {
+        let pdu = match step {
+            Step::Continue(p) | Step::Done(p, _) | Step::Refused(p, _) => p,
+        };
+        match &pdu.bhs {
+            Bhs::LoginResponse(r) => (r.status_class, r.status_detail),
+            other => panic!("not a login response: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn anonymous_login_negotiates_and_reaches_full_feature() {
+        let mut l = login(None, &[]);
+        let data = text::encode(&[
+            ("InitiatorName", "iqn.2026-01.test:i"),
+            ("TargetName", IQN),
+            ("HeaderDigest", "CRC32C,None"),
+            ("DataDigest", "None"),
+            ("MaxRecvDataSegmentLength", "65536"),
+            ("MaxBurstLength", "1048576"),
+            ("ErrorRecoveryLevel", "2"),
+            ("X-vendor-key", "1"),
+        ]);
+        let step = l.step(
+            &request(Stage::Operational, Stage::FullFeature, true),
+            &data,
+        );
+        let Step::Done(pdu, negotiated) = step else {
+            panic!("expected Done, got {step:?}")
+        };
+        let Bhs::LoginResponse(r) = &pdu.bhs else {
+            panic!()
+        };
+        assert!(r.transit && r.nsg == Stage::FullFeature);
+        assert_eq!((r.tsih, r.itt, r.exp_cmd_sn), (9, 5, 100));
+        assert_eq!(r.max_cmd_sn, 100 + CMD_WINDOW - 1);
+        let k = keys(&pdu);
+        assert_eq!(get(&k, "HeaderDigest").as_deref(), Some("CRC32C"));
+        assert_eq!(get(&k, "DataDigest").as_deref(), Some("None"));
+        assert_eq!(get(&k, "ErrorRecoveryLevel").as_deref(), Some("0"));
+        assert_eq!(get(&k, "MaxBurstLength").as_deref(), Some("1048576"));
+        assert_eq!(get(&k, "X-vendor-key").as_deref(), Some("NotUnderstood"));
+        assert_eq!(get(&k, "TargetPortalGroupTag").as_deref(), Some("1"));
+        assert_eq!(
+            get(&k, "MaxRecvDataSegmentLength"),
+            Some(MAX_RECV_DATA.to_string())
+        );
+        assert!(negotiated.header_digest && !negotiated.data_digest);
+        assert_eq!(negotiated.max_xmit_data, 65536);
+        assert_eq!(negotiated.exp_cmd_sn, 100);
+    }
+
+    #[test]
+    fn refusals_carry_the_right_status() {
+        let first = |l: &mut Login, pairs: &[(&str, &str)]| {
+            l.step(
+                &request(Stage::Operational, Stage::FullFeature, true),
+                &text::encode(pairs),
+            )
+        };
+        let step = first(&mut login(None, &[]), &[("TargetName", IQN)]);
+        assert_eq!(status(&step), (2, 0x07), "InitiatorName missing");
+        let step = first(
+            &mut login(None, &[]),
+            &[("InitiatorName", "i"), ("TargetName", "iqn.nope:x")],
+        );
+        assert_eq!(status(&step), (2, 0x03), "no such target");
+        let step = first(
+            &mut login(None, &["10.0.0.0/8"]),
+            &[("InitiatorName", "i"), ("TargetName", IQN)],
+        );
+        assert_eq!(status(&step), (2, 0x02), "masked");
+        let step = first(
+            &mut login(chap(false), &[]),
+            &[("InitiatorName", "i"), ("TargetName", IQN)],
+        );
+        assert_eq!(
+            status(&step),
+            (2, 0x01),
+            "CHAP required, security stage skipped"
+        );
+        let mut l = login(None, &[]);
+        let mut req = request(Stage::Operational, Stage::FullFeature, true);
+        req.version_min = 1;
+        assert_eq!(status(&l.step(&req, b"")), (2, 0x05));
+    }
+
+    #[test]
+    fn continued_text_is_acknowledged_then_joined() {
+        let mut l = login(None, &[]);
+        let mut req = request(Stage::Operational, Stage::FullFeature, true);
+        req.cont = true;
+        let step = l.step(&req, b"InitiatorName=iqn.2026-01.test:i\0Target");
+        let Step::Continue(ack) = step else {
+            panic!("expected an acknowledgement")
+        };
+        assert!(ack.data.is_empty());
+        req.cont = false;
+        let step = l.step(&req, format!("Name={IQN}\0").as_bytes());
+        assert!(matches!(step, Step::Done(..)), "{step:?}");
+    }
+
+    /// One-way and mutual CHAP, the initiator's side computed here.
+    #[test]
+    fn chap_checks_the_response_and_answers_a_mutual_challenge() {
+        for mutual in [false, true] {
+            let mut l = login(chap(mutual), &[]);
+            let sec = |transit| request(Stage::Security, Stage::Operational, transit);
+            let step = l.step(
+                &sec(false),
+                &text::encode(&[
+                    ("InitiatorName", "iqn.2026-01.test:i"),
+                    ("TargetName", IQN),
+                    ("AuthMethod", "CHAP,None"),
+                ]),
+            );
+            let Step::Continue(pdu) = step else { panic!() };
+            assert_eq!(get(&keys(&pdu), "AuthMethod").as_deref(), Some("CHAP"));
+            let step = l.step(&sec(false), &text::encode(&[("CHAP_A", "7,5")]));
+            let Step::Continue(pdu) = step else { panic!() };
+            let k = keys(&pdu);
+            assert_eq!(get(&k, "CHAP_A").as_deref(), Some("5"));
+            let id: u8 = get(&k, "CHAP_I").unwrap().parse().unwrap();
+            let challenge = decode_binary(&get(&k, "CHAP_C").unwrap()).unwrap();
+            let response = chap_response(id, b"initiator-secret", &challenge);
+            let mut pairs = vec![
+                ("CHAP_N".to_string(), "alice".to_string()),
+                ("CHAP_R".to_string(), format!("0x{}", hex::encode(response))),
+            ];
+            let my_challenge = [0x11u8; 16];
+            if mutual {
+                pairs.push(("CHAP_I".into(), "42".into()));
+                pairs.push(("CHAP_C".into(), format!("0x{}", hex::encode(my_challenge))));
+            }
+            let step = l.step(&sec(true), &text::encode(&pairs));
+            let Step::Continue(pdu) = step else {
+                panic!("{step:?}")
+            };
+            let Bhs::LoginResponse(r) = &pdu.bhs else {
+                panic!()
+            };
+            assert!(r.transit && r.nsg == Stage::Operational);
+            let k = keys(&pdu);
+            if mutual {
+                let expect = chap_response(42, b"target-secret-x", &my_challenge);
+                assert_eq!(get(&k, "CHAP_N").as_deref(), Some("mirror"));
+                assert_eq!(
+                    get(&k, "CHAP_R"),
+                    Some(format!("0x{}", hex::encode(expect)))
+                );
+            } else {
+                assert_eq!(get(&k, "CHAP_R"), None);
+            }
+        }
+    }
+
+    #[test]
+    fn a_wrong_chap_response_is_an_authentication_failure() {
+        let mut l = login(chap(false), &[]);
+        let sec = request(Stage::Security, Stage::Operational, false);
+        l.step(
+            &sec,
+            &text::encode(&[
+                ("InitiatorName", "i"),
+                ("TargetName", IQN),
+                ("AuthMethod", "CHAP"),
+                ("CHAP_A", "5"),
+            ]),
+        );
+        let step = l.step(
+            &sec,
+            &text::encode(&[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", "0x00112233445566778899aabbccddeeff"),
+            ]),
+        );
+        assert_eq!(status(&step), (2, 0x01));
+        // A reflected challenge (our own, sent back) is refused too.
+        let mut l = login(chap(true), &[]);
+        l.step(
+            &sec,
+            &text::encode(&[
+                ("InitiatorName", "i"),
+                ("TargetName", IQN),
+                ("AuthMethod", "CHAP"),
+                ("CHAP_A", "5"),
+            ]),
+        );
+        let response = chap_response(7, b"initiator-secret", &[0xab; 16]);
+        let step = l.step(
+            &sec,
+            &text::encode(&[
+                ("CHAP_N", "alice"),
+                ("CHAP_R", &format!("0x{}", hex::encode(response))),
+                ("CHAP_I", "7"),
+                ("CHAP_C", &format!("0x{}", hex::encode([0xab; 16]))),
+            ]),
+        );
+        assert_eq!(status(&step), (2, 0x01));
+    }
 }

@@ -4,6 +4,7 @@
 //! - [`config`]: target names, device types, the CIDR allow-list (LUN masking) and CHAP secrets.
 //! - [`login`]: the login phase (RFC 7143 §6, §12.1.3, §13), without I/O.
 //! - [`session`]: one connection's full feature phase over tokio.
+//! - [`mirror`]: a catalog image (verified, cached) as an exported LUN's source.
 //!
 //! Each exported image is one target with one LUN (LUN 0). The PDU, text and digest codec is
 //! the initiator's (`crate::iscsi`).
@@ -14,10 +15,15 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use crate::source::BlockSource;
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use crate::iscsi::Secret;
+use crate::source::{BlockSource, SourceError, SourceIdentity};
 
 pub mod config;
 pub mod login;
+pub mod mirror;
 pub mod scsi;
 pub mod session;
 
@@ -30,25 +36,6 @@ pub enum TargetError {
     /// Socket I/O.
     #[error("{0}")]
     Io(#[from] std::io::Error),
-}
-
-/// A CHAP secret: never printed.
-#[derive(Clone)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(secret: String) -> Secret {
-        Secret(secret)
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
 }
 
 /// CHAP credentials the target demands (`user`, `secret`) and, for mutual CHAP, the name and
@@ -141,5 +128,61 @@ impl Server {
                 drop(permit);
             });
         }
+    }
+}
+
+/// An image held in memory (the demo's embedded sample, fuzzing): a [`BlockSource`].
+pub struct MemorySource {
+    bytes: Bytes,
+    block_size: u32,
+}
+
+impl MemorySource {
+    pub fn new(bytes: Bytes, block_size: u32) -> MemorySource {
+        MemorySource { bytes, block_size }
+    }
+}
+
+#[async_trait]
+impl BlockSource for MemorySource {
+    fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn identity(&self) -> SourceIdentity {
+        SourceIdentity {
+            size: self.size(),
+            block_size: self.block_size,
+            ..Default::default()
+        }
+    }
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
+        let range = usize::try_from(offset)
+            .ok()
+            .and_then(|start| Some(start..start.checked_add(len)?))
+            .filter(|r| r.end <= self.bytes.len())
+            .ok_or_else(|| {
+                SourceError::OutOfRange(format!(
+                    "read of {len} bytes at {offset} past the end ({})",
+                    self.bytes.len()
+                ))
+            })?;
+        Ok(self.bytes.slice(range))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn memory_source_reads_are_bounded() {
+        let source = MemorySource::new(Bytes::from_static(b"0123456789"), 2);
+        assert_eq!(&source.read_at(2, 3).await.unwrap()[..], b"234");
+        assert_eq!(source.read_at(10, 0).await.unwrap().len(), 0);
+        assert!(source.read_at(9, 2).await.is_err());
+        assert!(source.read_at(u64::MAX, 1).await.is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! PDUs of the initiator's MaxRecvDataSegmentLength, the status riding in the last one.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -147,7 +148,7 @@ where
         challenge,
     );
     loop {
-        let pdu = match read_pdu(reader, buf, &framing).await {
+        let pdu = match read_pdu(reader, buf, &framing, None).await {
             Ok(Some(pdu)) => pdu,
             Ok(None) => return None,
             Err(why) => {
@@ -189,13 +190,18 @@ enum ReadError {
     /// A PDU whose frame was read but whose content is bad: answer with Reject, go on.
     #[error("rejected PDU")]
     Rejectable { reason: u8, header: [u8; BHS_LEN] },
+    /// Nothing arrived within the idle limit.
+    #[error("idle")]
+    Idle,
 }
 
-/// Read one PDU. `Ok(None)`: the peer closed the connection between PDUs.
+/// Read one PDU. `Ok(None)`: the peer closed the connection between PDUs. `idle` bounds each
+/// wait for more bytes (PDUs already buffered are decoded without a timer).
 async fn read_pdu<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
     framing: &Framing,
+    idle: Option<Duration>,
 ) -> Result<Option<Pdu>, ReadError> {
     loop {
         match pdu::decode(buf, framing) {
@@ -218,7 +224,13 @@ async fn read_pdu<R: AsyncRead + Unpin>(
             }
             Err(err) => return Err(err.into()),
         }
-        if reader.read_buf(buf).await? == 0 {
+        let read = match idle {
+            Some(limit) => tokio::time::timeout(limit, reader.read_buf(buf))
+                .await
+                .map_err(|_| ReadError::Idle)??,
+            None => reader.read_buf(buf).await?,
+        };
+        if read == 0 {
             if buf.is_empty() {
                 return Ok(None);
             }
@@ -232,7 +244,8 @@ struct Shared {
     exp_cmd_sn: AtomicU32,
 }
 
-/// A PDU for the writer; `status` says whether it carries (and advances) StatSN.
+/// A PDU for the writer (which stamps its sequence numbers); `close_after`: the connection ends
+/// once it is written (logout, target reset).
 struct Outgoing {
     pdu: Pdu,
     close_after: bool,
@@ -276,6 +289,8 @@ enum End {
     Eof,
     #[error("target reset")]
     Reset,
+    #[error("the initiator stopped reading responses")]
+    Stalled,
 }
 
 impl Session {
@@ -291,9 +306,11 @@ impl Session {
                 Some(at) => NOP_TIMEOUT.saturating_sub(at.elapsed()),
                 None => NOP_INTERVAL,
             };
-            let pdu = match tokio::time::timeout(wait, read_pdu(reader, buf, &framing)).await {
-                Err(_) if ping_sent.is_some() => return Err(End::NopTimeout(NOP_TIMEOUT)),
-                Err(_) => {
+            let pdu = match read_pdu(reader, buf, &framing, Some(wait)).await {
+                Err(ReadError::Idle) if ping_sent.is_some() => {
+                    return Err(End::NopTimeout(NOP_TIMEOUT))
+                }
+                Err(ReadError::Idle) => {
                     ping_sent = Some(tokio::time::Instant::now());
                     let ttt = self.take_ttt();
                     let ping = NopIn {
@@ -304,14 +321,14 @@ impl Session {
                     self.send(Pdu::new(Bhs::NopIn(ping))).await?;
                     continue;
                 }
-                Ok(Ok(Some(pdu))) => pdu,
-                Ok(Ok(None)) => return Err(End::Eof),
-                Ok(Err(ReadError::Rejectable { reason, header })) => {
+                Ok(Some(pdu)) => pdu,
+                Ok(None) => return Err(End::Eof),
+                Err(ReadError::Rejectable { reason, header }) => {
                     ping_sent = None;
                     self.reject(reason, header).await?;
                     continue;
                 }
-                Ok(Err(e)) => return Err(e.into()),
+                Err(e) => return Err(e.into()),
             };
             ping_sent = None;
             self.dispatch(pdu).await?;
@@ -466,26 +483,33 @@ impl Session {
         data_out: Bytes,
         target: Arc<ExportedTarget>,
     ) -> Result<(), End> {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
+        // All permits held for this long means the initiator stopped reading responses.
+        let permit = tokio::time::timeout(NOP_TIMEOUT, self.permits.clone().acquire_owned())
             .await
+            .map_err(|_| End::Stalled)?
             .map_err(|_| End::WriterGone)?;
         let tx = self.tx.clone();
         let limits = self.limits;
-        let tasks = self.tasks.clone();
         let itt = cmd.itt;
-        let handle = tokio::spawn(async move {
+        let mut work = Box::pin(async move {
             let result = run_command(cmd, data_out, &target, &tx, limits).await;
-            tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&itt);
             drop(permit);
             result
         });
-        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
-        if !handle.is_finished() {
-            tasks.insert(itt, handle.abort_handle());
+        // Most commands (a page-cached file, a cache hit) finish without waiting: run them here
+        // and save a task and two thread hops. One that waits goes on as its own task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if work.as_mut().poll(&mut cx).is_ready() {
+            return Ok(());
         }
+        let tasks = self.tasks.clone();
+        let mut registry = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        let handle = tokio::spawn(async move {
+            let result = work.await;
+            tasks.lock().unwrap_or_else(|p| p.into_inner()).remove(&itt);
+            result
+        });
+        registry.insert(itt, handle.abort_handle());
         Ok(())
     }
 
@@ -861,8 +885,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 next = rx.try_recv().ok();
             }
         }
-        if writer.write_all(&batch).await.is_err() {
-            return;
+        match tokio::time::timeout(NOP_TIMEOUT, writer.write_all(&batch)).await {
+            Ok(Ok(())) => {}
+            _ => return,
         }
         batch.clear();
         if close {

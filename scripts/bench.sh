@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# Throughput benchmark: isomount beside its peers, measured in the same run on the same LUN.
+#
+#   scripts/bench.sh            # RUNS=5 PERF_SECONDS=6 LATENCY_MS=10 SIZE_MIB=256 by default
+#
+# Starts tgtd (through the harness) with one disk LUN of SIZE_MIB random bytes on loopback, and a
+# fault proxy adding LATENCY_MS each way in front of it. Each row prints a peer's figure, ours
+# and ours/peer, all in MiB/s (iscsi-perf's unit), each the median of RUNS runs.
+# To add a row: write a measure_* function that prints one MiB/s figure for one run, then call
+# `row "label" measure_peer ARGS -- measure_ours ARGS` in main (see the existing rows).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+RUNS=${RUNS:-5}
+PERF_SECONDS=${PERF_SECONDS:-6}
+PERF_REQUESTS=${PERF_REQUESTS:-32}        # iscsi-perf -m: requests in flight
+PERF_BLOCKS=${PERF_BLOCKS:-512}           # iscsi-perf -b: 512 × 512 B = 256 KiB per request
+LATENCY_MS=${LATENCY_MS:-10}
+SIZE_MIB=${SIZE_MIB:-256}
+IQN=iqn.2026-11.org.isomount.bench:disk
+
+for tool in tgtd iscsi-perf; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is missing (apt-get install tgt libiscsi-bin)" >&2; exit 1; }
+done
+cargo build --release --quiet --bin isomount
+cargo build --release --quiet -p isomount-harness --bins
+BIN=target/release
+
+WORK=$(mktemp -d /tmp/isomount-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    if mountpoint -q "$WORK/mnt" 2>/dev/null; then umount -l "$WORK/mnt" || true; fi
+    exec 3>&- 2>/dev/null || true          # harness-target stops tgtd when its stdin closes
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# One tgtd with the LUN; the harness picks free ports and kills tgtd when we go.
+head -c $((SIZE_MIB << 20)) /dev/urandom >"$WORK/disk.img"
+mkfifo "$WORK/target.in"
+"$BIN/harness-target" tgtd "$IQN" "$WORK/disk.img" <"$WORK/target.in" >"$WORK/target.out" &
+PIDS+=($!)
+exec 3>"$WORK/target.in"
+for _ in $(seq 300); do [ -s "$WORK/target.out" ] && break; sleep 0.1; done
+read -r PORTAL LUN <"$WORK/target.out" || { echo "bench: tgtd did not start" >&2; exit 1; }
+
+"$BIN/faultproxy" "$PORTAL" --latency-ms "$LATENCY_MS" >"$WORK/proxy.out" &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$WORK/proxy.out" ] && break; sleep 0.1; done
+read -r SLOW_PORTAL <"$WORK/proxy.out" || { echo "bench: faultproxy did not start" >&2; exit 1; }
+
+# `isomount serve` (issue 6) on the same image file, read-only, beside tgtd.
+"$BIN/isomount" serve "$WORK/disk.img" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q '^listening on' "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
+SERVE_PORTAL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
+[ -n "$SERVE_PORTAL" ] || { echo "bench: isomount serve did not start" >&2; exit 1; }
+SERVE_URL="iscsi://$SERVE_PORTAL/iqn.2026-01.org.isomount.serve:disk/0"
+
+# --- measurements: each prints one MiB/s figure for one run ------------------------------------
+
+# libiscsi's iscsi-perf, sequential reads, PERF_SECONDS long; its own running average at the end.
+measure_iscsi_perf() {
+    local out
+    out=$(timeout -s INT "$PERF_SECONDS" iscsi-perf -m "$PERF_REQUESTS" -b "$PERF_BLOCKS" "$1" 2>&1 || true)
+    # Lines are "... iops average N (X MB/s) ..." separated by carriage returns; take the last.
+    tr '\r' '\n' <<<"$out" | sed -n 's/.*iops average [0-9]* (\([0-9.]*\) MB\/s).*/\1/p' | tail -1 | grep . \
+        || { echo "bench: iscsi-perf gave no figure: $out" >&2; return 1; }
+}
+
+# iscsi-perf with 4 KiB requests (-b 8): per-command cost rather than bandwidth.
+measure_iscsi_perf_small() {
+    PERF_BLOCKS=8 measure_iscsi_perf "$1"
+}
+
+# `isomount cat URL > /dev/null`: the whole LUN, timed.
+measure_isomount_cat() {
+    local start end
+    start=$(date +%s.%N)
+    "$BIN/isomount" cat "$1" >/dev/null
+    end=$(date +%s.%N)
+    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+}
+
+# The mount (issue 4): `dd bs=1M` of the image file of `isomount bench MNT`, published from the
+# LUN into a catalog. drop_caches needs root; so does mounting without fusermount3.
+MNT="$WORK/mnt"
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+dd_mibs() {
+    LC_ALL=C dd if="$1" of=/dev/null bs=1M 2>&1 |
+        awk '/copied/ { for (i = 1; i <= NF; i++) if ($i == "s,") s = $(i - 1); printf "%.1f\n", $1 / s / 1048576 }'
+}
+mount_bench() { "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$1" bench "$MNT"; }
+unmount_bench() { "$BIN/isomount" unmount "$MNT"; }
+# Cold: empty cache, empty page cache; every byte comes over iSCSI and is verified.
+measure_mount_cold() {
+    rm -rf "$WORK/cache-cold"
+    mount_bench "$WORK/cache-cold"
+    drop_caches
+    dd_mibs "$MNT/bench.img"
+    unmount_bench
+}
+# Remounted over a full cache ($1), page cache dropped: the persistent cache serves.
+measure_mount_cached() {
+    mount_bench "$1"
+    drop_caches
+    dd_mibs "$MNT/bench.img"
+    unmount_bench
+}
+# A second read of the mounted image: the kernel's page cache, kept across opens.
+measure_mount_again() {
+    mount_bench "$1"
+    cat "$MNT/bench.img" >/dev/null
+    dd_mibs "$MNT/bench.img"
+    unmount_bench
+}
+measure_file_cold() { drop_caches; dd_mibs "$1"; }
+measure_file_again() { cat "$1" >/dev/null; dd_mibs "$1"; }
+
+# --- reporting ---------------------------------------------------------------------------------
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# runs FUNCTION ARGS... RUNS times and prints the median
+measured() {
+    local i
+    for i in $(seq "$RUNS"); do "$@"; done | median
+}
+
+# row LABEL PEER_FUNCTION PEER_ARG -- OUR_FUNCTION OUR_ARG
+row() {
+    local label=$1 peer ours
+    peer=$(measured "$2" "$3")
+    ours=$(measured "$5" "$6")
+    printf '%-34s %12s %12s %8s\n' "$label" "$peer" "$ours" \
+        "$(awk -v a="$ours" -v b="$peer" 'BEGIN { printf "%.2f", a / b }')"
+}
+
+echo "isomount benchmark: ${SIZE_MIB} MiB disk LUN on tgtd, median of $RUNS runs, MiB/s"
+echo "iscsi-perf: -m $PERF_REQUESTS -b $PERF_BLOCKS, ${PERF_SECONDS}s sequential; proxy: +${LATENCY_MS} ms each way"
+printf '%-34s %12s %12s %8s\n' "row (peer vs ours)" "peer" "ours" "ratio"
+row "loopback: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
+    -- measure_isomount_cat "iscsi://$PORTAL/$IQN/$LUN"
+row "+${LATENCY_MS}ms/way: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$SLOW_PORTAL/$IQN/$LUN" \
+    -- measure_isomount_cat "iscsi://$SLOW_PORTAL/$IQN/$LUN"
+row "target: tgtd vs serve, iscsi-perf" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
+    -- measure_iscsi_perf "$SERVE_URL"
+row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORTAL/$IQN/$LUN" \
+    -- measure_iscsi_perf_small "$SERVE_URL"
+if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$MNT"
+    "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \
+        --portal "$PORTAL" -o "$WORK/catalog.toml" >/dev/null 2>"$WORK/publish.err" ||
+        { cat "$WORK/publish.err" >&2; exit 1; }
+    row "mount: iscsi-perf vs cold dd" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
+        -- measure_mount_cold "$MNT"
+    mount_bench "$WORK/cache-warm" && cat "$MNT/bench.img" >/dev/null && unmount_bench
+    row "mount: file vs cache, cold pages" measure_file_cold "$WORK/disk.img" \
+        -- measure_mount_cached "$WORK/cache-warm"
+    row "mount: file vs 2nd read" measure_file_again "$WORK/disk.img" \
+        -- measure_mount_again "$WORK/cache-warm"
+else
+    echo "mount rows skipped: they need root (drop_caches)"
+fi
