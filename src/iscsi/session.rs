@@ -779,8 +779,11 @@ impl Driver {
             if let Err(e) = flush(&writer, &mut wbuf) {
                 break Ended::Lost(format!("connection lost while sending: {e}"));
             }
-            if rbuf.capacity() - rbuf.len() < 64 * 1024 {
-                rbuf.reserve(512 * 1024);
+            // Data segments are split off this buffer without copying. Room for a whole PDU
+            // ahead, in big allocations, means a PDU that straddles two reads is rarely moved.
+            let room = framing.max_recv_data as usize + 4096;
+            if rbuf.capacity() - rbuf.len() < room {
+                rbuf.reserve((4 << 20).max(2 * room));
             }
             tokio::select! {
                 read = reader.read_buf(&mut rbuf) => {
