@@ -9,7 +9,7 @@
 //! Read data is streamed from the source in pieces of [`READ_PIECE`] bytes and cut into Data-In
 //! PDUs of the initiator's MaxRecvDataSegmentLength, the status riding in the last one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -33,7 +33,7 @@ use crate::iscsi::text;
 /// Commands executing at once in one session.
 pub const TASKS_PER_SESSION: usize = 32;
 /// Bytes read from the source at a time for one command.
-pub const READ_PIECE: usize = 128 * 1024;
+pub const READ_PIECE: usize = 256 * 1024;
 /// How long a login may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle time before the target pings the initiator with a NOP-In.
@@ -856,7 +856,9 @@ async fn read_padded(
     Ok(padded.freeze())
 }
 
-/// Stamp sequence numbers in send order, batch PDUs, write them.
+/// Stamp sequence numbers in send order, batch PDUs, write them. Headers and small data
+/// segments are gathered into one buffer; large data segments go out as they are (vectored
+/// writes), so read data is not copied again on its way to the socket.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
@@ -864,9 +866,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut stat_sn: u32,
     shared: Arc<Shared>,
 ) {
-    let mut batch = BytesMut::with_capacity(WRITE_BATCH + 64 * 1024);
+    const COPY_BELOW: usize = 4096;
+    let mut small = BytesMut::with_capacity(64 * 1024);
+    let mut segments: VecDeque<Bytes> = VecDeque::new();
     while let Some(first) = rx.recv().await {
         let mut close = false;
+        let mut queued = 0usize;
         let mut next = Some(first);
         while let Some(mut out) = next.take() {
             let exp = shared.exp_cmd_sn.load(Ordering::Acquire);
@@ -876,20 +881,34 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 exp,
                 exp.wrapping_add(CMD_WINDOW - 1),
             );
-            out.pdu.encode(&framing, &mut batch);
+            let pdu = &out.pdu;
+            pdu.encode_header(&framing, &mut small);
+            let data_len = pdu.wire_data().len();
+            if data_len >= COPY_BELOW {
+                segments.push_back(small.split().freeze());
+                segments.push_back(pdu.data.slice(..data_len));
+            } else {
+                small.extend_from_slice(pdu.wire_data());
+            }
+            pdu.encode_trailer(&framing, &mut small);
+            queued += BHS_LEN + data_len;
             if out.close_after {
                 close = true;
                 break;
             }
-            if batch.len() < WRITE_BATCH {
+            if queued < WRITE_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        match tokio::time::timeout(NOP_TIMEOUT, writer.write_all(&batch)).await {
+        if !small.is_empty() {
+            segments.push_back(small.split().freeze());
+        }
+        match tokio::time::timeout(NOP_TIMEOUT, write_all_segments(&mut writer, &mut segments))
+            .await
+        {
             Ok(Ok(())) => {}
             _ => return,
         }
-        batch.clear();
         if close {
             let _ = writer.flush().await;
             let _ = writer.shutdown().await;
@@ -897,6 +916,38 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
     let _ = writer.shutdown().await;
+}
+
+/// Write every segment, in order, with as few system calls as the socket allows.
+async fn write_all_segments<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    segments: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
+    const MAX_SLICES: usize = 64;
+    while !segments.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = segments
+            .iter()
+            .take(MAX_SLICES)
+            .map(|b| std::io::IoSlice::new(b))
+            .collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let Some(front) = segments.front_mut() else {
+                break;
+            };
+            if written >= front.len() {
+                written -= front.len();
+                segments.pop_front();
+            } else {
+                let _ = front.split_to(written);
+                written = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fill StatSN (advancing it for PDUs that carry status), ExpCmdSN and MaxCmdSN (§4.2.2).
