@@ -32,6 +32,6 @@ trap show_kept_logs EXIT
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings
 if [ -f fuzz/Cargo.toml ]; then
-    cargo build --release --manifest-path fuzz/Cargo.toml
+    cargo build --manifest-path fuzz/Cargo.toml
 fi
 cargo test --workspace --release --all-targets -- --test-threads="${TEST_THREADS:-2}"

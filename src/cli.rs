@@ -77,7 +77,7 @@ const SUBCOMMANDS: &[&str] = &[
 /// `isomount NAME MOUNTPOINT` means `isomount mount NAME MOUNTPOINT`: insert the subcommand when
 /// the first positional argument is not one.
 fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
-    let takes_value = |s: &str| matches!(s, "--catalog" | "--cache-dir" | "--cache-size");
+    let takes_value = |s: &str| matches!(s, "--catalog" | "--cache-dir" | "--cache-size" | "-o");
     let mut i = 1;
     while i < args.len() {
         let word = args[i].to_string_lossy();
@@ -88,8 +88,9 @@ fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
             if SUBCOMMANDS.contains(&word.as_ref()) {
                 return args;
             }
+            // Right after the program name, so options before NAME (global or mount's) stay valid.
             let mut out = args;
-            out.insert(i, OsString::from("mount"));
+            out.insert(1, OsString::from("mount"));
             return out;
         }
         i += if takes_value(&word) { 2 } else { 1 };
@@ -151,7 +152,7 @@ mod tests {
         let out = with_default_command(words(&["isomount", "--catalog", "cat.toml", "n", "/m"]));
         assert_eq!(
             out,
-            words(&["isomount", "--catalog", "cat.toml", "mount", "n", "/m"])
+            words(&["isomount", "mount", "--catalog", "cat.toml", "n", "/m"])
         );
     }
 }
