@@ -116,6 +116,18 @@ measure_mount_again() {
     dd_mibs "$MNT/bench.img"
     unmount_bench
 }
+# `isomount cat NAME` (issue 3) through the image core: cold from an empty cache (every chunk
+# fetched, verified and written to the cache), then from a full cache ($1) with the page cache
+# dropped (every chunk read back and re-hashed).
+cat_name_mibs() {
+    local start end
+    start=$(date +%s.%N)
+    "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$1" cat bench >/dev/null
+    end=$(date +%s.%N)
+    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+}
+measure_cat_name_cold() { rm -rf "$WORK/cache-cat-cold"; cat_name_mibs "$WORK/cache-cat-cold"; }
+measure_cat_name_cached() { drop_caches; cat_name_mibs "$1"; }
 measure_file_cold() { drop_caches; dd_mibs "$1"; }
 measure_file_again() { cat "$1" >/dev/null; dd_mibs "$1"; }
 
@@ -152,7 +164,8 @@ row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORT
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$MNT"
     "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \
-        --portal "$PORTAL" -o "$WORK/catalog.toml" >/dev/null
+        --portal "$PORTAL" -o "$WORK/catalog.toml" >/dev/null 2>"$WORK/publish.err" ||
+        { cat "$WORK/publish.err" >&2; exit 1; }
     row "mount: iscsi-perf vs cold dd" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
         -- measure_mount_cold "$MNT"
     mount_bench "$WORK/cache-warm" && cat "$MNT/bench.img" >/dev/null && unmount_bench
@@ -160,6 +173,11 @@ if [ "$(id -u)" = 0 ]; then
         -- measure_mount_cached "$WORK/cache-warm"
     row "mount: file vs 2nd read" measure_file_again "$WORK/disk.img" \
         -- measure_mount_again "$WORK/cache-warm"
+    row "cat NAME: iscsi-perf vs cold" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
+        -- measure_cat_name_cold -
+    "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$WORK/cache-cat" -q fetch bench
+    row "cat NAME: file vs cache, cold pages" measure_file_cold "$WORK/disk.img" \
+        -- measure_cat_name_cached "$WORK/cache-cat"
 else
     echo "mount rows skipped: they need root (drop_caches)"
 fi

@@ -519,3 +519,98 @@ fn cat_of_a_4_gib_lun_keeps_peak_rss_under_128_mib() {
     assert!(peak_kib < 128 * 1024, "peak RSS {peak_kib} KiB");
     eprintln!("cat of 4 GiB: peak RSS {peak_kib} KiB");
 }
+
+/// istgt, a second independent target, started with a minimal configuration of its own (the
+/// harness's tgtd covers the rest). Killed (SIGKILL) on drop.
+struct IstgtProcess {
+    child: std::process::Child,
+    portal: String,
+    _dir: tempfile::TempDir,
+}
+
+impl IstgtProcess {
+    fn start(image: &Path) -> IstgtProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let port = free_tcp_port();
+        let control = free_tcp_port();
+        std::fs::write(
+            dir.path().join("auth.conf"),
+            "[AuthGroup1]\n  Comment \"none\"\n",
+        )
+        .unwrap();
+        let conf = format!(
+            "[Global]\n  NodeBase \"iqn.2026-11.org.isomount.istgt\"\n  PidFile {d}/istgt.pid\n  \
+             AuthFile {d}/auth.conf\n  MediaDirectory {d}\n  Timeout 30\n  NopInInterval 20\n  \
+             DiscoveryAuthMethod Auto\n  MaxSessions 16\n  MaxConnections 4\n  \
+             FirstBurstLength 262144\n  MaxBurstLength 1048576\n  \
+             MaxRecvDataSegmentLength 262144\n\
+             [UnitControl]\n  AuthMethod None\n  Portal UC1 127.0.0.1:{control}\n  Netmask 127.0.0.1\n\
+             [PortalGroup1]\n  Portal DA1 127.0.0.1:{port}\n\
+             [InitiatorGroup1]\n  InitiatorName \"ALL\"\n  Netmask 127.0.0.0/8\n\
+             [LogicalUnit1]\n  TargetName disk1\n  Mapping PortalGroup1 InitiatorGroup1\n  \
+             AuthMethod None\n  AuthGroup AuthGroup1\n  UseDigest Auto\n  UnitType Disk\n  \
+             LUN0 Storage {} Auto\n",
+            image.display()
+        );
+        let conf_path = dir.path().join("istgt.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = std::fs::File::create(dir.path().join("istgt.log")).unwrap();
+        let child = std::process::Command::new("istgt")
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-D")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run istgt");
+        let portal = format!("127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::net::TcpStream::connect(&portal).is_err() {
+            assert!(std::time::Instant::now() < deadline, "istgt did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        IstgtProcess {
+            child,
+            portal,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for IstgtProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn istgt_discover_info_and_exact_cat_also_through_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "istgt.img", 48 * MIB, 51);
+    let istgt = IstgtProcess::start(&disk);
+    let iqn = "iqn.2026-11.org.isomount.istgt:disk1";
+    let out = run(&["discover", &istgt.portal], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l == iqn));
+    let url = format!("iscsi://{}/{iqn}/0", istgt.portal);
+    let out = run(&["info", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("FreeBSD"), "{text}");
+    assert!(text.contains(&format!("{} bytes", 48 * MIB)), "{text}");
+    assert_cat_exact(&url, &[], &disk);
+    let proxy = FaultProxy::start(
+        &istgt.portal,
+        Faults {
+            reset_every: Some(16 * MIB),
+            ..Faults::default()
+        },
+    );
+    assert_cat_exact(&format!("iscsi://{}/{iqn}/0", proxy.portal()), &[], &disk);
+    assert!(proxy.resets() >= 2);
+}

@@ -172,7 +172,7 @@ fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
     assert_eq!(read(&mp.path.join("info/block-size")), "2048\n");
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("errors: 0"), "{stats}");
-    assert_eq!(read(&readahead_knob(&mp.path)), "1024\n");
+    assert_eq!(read(&readahead_knob(&mp.path)), "16384\n");
     assert!(std::fs::write(mp.path.join("image.iso"), b"x").is_err());
 
     unmount_ok(&mp);
@@ -322,12 +322,22 @@ fn foreground_mount_unmounts_on_sigint_and_sigterm_unmounts_a_daemon() {
     assert!(child.wait().unwrap().success());
     assert!(!is_mounted(&mp.path));
 
+    // A file held open does not keep the mount: it is detached, and the open file still reads
+    // until it is closed; then the daemon goes.
     mount_ok(&disk, &mp);
     let pid = daemon_pid(&mp.path);
+    let held = std::fs::File::open(mp.path.join("disk.img")).unwrap();
     // SAFETY: kill on the daemon we started.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     wait_until(Duration::from_secs(30), "SIGTERM to unmount", || {
         !is_mounted(&mp.path)
+    });
+    let mut tail = vec![0u8; 4096];
+    held.read_exact_at(&mut tail, (1 << 20) - 4096).unwrap();
+    assert!(tail == std::fs::read(&disk).unwrap()[(1 << 20) - 4096..]);
+    drop(held);
+    wait_until(Duration::from_secs(30), "the daemon to exit", || {
+        find_daemon(&mp.path).is_none()
     });
 }
 

@@ -22,8 +22,10 @@ pub struct CatArgs {
     pub image: String,
 }
 
-/// Reads in flight: enough to cover a long round trip (32 × 256 KiB = 8 MiB per RTT).
-pub const DEPTH: usize = 32;
+/// Bytes per read for sources that have no preferred read size (the image core's callers).
+pub const CHUNK: usize = 1 << 20;
+/// Reads in flight: enough to cover a long round trip (64 × 256 KiB = 16 MiB per RTT).
+pub const DEPTH: usize = 64;
 
 pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
     if !args.image.starts_with("iscsi://") {

@@ -13,12 +13,9 @@ pub struct InfoArgs {
     pub image: String,
 }
 
-pub fn run(_global: &GlobalOpts, args: InfoArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, args: InfoArgs) -> anyhow::Result<ExitCode> {
     if !args.image.starts_with("iscsi://") {
-        anyhow::bail!(
-            "{:?} is not an iscsi:// URL, and catalog names are not available in this build",
-            args.image
-        );
+        return info_name(global, &args.image);
     }
     let url: IscsiUrl = args.image.parse()?;
     let runtime = super::runtime()?;
@@ -51,6 +48,18 @@ pub fn run(_global: &GlobalOpts, args: InfoArgs) -> anyhow::Result<ExitCode> {
         }
         for (key, value) in &info.parameters {
             show(key, value);
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A catalog name: the image core's facts (it logs in to the LUN unless `--offline`).
+fn info_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let image = crate::image::open(global, name).await?;
+        for (key, value) in image.facts() {
+            println!("{key:<32}{value}");
         }
         Ok(ExitCode::SUCCESS)
     })

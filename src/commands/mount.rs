@@ -349,7 +349,12 @@ fn detach_stdio(log: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(global: &GlobalOpts, args: MountArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, mut args: MountArgs) -> anyhow::Result<ExitCode> {
+    if args.local_file {
+        args.image = std::path::absolute(&args.image)?
+            .to_string_lossy()
+            .into_owned();
+    }
     let mut config = MountConfig::parse(&args.options)?;
     let global = absolute_paths(config.global(global));
     config.log = config
@@ -512,9 +517,9 @@ fn serve(
     Ok(())
 }
 
-/// Let the kernel read ahead as far as one FUSE request can carry: the INIT reply cannot raise
-/// the window past the kernel's default (128 KiB), but root may through the mount's bdi. Sequential
-/// readers then send 1 MiB requests instead of 128 KiB ones. Best effort.
+/// Widen the kernel's read-ahead: the INIT reply cannot raise it past the kernel's default
+/// (128 KiB), but root may through the mount's bdi. Sequential readers then keep many 1 MiB
+/// requests in flight instead of one 128 KiB request. Best effort.
 fn raise_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let Ok(meta) = std::fs::metadata(mountpoint) else {
@@ -522,7 +527,7 @@ fn raise_readahead(mountpoint: &Path) {
     };
     let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
     let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    let kib = crate::fs::fuse::MAX_READ / 1024;
+    let kib = crate::fs::fuse::READ_AHEAD / 1024;
     if let Err(err) = std::fs::write(&knob, kib.to_string()) {
         tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
     }
@@ -584,7 +589,7 @@ fn mount(
     if unsafe { libc::geteuid() } == 0 {
         let mut session =
             fuser::Session::new(adapter, mountpoint, &fuser_config).map_err(failed)?;
-        let unmounter = Unmounter::Kernel(session.unmount_callable());
+        let unmounter = Unmounter::Kernel(session.unmount_callable(), mountpoint.to_path_buf());
         return Ok((session, unmounter));
     }
     let fd =
@@ -601,14 +606,26 @@ fn mount(
 
 /// How this mount is undone: by `umount(2)` through fuser (root) or by the helper (users).
 enum Unmounter {
-    Kernel(fuser::SessionUnmounter),
+    Kernel(fuser::SessionUnmounter, PathBuf),
     Helper(PathBuf),
 }
 
 impl Unmounter {
     fn unmount(&mut self) -> std::io::Result<()> {
         match self {
-            Unmounter::Kernel(unmounter) => unmounter.unmount(),
+            // A file still open makes umount(2) fail with EBUSY: detach the mount instead (as
+            // libfuse does), so it is gone from the tree and the open files close in their time.
+            Unmounter::Kernel(unmounter, mountpoint) => unmounter.unmount().or_else(|err| {
+                if err.raw_os_error() != Some(libc::EBUSY) {
+                    return Err(err);
+                }
+                let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
+                // SAFETY: path is a valid NUL-terminated string.
+                match unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            }),
             Unmounter::Helper(mountpoint) => fusermount::unmount(mountpoint),
         }
     }

@@ -15,6 +15,11 @@ use super::{Caching, Tree};
 /// it by its own `max_pages_limit` (256 pages by default).
 pub const MAX_READ: u32 = 1 << 20;
 
+/// The kernel read-ahead window root sets for the mount, in bytes: a sequential reader then has
+/// 16 requests of [`MAX_READ`] in flight, which keeps the image core fetching and verifying chunks
+/// in parallel (measured: twice the throughput of a 1 MiB window from the persistent cache).
+pub const READ_AHEAD: u32 = 16 << 20;
+
 /// How many FUSE requests the kernel keeps in flight in the background (read-ahead).
 const MAX_BACKGROUND: u16 = 64;
 

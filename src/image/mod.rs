@@ -12,6 +12,7 @@
 pub mod identity;
 mod open;
 mod remote;
+mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -41,8 +42,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DOWN_PAUSE: Duration = Duration::from_secs(5);
 /// Rounds over all mirrors before a read gives up.
 const ROUNDS: u32 = 3;
-/// Cache write batches that may run behind readers.
-const WRITE_BEHIND: usize = 8;
 /// Longest wait for another task's fetch of the same chunk.
 const INFLIGHT_WAIT: Duration = Duration::from_secs(120);
 
@@ -180,9 +179,9 @@ pub struct Image {
     offline: bool,
     expect_serial: Option<String>,
     facts: Vec<(String, String)>,
-    cache: Option<Arc<Cache>>,
     store: Option<Arc<Store>>,
-    caching: AtomicBool,
+    caching: Arc<AtomicBool>,
+    writer: Option<writer::Writer>,
     conns: tokio::sync::Mutex<Connections>,
     preferred: AtomicUsize,
     warned_unreachable: AtomicBool,
@@ -193,7 +192,6 @@ pub struct Image {
     sequential: Mutex<Sequential>,
     readahead_busy: AtomicBool,
     readahead: AtomicBool,
-    writes: Arc<tokio::sync::Semaphore>,
     stats: Stats,
 }
 
@@ -248,6 +246,15 @@ impl Image {
                 }
             }
         });
+        let caching = Arc::new(AtomicBool::new(store.is_some()));
+        let writer = store.as_ref().and_then(|store| {
+            writer::Writer::start(writer::Target {
+                name: spec.name.clone(),
+                store: store.clone(),
+                cache: cache.clone(),
+                caching: caching.clone(),
+            })
+        });
         let recent_entries = (RECENT_BYTES / u64::from(spec.chunk_size)).max(4) as usize;
         let manifest_pin = spec.identity.strip_prefix("manifest:").map(str::to_string);
         let sources = spec.mirrors.iter().map(|_| None).collect();
@@ -262,8 +269,8 @@ impl Image {
             offline: spec.offline,
             expect_serial: spec.expect_serial,
             facts: spec.facts,
-            caching: AtomicBool::new(store.is_some()),
-            cache,
+            caching,
+            writer,
             store,
             conns: tokio::sync::Mutex::new(Connections {
                 sources,
@@ -284,7 +291,6 @@ impl Image {
             }),
             readahead_busy: AtomicBool::new(false),
             readahead: AtomicBool::new(true),
-            writes: Arc::new(tokio::sync::Semaphore::new(WRITE_BEHIND)),
             stats: Stats::default(),
         })
     }
@@ -615,8 +621,7 @@ impl Image {
         Ok(out)
     }
 
-    /// Put verified chunks in memory and (unless caching is off) the store. Store writes run
-    /// behind the reader, at most [`WRITE_BEHIND`] batches at a time; [`Image::flush`] waits.
+    /// Put verified chunks in memory and (unless caching is off) queue them for the store.
     async fn keep(&self, chunks: &[(u64, Bytes)]) {
         {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -624,37 +629,17 @@ impl Image {
                 recent.put(*i, b.clone());
             }
         }
-        let (Some(store), Some(me)) = (self.store.clone(), self.me.upgrade()) else {
+        let Some(writer) = &self.writer else {
             return;
         };
         if !self.caching.load(Ordering::Relaxed) || chunks.is_empty() {
             return;
         }
-        let Ok(permit) = self.writes.clone().acquire_owned().await else {
-            return;
-        };
         let items: Vec<(u64, Bytes, Hash)> = chunks
             .iter()
             .filter_map(|(i, b)| self.expected_hash(*i).map(|h| (*i, b.clone(), h)))
             .collect();
-        tokio::task::spawn_blocking(move || {
-            let refs: Vec<(u64, &[u8], Hash)> =
-                items.iter().map(|(i, b, h)| (*i, &b[..], *h)).collect();
-            let bytes: u64 = items.iter().map(|(_, b, _)| b.len() as u64).sum();
-            let result = store.put(&refs).and_then(|()| match &me.cache {
-                Some(c) => c.note_stored(bytes),
-                None => Ok(()),
-            });
-            drop(permit);
-            if let Err(err) = result {
-                if me.caching.swap(false, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "{}: cannot write the cache ({err}); continuing without caching",
-                        me.name
-                    );
-                }
-            }
-        });
+        writer.write(items).await;
     }
 
     /// Turn read-ahead off for a reader that keeps its own reads in flight (`cat`, `fetch`).
@@ -664,7 +649,9 @@ impl Image {
 
     /// Wait until every chunk fetched so far has been written to the cache.
     pub async fn flush(&self) {
-        let _ = self.writes.acquire_many(WRITE_BEHIND as u32).await;
+        if let Some(writer) = &self.writer {
+            writer.flush().await;
+        }
     }
 
     /// Fetch `count` chunks from `first` with one READ, verify each, and fetch failing chunks

@@ -239,8 +239,8 @@ pub struct Conn {
     timeout: Duration,
 }
 
-/// TCP buffers big enough for a long fat link (20 ms × 1 Gbit/s ≈ 2.5 MB).
-const SOCKET_BUFFER: u32 = 4 << 20;
+// Socket buffers are left to the kernel's autotuning: setting SO_RCVBUF would cap the window at
+// net.core.rmem_max (208 KiB on many systems), far below what a 20 ms link needs.
 
 impl Conn {
     /// Connect to `host:port` (IPv6 in brackets), bounded by `timeout`.
@@ -263,8 +263,6 @@ impl Conn {
                 tokio::net::TcpSocket::new_v6()
             }
             .map_err(|e| fail(e.to_string()))?;
-            let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-            let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
             match tokio::time::timeout(timeout, socket.connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
@@ -733,11 +731,8 @@ impl Driver {
     async fn serve(&mut self, conn: Conn, mut seq: Seq) -> Ended {
         let portal = conn.portal.clone();
         let (mut reader, writer, mut rbuf, framing) = conn.into_split();
-        let (wtx, wrx) = mpsc::unbounded_channel::<Bytes>();
-        let mut writer_task = tokio::spawn(write_loop(writer, wrx));
-        let send = |pdu: &Pdu| {
-            let _ = wtx.send(pdu.to_bytes(&framing));
-        };
+        // PDUs to send, written straight from this task: no hand-off on the command path.
+        let mut wbuf = BytesMut::new();
         let mut last_rx = Instant::now();
         let mut ping: Option<u32> = None;
         // Some(deadline) while draining for a target-requested logout.
@@ -763,7 +758,7 @@ impl Driver {
                     continue;
                 }
                 let itt = seq.itt();
-                send(&task.spec.pdu(itt, &seq));
+                task.spec.pdu(itt, &seq).encode(&framing, &mut wbuf);
                 seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
                 self.inflight.insert(itt, task);
             }
@@ -771,7 +766,7 @@ impl Driver {
                 if logout_itt.is_none() && (self.inflight.is_empty() || Instant::now() >= deadline)
                 {
                     let itt = seq.itt();
-                    send(&logout_request(itt, &seq));
+                    logout_request(itt, &seq).encode(&framing, &mut wbuf);
                     logout_itt = Some(itt);
                 }
             }
@@ -781,8 +776,14 @@ impl Driver {
                 && seq.window_open()
                 && self.inflight.len() < self.timing.queue_depth;
             let drain_deadline = draining.unwrap_or_else(|| Instant::now() + tick);
-            if rbuf.capacity() - rbuf.len() < 64 * 1024 {
-                rbuf.reserve(512 * 1024);
+            if let Err(e) = flush(&writer, &mut wbuf) {
+                break Ended::Lost(format!("connection lost while sending: {e}"));
+            }
+            // Data segments are split off this buffer without copying. Room for a whole PDU
+            // ahead, in big allocations, means a PDU that straddles two reads is rarely moved.
+            let room = framing.max_recv_data as usize + 4096;
+            if rbuf.capacity() - rbuf.len() < room {
+                rbuf.reserve((4 << 20).max(2 * room));
             }
             tokio::select! {
                 read = reader.read_buf(&mut rbuf) => {
@@ -802,7 +803,7 @@ impl Driver {
                             }
                         };
                         note_sequence(&mut seq, &pdu.bhs);
-                        match self.dispatch(pdu, &mut seq, &mut ping, &send, &mut draining, logout_itt) {
+                        match self.dispatch(pdu, &mut seq, &mut ping, (&framing, &mut wbuf), &mut draining, logout_itt) {
                             Dispatch::Continue => {}
                             Dispatch::LoggedOut(t2w) => {
                                 result = Some(if shutting_down {
@@ -829,7 +830,22 @@ impl Driver {
                 }
                 request = self.rx.recv(), if can_take => {
                     match request {
-                        Some(Request::Command(spec, reply)) => self.enqueue(spec, reply),
+                        Some(Request::Command(spec, reply)) => {
+                            self.enqueue(spec, reply);
+                            // Take what else is queued, up to what could be sent now.
+                            while self.pending.len() < self.timing.queue_depth {
+                                match self.rx.try_recv() {
+                                    Ok(Request::Command(spec, reply)) => self.enqueue(spec, reply),
+                                    Ok(Request::Logout(done)) => {
+                                        self.logout_waiters.push(done);
+                                        shutting_down = true;
+                                        draining = Some(Instant::now() + Duration::from_secs(5));
+                                        break;
+                                    }
+                                    Err(_) => break,
+                                }
+                            }
+                        }
                         Some(Request::Logout(done)) => {
                             self.logout_waiters.push(done);
                             shutting_down = true;
@@ -842,7 +858,11 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(drain_deadline), if logout_itt.is_none() && draining.is_some() => {}
-                _ = &mut writer_task => break Ended::Lost("connection lost while sending".into()),
+                writable = writer.writable(), if !wbuf.is_empty() => {
+                    if let Err(e) = writable {
+                        break Ended::Lost(format!("connection lost while sending: {e}"));
+                    }
+                }
                 _ = ticker.tick() => {
                     let idle = last_rx.elapsed();
                     let waiting = !self.inflight.is_empty() || ping.is_some() || logout_itt.is_some();
@@ -854,20 +874,20 @@ impl Driver {
                     }
                     if ping.is_none() && idle >= self.timing.nop_interval {
                         let itt = seq.itt();
-                        send(&Pdu::new(Bhs::NopOut(NopOut {
+                        Pdu::new(Bhs::NopOut(NopOut {
                             immediate: true,
                             lun: 0,
                             itt,
                             ttt: RESERVED_TAG,
                             cmd_sn: seq.cmd_sn,
                             exp_stat_sn: seq.exp_stat_sn,
-                        })));
+                        }))
+                        .encode(&framing, &mut wbuf);
                         ping = Some(itt);
                     }
                 }
             }
         };
-        writer_task.abort();
         ended
     }
 
@@ -876,7 +896,7 @@ impl Driver {
         pdu: Pdu,
         seq: &mut Seq,
         ping: &mut Option<u32>,
-        send: &impl Fn(&Pdu),
+        (framing, out): (&Framing, &mut BytesMut),
         draining: &mut Option<Instant>,
         logout_itt: Option<u32>,
     ) -> Dispatch {
@@ -898,7 +918,7 @@ impl Driver {
             }
             Bhs::NopIn(nop) => {
                 if nop.ttt != RESERVED_TAG {
-                    send(&nop_reply(nop, seq));
+                    nop_reply(nop, seq).encode(framing, out);
                 }
                 if Some(nop.itt) == *ping {
                     *ping = None;
@@ -961,23 +981,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Write queued PDUs, batching what is ready into one write.
-async fn write_loop(mut writer: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
-    let mut batch = BytesMut::new();
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.extend_from_slice(&first);
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
-                Err(_) => break,
+/// Write what the socket takes now without waiting; the rest stays queued for `writable()`.
+fn flush(writer: &OwnedWriteHalf, wbuf: &mut BytesMut) -> std::io::Result<()> {
+    while !wbuf.is_empty() {
+        match writer.try_write(wbuf) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = wbuf.split_to(n);
             }
-        }
-        if writer.write_all(&batch).await.is_err() {
-            return;
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
         }
     }
-    let _ = writer.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

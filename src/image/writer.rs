@@ -1,0 +1,101 @@
+//! Write-behind for the cache store: batches of verified chunks queue up, and one thread writes
+//! everything queued with a single `fdatasync` (group commit) before marking it present. Readers
+//! never wait for the disk unless the queue is full.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cache::{Cache, Store};
+use crate::manifest::Hash;
+
+/// Batches that may wait for the writer (each at most a coalesced READ, 2 MiB).
+const QUEUE: usize = 32;
+/// Bytes written per `fdatasync` at most.
+const GROUP_BYTES: usize = 32 << 20;
+
+enum Job {
+    Chunks(Vec<(u64, Bytes, Hash)>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side; dropping it lets the thread finish what is queued and exit.
+pub(super) struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+/// What the writer thread needs, none of it the image itself (no reference cycle).
+pub(super) struct Target {
+    pub name: String,
+    pub store: Arc<Store>,
+    pub cache: Option<Arc<Cache>>,
+    /// Cleared, with one warning, when a write fails (a full disk): reads go on uncached.
+    pub caching: Arc<AtomicBool>,
+}
+
+impl Writer {
+    pub fn start(target: Target) -> Option<Writer> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("isomount-cache-writer".into())
+            .spawn(move || run(rx, target))
+            .ok()?;
+        Some(Writer { tx })
+    }
+
+    /// Queue verified chunks (waits only when the queue is full).
+    pub async fn write(&self, chunks: Vec<(u64, Bytes, Hash)>) {
+        let _ = self.tx.send(Job::Chunks(chunks)).await;
+    }
+
+    /// Wait until everything queued before this call is on disk and marked present.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Job::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
+    while let Some(job) = rx.blocking_recv() {
+        let mut items = Vec::new();
+        let mut acks = Vec::new();
+        let mut bytes = 0usize;
+        let mut take = |job: Job, bytes: &mut usize| match job {
+            Job::Chunks(c) => {
+                *bytes += c.iter().map(|(_, b, _)| b.len()).sum::<usize>();
+                items.extend(c);
+            }
+            Job::Flush(ack) => acks.push(ack),
+        };
+        take(job, &mut bytes);
+        while bytes < GROUP_BYTES {
+            match rx.try_recv() {
+                Ok(job) => take(job, &mut bytes),
+                Err(_) => break,
+            }
+        }
+        if !items.is_empty() && target.caching.load(Ordering::Relaxed) {
+            let refs: Vec<(u64, &[u8], Hash)> =
+                items.iter().map(|(i, b, h)| (*i, &b[..], *h)).collect();
+            let result = target.store.put(&refs).and_then(|()| match &target.cache {
+                Some(c) => c.note_stored(bytes as u64),
+                None => Ok(()),
+            });
+            if let Err(err) = result {
+                if target.caching.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{}: cannot write the cache ({err}); continuing without caching",
+                        target.name
+                    );
+                }
+            }
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
