@@ -33,7 +33,7 @@ use crate::iscsi::text;
 /// Commands executing at once in one session.
 pub const TASKS_PER_SESSION: usize = 32;
 /// Bytes read from the source at a time for one command.
-pub const READ_PIECE: usize = 256 * 1024;
+pub const READ_PIECE: usize = 64 * 1024;
 /// How long a login may take.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle time before the target pings the initiator with a NOP-In.
