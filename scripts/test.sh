@@ -34,4 +34,4 @@ cargo clippy --workspace --all-targets --release -- -D warnings
 if [ -f fuzz/Cargo.toml ]; then
     cargo build --manifest-path fuzz/Cargo.toml
 fi
-cargo test --workspace --release --all-targets -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --release --all-targets --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
