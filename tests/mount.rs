@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{isomount, random_file};
+use common::{iso_from_dir, isomount, random_file, IsoFlavour};
 
 /// Run `cmd`, killing it if it takes longer than `limit`.
 fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
@@ -675,4 +675,50 @@ fn an_unknown_name_suggests_the_close_one() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("testcd"), "{err}");
     assert!(!is_mounted(&mp.path));
+}
+
+/// `files/` of an image with no Rock Ridge: Joliet names, or plain level-1 names without `;1`.
+/// The source trees use names each flavour keeps as they are, so `diff -r` compares them directly.
+#[test]
+fn files_matches_the_source_tree_of_joliet_and_level1_images() {
+    for (flavour, names) in [
+        (
+            IsoFlavour::JolietOnly,
+            [
+                "Read Me First.txt",
+                "Docs",
+                "Deep Notes",
+                "kernel-image.bin",
+            ],
+        ),
+        (
+            IsoFlavour::Level1,
+            ["README.TXT", "DOCS", "DEEP", "KERNEL.BIN"],
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = dir.path().join("tree");
+        let deep = tree.join(names[1]).join(names[2]);
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(tree.join(names[0]), b"no rock ridge here\n").unwrap();
+        std::fs::write(deep.join(names[0]), b"nested\n").unwrap();
+        random_file(&tree.join(names[1]), names[3], 1_500_001, 7);
+        let iso = iso_from_dir(&tree, &dir.path().join("image.iso"), flavour);
+        let mp = Mountpoint::new(dir.path(), "mnt");
+        mount_ok(&iso, &mp);
+        let out = run_bounded(
+            Command::new("diff")
+                .arg("-r")
+                .arg(&tree)
+                .arg(mp.path.join("files")),
+            Duration::from_secs(60),
+        );
+        assert!(
+            out.status.success(),
+            "{flavour:?}: diff -r: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        unmount_ok(&mp);
+    }
 }
