@@ -222,27 +222,29 @@ fn xorriso_lists_the_source_tree_from_the_mounted_image() {
     unmount_ok(&mp);
 }
 
-#[test]
-fn eight_concurrent_readers_at_random_offsets_get_exact_bytes() {
-    let dir = tempfile::tempdir().unwrap();
-    let size = 24 << 20;
-    let disk = random_file(dir.path(), "disk.img", size, 3);
-    let mp = Mountpoint::new(dir.path(), "mnt");
-    mount_ok(&disk, &mp);
-    let mounted = mp.path.join("disk.img");
+/// `readers` threads each read `reads` random ranges (up to `max_len` bytes) of `mounted` and
+/// compare them with the same ranges of `truth`. `seed` varies the offsets between tests.
+fn concurrent_random_reads(
+    mounted: &Path,
+    truth: &Path,
+    readers: u64,
+    reads: usize,
+    max_len: u64,
+    seed: u64,
+) {
+    let size = std::fs::metadata(truth).unwrap().len();
     std::thread::scope(|scope| {
-        for reader in 0..8u64 {
-            let (mounted, disk) = (&mounted, &disk);
+        for reader in 0..readers {
             scope.spawn(move || {
                 let ours = std::fs::File::open(mounted).unwrap();
-                let truth = std::fs::File::open(disk).unwrap();
-                let mut state = reader.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
-                for _ in 0..40 {
+                let truth = std::fs::File::open(truth).unwrap();
+                let mut state = (reader + seed).wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
+                for _ in 0..reads {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
                     let offset = state % size;
-                    let len = ((state >> 32) % (300 << 10)) as usize + 1;
+                    let len = ((state >> 32) % max_len) as usize + 1;
                     let len = len.min((size - offset) as usize);
                     let mut got = vec![0u8; len];
                     let mut want = vec![0u8; len];
@@ -256,6 +258,16 @@ fn eight_concurrent_readers_at_random_offsets_get_exact_bytes() {
             });
         }
     });
+}
+
+#[test]
+fn eight_concurrent_readers_at_random_offsets_get_exact_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = 24 << 20;
+    let disk = random_file(dir.path(), "disk.img", size, 3);
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    mount_ok(&disk, &mp);
+    concurrent_random_reads(&mp.path.join("disk.img"), &disk, 8, 40, 300 << 10, 0);
     unmount_ok(&mp);
 }
 
@@ -558,34 +570,7 @@ fn published_cd_serves_eight_concurrent_readers_exactly() {
     let cd = publish_cd(dir.path(), "published_cd_eight_readers");
     let mp = Mountpoint::new(dir.path(), "mnt");
     cd.mount_ok(&mp, &[]);
-    let mounted = mp.path.join("testcd.iso");
-    let size = std::fs::metadata(&cd.iso).unwrap().len();
-    std::thread::scope(|scope| {
-        for reader in 0..8u64 {
-            let (mounted, iso) = (&mounted, &cd.iso);
-            scope.spawn(move || {
-                let ours = std::fs::File::open(mounted).unwrap();
-                let truth = std::fs::File::open(iso).unwrap();
-                let mut state = (reader + 11).wrapping_mul(0x2545_f491_4f6c_dd1d) | 1;
-                for _ in 0..16 {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    let offset = state % size;
-                    let len = ((state >> 32) % (200 << 10)) as usize + 1;
-                    let len = len.min((size - offset) as usize);
-                    let mut got = vec![0u8; len];
-                    let mut want = vec![0u8; len];
-                    ours.read_exact_at(&mut got, offset).unwrap();
-                    truth.read_exact_at(&mut want, offset).unwrap();
-                    assert!(
-                        got == want,
-                        "reader {reader}: bytes differ at {offset}+{len}"
-                    );
-                }
-            });
-        }
-    });
+    concurrent_random_reads(&mp.path.join("testcd.iso"), &cd.iso, 8, 16, 200 << 10, 11);
     unmount_ok(&mp);
 }
 
