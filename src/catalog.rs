@@ -239,22 +239,38 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
                 "must be more than 0".into(),
             ));
         }
+        // Keys that only make sense together: the error sits at the one given, naming the other.
+        let paired =
+            |first: &Option<Spanned<String>>,
+             second: &Option<Spanned<String>>,
+             [first_key, second_key, first_needs, second_needs]: [&str; 4]| {
+                match (first, second) {
+                    (Some(f), None) => Err(invalid(f.span(), second_key, first_needs.into())),
+                    (None, Some(s)) => Err(invalid(s.span(), first_key, second_needs.into())),
+                    _ => Ok(()),
+                }
+            };
+        paired(
+            &raw.manifest,
+            &raw.manifest_sha256,
+            [
+                "manifest",
+                "manifest_sha256",
+                "a manifest needs its manifest_sha256 pin",
+                "manifest_sha256 given without a manifest",
+            ],
+        )?;
+        paired(
+            &raw.chap_user,
+            &raw.chap_secret_file,
+            [
+                "chap_user",
+                "chap_secret_file",
+                "chap_user needs chap_secret_file",
+                "chap_secret_file needs chap_user",
+            ],
+        )?;
         let manifest = match (&raw.manifest, &raw.manifest_sha256) {
-            (None, None) => None,
-            (Some(m), None) => {
-                return Err(invalid(
-                    m.span(),
-                    "manifest_sha256",
-                    "a manifest needs its manifest_sha256 pin".into(),
-                ))
-            }
-            (None, Some(s)) => {
-                return Err(invalid(
-                    s.span(),
-                    "manifest",
-                    "manifest_sha256 given without a manifest".into(),
-                ))
-            }
             (Some(m), Some(s)) => {
                 let pin = s.get_ref();
                 if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -271,23 +287,9 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
                     sha256: pin.to_ascii_lowercase(),
                 })
             }
+            _ => None,
         };
         let chap = match (&raw.chap_user, &raw.chap_secret_file) {
-            (None, None) => None,
-            (Some(u), None) => {
-                return Err(invalid(
-                    u.span(),
-                    "chap_secret_file",
-                    "chap_user needs chap_secret_file".into(),
-                ))
-            }
-            (None, Some(f)) => {
-                return Err(invalid(
-                    f.span(),
-                    "chap_user",
-                    "chap_secret_file needs chap_user".into(),
-                ))
-            }
             (Some(u), Some(f)) => {
                 let secret_file = match resolve(origin, f.get_ref()) {
                     Ok(ManifestLocation::Path(p)) => p,
@@ -304,6 +306,7 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
                     secret_file,
                 })
             }
+            _ => None,
         };
         out.push(Entry {
             name,
@@ -755,6 +758,8 @@ size = 4096
             (format!("{base}manifest = \"a.m\"\nmanifest_sha256 = \"abc\"\n"), "main.toml:7: key `manifest_sha256`: must be 64 hex digits"),
             (format!("{base}manifest = \"http://x/a.m\"\nmanifest_sha256 = \"{PIN}\"\n"), "main.toml:6: key `manifest`: http://x/a.m: plain http is refused"),
             (format!("{base}chap_user = \"u\"\n"), "main.toml:6: key `chap_secret_file`: chap_user needs chap_secret_file"),
+            (format!("{base}chap_secret_file = \"/s\"\n"), "main.toml:6: key `chap_user`: chap_secret_file needs chap_user"),
+            (format!("{base}manifest_sha256 = \"{PIN}\"\n"), "main.toml:6: key `manifest`: manifest_sha256 given without a manifest"),
             (format!("{base}lun = 1\nlun = 2\n"), "main.toml:7: key `lun`: duplicate key"),
             ("[[image]\n".to_string(), "main.toml:1: key `"),
             ("[something]\nx = 1\n".to_string(), "main.toml:1: key `something`: unknown field `something`"),
