@@ -2,6 +2,7 @@
 # Throughput benchmark: isomount beside its peers, measured in the same run on the same LUN.
 #
 #   scripts/bench.sh            # RUNS=5 PERF_SECONDS=6 LATENCY_MS=10 SIZE_MIB=256 by default
+#   ONLY='cat NAME' scripts/bench.sh   # only the rows whose label matches this regex
 #
 # Starts tgtd (through the harness) with one disk LUN of SIZE_MIB random bytes on loopback, and a
 # fault proxy adding LATENCY_MS each way in front of it. Each row prints a peer's figure, ours
@@ -144,6 +145,7 @@ measured() {
 # row LABEL PEER_FUNCTION PEER_ARG -- OUR_FUNCTION OUR_ARG
 row() {
     local label=$1 peer ours
+    if [ -n "${ONLY:-}" ] && ! grep -Eq "$ONLY" <<<"$label"; then return 0; fi
     peer=$(measured "$2" "$3")
     ours=$(measured "$5" "$6")
     printf '%-34s %12s %12s %8s\n' "$label" "$peer" "$ours" \

@@ -45,6 +45,11 @@ pub trait BlockSource: Send + Sync {
     /// Implementations may require `offset` and `len` to be multiples of `block_size()`, except
     /// that a read may end at `size()`.
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError>;
+    /// The same bytes as [`BlockSource::read_at`], as consecutive pieces in the order read, so a
+    /// large read made of several commands is never copied into one buffer.
+    async fn read_pieces(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
+        Ok(vec![self.read_at(offset, len).await?])
+    }
 }
 
 /// A [`BlockSource`] backed by a local file: for tests, `serve`, and `publish`.

@@ -169,6 +169,19 @@ impl Cache {
         manifest: Option<&[u8]>,
     ) -> Result<Store, CacheError> {
         let label = format!("name={name}\nidentity={identity}\n");
+        // A cache hit is checked with the CRC32C recorded when the chunk was verified, which
+        // catches damage, not forgery: the cache is private to its owner.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.root)
+                .map_err(|source| CacheError::Io {
+                    path: self.root.display().to_string(),
+                    source,
+                })?;
+        }
         Store::open_or_create(&self.store_dir(identity), geometry, &label, manifest)
     }
 
@@ -469,6 +482,13 @@ mod tests {
         let mut bytes = std::fs::read(&data).unwrap();
         bytes[4096 + 5] ^= 0x40;
         std::fs::write(&data, &bytes).unwrap();
+        // The damage comes with a matching CRC32C (what a cache hit checks): verify re-hashes with
+        // sha256 and is not fooled.
+        let index = cache.store_dir("lun:x").join("index");
+        let mut raw = std::fs::read(&index).unwrap();
+        let at = (store::INDEX_HEADER_LEN + store::RECORD_LEN) as usize + 32;
+        raw[at..at + 4].copy_from_slice(&crc32c::crc32c(&bytes[4096..]).to_be_bytes());
+        std::fs::write(&index, &raw).unwrap();
         let (checked, corrupt) = cache.verify().unwrap();
         assert_eq!(checked, 2);
         assert_eq!(

@@ -1,27 +1,31 @@
 //! One image's chunk store: a sparse data file and an index of what it holds.
 //!
 //! Chunk `i` lives at byte `i * chunk size` of `data`. The index says which chunks are present,
-//! with the sha256 of the bytes written and when each was last used. Index layout, version 1
-//! (integers big-endian):
+//! with the sha256 of the bytes written, their CRC32C and when each was last used. Index layout,
+//! version 2 (integers big-endian):
 //! ```text
 //!  offset  size  field
 //!  ------  ----  -----------------------------------------------------------
 //!       0     8  magic "ISOMCIDX"
-//!       8     2  version (1)
+//!       8     2  version (2)
 //!      10     2  reserved, zero
 //!      12     4  chunk size in bytes
 //!      16     8  image size in bytes
 //!      24     8  chunk count
 //!      32     4  CRC32C of bytes 0..32 (header checksum)
 //!      36    28  reserved, zero
-//!      64  40*n  one record per chunk:
-//!                  +0  32  sha256 of the chunk's bytes as written
-//!                  +32  8  last use, microseconds since the Unix epoch; 0 = absent
+//!      64  48*n  one record per chunk:
+//!                  +0  32  sha256 of the chunk's bytes as written (what they were verified as)
+//!                  +32  4  CRC32C of the same bytes
+//!                  +36  4  reserved, zero
+//!                  +40  8  last use, microseconds since the Unix epoch; 0 = absent
 //! ```
 //! Crash safety: a chunk's bytes are written and `fdatasync`ed before its record is written, so
 //! after `kill -9` or power loss every record that says "present" describes bytes on disk. Dropping
-//! a chunk clears its record and syncs the index before the bytes are discarded. Readers still
-//! hash what they read (a torn record or a damaged disk shows up as a mismatch and a miss).
+//! a chunk clears its record and syncs the index before the bytes are discarded. Readers check
+//! what they read against the record's CRC32C, and re-hash with sha256 when it disagrees (a torn
+//! record or a damaged disk shows up as a mismatch and a miss). Version 1 (no CRC) stores are
+//! started afresh.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -33,9 +37,124 @@ use super::CacheError;
 use crate::manifest::{chunk_count, Hash, HASH_LEN};
 
 pub const INDEX_MAGIC: [u8; 8] = *b"ISOMCIDX";
-pub const INDEX_VERSION: u16 = 1;
+pub const INDEX_VERSION: u16 = 2;
 pub const INDEX_HEADER_LEN: u64 = 64;
-pub const RECORD_LEN: u64 = 40;
+pub const RECORD_LEN: u64 = 48;
+/// Where `last use` sits in a record.
+const LAST_USE_AT: usize = 40;
+
+/// Alignment of direct I/O: offsets, lengths and buffers (the page size covers every common
+/// logical block size).
+const DIRECT_ALIGN: usize = 4096;
+/// Adjacent chunks written with one direct write, at most.
+const DIRECT_RUN_CHUNKS: usize = 64;
+/// The bounce buffer for direct writes, in bytes.
+const DIRECT_BUFFER: usize = 2 << 20;
+
+/// The data file opened with `O_DIRECT`, and an aligned buffer to write from. Writing around the
+/// page cache spares the copy into it and the file system's per-page work (a third of the cache
+/// writer's CPU time, measured with perf), and leaves the page cache to the reader's data.
+struct Direct {
+    file: File,
+    buffer: AlignedBuffer,
+}
+
+impl Direct {
+    #[cfg(target_os = "linux")]
+    fn open(path: &Path) -> Option<Direct> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()?;
+        Some(Direct {
+            file,
+            buffer: AlignedBuffer::new(DIRECT_BUFFER)?,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open(_path: &Path) -> Option<Direct> {
+        None
+    }
+
+    /// Write `parts` back to back at `at` with direct I/O. False when that cannot be done (an
+    /// unaligned piece, or the file system refused): the caller writes them the usual way.
+    fn write(&mut self, parts: &[&[u8]], at: u64) -> bool {
+        if at % DIRECT_ALIGN as u64 != 0 || parts.iter().any(|p| p.len() % DIRECT_ALIGN != 0) {
+            return false;
+        }
+        let mut at = at;
+        let mut filled = 0;
+        for part in parts {
+            let mut part: &[u8] = part;
+            while !part.is_empty() {
+                let take = (self.buffer.len() - filled).min(part.len());
+                self.buffer.as_mut_slice()[filled..filled + take].copy_from_slice(&part[..take]);
+                filled += take;
+                part = &part[take..];
+                if filled == self.buffer.len() {
+                    if self.file.write_all_at(self.buffer.as_slice(), at).is_err() {
+                        return false;
+                    }
+                    at += filled as u64;
+                    filled = 0;
+                }
+            }
+        }
+        filled == 0
+            || self
+                .file
+                .write_all_at(&self.buffer.as_slice()[..filled], at)
+                .is_ok()
+    }
+}
+
+/// A zeroed, [`DIRECT_ALIGN`]-aligned heap buffer.
+struct AlignedBuffer {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the buffer is plain owned memory, used through &mut self only.
+unsafe impl Send for AlignedBuffer {}
+
+impl AlignedBuffer {
+    fn layout(len: usize) -> Option<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(len, DIRECT_ALIGN).ok()
+    }
+
+    fn new(len: usize) -> Option<AlignedBuffer> {
+        let layout = Self::layout(len).filter(|l| l.size() > 0)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
+        Some(AlignedBuffer { ptr, len })
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: ptr points to len initialised (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuffer {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.len) {
+            // SAFETY: allocated in `new` with this very layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
 
 /// Geometry of a store, as its index header records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +194,7 @@ impl Geometry {
         h
     }
 
-    /// Parse an index header; None when it is not a valid version-1 header.
+    /// Parse an index header; None when it is not a valid header of this version.
     pub fn parse_header(h: &[u8]) -> Option<Geometry> {
         if h.len() < INDEX_HEADER_LEN as usize || h[0..8] != INDEX_MAGIC {
             return None;
@@ -98,6 +217,8 @@ impl Geometry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record {
     pub hash: Hash,
+    /// CRC32C of the stored bytes: the cheap check a cache hit makes.
+    pub crc: u32,
     /// Microseconds since the epoch; 0 = absent.
     pub last_use: u64,
 }
@@ -110,8 +231,14 @@ impl Record {
     fn parse(b: &[u8]) -> Record {
         let mut hash = [0u8; HASH_LEN];
         hash.copy_from_slice(&b[..HASH_LEN]);
-        let last_use = u64::from_be_bytes(b[HASH_LEN..HASH_LEN + 8].try_into().unwrap_or([0; 8]));
-        Record { hash, last_use }
+        let crc = u32::from_be_bytes(b[HASH_LEN..HASH_LEN + 4].try_into().unwrap_or([0; 4]));
+        let last_use =
+            u64::from_be_bytes(b[LAST_USE_AT..LAST_USE_AT + 8].try_into().unwrap_or([0; 8]));
+        Record {
+            hash,
+            crc,
+            last_use,
+        }
     }
 }
 
@@ -133,6 +260,8 @@ pub struct Store {
     geometry: Geometry,
     index: File,
     data: File,
+    /// The data file opened for direct I/O (None where the file system refuses it).
+    direct: std::sync::Mutex<Option<Direct>>,
     /// Held shared while open, so `cache evict`/`clear` (exclusive) cannot pull the store away.
     _lock: File,
 }
@@ -276,6 +405,7 @@ impl Store {
             dir: dir.to_path_buf(),
             geometry,
             index,
+            direct: std::sync::Mutex::new(Direct::open(&data_path)),
             data,
             _lock: lock,
         })
@@ -400,30 +530,67 @@ impl Store {
             return Ok(());
         }
         self.index
-            .write_all_at(&now.to_be_bytes(), record_offset(index) + HASH_LEN as u64)
+            .write_all_at(
+                &now.to_be_bytes(),
+                record_offset(index) + LAST_USE_AT as u64,
+            )
             .map_err(|e| io(&self.dir.join("index"), e))
     }
 
     /// Store verified chunks: write all bytes, fdatasync, then mark them present.
     pub fn put(&self, chunks: &[(u64, &[u8], Hash)]) -> Result<(), CacheError> {
         let data_path = || self.dir.join("data");
-        for (index, bytes, _) in chunks {
-            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index) {
+        let fits = |index: u64, bytes: &[u8]| {
+            index < self.geometry.chunks() && bytes.len() == self.geometry.chunk_len(index)
+        };
+        let cs = u64::from(self.geometry.chunk_size);
+        let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        let mut run: Vec<&[u8]> = Vec::new();
+        let mut run_at = 0u64;
+        let mut pending = chunks.iter().filter(|(i, b, _)| fits(*i, b)).peekable();
+        while let Some((index, bytes, _)) = pending.next() {
+            if run.is_empty() {
+                run_at = index * cs;
+            }
+            run.push(bytes);
+            let next_adjacent = pending
+                .peek()
+                .is_some_and(|(next, _, _)| *next == index + 1 && run.len() < DIRECT_RUN_CHUNKS);
+            if next_adjacent {
                 continue;
             }
-            self.data
-                .write_all_at(bytes, index * u64::from(self.geometry.chunk_size))
-                .map_err(|e| io(&data_path(), e))?;
+            let written = match direct.as_mut() {
+                Some(d) => d.write(&run, run_at),
+                None => false,
+            };
+            if !written {
+                if direct.take().is_some() {
+                    tracing::debug!(
+                        "{}: direct writes refused; writing through the page cache",
+                        self.dir.display()
+                    );
+                }
+                let mut at = run_at;
+                for part in &run {
+                    self.data
+                        .write_all_at(part, at)
+                        .map_err(|e| io(&data_path(), e))?;
+                    at += part.len() as u64;
+                }
+            }
+            run.clear();
         }
+        drop(direct);
         self.data.sync_data().map_err(|e| io(&data_path(), e))?;
         let now = now_micros();
         for (index, bytes, hash) in chunks {
-            if *index >= self.geometry.chunks() || bytes.len() != self.geometry.chunk_len(*index) {
+            if !fits(*index, bytes) {
                 continue;
             }
             let mut rec = [0u8; RECORD_LEN as usize];
             rec[..HASH_LEN].copy_from_slice(hash);
-            rec[HASH_LEN..].copy_from_slice(&now.to_be_bytes());
+            rec[HASH_LEN..HASH_LEN + 4].copy_from_slice(&crc32c::crc32c(bytes).to_be_bytes());
+            rec[LAST_USE_AT..].copy_from_slice(&now.to_be_bytes());
             self.index
                 .write_all_at(&rec, record_offset(*index))
                 .map_err(|e| io(&self.dir.join("index"), e))?;

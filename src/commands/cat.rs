@@ -51,11 +51,12 @@ pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Read `size` bytes as `chunk`-sized reads, `depth` of them in flight, and write them to stdout
-/// in order from a writer thread. A closed stdout (`| head`) ends quietly.
+/// in order from a writer thread. A read may answer in pieces (written one after another, never
+/// joined). A closed stdout (`| head`) ends quietly.
 pub async fn pipe<F, Fut>(size: u64, chunk: usize, depth: usize, read: F) -> anyhow::Result<()>
 where
     F: Fn(u64, usize) -> Fut,
-    Fut: Future<Output = anyhow::Result<Bytes>> + Send + 'static,
+    Fut: Future<Output = anyhow::Result<Vec<Bytes>>> + Send + 'static,
 {
     let progress = std::io::stderr().is_terminal().then(|| {
         let bar = indicatif::ProgressBar::with_draw_target(
@@ -70,12 +71,14 @@ where
         );
         bar
     });
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(64);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
-        while let Some(data) = rx.blocking_recv() {
-            out.write_all(&data)?;
+        while let Some(parts) = rx.blocking_recv() {
+            for data in parts {
+                out.write_all(&data)?;
+            }
         }
         out.flush()
     });
@@ -92,9 +95,9 @@ where
             let Some(handle) = in_flight.pop_front() else {
                 return Ok(());
             };
-            let data = handle.await.context("while reading")??;
-            let len = data.len() as u64;
-            if tx.send(data).await.is_err() {
+            let parts = handle.await.context("while reading")??;
+            let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+            if tx.send(parts).await.is_err() {
                 // The writer stopped: its result says why.
                 return Ok(());
             }
@@ -128,10 +131,11 @@ pub async fn cat_source(source: Arc<dyn BlockSource>, chunk: usize) -> anyhow::R
     pipe(size, chunk, DEPTH, move |offset, len| {
         let source = source.clone();
         async move {
-            source
+            let data = source
                 .read_at(offset, len)
                 .await
-                .with_context(|| format!("while reading {len} bytes at offset {offset}"))
+                .with_context(|| format!("while reading {len} bytes at offset {offset}"))?;
+            Ok(vec![data])
         }
     })
     .await

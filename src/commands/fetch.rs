@@ -10,7 +10,7 @@ use anyhow::Context;
 use indicatif::HumanBytes;
 
 use crate::cli::GlobalOpts;
-use crate::image::{self, Image};
+use crate::image::{self, Image, Verified};
 use crate::iso9660::{IsoFs, Kind};
 
 #[derive(Debug, clap::Args)]
@@ -81,7 +81,10 @@ pub fn cat_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
         let reader = image.clone();
         let result = super::cat::pipe(image.size(), CAT_READ, CAT_DEPTH, move |offset, len| {
             let image = reader.clone();
-            async move { Ok(image.read(offset, len).await?.into_bytes()) }
+            async move {
+                let parts = image.read_parts(offset, len).await?;
+                Ok(parts.into_iter().map(Verified::into_bytes).collect())
+            }
         })
         .await;
         image.flush().await;

@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 use tokio::sync::watch;
 
-use crate::cache::{Cache, Geometry, Store};
+use crate::cache::{Cache, Geometry, Record, Store};
 use crate::manifest::{sha256, Hash, Manifest};
 use crate::source::{BlockSource, SourceError};
 
@@ -374,19 +374,36 @@ impl Image {
 
     /// Read `len` bytes at `offset` (clamped at the image's end): verified, or an error.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Verified, ImageError> {
+        let mut parts = self.read_parts(offset, len).await?;
+        if parts.len() <= 1 {
+            return Ok(parts.pop().unwrap_or(Verified(Bytes::new())));
+        }
+        let mut out = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for p in parts {
+            out.extend_from_slice(&p);
+        }
+        Ok(Verified(out.freeze()))
+    }
+
+    /// Like [`Image::read`], but the bytes come as consecutive pieces (chunk-sized or larger),
+    /// so a caller that writes them out (`cat`) never has them copied into one buffer.
+    pub async fn read_parts(&self, offset: u64, len: usize) -> Result<Vec<Verified>, ImageError> {
         if offset >= self.size || len == 0 {
-            return Ok(Verified(Bytes::new()));
+            return Ok(Vec::new());
         }
         let end = offset.saturating_add(len as u64).min(self.size);
         let cs = u64::from(self.geometry.chunk_size);
         let first = offset / cs;
         let last = (end - 1) / cs;
-        if let Some(all) = self.lookup_range(first, last) {
-            self.after_read(offset, end);
-            let skip = (offset - first * cs) as usize;
-            return Ok(Verified(all.slice(skip..skip + (end - offset) as usize)));
-        }
-        let mut parts: Vec<Option<Bytes>> = (first..=last).map(|i| self.lookup(i)).collect();
+        let skip = (offset - first * cs) as usize;
+        let want = (end - offset) as usize;
+        let mut parts = match self.cached(first, last).await {
+            Ok(all) => {
+                self.after_read(offset, end);
+                return Ok(vec![Verified(all.slice(skip..skip + want))]);
+            }
+            Err(parts) => parts,
+        };
         let missing: Vec<u64> = (first..=last)
             .zip(&parts)
             .filter(|(_, p)| p.is_none())
@@ -401,20 +418,25 @@ impl Image {
             }
         }
         self.after_read(offset, end);
-        let parts: Vec<Bytes> = parts.into_iter().flatten().collect();
-        let skip = (offset - first * cs) as usize;
-        let want = (end - offset) as usize;
-        if parts.len() == 1 {
-            return Ok(Verified(parts[0].slice(skip..skip + want)));
-        }
-        let mut out = BytesMut::with_capacity(want);
+        let mut out = Vec::with_capacity(parts.len());
         let mut skip = skip;
-        for p in parts {
-            let take = (p.len() - skip).min(want - out.len());
-            out.extend_from_slice(&p[skip..skip + take]);
+        let mut left = want;
+        for p in parts.into_iter().flatten() {
+            let take = (p.len() - skip).min(left);
+            out.push(Verified(p.slice(skip..skip + take)));
+            left -= take;
             skip = 0;
         }
-        Ok(Verified(out.freeze()))
+        if left != 0 {
+            // Every chunk was found or fetched above; never hand out a range with a hole in it.
+            return Err(ImageError::Unavailable {
+                image: self.name.clone(),
+                start: offset,
+                end,
+                reason: "a chunk went missing between fetch and read".into(),
+            });
+        }
+        Ok(out)
     }
 
     /// Make sure every chunk of `offset..offset+len` is in the cache, fetching what is missing
@@ -451,6 +473,32 @@ impl Image {
         }
     }
 
+    /// Whether bytes read back from the store for chunk `index` are the ones verified when they
+    /// were stored. The record must name the hash the chunk is expected to have, and the bytes
+    /// must match the CRC32C recorded beside it; when either disagrees (a torn record), the bytes
+    /// are re-hashed with sha256 instead. Returns the hash the chunk was verified as.
+    fn stored_ok(&self, index: u64, bytes: &[u8], record: &Record) -> Option<Hash> {
+        let expected = match &self.manifest {
+            Some(m) => *m.hash(index)?,
+            None => record.hash,
+        };
+        let ok = (record.hash == expected && crc32c::crc32c(bytes) == record.crc)
+            || sha256(bytes) == expected;
+        ok.then_some(expected)
+    }
+
+    /// Note a chunk served from the store: its hash for refetches, its use for LRU, a hit.
+    fn note_hit(&self, store: &Store, index: u64, record: &Record, hash: Hash) {
+        if self.manifest.is_none() {
+            self.first_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index, hash);
+        }
+        let _ = store.touch(index, record);
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Chunks `first..=last` from the store in one read when all are present and verify: no
     /// copies beyond the read itself. None sends the caller down the chunk-by-chunk path.
     fn lookup_range(&self, first: u64, last: u64) -> Option<Bytes> {
@@ -460,44 +508,36 @@ impl Image {
         let store = self.store.as_ref()?;
         let (bytes, records) = store.get_range(first, last).ok()??;
         let cs = self.geometry.chunk_size as usize;
+        let mut hashes = Vec::with_capacity(records.len());
         for (k, record) in records.iter().enumerate() {
             let i = first + k as u64;
             let at = k * cs;
-            let chunk = &bytes[at..at + self.geometry.chunk_len(i)];
-            let expected = match &self.manifest {
-                Some(m) => m.hash(i).copied(),
-                None => Some(record.hash),
-            };
-            if Some(sha256(chunk)) != expected {
-                return None;
-            }
+            hashes.push(self.stored_ok(i, &bytes[at..at + self.geometry.chunk_len(i)], record)?);
         }
-        for (k, record) in records.iter().enumerate() {
-            let i = first + k as u64;
-            if self.manifest.is_none() {
-                self.first_seen
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(i, record.hash);
-            }
-            let _ = store.touch(i, record);
+        for (k, (record, hash)) in records.iter().zip(hashes).enumerate() {
+            self.note_hit(store, first + k as u64, record, hash);
         }
-        self.stats
-            .hits
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
         Some(bytes)
     }
 
-    /// A verified chunk from memory or the store.
-    fn lookup(&self, index: u64) -> Option<Bytes> {
-        if let Some(b) = self
+    /// A verified chunk from memory (None when it is not there).
+    fn lookup_recent(&self, index: u64) -> Option<Bytes> {
+        let hit = self
             .recent
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&index)
-        {
+            .cloned();
+        if hit.is_some() {
             self.stats.hits.fetch_add(1, Ordering::Relaxed);
-            return Some(b.clone());
+        }
+        hit
+    }
+
+    /// A verified chunk from memory or the store.
+    fn lookup(&self, index: u64) -> Option<Bytes> {
+        if let Some(b) = self.lookup_recent(index) {
+            return Some(b);
         }
         let store = self.store.as_ref()?;
         let (bytes, record) = match store.get(index) {
@@ -508,20 +548,8 @@ impl Image {
                 return None;
             }
         };
-        let actual = sha256(&bytes);
-        let expected = match &self.manifest {
-            Some(m) => m.hash(index).copied(),
-            None => Some(record.hash),
-        };
-        if Some(actual) == expected {
-            if self.manifest.is_none() {
-                self.first_seen
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(index, actual);
-            }
-            let _ = store.touch(index, &record);
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        if let Some(hash) = self.stored_ok(index, &bytes, &record) {
+            self.note_hit(store, index, &record, hash);
             return Some(bytes);
         }
         // Another process may have evicted it between our reads of record and data.
@@ -533,6 +561,35 @@ impl Image {
             let _ = store.drop_chunks(&[index]);
         }
         None
+    }
+
+    /// Chunks `first..=last` from memory and the store: one buffer when the store has them all
+    /// (the whole range in one read), else each chunk found, None where missing. Reading the
+    /// store blocks, so it runs on the blocking pool: disk reads of many readers overlap, and the
+    /// async workers stay free for the network.
+    async fn cached(&self, first: u64, last: u64) -> Result<Bytes, Vec<Option<Bytes>>> {
+        let in_memory: Vec<Option<Bytes>> = (first..=last).map(|i| self.lookup_recent(i)).collect();
+        if in_memory.iter().all(Option::is_some) || self.store.is_none() {
+            return Err(in_memory);
+        }
+        let Some(me) = self.me.upgrade() else {
+            return Err(in_memory);
+        };
+        let gather = move || {
+            if in_memory.iter().all(Option::is_none) {
+                if let Some(all) = me.lookup_range(first, last) {
+                    return Ok(all);
+                }
+            }
+            Err((first..=last)
+                .zip(in_memory)
+                .map(|(i, m)| m.or_else(|| me.lookup(i)))
+                .collect())
+        };
+        match tokio::task::spawn_blocking(gather).await {
+            Ok(found) => found,
+            Err(_) => Err(vec![None; (last - first + 1) as usize]),
+        }
     }
 
     /// Fetch `chunks` (sorted, missing), sharing fetches already under way.
@@ -666,13 +723,12 @@ impl Image {
         let cs = u64::from(self.geometry.chunk_size);
         let offset = first * cs;
         let len = ((first + count) * cs).min(self.size) - offset;
-        let (mirror, data) = self
+        let (mirror, pieces) = self
             .read_any(offset, len as usize, None, start, end)
             .await?;
+        let lens = (first..first + count).map(|i| self.geometry.chunk_len(i));
         let mut out = Vec::with_capacity(count as usize);
-        for i in first..first + count {
-            let at = ((i - first) * cs) as usize;
-            let chunk = data.slice(at..at + self.geometry.chunk_len(i));
+        for (i, chunk) in (first..).zip(split(pieces, lens)) {
             let chunk = match self.check(i, &chunk) {
                 Ok(()) => chunk,
                 Err(detail) => self.refetch(i, mirror, detail, start, end).await?,
@@ -730,10 +786,15 @@ impl Image {
                 )
                 .await
             {
-                Ok((_, data)) => match self.check(index, &data) {
-                    Ok(()) => return Ok(data),
-                    Err(d) => detail = format!("{d} from {from}"),
-                },
+                Ok((_, pieces)) => {
+                    let data = split(pieces, [self.geometry.chunk_len(index)])
+                        .pop()
+                        .unwrap_or_default();
+                    match self.check(index, &data) {
+                        Ok(()) => return Ok(data),
+                        Err(d) => detail = format!("{d} from {from}"),
+                    }
+                }
                 Err(e) => {
                     tracing::debug!("{}: refetch of chunk {index} from {from}: {e}", self.name)
                 }
@@ -756,7 +817,7 @@ impl Image {
         only: Option<usize>,
         start: u64,
         end: u64,
-    ) -> Result<(usize, Bytes), ImageError> {
+    ) -> Result<(usize, Vec<Bytes>), ImageError> {
         let n = self.mirrors.len();
         let unavailable = |reason: String| ImageError::Unavailable {
             image: self.name.clone(),
@@ -788,8 +849,8 @@ impl Image {
                     continue;
                 }
             };
-            match source.read_at(offset, len).await {
-                Ok(data) if data.len() == len => {
+            match source.read_pieces(offset, len).await {
+                Ok(data) if data.iter().map(Bytes::len).sum::<usize>() == len => {
                     self.preferred.store(mirror, Ordering::Relaxed);
                     self.stats
                         .bytes_fetched
@@ -800,7 +861,7 @@ impl Image {
                     last_error = format!(
                         "{}: short read ({} of {len} bytes)",
                         self.mirrors[mirror].describe(),
-                        data.len()
+                        data.iter().map(Bytes::len).sum::<usize>()
                     );
                 }
                 Err(e) => {
@@ -958,6 +1019,37 @@ impl Image {
             .as_ref()
             .is_some_and(|s| s.record(index).map(|r| r.present()).unwrap_or(false))
     }
+}
+
+/// Cut consecutive `pieces` into consecutive parts of the given lengths: slices of a piece where
+/// a part lies within one, a copy only where a part straddles two. Parts the pieces do not cover
+/// come out short (the caller's verification rejects them).
+fn split(pieces: Vec<Bytes>, lens: impl IntoIterator<Item = usize>) -> Vec<Bytes> {
+    let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
+    let mut current = pieces.next().unwrap_or_default();
+    let mut out = Vec::new();
+    for len in lens {
+        if current.len() >= len {
+            out.push(current.split_to(len));
+        } else {
+            let mut joined = BytesMut::with_capacity(len);
+            while joined.len() < len {
+                if current.is_empty() {
+                    match pieces.next() {
+                        Some(p) => current = p,
+                        None => break,
+                    }
+                }
+                let take = current.len().min(len - joined.len());
+                joined.extend_from_slice(&current.split_to(take));
+            }
+            out.push(joined.freeze());
+        }
+        if current.is_empty() {
+            current = pieces.next().unwrap_or_default();
+        }
+    }
+    out
 }
 
 #[cfg(test)]

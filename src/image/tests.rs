@@ -12,6 +12,8 @@ struct FaultySource {
     fail_next: AtomicU32,
     /// Flip a bit in every byte range that overlaps this offset.
     corrupt_at: Mutex<Option<u64>>,
+    /// Answer `read_pieces` in pieces of this many bytes (as a LUN does, one per command).
+    piece: Option<usize>,
 }
 
 impl FaultySource {
@@ -21,6 +23,13 @@ impl FaultySource {
             reads: AtomicU64::new(0),
             fail_next: AtomicU32::new(0),
             corrupt_at: Mutex::new(None),
+            piece: None,
+        })
+    }
+    fn in_pieces(data: Vec<u8>, piece: usize) -> Arc<FaultySource> {
+        Arc::new(FaultySource {
+            piece: Some(piece),
+            ..Arc::into_inner(FaultySource::new(data)).unwrap()
         })
     }
     fn reads(&self) -> u64 {
@@ -64,6 +73,16 @@ impl BlockSource for FaultySource {
             }
         }
         Ok(Bytes::from(out))
+    }
+    async fn read_pieces(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
+        let all = self.read_at(offset, len).await?;
+        let Some(piece) = self.piece else {
+            return Ok(vec![all]);
+        };
+        Ok((0..all.len())
+            .step_by(piece)
+            .map(|at| all.slice(at..(at + piece).min(all.len())))
+            .collect())
     }
 }
 
@@ -358,4 +377,84 @@ async fn facts_and_stats_describe_the_image() {
     let stats = image.stats();
     assert!(stats.contains("misses: 1\n"), "{stats}");
     assert!(stats.contains("bytes fetched: 10000\n"), "{stats}");
+}
+
+#[test]
+fn split_slices_pieces_and_copies_only_what_straddles() {
+    let whole = Bytes::from(data(1000, 9));
+    let pieces = vec![
+        whole.slice(0..300),
+        whole.slice(300..300),
+        whole.slice(300..1000),
+    ];
+    let parts = split(pieces, [100, 100, 100, 250, 450]);
+    let lens: Vec<usize> = parts.iter().map(Bytes::len).collect();
+    assert_eq!(lens, [100, 100, 100, 250, 450]);
+    assert_eq!(parts.concat(), &whole[..]);
+    // Slices share the pieces' memory; only a part spanning two pieces would be a copy.
+    assert_eq!(parts[1].as_ptr(), whole[100..].as_ptr());
+    assert_eq!(parts[4].as_ptr(), whole[550..].as_ptr());
+    let short = split(vec![whole.slice(0..150)], [100, 100]);
+    assert_eq!(short[1].len(), 50, "what the pieces lack comes out short");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_answered_in_odd_pieces_are_exact() {
+    let bytes = data(5 * CHUNK as usize + 777, 10);
+    let src = FaultySource::in_pieces(bytes.clone(), 100_001);
+    let image = Image::new(spec(&bytes, true, vec![mirror("a", &src)], false), None);
+    let got = image.read(0, bytes.len()).await.unwrap();
+    assert!(got[..] == bytes[..]);
+    let parts = image.read_parts(1000, 3 * CHUNK as usize).await.unwrap();
+    let joined: Vec<u8> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+    assert!(joined[..] == bytes[1000..1000 + 3 * CHUNK as usize]);
+    assert!(image.stats().contains("verification failures: 0"));
+}
+
+#[tokio::test]
+async fn a_torn_record_falls_back_to_sha256_and_damaged_bytes_are_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(3 * CHUNK as usize, 11);
+    let src = FaultySource::new(bytes.clone());
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    image.prefetch(0, bytes.len() as u64).await.unwrap();
+    image.flush().await;
+    drop(image);
+    let store_dir = std::fs::read_dir(dir.path().join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // Chunk 0: its CRC32C field damaged, its bytes intact: served (sha256 agrees), not fetched.
+    // Chunk 2: one bit of its bytes flipped: the CRC32C disagrees, so does sha256: fetched again.
+    let index_path = store_dir.join("index");
+    let mut index = std::fs::read(&index_path).unwrap();
+    let crc_at = |chunk: usize| {
+        crate::cache::store::INDEX_HEADER_LEN as usize
+            + chunk * crate::cache::store::RECORD_LEN as usize
+            + 32
+    };
+    index[crc_at(0)] ^= 0xff;
+    let data_path = store_dir.join("data");
+    let mut raw = std::fs::read(&data_path).unwrap();
+    raw[2 * CHUNK as usize + 9] ^= 0x04;
+    std::fs::write(&index_path, &index).unwrap();
+    std::fs::write(&data_path, &raw).unwrap();
+    let before = src.reads();
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    assert!(image.read(0, CHUNK as usize).await.unwrap()[..] == bytes[..CHUNK as usize]);
+    assert_eq!(src.reads(), before, "an intact chunk is not fetched again");
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert_eq!(
+        src.reads(),
+        before + 1,
+        "the damaged chunk is fetched again"
+    );
 }

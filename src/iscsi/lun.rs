@@ -586,9 +586,9 @@ impl IscsiLun {
     }
 
     /// Read `blocks` blocks at `lba` as commands of at most `max_read` bytes, all in flight at
-    /// once; the result is exactly `blocks * block_size` bytes.
-    async fn read_blocks(&self, lba: u64, blocks: u64) -> Result<Bytes, IscsiError> {
-        let bs = u64::from(self.info.block_size);
+    /// once; the result is exactly `blocks * block_size` bytes, one piece per command (each a
+    /// single Data-In segment, never copied).
+    async fn read_blocks(&self, lba: u64, blocks: u64) -> Result<Vec<Bytes>, IscsiError> {
         let end = lba
             .checked_add(blocks)
             .filter(|&e| e <= self.info.blocks)
@@ -609,9 +609,7 @@ impl IscsiLun {
         for spec in &specs {
             receivers.push(self.submit(spec.clone()).await?);
         }
-        let total = usize::try_from(blocks * bs).map_err(|_| IscsiError::OutOfRange)?;
-        let mut joined: Option<BytesMut> = None;
-        let mut single = None;
+        let mut pieces = Vec::with_capacity(specs.len());
         for (spec, rx) in specs.iter().zip(receivers) {
             let data = self.finish(spec, rx).await?;
             if data.len() != spec.read_len as usize {
@@ -620,15 +618,40 @@ impl IscsiLun {
                     got: data.len(),
                 });
             }
-            if specs.len() == 1 {
-                single = Some(data);
-            } else {
-                joined
-                    .get_or_insert_with(|| BytesMut::with_capacity(total))
-                    .extend_from_slice(&data);
-            }
+            pieces.push(data);
         }
-        Ok(single.unwrap_or_else(|| joined.map(BytesMut::freeze).unwrap_or_default()))
+        Ok(pieces)
+    }
+
+    /// The pieces of `len` bytes at `offset` (whole blocks read, then cut).
+    async fn read_range(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
+        let size = self.info.capacity;
+        let end = offset
+            .checked_add(len as u64)
+            .filter(|&e| e <= size)
+            .ok_or_else(|| {
+                SourceError::OutOfRange(format!("read of {len} bytes at {offset} past end {size}"))
+            })?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let bs = u64::from(self.info.block_size);
+        let first = offset / bs;
+        let last = end.div_ceil(bs);
+        let mut pieces = self
+            .read_blocks(first, last - first)
+            .await
+            .map_err(|e| e.to_source_error())?;
+        let mut skip = (offset - first * bs) as usize;
+        let mut left = len;
+        for piece in &mut pieces {
+            let take = (piece.len() - skip).min(left);
+            *piece = piece.slice(skip..skip + take);
+            left -= take;
+            skip = 0;
+        }
+        pieces.retain(|p| !p.is_empty());
+        Ok(pieces)
     }
 }
 
@@ -653,24 +676,18 @@ impl BlockSource for IscsiLun {
 
     /// Any byte range within the LUN; unaligned ranges are read as whole blocks and cut.
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        let size = self.info.capacity;
-        let end = offset
-            .checked_add(len as u64)
-            .filter(|&e| e <= size)
-            .ok_or_else(|| {
-                SourceError::OutOfRange(format!("read of {len} bytes at {offset} past end {size}"))
-            })?;
-        if len == 0 {
-            return Ok(Bytes::new());
+        let mut pieces = self.read_range(offset, len).await?;
+        if pieces.len() <= 1 {
+            return Ok(pieces.pop().unwrap_or_default());
         }
-        let bs = u64::from(self.info.block_size);
-        let first = offset / bs;
-        let last = end.div_ceil(bs);
-        let data = self
-            .read_blocks(first, last - first)
-            .await
-            .map_err(|e| e.to_source_error())?;
-        let skip = (offset - first * bs) as usize;
-        Ok(data.slice(skip..skip + len))
+        let mut joined = BytesMut::with_capacity(len);
+        for p in pieces {
+            joined.extend_from_slice(&p);
+        }
+        Ok(joined.freeze())
+    }
+
+    async fn read_pieces(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
+        self.read_range(offset, len).await
     }
 }
