@@ -707,3 +707,63 @@ fn files_matches_the_source_tree_of_joliet_and_level1_images() {
         unmount_ok(&mp);
     }
 }
+
+/// The `info/stats` line of this name, without the name.
+fn stat(mountpoint: &Mountpoint, name: &str) -> String {
+    let stats = read(&mountpoint.path.join("info/stats"));
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("no {name} in stats:\n{stats}"))
+        .to_string()
+}
+
+/// A fully cached image is read by the kernel straight from the cache (FUSE passthrough; root
+/// only), but only once every chunk verifies: a damaged cached chunk found at open sends that
+/// open down the ordinary path, where the chunk is fetched again; a later open passes through,
+/// and its reads never reach isomount.
+#[test]
+fn a_fully_cached_image_passes_through_only_once_every_chunk_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = publish_cd(dir.path(), "passthrough");
+    let truth = std::fs::read(&cd.iso).unwrap();
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let image = mp.path.join("testcd.iso");
+    cd.mount_ok(&mp, &[]);
+    assert!(std::fs::read(&image).unwrap() == truth);
+    unmount_ok(&mp);
+
+    // Damage one cached chunk (its CRC32C no longer matches).
+    let store = std::fs::read_dir(cd.cache.join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let data = store.join("data");
+    let mut raw = std::fs::read(&data).unwrap();
+    raw[3 * 65536 + 100] ^= 0x20;
+    std::fs::write(&data, &raw).unwrap();
+
+    cd.mount_ok(&mp, &[]);
+    assert!(
+        std::fs::read(&image).unwrap() == truth,
+        "the damaged chunk is fetched again"
+    );
+    assert_eq!(stat(&mp, "passthrough"), "off");
+    assert_ne!(stat(&mp, "bytes fetched"), "0");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // The ordinary open's release reaches isomount after close returns: try a few opens.
+        wait_until(Duration::from_secs(10), "a passthrough open", || {
+            std::fs::read(&image).unwrap() == truth && stat(&mp, "passthrough") != "off"
+        });
+        let hits = stat(&mp, "hits");
+        let mut file = std::fs::File::open(&image).unwrap();
+        let mut again = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut again).unwrap();
+        assert!(again == truth);
+        assert_eq!(stat(&mp, "hits"), hits, "passthrough reads bypass isomount");
+    }
+    unmount_ok(&mp);
+}

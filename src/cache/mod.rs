@@ -8,6 +8,8 @@
 //!     lock                  flock: shared while in use, exclusive for `cache evict`/`clear`
 //!     label                 "name=…" and "identity=…" lines, for `cache list`
 //!     manifest              copy of the pinned manifest (images that have one)
+//!     pin                   flock: shared while the kernel reads `data` directly (passthrough);
+//!                           LRU eviction passes such a store by
 //!     index, data           see [`store`]
 //!   catalogs/, manifests/   last good copies of https catalogs and manifests
 //! ```
@@ -386,12 +388,17 @@ impl Cache {
             let Ok(store) = Store::open_existing(&summary.dir) else {
                 continue;
             };
+            // A pinned store (its data file read by the kernel directly) counts, but keeps its
+            // chunks.
+            let pinned = store.pinned()?;
             let g = store.geometry();
             for (i, r) in store.records()?.iter().enumerate() {
                 if r.present() {
                     let len = g.chunk_len(i as u64) as u64;
                     total += len;
-                    chunks.push((r.last_use, stores.len(), i as u64, len));
+                    if !pinned {
+                        chunks.push((r.last_use, stores.len(), i as u64, len));
+                    }
                 }
             }
             stores.push(store);
@@ -416,7 +423,13 @@ impl Cache {
                     list.len(),
                     store.dir().display()
                 );
-                store.drop_chunks(list)?;
+                if !store.unless_pinned(|| store.drop_chunks(list))? {
+                    // Pinned since it was counted: its chunks stay, and count again.
+                    total += list
+                        .iter()
+                        .map(|&c| store.geometry().chunk_len(c) as u64)
+                        .sum::<u64>();
+                }
             }
         }
         Ok(total)
@@ -500,6 +513,33 @@ mod tests {
         );
         assert!(s.get(1).unwrap().is_none());
         assert_eq!(cache.verify().unwrap(), (1, vec![]));
+    }
+
+    #[test]
+    fn lru_eviction_passes_a_pinned_store_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf(), Some(2 * 4096));
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 2 * 4096,
+        };
+        let a = cache.open_store("a", "lun:a", g, None).unwrap();
+        let b = cache.open_store("b", "lun:b", g, None).unwrap();
+        put(&a, 0, 1);
+        put(&a, 1, 2);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        put(&b, 0, 3);
+        put(&b, 1, 4);
+        let pin = a.pin().unwrap();
+        assert!(a.pinned().unwrap() && !b.pinned().unwrap());
+        cache.note_stored(4 * 4096).unwrap();
+        assert!(a.get(0).unwrap().is_some() && a.get(1).unwrap().is_some());
+        assert!(b.get(0).unwrap().is_none() && b.get(1).unwrap().is_none());
+        drop(pin);
+        assert!(!a.pinned().unwrap());
+        cache.note_stored(0).unwrap();
+        let left: u64 = cache.stores().iter().map(|s| s.present_bytes).sum();
+        assert_eq!(left, 2 * 4096);
     }
 
     #[test]

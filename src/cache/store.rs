@@ -30,6 +30,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 
@@ -60,23 +61,11 @@ struct Direct {
 }
 
 impl Direct {
-    #[cfg(target_os = "linux")]
     fn open(path: &Path) -> Option<Direct> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok()?;
-        Some(Direct {
-            file,
-            buffer: AlignedBuffer::new(DIRECT_BUFFER)?,
-        })
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    fn open(_path: &Path) -> Option<Direct> {
-        None
+        let file = open_direct(path, true)?;
+        let mut buffer = AlignedBuffer::new(DIRECT_BUFFER)?;
+        buffer.zero();
+        Some(Direct { file, buffer })
     }
 
     /// Write `parts` back to back at `at` with direct I/O. False when that cannot be done (an
@@ -111,45 +100,115 @@ impl Direct {
     }
 }
 
-/// A zeroed, [`DIRECT_ALIGN`]-aligned heap buffer.
-struct AlignedBuffer {
-    ptr: std::ptr::NonNull<u8>,
-    len: usize,
+/// The data file at `path` opened with `O_DIRECT`, for writing or reading.
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path, write: bool) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .read(!write)
+        .write(write)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
 }
 
-// SAFETY: the buffer is plain owned memory, used through &mut self only.
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_path: &Path, _write: bool) -> Option<File> {
+    None
+}
+
+/// `len` bytes at `start` of a file opened with `O_DIRECT`, into an aligned buffer that becomes
+/// the returned [`Bytes`] (no copy). `start` must be aligned. None when the read cannot be done
+/// directly (refused, or the file ends early): the caller reads through the page cache.
+fn read_direct(file: &File, start: u64, len: usize) -> Option<Bytes> {
+    use std::os::fd::AsRawFd;
+    let mut buffer = AlignedBuffer::new(len.checked_next_multiple_of(DIRECT_ALIGN)?)?;
+    while buffer.filled < len {
+        let at = buffer.filled;
+        let want = buffer.capacity - at;
+        // SAFETY: the destination lies within the buffer's allocation, past its filled part;
+        // the kernel writes at most `want` bytes there. Offsets stay aligned: every read but
+        // the one that meets the end of the file returns whole blocks.
+        let got = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buffer.ptr.as_ptr().add(at).cast(),
+                want,
+                (start + at as u64) as libc::off_t,
+            )
+        };
+        match got {
+            n if n > 0 => buffer.filled += n as usize,
+            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
+            _ => return None,
+        }
+        if buffer.filled % DIRECT_ALIGN != 0 && buffer.filled < len {
+            return None;
+        }
+    }
+    Some(Bytes::from_owner(buffer).slice(..len))
+}
+
+/// A [`DIRECT_ALIGN`]-aligned heap buffer of which the first `filled` bytes are initialised.
+struct AlignedBuffer {
+    ptr: std::ptr::NonNull<u8>,
+    capacity: usize,
+    filled: usize,
+}
+
+// SAFETY: the buffer is plain owned memory; shared access is read-only (AsRef).
 unsafe impl Send for AlignedBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for AlignedBuffer {}
 
 impl AlignedBuffer {
-    fn layout(len: usize) -> Option<std::alloc::Layout> {
-        std::alloc::Layout::from_size_align(len, DIRECT_ALIGN).ok()
+    fn layout(capacity: usize) -> Option<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(capacity, DIRECT_ALIGN).ok()
     }
 
-    fn new(len: usize) -> Option<AlignedBuffer> {
-        let layout = Self::layout(len).filter(|l| l.size() > 0)?;
+    /// An uninitialised buffer (nothing filled).
+    fn new(capacity: usize) -> Option<AlignedBuffer> {
+        let layout = Self::layout(capacity).filter(|l| l.size() > 0)?;
         // SAFETY: the layout has a non-zero size.
-        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) })?;
-        Some(AlignedBuffer { ptr, len })
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        Some(AlignedBuffer {
+            ptr,
+            capacity,
+            filled: 0,
+        })
+    }
+
+    /// Fill the whole buffer with zeroes.
+    fn zero(&mut self) {
+        // SAFETY: the allocation is `capacity` bytes long.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.capacity) };
+        self.filled = self.capacity;
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.filled
     }
 
     fn as_slice(&self) -> &[u8] {
-        // SAFETY: ptr points to len initialised (zeroed) bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        // SAFETY: the first `filled` bytes are initialised and owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.filled) }
     }
 
     fn as_mut_slice(&mut self) -> &mut [u8] {
         // SAFETY: as above, and &mut self makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.filled) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
     }
 }
 
 impl Drop for AlignedBuffer {
     fn drop(&mut self) {
-        if let Some(layout) = Self::layout(self.len) {
+        if let Some(layout) = Self::layout(self.capacity) {
             // SAFETY: allocated in `new` with this very layout.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
         }
@@ -262,6 +321,10 @@ pub struct Store {
     data: File,
     /// The data file opened for direct I/O (None where the file system refuses it).
     direct: std::sync::Mutex<Option<Direct>>,
+    /// The data file opened for direct reads, while they work.
+    direct_reads: Option<File>,
+    direct_reads_ok: AtomicBool,
+    lane: std::sync::Mutex<()>,
     /// Held shared while open, so `cache evict`/`clear` (exclusive) cannot pull the store away.
     _lock: File,
 }
@@ -406,6 +469,9 @@ impl Store {
             geometry,
             index,
             direct: std::sync::Mutex::new(Direct::open(&data_path)),
+            direct_reads: open_direct(&data_path, false),
+            direct_reads_ok: AtomicBool::new(true),
+            lane: std::sync::Mutex::new(()),
             data,
             _lock: lock,
         })
@@ -480,6 +546,24 @@ impl Store {
         first: u64,
         last: u64,
     ) -> Result<Option<(Bytes, Vec<Record>)>, CacheError> {
+        self.range(first, last, true)
+    }
+
+    /// [`Store::get_range`] through the page cache, which it leaves warm.
+    pub fn get_range_buffered(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Option<(Bytes, Vec<Record>)>, CacheError> {
+        self.range(first, last, false)
+    }
+
+    fn range(
+        &self,
+        first: u64,
+        last: u64,
+        direct: bool,
+    ) -> Result<Option<(Bytes, Vec<Record>)>, CacheError> {
         if first > last || last >= self.geometry.chunks() {
             return Ok(None);
         }
@@ -498,11 +582,8 @@ impl Store {
         let cs = u64::from(self.geometry.chunk_size);
         let start = first * cs;
         let end = (last * cs).saturating_add(self.geometry.chunk_len(last) as u64);
-        let mut buf = BytesMut::zeroed((end - start) as usize);
-        self.data
-            .read_exact_at(&mut buf, start)
-            .map_err(|e| io(&self.dir.join("data"), e))?;
-        Ok(Some((buf.freeze(), records)))
+        let bytes = self.read_data(start, (end - start) as usize, direct)?;
+        Ok(Some((bytes, records)))
     }
 
     /// The stored bytes and recorded hash of chunk `index`, if present. Unchecked: the caller
@@ -516,11 +597,82 @@ impl Store {
             return Ok(None);
         }
         let len = self.geometry.chunk_len(index);
+        let bytes = self.read_data(index * u64::from(self.geometry.chunk_size), len, true)?;
+        Ok(Some((bytes, record)))
+    }
+
+    /// `len` bytes of the data file at `start`: with direct I/O where the file system allows it
+    /// (no page-cache copy, no readahead confused by many concurrent readers; the mount keeps its
+    /// own page cache), else through the page cache.
+    fn read_data(&self, start: u64, len: usize, direct: bool) -> Result<Bytes, CacheError> {
+        if let Some(file) = self.direct_reads.as_ref().filter(|_| direct) {
+            if std::env::var_os("XDIRECT").is_some()
+                && start % DIRECT_ALIGN as u64 == 0
+                && self.direct_reads_ok.load(Ordering::Relaxed)
+            {
+                match read_direct(file, start, len) {
+                    Some(bytes) => return Ok(bytes),
+                    None => self.direct_reads_ok.store(false, Ordering::Relaxed),
+                }
+            }
+        }
         let mut buf = BytesMut::zeroed(len);
+        let _lane = if std::env::var_os("XLANE").is_some() {
+            Some(self.lane.lock().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            None
+        };
         self.data
-            .read_exact_at(&mut buf, index * u64::from(self.geometry.chunk_size))
+            .read_exact_at(&mut buf, start)
             .map_err(|e| io(&self.dir.join("data"), e))?;
-        Ok(Some((buf.freeze(), record)))
+        Ok(buf.freeze())
+    }
+
+    /// The data file, opened read-only (for the kernel to read from directly).
+    pub fn data_file(&self) -> Result<File, CacheError> {
+        let path = self.dir.join("data");
+        File::open(&path).map_err(|e| io(&path, e))
+    }
+
+    /// Pin the store: LRU eviction ([`super::Cache::enforce_limit`]) leaves a pinned store alone
+    /// for as long as the returned file (a shared lock) is held.
+    pub fn pin(&self) -> Result<File, CacheError> {
+        let (file, path) = self.pin_file()?;
+        flock(&file, false, true).map_err(|e| io(&path, e))?;
+        Ok(file)
+    }
+
+    /// Whether some process (this one included) has the store pinned.
+    pub fn pinned(&self) -> Result<bool, CacheError> {
+        let (file, path) = self.pin_file()?;
+        let free = flock(&file, true, false).map_err(|e| io(&path, e))?;
+        Ok(!free)
+    }
+
+    /// Run `evict` unless the store is pinned; it runs holding the pin exclusively, so no one
+    /// can pin the store meanwhile. False when pinned.
+    pub fn unless_pinned(
+        &self,
+        evict: impl FnOnce() -> Result<(), CacheError>,
+    ) -> Result<bool, CacheError> {
+        let (file, path) = self.pin_file()?;
+        if !flock(&file, true, false).map_err(|e| io(&path, e))? {
+            return Ok(false);
+        }
+        evict()?;
+        Ok(true)
+    }
+
+    fn pin_file(&self) -> Result<(File, PathBuf), CacheError> {
+        let path = self.dir.join("pin");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        Ok((file, path))
     }
 
     /// Record a use of chunk `index` (for LRU), at most once a second per chunk.

@@ -79,7 +79,15 @@ pub fn cat_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
         let image = image::open(global, name).await?;
         image.set_read_ahead(false);
         let reader = image.clone();
-        let result = super::cat::pipe(image.size(), CAT_READ, CAT_DEPTH, move |offset, len| {
+        let cr: usize = std::env::var("XCR")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(CAT_READ);
+        let cd: usize = std::env::var("XCD")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(CAT_DEPTH);
+        let result = super::cat::pipe(image.size(), cr, cd, move |offset, len| {
             let image = reader.clone();
             async move {
                 let parts = image.read_parts(offset, len).await?;

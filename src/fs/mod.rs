@@ -49,7 +49,17 @@ pub trait ImageView: Send + Sync + 'static {
     fn facts(&self) -> Vec<(String, String)>;
     /// The live `info/stats` text.
     fn stats(&self) -> String;
+    /// A local file holding the whole image byte for byte, every byte verified, for the kernel to
+    /// read directly (FUSE passthrough); None when there is none. May block: it may check the
+    /// cache first.
+    fn passthrough_file(&self) -> Option<std::fs::File> {
+        None
+    }
 }
+
+/// Cached bytes the mount checks when the image file is opened, at most, before letting the
+/// kernel read a fully cached image straight from the cache (a CD's worth: a second or so).
+pub const PASSTHROUGH_CHECK_AT_MOST: u64 = 1 << 30;
 
 /// Why an operation on the tree failed; [`FsError::errno`] is what the kernel is told.
 #[derive(Debug, thiserror::Error)]
@@ -444,6 +454,19 @@ impl Tree {
         })
     }
 
+    /// Whether `ino` is the image file.
+    pub fn is_image(&self, ino: u64) -> bool {
+        ino == IMAGE
+    }
+
+    /// For the image file: the local file the kernel may read it from directly (see
+    /// [`ImageView::passthrough_file`]).
+    pub fn passthrough_file(&self, ino: u64) -> Option<std::fs::File> {
+        (ino == IMAGE)
+            .then(|| self.image.passthrough_file())
+            .flatten()
+    }
+
     /// The target of symbolic link `ino`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let (iso, node) = self.iso(ino)?;
@@ -566,6 +589,10 @@ impl ImageView for crate::image::Image {
 
     fn stats(&self) -> String {
         crate::image::Image::stats(self)
+    }
+
+    fn passthrough_file(&self) -> Option<std::fs::File> {
+        crate::image::Image::passthrough_file(self, PASSTHROUGH_CHECK_AT_MOST)
     }
 }
 

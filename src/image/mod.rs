@@ -42,6 +42,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const DOWN_PAUSE: Duration = Duration::from_secs(5);
 /// Rounds over all mirrors before a read gives up.
 const ROUNDS: u32 = 3;
+/// Reads of the store while checking it for passthrough, in bytes (sequential, through the page
+/// cache, which the kernel's reads then find warm).
+const PASSTHROUGH_CHECK_READ: u64 = 8 << 20;
 /// Longest wait for another task's fetch of the same chunk.
 const INFLIGHT_WAIT: Duration = Duration::from_secs(120);
 
@@ -193,6 +196,10 @@ pub struct Image {
     readahead_busy: AtomicBool,
     readahead: AtomicBool,
     stats: Stats,
+    /// Chunks this process has verified (fetched and hashed, or read back and checked).
+    verified: Mutex<Vec<bool>>,
+    /// Held while the kernel reads the store's data file directly (see [`Image::passthrough_file`]).
+    pin: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Image {
@@ -292,6 +299,8 @@ impl Image {
             readahead_busy: AtomicBool::new(false),
             readahead: AtomicBool::new(true),
             stats: Stats::default(),
+            verified: Mutex::new(vec![false; geometry.chunks() as usize]),
+            pin: Mutex::new(None),
         })
     }
 
@@ -343,7 +352,7 @@ impl Image {
     pub fn stats(&self) -> String {
         let s = &self.stats;
         format!(
-            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\ncaching: {}\n",
+            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\ncaching: {}\npassthrough: {}\n",
             s.hits.load(Ordering::Relaxed),
             s.misses.load(Ordering::Relaxed),
             s.bytes_fetched.load(Ordering::Relaxed),
@@ -351,6 +360,7 @@ impl Image {
             s.verify_failures.load(Ordering::Relaxed),
             self.current_portal(),
             if self.caching.load(Ordering::Relaxed) { "on" } else { "off" },
+            if self.pinned() { "on (the kernel reads the verified cache directly)" } else { "off" },
         )
     }
 
@@ -497,6 +507,98 @@ impl Image {
         }
         let _ = store.touch(index, record);
         self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        self.mark_verified(index);
+    }
+
+    fn mark_verified(&self, index: u64) {
+        if let Some(v) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index as usize)
+        {
+            *v = true;
+        }
+    }
+
+    /// The store's data file, for the kernel to read the image from directly (FUSE passthrough),
+    /// when the store holds every chunk and each has been verified: by this process already, or
+    /// now, reading back at most `check_at_most` bytes and checking each chunk as a cache hit is
+    /// checked. Blocks (it flushes the cache writer and may read). None when the store is
+    /// incomplete, a chunk fails (it is dropped, to be fetched again), or there is no store.
+    ///
+    /// While a file is handed out, the store is pinned: LRU eviction by other processes passes
+    /// it by, so the chunks the kernel reads stay where they were verified.
+    pub fn passthrough_file(&self, check_at_most: u64) -> Option<std::fs::File> {
+        let store = self.store.as_ref()?;
+        if let Some(writer) = &self.writer {
+            writer.flush_blocking();
+        }
+        if !self.caching.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        if pin.is_none() {
+            *pin = Some(store.pin().ok()?);
+        }
+        let records = store.records().ok()?;
+        if !records.iter().all(Record::present) {
+            *pin = None;
+            return None;
+        }
+        let unverified: Vec<u64> = {
+            let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            (0..records.len() as u64)
+                .filter(|&i| !verified.get(i as usize).copied().unwrap_or(false))
+                .collect()
+        };
+        let bytes: u64 = unverified
+            .iter()
+            .map(|&i| self.geometry.chunk_len(i) as u64)
+            .sum();
+        if bytes > check_at_most {
+            *pin = None;
+            return None;
+        }
+        let per_read = (PASSTHROUGH_CHECK_READ / u64::from(self.geometry.chunk_size)).max(1);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &c in &unverified {
+            match runs.last_mut() {
+                Some((first, count)) if *first + *count == c && *count < per_read => *count += 1,
+                _ => runs.push((c, 1)),
+            }
+        }
+        let cs = self.geometry.chunk_size as usize;
+        for (first, count) in runs {
+            let last = first + count - 1;
+            let data = store.get_range_buffered(first, last).ok().flatten();
+            let Some((data, records)) = data else {
+                *pin = None;
+                return None;
+            };
+            for (k, record) in records.iter().enumerate() {
+                let i = first + k as u64;
+                let chunk = &data[k * cs..k * cs + self.geometry.chunk_len(i)];
+                match self.stored_ok(i, chunk, record) {
+                    Some(hash) => self.note_hit(store, i, record, hash),
+                    None => {
+                        tracing::warn!(
+                            "{}: cached chunk {i} failed verification; dropping it and fetching again",
+                            self.name
+                        );
+                        let _ = store.drop_chunks(&[i]);
+                        *pin = None;
+                        return None;
+                    }
+                }
+            }
+        }
+        store.data_file().ok()
+    }
+
+    /// Whether the kernel reads this image directly from the cache (see [`Image::passthrough_file`]).
+    pub fn pinned(&self) -> bool {
+        self.pin.lock().unwrap_or_else(|e| e.into_inner()).is_some()
     }
 
     /// Chunks `first..=last` from the store in one read when all are present and verify: no
@@ -733,6 +835,7 @@ impl Image {
                 Ok(()) => chunk,
                 Err(detail) => self.refetch(i, mirror, detail, start, end).await?,
             };
+            self.mark_verified(i);
             out.push((i, chunk));
         }
         Ok(out)

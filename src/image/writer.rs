@@ -59,6 +59,16 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// [`Writer::flush`] for a thread that is not running async code.
+    pub fn flush_blocking(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.blocking_send(Job::Flush(done)).is_ok() {
+            let _ = wait.blocking_recv();
+        }
+    }
+}
+
 fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
     while let Some(job) = rx.blocking_recv() {
         let mut items = Vec::new();
