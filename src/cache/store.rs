@@ -30,9 +30,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::CacheError;
 use crate::manifest::{chunk_count, Hash, HASH_LEN};
@@ -62,7 +61,7 @@ struct Direct {
 
 impl Direct {
     fn open(path: &Path) -> Option<Direct> {
-        let file = open_direct(path, true)?;
+        let file = open_direct(path)?;
         let mut buffer = AlignedBuffer::new(DIRECT_BUFFER)?;
         buffer.zero();
         Some(Direct { file, buffer })
@@ -100,56 +99,56 @@ impl Direct {
     }
 }
 
-/// The data file at `path` opened with `O_DIRECT`, for writing or reading.
+/// The data file at `path` opened for writing with `O_DIRECT`.
 #[cfg(target_os = "linux")]
-fn open_direct(path: &Path, write: bool) -> Option<File> {
+fn open_direct(path: &Path) -> Option<File> {
     use std::os::unix::fs::OpenOptionsExt;
     OpenOptions::new()
-        .read(!write)
-        .write(write)
+        .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(path)
         .ok()
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path, _write: bool) -> Option<File> {
+fn open_direct(_path: &Path) -> Option<File> {
     None
 }
 
-/// `len` bytes at `start` of a file opened with `O_DIRECT`, into an aligned buffer that becomes
-/// the returned [`Bytes`] (no copy). `start` must be aligned. None when the read cannot be done
-/// directly (refused, or the file ends early): the caller reads through the page cache.
-fn read_direct(file: &File, start: u64, len: usize) -> Option<Bytes> {
+/// `len` bytes at `start` of `file` into a new buffer that becomes the returned [`Bytes`] (never
+/// zeroed first, never copied). A file that ends before `len` bytes is an error.
+fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes> {
     use std::os::fd::AsRawFd;
-    let mut buffer = AlignedBuffer::new(len.checked_next_multiple_of(DIRECT_ALIGN)?)?;
+    let unexpected = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what);
+    let mut buffer = AlignedBuffer::new(len.max(1)).ok_or_else(|| unexpected("no memory"))?;
     while buffer.filled < len {
         let at = buffer.filled;
-        let want = buffer.capacity - at;
         // SAFETY: the destination lies within the buffer's allocation, past its filled part;
-        // the kernel writes at most `want` bytes there. Offsets stay aligned: every read but
-        // the one that meets the end of the file returns whole blocks.
+        // the kernel writes at most `len - at` bytes there.
         let got = unsafe {
             libc::pread(
                 file.as_raw_fd(),
                 buffer.ptr.as_ptr().add(at).cast(),
-                want,
+                len - at,
                 (start + at as u64) as libc::off_t,
             )
         };
         match got {
             n if n > 0 => buffer.filled += n as usize,
-            -1 if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {}
-            _ => return None,
-        }
-        if buffer.filled % DIRECT_ALIGN != 0 && buffer.filled < len {
-            return None;
+            0 => return Err(unexpected("the cache file ends early")),
+            _ => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
         }
     }
-    Some(Bytes::from_owner(buffer).slice(..len))
+    Ok(Bytes::from_owner(buffer).slice(..len))
 }
 
-/// A [`DIRECT_ALIGN`]-aligned heap buffer of which the first `filled` bytes are initialised.
+/// A [`DIRECT_ALIGN`]-aligned heap buffer of which the first `filled` bytes are initialised
+/// (aligned for direct writes; for reads, page alignment costs nothing).
 struct AlignedBuffer {
     ptr: std::ptr::NonNull<u8>,
     capacity: usize,
@@ -321,10 +320,6 @@ pub struct Store {
     data: File,
     /// The data file opened for direct I/O (None where the file system refuses it).
     direct: std::sync::Mutex<Option<Direct>>,
-    /// The data file opened for direct reads, while they work.
-    direct_reads: Option<File>,
-    direct_reads_ok: AtomicBool,
-    lane: std::sync::Mutex<()>,
     /// Held shared while open, so `cache evict`/`clear` (exclusive) cannot pull the store away.
     _lock: File,
 }
@@ -469,9 +464,6 @@ impl Store {
             geometry,
             index,
             direct: std::sync::Mutex::new(Direct::open(&data_path)),
-            direct_reads: open_direct(&data_path, false),
-            direct_reads_ok: AtomicBool::new(true),
-            lane: std::sync::Mutex::new(()),
             data,
             _lock: lock,
         })
@@ -546,24 +538,6 @@ impl Store {
         first: u64,
         last: u64,
     ) -> Result<Option<(Bytes, Vec<Record>)>, CacheError> {
-        self.range(first, last, true)
-    }
-
-    /// [`Store::get_range`] through the page cache, which it leaves warm.
-    pub fn get_range_buffered(
-        &self,
-        first: u64,
-        last: u64,
-    ) -> Result<Option<(Bytes, Vec<Record>)>, CacheError> {
-        self.range(first, last, false)
-    }
-
-    fn range(
-        &self,
-        first: u64,
-        last: u64,
-        direct: bool,
-    ) -> Result<Option<(Bytes, Vec<Record>)>, CacheError> {
         if first > last || last >= self.geometry.chunks() {
             return Ok(None);
         }
@@ -582,7 +556,7 @@ impl Store {
         let cs = u64::from(self.geometry.chunk_size);
         let start = first * cs;
         let end = (last * cs).saturating_add(self.geometry.chunk_len(last) as u64);
-        let bytes = self.read_data(start, (end - start) as usize, direct)?;
+        let bytes = self.read_data(start, (end - start) as usize)?;
         Ok(Some((bytes, records)))
     }
 
@@ -597,35 +571,23 @@ impl Store {
             return Ok(None);
         }
         let len = self.geometry.chunk_len(index);
-        let bytes = self.read_data(index * u64::from(self.geometry.chunk_size), len, true)?;
+        let bytes = self.read_data(index * u64::from(self.geometry.chunk_size), len)?;
         Ok(Some((bytes, record)))
     }
 
-    /// `len` bytes of the data file at `start`: with direct I/O where the file system allows it
-    /// (no page-cache copy, no readahead confused by many concurrent readers; the mount keeps its
-    /// own page cache), else through the page cache.
-    fn read_data(&self, start: u64, len: usize, direct: bool) -> Result<Bytes, CacheError> {
-        if let Some(file) = self.direct_reads.as_ref().filter(|_| direct) {
-            if std::env::var_os("XDIRECT").is_some()
-                && start % DIRECT_ALIGN as u64 == 0
-                && self.direct_reads_ok.load(Ordering::Relaxed)
-            {
-                match read_direct(file, start, len) {
-                    Some(bytes) => return Ok(bytes),
-                    None => self.direct_reads_ok.store(false, Ordering::Relaxed),
-                }
-            }
-        }
-        let mut buf = BytesMut::zeroed(len);
-        let _lane = if std::env::var_os("XLANE").is_some() {
-            Some(self.lane.lock().unwrap_or_else(|e| e.into_inner()))
-        } else {
-            None
-        };
+    /// `len` bytes of the data file at `start`, through the page cache. (Direct reads were
+    /// measured too: on a virtio disk they reached two thirds of the page cache's sequential
+    /// read-ahead, so the page cache it is.)
+    fn read_data(&self, start: u64, len: usize) -> Result<Bytes, CacheError> {
+        read_fresh(&self.data, start, len).map_err(|e| io(&self.dir.join("data"), e))
+    }
+
+    /// Bytes of the data file at `start` into `buf`, through the page cache (which they leave
+    /// warm). Unchecked: the caller checks them against the records.
+    pub fn read_buffered(&self, start: u64, buf: &mut [u8]) -> Result<(), CacheError> {
         self.data
-            .read_exact_at(&mut buf, start)
-            .map_err(|e| io(&self.dir.join("data"), e))?;
-        Ok(buf.freeze())
+            .read_exact_at(buf, start)
+            .map_err(|e| io(&self.dir.join("data"), e))
     }
 
     /// The data file, opened read-only (for the kernel to read from directly).

@@ -28,6 +28,8 @@ const WINDOW: u64 = 8 << 20;
 const DEPTH: usize = 4;
 /// Bytes per read of `cat NAME`: one coalesced READ when cold, one store read when cached.
 const CAT_READ: usize = 2 << 20;
+/// Bytes per read of `cat NAME` when the whole image is cached (one read in flight).
+const CACHED_READ: usize = 8 << 20;
 /// Reads of `cat NAME` in flight.
 const CAT_DEPTH: usize = 16;
 
@@ -79,15 +81,15 @@ pub fn cat_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
         let image = image::open(global, name).await?;
         image.set_read_ahead(false);
         let reader = image.clone();
-        let cr: usize = std::env::var("XCR")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(CAT_READ);
-        let cd: usize = std::env::var("XCD")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(CAT_DEPTH);
-        let result = super::cat::pipe(image.size(), cr, cd, move |offset, len| {
+        // A fully cached image is read as one sequential stream: the page cache's read-ahead
+        // then runs ahead of it, which many concurrent reads would defeat (measured: 0.2 s
+        // against 0.26 s for 256 MiB from a virtio disk).
+        let (read, depth) = if image.cached_bytes() == image.size() {
+            (CACHED_READ, 1)
+        } else {
+            (CAT_READ, CAT_DEPTH)
+        };
+        let result = super::cat::pipe(image.size(), read, depth, move |offset, len| {
             let image = reader.clone();
             async move {
                 let parts = image.read_parts(offset, len).await?;

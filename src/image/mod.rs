@@ -569,16 +569,20 @@ impl Image {
             }
         }
         let cs = self.geometry.chunk_size as usize;
+        let mut buffer = vec![0u8; (per_read as usize) * cs];
         for (first, count) in runs {
-            let last = first + count - 1;
-            let data = store.get_range_buffered(first, last).ok().flatten();
-            let Some((data, records)) = data else {
+            let start = first * cs as u64;
+            let len = (first..first + count)
+                .map(|i| self.geometry.chunk_len(i))
+                .sum();
+            if store.read_buffered(start, &mut buffer[..len]).is_err() {
                 *pin = None;
                 return None;
-            };
-            for (k, record) in records.iter().enumerate() {
-                let i = first + k as u64;
-                let chunk = &data[k * cs..k * cs + self.geometry.chunk_len(i)];
+            }
+            for i in first..first + count {
+                let at = (i - first) as usize * cs;
+                let chunk = &buffer[at..at + self.geometry.chunk_len(i)];
+                let record = &records[i as usize];
                 match self.stored_ok(i, chunk, record) {
                     Some(hash) => self.note_hit(store, i, record, hash),
                     None => {
