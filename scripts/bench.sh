@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
 PERF_SECONDS=${PERF_SECONDS:-6}
 PERF_REQUESTS=${PERF_REQUESTS:-32}        # iscsi-perf -m: requests in flight
-PERF_BLOCKS=${PERF_BLOCKS:-512}           # iscsi-perf -b: 512 × 512 B = 256 KiB per request
+PERF_BLOCKS=${PERF_BLOCKS:-256}           # iscsi-perf -b: 256 × 512 B = 128 KiB per request, as ours
 LATENCY_MS=${LATENCY_MS:-10}
 SIZE_MIB=${SIZE_MIB:-256}
 IQN=iqn.2026-11.org.isomount.bench:disk

@@ -30,8 +30,9 @@ use crate::source::{BlockSource, SourceError};
 
 pub use open::open;
 
-/// Largest single READ a run of missing chunks becomes.
-const MAX_RUN_BYTES: u64 = 2 << 20;
+/// Largest run of missing chunks fetched and verified as one: runs go out concurrently and each
+/// is verified as soon as its data is in, while the others are still on the wire.
+const MAX_RUN_BYTES: u64 = 256 << 10;
 /// Read-ahead grows to this many bytes past a sequential reader.
 const MAX_READAHEAD: u64 = 8 << 20;
 /// Verified chunks kept in memory (read-ahead lands here first).
@@ -786,7 +787,9 @@ impl Image {
 
     /// Put verified chunks in memory and (unless caching is off) queue them for the store.
     async fn keep(&self, chunks: &[(u64, Bytes)]) {
-        {
+        // Memory holds what read-ahead brings in; a reader that keeps its own reads in flight
+        // has no use for it (and a smaller working set faults in fewer fresh pages).
+        if self.readahead.load(Ordering::Relaxed) {
             let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
             for (i, b) in chunks {
                 recent.put(*i, b.clone());
@@ -833,9 +836,25 @@ impl Image {
             .read_any(offset, len as usize, None, start, end)
             .await?;
         let lens = (first..first + count).map(|i| self.geometry.chunk_len(i));
+        let chunks = split(pieces, lens);
+        // Hashing runs on the blocking pool: a worker busy hashing would hold up the session's
+        // own task (Data-In waiting in the socket) until it yields.
+        let to_hash = chunks.clone();
+        let hashes: Vec<Hash> =
+            tokio::task::spawn_blocking(move || to_hash.iter().map(|b| sha256(b)).collect())
+                .await
+                .unwrap_or_default();
         let mut out = Vec::with_capacity(count as usize);
-        for (i, chunk) in (first..).zip(split(pieces, lens)) {
-            let chunk = match self.check(i, &chunk) {
+        if hashes.len() != chunks.len() {
+            return Err(ImageError::Unavailable {
+                image: self.name.clone(),
+                start,
+                end,
+                reason: "hashing was cancelled".into(),
+            });
+        }
+        for ((i, chunk), actual) in (first..).zip(chunks).zip(hashes) {
+            let chunk = match self.check_hash(i, actual) {
                 Ok(()) => chunk,
                 Err(detail) => self.refetch(i, mirror, detail, start, end).await?,
             };
@@ -847,7 +866,11 @@ impl Image {
 
     /// Verify chunk `index` (recording its hash on first sight when there is no manifest).
     fn check(&self, index: u64, bytes: &Bytes) -> Result<(), String> {
-        let actual = sha256(bytes);
+        self.check_hash(index, sha256(bytes))
+    }
+
+    /// [`Image::check`] given the chunk's sha256.
+    fn check_hash(&self, index: u64, actual: Hash) -> Result<(), String> {
         match self.expected_hash(index) {
             Some(expected) if expected == actual => Ok(()),
             Some(expected) => {

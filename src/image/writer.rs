@@ -11,8 +11,9 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cache::{Cache, Store};
 use crate::manifest::Hash;
 
-/// Batches that may wait for the writer (each at most a coalesced READ, 2 MiB).
-const QUEUE: usize = 32;
+/// Batches that may wait for the writer (each one fetch: a read's missing chunks, a few MiB).
+/// Small, so a fast reader works in memory it has touched before.
+const QUEUE: usize = 8;
 /// Bytes written per `fdatasync` at most.
 const GROUP_BYTES: usize = 32 << 20;
 
