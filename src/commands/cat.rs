@@ -24,7 +24,7 @@ pub struct CatArgs {
 
 /// Bytes per read for sources that have no preferred read size (the image core's callers).
 pub const CHUNK: usize = 1 << 20;
-/// Reads in flight: enough to cover a long round trip (64 × 128 KiB = 8 MiB per RTT).
+/// Reads in flight: enough to cover a long round trip (64 × 256 KiB = 16 MiB per RTT).
 pub const DEPTH: usize = 64;
 
 pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
