@@ -457,13 +457,11 @@ mod tests {
         store.put(&[(i, &c, sha256(&c))]).unwrap();
     }
 
-    #[test]
-    fn lru_eviction_spans_images_and_spares_recent_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::new(dir.path().to_path_buf(), Some(3 * 4096));
+    /// Stores "a" and "b" of `chunks` 4 KiB chunks, the first two of each cached, b's later.
+    fn two_images(cache: &Cache, chunks: u64) -> (Store, Store) {
         let g = Geometry {
             chunk_size: 4096,
-            image_size: 4 * 4096,
+            image_size: chunks * 4096,
         };
         let a = cache.open_store("a", "lun:a", g, None).unwrap();
         let b = cache.open_store("b", "lun:b", g, None).unwrap();
@@ -472,6 +470,14 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(2));
         put(&b, 0, 3);
         put(&b, 1, 4);
+        (a, b)
+    }
+
+    #[test]
+    fn lru_eviction_spans_images_and_spares_recent_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::new(dir.path().to_path_buf(), Some(3 * 4096));
+        let (a, b) = two_images(&cache, 4);
         cache.note_stored(4 * 4096).unwrap();
         let left: u64 = cache.stores().iter().map(|s| s.present_bytes).sum();
         assert_eq!(left, 3 * 4096);
@@ -519,17 +525,7 @@ mod tests {
     fn lru_eviction_passes_a_pinned_store_by() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::new(dir.path().to_path_buf(), Some(2 * 4096));
-        let g = Geometry {
-            chunk_size: 4096,
-            image_size: 2 * 4096,
-        };
-        let a = cache.open_store("a", "lun:a", g, None).unwrap();
-        let b = cache.open_store("b", "lun:b", g, None).unwrap();
-        put(&a, 0, 1);
-        put(&a, 1, 2);
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        put(&b, 0, 3);
-        put(&b, 1, 4);
+        let (a, b) = two_images(&cache, 2);
         let pin = a.pin().unwrap();
         assert!(a.pinned().unwrap() && !b.pinned().unwrap());
         cache.note_stored(4 * 4096).unwrap();

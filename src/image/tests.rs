@@ -149,6 +149,27 @@ fn cache(dir: &std::path::Path, limit: Option<u64>) -> Option<Arc<Cache>> {
     Some(Arc::new(Cache::new(dir.to_path_buf(), limit)))
 }
 
+/// Fetch all of `bytes` from `src` into a cache under `dir`; returns the store's directory.
+async fn cache_everything(
+    bytes: &[u8],
+    src: &Arc<FaultySource>,
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
+    let image = Image::new(
+        spec(bytes, true, vec![mirror("a", src)], false),
+        cache(dir, None),
+    );
+    image.prefetch(0, bytes.len() as u64).await.unwrap();
+    image.flush().await;
+    drop(image);
+    std::fs::read_dir(dir.join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_ranges_then_offline_from_cache() {
     let dir = tempfile::tempdir().unwrap();
@@ -211,19 +232,7 @@ async fn corrupt_cache_chunk_is_refetched_never_returned() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(4 * CHUNK as usize, 4);
     let src = FaultySource::new(bytes.clone());
-    let image = Image::new(
-        spec(&bytes, true, vec![mirror("a", &src)], false),
-        cache(dir.path(), None),
-    );
-    image.prefetch(0, bytes.len() as u64).await.unwrap();
-    image.flush().await;
-    drop(image);
-    let store_dir = std::fs::read_dir(dir.path().join("images"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
     let data_path = store_dir.join("data");
     let mut raw = std::fs::read(&data_path).unwrap();
     raw[CHUNK as usize + 7] ^= 0x80;
@@ -422,19 +431,7 @@ async fn a_torn_record_falls_back_to_sha256_and_damaged_bytes_are_fetched_again(
     let dir = tempfile::tempdir().unwrap();
     let bytes = data(3 * CHUNK as usize, 11);
     let src = FaultySource::new(bytes.clone());
-    let image = Image::new(
-        spec(&bytes, true, vec![mirror("a", &src)], false),
-        cache(dir.path(), None),
-    );
-    image.prefetch(0, bytes.len() as u64).await.unwrap();
-    image.flush().await;
-    drop(image);
-    let store_dir = std::fs::read_dir(dir.path().join("images"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
     // Chunk 0: its CRC32C field damaged, its bytes intact: served (sha256 agrees), not fetched.
     // Chunk 2: one bit of its bytes flipped: the CRC32C disagrees, so does sha256: fetched again.
     let index_path = store_dir.join("index");
