@@ -139,6 +139,10 @@ fn publish_list_cat_fetch_offline_and_target_gone() {
         1,
         "one warning: {warnings}"
     );
+    assert!(
+        !warnings.contains('\x1b'),
+        "no terminal colours in a pipe: {warnings:?}"
+    );
 
     let offline = p.run(&["--offline", "cat", "img"]);
     assert_ok(&offline, "offline cat");
