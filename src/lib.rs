@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod fs;
 pub mod image;
+pub mod iobuf;
 pub mod iscsi;
 pub mod iso9660;
 pub mod manifest;

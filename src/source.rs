@@ -87,7 +87,6 @@ impl BlockSource for FileSource {
         }
     }
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        use std::os::unix::fs::FileExt;
         let end = offset
             .checked_add(len as u64)
             .filter(|&end| end <= self.size)
@@ -98,10 +97,7 @@ impl BlockSource for FileSource {
                 ))
             })?;
         let _ = end;
-        let mut buf = vec![0u8; len];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| SourceError::Io(e.to_string()))?;
-        Ok(Bytes::from(buf))
+        crate::iobuf::read_fresh(&self.file, offset, len)
+            .map_err(|e| SourceError::Io(e.to_string()))
     }
 }

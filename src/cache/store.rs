@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::iobuf::{read_fresh, AlignedBuffer};
+
 use super::CacheError;
 use crate::manifest::{chunk_count, Hash, HASH_LEN};
 
@@ -113,105 +115,6 @@ fn open_direct(path: &Path) -> Option<File> {
 #[cfg(not(target_os = "linux"))]
 fn open_direct(_path: &Path) -> Option<File> {
     None
-}
-
-/// `len` bytes at `start` of `file` into a new buffer that becomes the returned [`Bytes`] (never
-/// zeroed first, never copied). A file that ends before `len` bytes is an error.
-fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes> {
-    use std::os::fd::AsRawFd;
-    let unexpected = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what);
-    let mut buffer = AlignedBuffer::new(len.max(1)).ok_or_else(|| unexpected("no memory"))?;
-    while buffer.filled < len {
-        let at = buffer.filled;
-        // SAFETY: the destination lies within the buffer's allocation, past its filled part;
-        // the kernel writes at most `len - at` bytes there.
-        let got = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                buffer.ptr.as_ptr().add(at).cast(),
-                len - at,
-                (start + at as u64) as libc::off_t,
-            )
-        };
-        match got {
-            n if n > 0 => buffer.filled += n as usize,
-            0 => return Err(unexpected("the cache file ends early")),
-            _ => {
-                let err = std::io::Error::last_os_error();
-                if err.kind() != std::io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-        }
-    }
-    Ok(Bytes::from_owner(buffer).slice(..len))
-}
-
-/// A [`DIRECT_ALIGN`]-aligned heap buffer of which the first `filled` bytes are initialised
-/// (aligned for direct writes; for reads, page alignment costs nothing).
-struct AlignedBuffer {
-    ptr: std::ptr::NonNull<u8>,
-    capacity: usize,
-    filled: usize,
-}
-
-// SAFETY: the buffer is plain owned memory; shared access is read-only (AsRef).
-unsafe impl Send for AlignedBuffer {}
-// SAFETY: as above.
-unsafe impl Sync for AlignedBuffer {}
-
-impl AlignedBuffer {
-    fn layout(capacity: usize) -> Option<std::alloc::Layout> {
-        std::alloc::Layout::from_size_align(capacity, DIRECT_ALIGN).ok()
-    }
-
-    /// An uninitialised buffer (nothing filled).
-    fn new(capacity: usize) -> Option<AlignedBuffer> {
-        let layout = Self::layout(capacity).filter(|l| l.size() > 0)?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })?;
-        Some(AlignedBuffer {
-            ptr,
-            capacity,
-            filled: 0,
-        })
-    }
-
-    /// Fill the whole buffer with zeroes.
-    fn zero(&mut self) {
-        // SAFETY: the allocation is `capacity` bytes long.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.capacity) };
-        self.filled = self.capacity;
-    }
-
-    fn len(&self) -> usize {
-        self.filled
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        // SAFETY: the first `filled` bytes are initialised and owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.filled) }
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [u8] {
-        // SAFETY: as above, and &mut self makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.filled) }
-    }
-}
-
-impl AsRef<[u8]> for AlignedBuffer {
-    fn as_ref(&self) -> &[u8] {
-        self.as_slice()
-    }
-}
-
-impl Drop for AlignedBuffer {
-    fn drop(&mut self) {
-        if let Some(layout) = Self::layout(self.capacity) {
-            // SAFETY: allocated in `new` with this very layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
-        }
-    }
 }
 
 /// Geometry of a store, as its index header records it.

@@ -1,0 +1,143 @@
+//! Buffers for file I/O: page-aligned (as direct I/O wants), filled by the kernel without being
+//! zeroed first, and handed on as [`Bytes`] without a copy.
+
+use std::fs::File;
+
+use bytes::Bytes;
+
+/// Alignment of every buffer: the page size, which covers direct I/O's block alignment.
+pub const ALIGN: usize = 4096;
+
+/// `len` bytes at `start` of `file` into a new buffer that becomes the returned [`Bytes`] (never
+/// zeroed first, never copied). A file that ends before `len` bytes is an error.
+pub fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let unexpected = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what);
+    let mut buffer = AlignedBuffer::new(len.max(1)).ok_or_else(|| unexpected("no memory"))?;
+    while buffer.filled < len {
+        let at = buffer.filled;
+        // SAFETY: the destination lies within the buffer's allocation, past its filled part;
+        // the kernel writes at most `len - at` bytes there.
+        let got = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                buffer.ptr.as_ptr().add(at).cast(),
+                len - at,
+                (start + at as u64) as libc::off_t,
+            )
+        };
+        match got {
+            n if n > 0 => buffer.filled += n as usize,
+            0 => return Err(unexpected("the file ends early")),
+            _ => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    }
+    Ok(Bytes::from_owner(buffer).slice(..len))
+}
+
+/// An [`ALIGN`]-aligned heap buffer of which the first `filled` bytes are initialised
+/// (aligned for direct writes; for reads, page alignment costs nothing).
+pub struct AlignedBuffer {
+    ptr: std::ptr::NonNull<u8>,
+    capacity: usize,
+    filled: usize,
+}
+
+// SAFETY: the buffer is plain owned memory; shared access is read-only (AsRef).
+unsafe impl Send for AlignedBuffer {}
+// SAFETY: as above.
+unsafe impl Sync for AlignedBuffer {}
+
+impl AlignedBuffer {
+    fn layout(capacity: usize) -> Option<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(capacity, ALIGN).ok()
+    }
+
+    /// An uninitialised buffer (nothing filled).
+    pub fn new(capacity: usize) -> Option<AlignedBuffer> {
+        let layout = Self::layout(capacity).filter(|l| l.size() > 0)?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(layout) })?;
+        Some(AlignedBuffer {
+            ptr,
+            capacity,
+            filled: 0,
+        })
+    }
+
+    /// Fill the whole buffer with zeroes.
+    pub fn zero(&mut self) {
+        // SAFETY: the allocation is `capacity` bytes long.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.capacity) };
+        self.filled = self.capacity;
+    }
+
+    pub fn len(&self) -> usize {
+        self.filled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: the first `filled` bytes are initialised and owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.filled) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and &mut self makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.filled) }
+    }
+}
+
+impl AsRef<[u8]> for AlignedBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+impl Drop for AlignedBuffer {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout(self.capacity) {
+            // SAFETY: allocated in `new` with this very layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_exactly_and_refuses_to_read_past_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        let got = read_fresh(&file, 1234, 5000).unwrap();
+        assert_eq!(&got[..], &data[1234..6234]);
+        assert_eq!(got.as_ptr() as usize % ALIGN, 0, "the buffer is aligned");
+        assert!(read_fresh(&file, 0, 0).unwrap().is_empty());
+        let err = read_fresh(&file, 9000, 2000).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn a_zeroed_buffer_is_all_there() {
+        let mut b = AlignedBuffer::new(8192).unwrap();
+        assert!(b.is_empty());
+        b.zero();
+        assert_eq!(b.len(), 8192);
+        assert!(b.as_slice().iter().all(|&x| x == 0));
+        b.as_mut_slice()[5] = 1;
+        assert_eq!(b.as_ref()[5], 1);
+    }
+}
