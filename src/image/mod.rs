@@ -201,6 +201,9 @@ pub struct Image {
     verified: Mutex<Vec<bool>>,
     /// Held while the kernel reads the store's data file directly (see [`Image::passthrough_file`]).
     pin: Mutex<Option<std::fs::File>>,
+    /// A data file has been handed out for passthrough (read by `stats` without waiting on `pin`,
+    /// which a check in progress holds).
+    passing_through: AtomicBool,
 }
 
 impl std::fmt::Debug for Image {
@@ -302,6 +305,7 @@ impl Image {
             stats: Stats::default(),
             verified: Mutex::new(vec![false; geometry.chunks() as usize]),
             pin: Mutex::new(None),
+            passing_through: AtomicBool::new(false),
         })
     }
 
@@ -598,12 +602,14 @@ impl Image {
                 }
             }
         }
-        store.data_file().ok()
+        let file = store.data_file().ok()?;
+        self.passing_through.store(true, Ordering::Relaxed);
+        Some(file)
     }
 
     /// Whether the kernel reads this image directly from the cache (see [`Image::passthrough_file`]).
     pub fn pinned(&self) -> bool {
-        self.pin.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.passing_through.load(Ordering::Relaxed)
     }
 
     /// Chunks `first..=last` from the store in one read when all are present and verify: no
