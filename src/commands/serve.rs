@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::cli::GlobalOpts;
-use crate::source::{BlockSource, FileSource};
+use crate::source::{BlockSource, FileSource, MappedSource};
 use crate::target::config::{self, AllowList, DeviceChoice};
 use crate::target::mirror::ImageSource;
 use crate::target::scsi::LogicalUnit;
@@ -157,6 +157,11 @@ pub fn export_file(
     if size == 0 {
         anyhow::bail!("{} is empty", path.display());
     }
+    // Served from a mapping (one copy per READ, not two), through pread where it cannot be mapped.
+    let source: Arc<dyn BlockSource> = match MappedSource::open(path, device.block_size()) {
+        Ok(mapped) if mapped.size() == size => Arc::new(mapped),
+        _ => Arc::new(source),
+    };
     if size % u64::from(device.block_size()) != 0 {
         tracing::warn!(
             "{}: size {size} is not a multiple of {} bytes; the last block is padded with zeros",
@@ -175,7 +180,7 @@ pub fn export_file(
     Ok(ExportedTarget {
         lun: LogicalUnit::new(device, size, &stem, &serial, &name),
         name,
-        source: Arc::new(source) as Arc<dyn BlockSource>,
+        source,
         allow: allow.clone(),
     })
 }
