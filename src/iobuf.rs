@@ -8,6 +8,18 @@ use bytes::Bytes;
 /// Alignment of every buffer: the page size, which covers direct I/O's block alignment.
 pub const ALIGN: usize = 4096;
 
+/// Consecutive pieces as one buffer: the piece itself when there is one, else a copy of them all.
+pub fn join(mut parts: Vec<Bytes>) -> Bytes {
+    if parts.len() <= 1 {
+        return parts.pop().unwrap_or_default();
+    }
+    let mut joined = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+    for p in parts {
+        joined.extend_from_slice(&p);
+    }
+    joined.freeze()
+}
+
 /// `len` bytes at `start` of `file` into a new buffer that becomes the returned [`Bytes`] (never
 /// zeroed first, never copied). A file that ends before `len` bytes is an error.
 pub fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes> {

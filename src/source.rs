@@ -87,7 +87,7 @@ impl BlockSource for FileSource {
         }
     }
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        let end = offset
+        offset
             .checked_add(len as u64)
             .filter(|&end| end <= self.size)
             .ok_or_else(|| {
@@ -96,75 +96,21 @@ impl BlockSource for FileSource {
                     self.size
                 ))
             })?;
-        let _ = end;
         crate::iobuf::read_fresh(&self.file, offset, len)
             .map_err(|e| SourceError::Io(e.to_string()))
     }
 }
 
-/// A [`BlockSource`] over a file mapped into memory, for `serve`: a read hands out a slice of the
-/// mapping (the page cache itself), so a READ costs one copy, into the socket, where `pread`
-/// costs two. The file must not shrink while it is served (touching a page past its new end
-/// kills the process with SIGBUS); publish a new image by renaming it into place, which leaves
-/// the served one whole.
-pub struct MappedSource {
-    map: std::sync::Arc<memmap2::Mmap>,
-    block_size: u32,
-}
-
-/// A mapping as the owner of [`Bytes`] slices of it.
-struct MapOwner(std::sync::Arc<memmap2::Mmap>);
-
-impl AsRef<[u8]> for MapOwner {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl MappedSource {
-    /// Map `path` read-only.
-    pub fn open(path: &std::path::Path, block_size: u32) -> std::io::Result<Self> {
-        let file = std::fs::File::open(path)?;
-        // SAFETY: a read-only shared mapping; see the type's note on files that shrink.
-        let map = unsafe { memmap2::Mmap::map(&file)? };
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(Self {
-            map: std::sync::Arc::new(map),
-            block_size,
-        })
-    }
-}
-
-#[async_trait]
-impl BlockSource for MappedSource {
-    fn size(&self) -> u64 {
-        self.map.len() as u64
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn identity(&self) -> SourceIdentity {
-        SourceIdentity {
-            size: self.size(),
-            block_size: self.block_size,
-            ..Default::default()
-        }
-    }
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        let start = usize::try_from(offset)
-            .ok()
-            .filter(|&s| s <= self.map.len());
-        let end = start
-            .and_then(|s| s.checked_add(len))
-            .filter(|&e| e <= self.map.len());
-        let (Some(start), Some(end)) = (start, end) else {
-            return Err(SourceError::OutOfRange(format!(
-                "read of {len} bytes at {offset} past end {}",
-                self.map.len()
-            )));
-        };
-        Ok(Bytes::from_owner(MapOwner(self.map.clone())).slice(start..end))
-    }
+/// A file mapped read-only, as [`Bytes`]: slices of it are the page cache itself, so `serve`
+/// answers a READ with one copy (into the socket) where `pread` takes two. The file must not
+/// shrink while mapped (touching a page past its new end kills the process with SIGBUS); publish
+/// a new image by renaming it into place, which leaves the mapped one whole.
+pub fn map_file(path: &std::path::Path) -> std::io::Result<Bytes> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: a read-only shared mapping; see above on files that shrink.
+    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Ok(Bytes::from_owner(map))
 }
 
 #[cfg(test)]
@@ -173,11 +119,12 @@ mod tests {
 
     #[tokio::test]
     async fn mapped_and_read_sources_agree_and_refuse_reads_past_the_end() {
+        use crate::target::MemorySource;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("img");
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let mapped = MappedSource::open(&path, 512).unwrap();
+        let mapped = MemorySource::new(map_file(&path).unwrap(), 512);
         let read = FileSource::open(&path, 512).unwrap();
         assert_eq!(mapped.size(), read.size());
         for (at, len) in [(0u64, 512usize), (19_999, 1), (1234, 5000), (20_000, 0)] {
@@ -189,7 +136,7 @@ mod tests {
         assert!(mapped.read_at(19_999, 2).await.is_err());
         assert!(mapped.read_at(u64::MAX, 1).await.is_err());
         std::fs::write(dir.path().join("empty"), b"").unwrap();
-        let empty = MappedSource::open(&dir.path().join("empty"), 512).unwrap();
+        let empty = MemorySource::new(map_file(&dir.path().join("empty")).unwrap(), 512);
         assert_eq!(empty.size(), 0);
         assert!(empty.read_at(0, 1).await.is_err());
     }

@@ -389,8 +389,9 @@ impl Cache {
                 continue;
             };
             // A pinned store (its data file read by the kernel directly) counts, but keeps its
-            // chunks.
-            let pinned = store.pinned()?;
+            // chunks; the others stay unpinnable until their chunks are dropped.
+            let unpinned = store.hold_unpinned()?;
+            let pinned = unpinned.is_none();
             let g = store.geometry();
             for (i, r) in store.records()?.iter().enumerate() {
                 if r.present() {
@@ -401,7 +402,7 @@ impl Cache {
                     }
                 }
             }
-            stores.push(store);
+            stores.push((store, unpinned));
         }
         chunks.sort_unstable();
         let mut order = lru::LruCache::unbounded();
@@ -416,20 +417,14 @@ impl Cache {
             victims[store].push(chunk);
             total -= len;
         }
-        for (store, list) in stores.iter().zip(&victims) {
+        for ((store, _unpinned), list) in stores.iter().zip(&victims) {
             if !list.is_empty() {
                 tracing::debug!(
                     "evicting {} chunks from {}",
                     list.len(),
                     store.dir().display()
                 );
-                if !store.unless_pinned(|| store.drop_chunks(list))? {
-                    // Pinned since it was counted: its chunks stay, and count again.
-                    total += list
-                        .iter()
-                        .map(|&c| store.geometry().chunk_len(c) as u64)
-                        .sum::<u64>();
-                }
+                store.drop_chunks(list)?;
             }
         }
         Ok(total)

@@ -69,12 +69,14 @@ impl Direct {
         Some(Direct { file, buffer })
     }
 
-    /// Write `parts` back to back at `at` with direct I/O. False when that cannot be done (an
-    /// unaligned piece, or the file system refused): the caller writes them the usual way.
+    /// Whether `parts` written back to back at `at` meet direct I/O's alignment.
+    fn aligned(parts: &[&[u8]], at: u64) -> bool {
+        at % DIRECT_ALIGN as u64 == 0 && parts.iter().all(|p| p.len() % DIRECT_ALIGN == 0)
+    }
+
+    /// Write aligned `parts` back to back at `at` with direct I/O. False when the file system
+    /// refused: the caller writes them the usual way.
     fn write(&mut self, parts: &[&[u8]], at: u64) -> bool {
-        if at % DIRECT_ALIGN as u64 != 0 || parts.iter().any(|p| p.len() % DIRECT_ALIGN != 0) {
-            return false;
-        }
         let mut at = at;
         let mut filled = 0;
         for part in parts {
@@ -485,14 +487,6 @@ impl Store {
         read_fresh(&self.data, start, len).map_err(|e| io(&self.dir.join("data"), e))
     }
 
-    /// Bytes of the data file at `start` into `buf`, through the page cache (which they leave
-    /// warm). Unchecked: the caller checks them against the records.
-    pub fn read_buffered(&self, start: u64, buf: &mut [u8]) -> Result<(), CacheError> {
-        self.data
-            .read_exact_at(buf, start)
-            .map_err(|e| io(&self.dir.join("data"), e))
-    }
-
     /// The data file, opened read-only (for the kernel to read from directly).
     pub fn data_file(&self) -> Result<File, CacheError> {
         let path = self.dir.join("data");
@@ -509,23 +503,15 @@ impl Store {
 
     /// Whether some process (this one included) has the store pinned.
     pub fn pinned(&self) -> Result<bool, CacheError> {
-        let (file, path) = self.pin_file()?;
-        let free = flock(&file, true, false).map_err(|e| io(&path, e))?;
-        Ok(!free)
+        Ok(self.hold_unpinned()?.is_none())
     }
 
-    /// Run `evict` unless the store is pinned; it runs holding the pin exclusively, so no one
-    /// can pin the store meanwhile. False when pinned.
-    pub fn unless_pinned(
-        &self,
-        evict: impl FnOnce() -> Result<(), CacheError>,
-    ) -> Result<bool, CacheError> {
+    /// When no one has the store pinned: the pin held exclusively, so no one can pin it until
+    /// the returned file is dropped (eviction holds it while it drops chunks). None when pinned.
+    pub fn hold_unpinned(&self) -> Result<Option<File>, CacheError> {
         let (file, path) = self.pin_file()?;
-        if !flock(&file, true, false).map_err(|e| io(&path, e))? {
-            return Ok(false);
-        }
-        evict()?;
-        Ok(true)
+        let free = flock(&file, true, false).map_err(|e| io(&path, e))?;
+        Ok(free.then_some(file))
     }
 
     fn pin_file(&self) -> Result<(File, PathBuf), CacheError> {
@@ -576,12 +562,14 @@ impl Store {
             if next_adjacent {
                 continue;
             }
+            // An unaligned run (the image's short last chunk) goes through the page cache; a
+            // refused direct write turns direct writes off for good.
             let written = match direct.as_mut() {
-                Some(d) => d.write(&run, run_at),
-                None => false,
+                Some(d) if Direct::aligned(&run, run_at) => d.write(&run, run_at),
+                _ => false,
             };
             if !written {
-                if direct.take().is_some() {
+                if Direct::aligned(&run, run_at) && direct.take().is_some() {
                     tracing::debug!(
                         "{}: direct writes refused; writing through the page cache",
                         self.dir.display()
@@ -688,8 +676,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_or_create(dir.path(), geometry(), "name=t\n", None).unwrap();
         assert!(store.get(0).unwrap().is_none());
+        let direct_before = store.direct.lock().unwrap().is_some();
         let last = vec![7u8; 10_000 - 8192];
         store.put(&[(2, &last, sha256(&last))]).unwrap();
+        assert_eq!(
+            store.direct.lock().unwrap().is_some(),
+            direct_before,
+            "a short last chunk goes through the page cache without turning direct writes off"
+        );
         let (bytes, rec) = store.get(2).unwrap().unwrap();
         assert_eq!(&bytes[..], &last[..]);
         assert_eq!(rec.hash, sha256(&last));

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::cli::GlobalOpts;
-use crate::source::{BlockSource, FileSource, MappedSource};
+use crate::source::{map_file, BlockSource, FileSource};
 use crate::target::config::{self, AllowList, DeviceChoice};
 use crate::target::mirror::ImageSource;
 use crate::target::scsi::LogicalUnit;
-use crate::target::{ChapConfig, ExportedTarget, Secret, Server};
+use crate::target::{ChapConfig, ExportedTarget, MemorySource, Secret, Server};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -158,8 +158,10 @@ pub fn export_file(
         anyhow::bail!("{} is empty", path.display());
     }
     // Served from a mapping (one copy per READ, not two), through pread where it cannot be mapped.
-    let source: Arc<dyn BlockSource> = match MappedSource::open(path, device.block_size()) {
-        Ok(mapped) if mapped.size() == size => Arc::new(mapped),
+    let source: Arc<dyn BlockSource> = match map_file(path) {
+        Ok(mapped) if mapped.len() as u64 == size => {
+            Arc::new(MemorySource::new(mapped, device.block_size()))
+        }
         _ => Arc::new(source),
     };
     if size % u64::from(device.block_size()) != 0 {

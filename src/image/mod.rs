@@ -389,15 +389,10 @@ impl Image {
 
     /// Read `len` bytes at `offset` (clamped at the image's end): verified, or an error.
     pub async fn read(&self, offset: u64, len: usize) -> Result<Verified, ImageError> {
-        let mut parts = self.read_parts(offset, len).await?;
-        if parts.len() <= 1 {
-            return Ok(parts.pop().unwrap_or(Verified(Bytes::new())));
-        }
-        let mut out = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for p in parts {
-            out.extend_from_slice(&p);
-        }
-        Ok(Verified(out.freeze()))
+        let parts = self.read_parts(offset, len).await?;
+        Ok(Verified(crate::iobuf::join(
+            parts.into_iter().map(Verified::into_bytes).collect(),
+        )))
     }
 
     /// Like [`Image::read`], but the bytes come as consecutive pieces (chunk-sized or larger),
@@ -542,13 +537,14 @@ impl Image {
         if !self.caching.load(Ordering::Relaxed) {
             return None;
         }
-        let mut pin = self.pin.lock().unwrap_or_else(|e| e.into_inner());
-        if pin.is_none() {
-            *pin = Some(store.pin().ok()?);
-        }
+        // Pinned before anything is checked; unpinned again (dropped) unless it all verifies.
+        let mut held = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        let pin = match held.take() {
+            Some(pin) => pin,
+            None => store.pin().ok()?,
+        };
         let records = store.records().ok()?;
         if !records.iter().all(Record::present) {
-            *pin = None;
             return None;
         }
         let unverified: Vec<u64> = {
@@ -562,49 +558,32 @@ impl Image {
             .map(|&i| self.geometry.chunk_len(i) as u64)
             .sum();
         if bytes > check_at_most {
-            *pin = None;
             return None;
         }
-        let per_read = (PASSTHROUGH_CHECK_READ / u64::from(self.geometry.chunk_size)).max(1);
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for &c in &unverified {
-            match runs.last_mut() {
-                Some((first, count)) if *first + *count == c && *count < per_read => *count += 1,
-                _ => runs.push((c, 1)),
-            }
-        }
-        let cs = self.geometry.chunk_size as usize;
-        let mut buffer = vec![0u8; (per_read as usize) * cs];
-        for (first, count) in runs {
-            let start = first * cs as u64;
-            let len = (first..first + count)
-                .map(|i| self.geometry.chunk_len(i))
-                .sum();
-            if store.read_buffered(start, &mut buffer[..len]).is_err() {
-                *pin = None;
+        for (first, count) in self.runs(&unverified, PASSTHROUGH_CHECK_READ) {
+            if self.lookup_range(first, first + count - 1).is_none()
+                && (first..first + count).any(|i| self.lookup(i).is_none())
+            {
                 return None;
-            }
-            for i in first..first + count {
-                let at = (i - first) as usize * cs;
-                let chunk = &buffer[at..at + self.geometry.chunk_len(i)];
-                let record = &records[i as usize];
-                match self.stored_ok(i, chunk, record) {
-                    Some(hash) => self.note_hit(store, i, record, hash),
-                    None => {
-                        tracing::warn!(
-                            "{}: cached chunk {i} failed verification; dropping it and fetching again",
-                            self.name
-                        );
-                        let _ = store.drop_chunks(&[i]);
-                        *pin = None;
-                        return None;
-                    }
-                }
             }
         }
         let file = store.data_file().ok()?;
+        *held = Some(pin);
         self.passing_through.store(true, Ordering::Relaxed);
         Some(file)
+    }
+
+    /// Sorted chunk numbers as runs (first, count) of adjacent chunks, each at most `max_bytes`.
+    fn runs(&self, chunks: &[u64], max_bytes: u64) -> Vec<(u64, u64)> {
+        let per_run = (max_bytes / u64::from(self.geometry.chunk_size)).max(1);
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for &c in chunks {
+            match runs.last_mut() {
+                Some((first, count)) if *first + *count == c && *count < per_run => *count += 1,
+                _ => runs.push((c, 1)),
+            }
+        }
+        runs
     }
 
     /// Whether the kernel reads this image directly from the cache (see [`Image::passthrough_file`]).
@@ -767,14 +746,7 @@ impl Image {
                 end,
             });
         }
-        let per_run = (MAX_RUN_BYTES / u64::from(self.geometry.chunk_size)).max(1);
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        for &c in chunks {
-            match runs.last_mut() {
-                Some((first, count)) if *first + *count == c && *count < per_run => *count += 1,
-                _ => runs.push((c, 1)),
-            }
-        }
+        let runs = self.runs(chunks, MAX_RUN_BYTES);
         self.stats
             .misses
             .fetch_add(chunks.len() as u64, Ordering::Relaxed);

@@ -58,9 +58,7 @@ impl Writer {
             let _ = wait.await;
         }
     }
-}
 
-impl Writer {
     /// [`Writer::flush`] for a thread that is not running async code.
     pub fn flush_blocking(&self) {
         let (done, wait) = oneshot::channel();

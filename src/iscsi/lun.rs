@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::login::{Chap, LoginConfig};
@@ -680,15 +680,7 @@ impl BlockSource for IscsiLun {
 
     /// Any byte range within the LUN; unaligned ranges are read as whole blocks and cut.
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        let mut pieces = self.read_range(offset, len).await?;
-        if pieces.len() <= 1 {
-            return Ok(pieces.pop().unwrap_or_default());
-        }
-        let mut joined = BytesMut::with_capacity(len);
-        for p in pieces {
-            joined.extend_from_slice(&p);
-        }
-        Ok(joined.freeze())
+        Ok(crate::iobuf::join(self.read_range(offset, len).await?))
     }
 
     async fn read_pieces(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {

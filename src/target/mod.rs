@@ -131,7 +131,8 @@ impl Server {
     }
 }
 
-/// An image held in memory (the demo's embedded sample, fuzzing): a [`BlockSource`].
+/// An image held in memory (the demo's embedded sample, fuzzing) or mapped (`serve`'s files,
+/// see [`crate::source::map_file`]): a [`BlockSource`].
 pub struct MemorySource {
     bytes: Bytes,
     block_size: u32,
