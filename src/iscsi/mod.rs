@@ -3,9 +3,12 @@
 //! - [`pdu`], [`digest`], [`text`]: the wire codec, no I/O (§11, §6, §13).
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
 //! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
-//! - [`lun`]: a LUN as a [`crate::source::BlockSource`]; [`discovery`]: SendTargets.
+//! - [`lun`]: one LUN: connect, probe, read, reconnect; [`discovery`]: SendTargets.
 //! - [`url`] parses `iscsi://user%secret@host:port/target/lun?digest=crc32c` (user, secret, port
 //!   and query optional).
+//!
+//! Nothing here knows the image core: `crate::source::iscsi` adapts a LUN to the block-source
+//! seam and classifies its faults.
 //!
 //! CRC32C digests are offered when the URL has `?digest=crc32c` or `ISOMOUNT_DIGEST=crc32c` is
 //! set in the environment.
@@ -25,7 +28,6 @@ pub use lun::{ConnectOptions, IscsiLun, LunInfo};
 pub use url::IscsiUrl;
 
 use crate::scsi::ScsiError;
-use crate::source::SourceError;
 
 /// Why an iSCSI operation failed. Messages never contain a secret.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -56,19 +58,6 @@ pub enum IscsiError {
     Closed,
     #[error(transparent)]
     Scsi(#[from] ScsiError),
-}
-
-impl IscsiError {
-    /// The same failure as the block-source seam sees it.
-    pub fn to_source_error(&self) -> SourceError {
-        match self {
-            Self::OutOfRange => SourceError::OutOfRange(self.to_string()),
-            Self::Connect { .. } | Self::GaveUp { .. } | Self::Closed | Self::Login { .. } => {
-                SourceError::Unavailable(self.to_string())
-            }
-            _ => SourceError::Io(self.to_string()),
-        }
-    }
 }
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.
