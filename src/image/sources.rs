@@ -373,34 +373,35 @@ impl Sources {
         }
     }
 
-    /// Every source dropped: one line naming each and why.
-    fn all_dropped(&self) -> String {
+    /// "source: why" for each source whose health `why` describes, joined with "; ".
+    fn reasons(&self, why: impl Fn(&Health) -> Option<&String>) -> String {
         let states = self.states();
         let reasons: Vec<String> = self
             .list
             .iter()
             .zip(states.iter())
-            .filter_map(|(source, state)| match &state.health {
-                Health::Dropped { reason } => Some(format!("{}: {reason}", source.describe())),
-                _ => None,
-            })
-            .collect();
-        format!("every source was dropped ({})", reasons.join("; "))
-    }
-
-    /// The last network fault of the resting sources.
-    fn resting_reason(&self) -> String {
-        let states = self.states();
-        let reasons: Vec<String> = self
-            .list
-            .iter()
-            .zip(states.iter())
-            .filter_map(|(source, state)| match &state.health {
-                Health::Resting { last, .. } => Some(format!("{}: {last}", source.describe())),
-                _ => None,
+            .filter_map(|(source, state)| {
+                why(&state.health).map(|reason| format!("{}: {reason}", source.describe()))
             })
             .collect();
         reasons.join("; ")
+    }
+
+    /// Every source dropped: one line naming each and why.
+    fn all_dropped(&self) -> String {
+        let reasons = self.reasons(|health| match health {
+            Health::Dropped { reason } => Some(reason),
+            _ => None,
+        });
+        format!("every source was dropped ({reasons})")
+    }
+
+    /// The last network fault of each resting source.
+    fn resting_reason(&self) -> String {
+        self.reasons(|health| match health {
+            Health::Resting { last, .. } => Some(last),
+            _ => None,
+        })
     }
 
     /// Resolves with the reason once source `i` is dropped.

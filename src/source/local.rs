@@ -52,25 +52,21 @@ impl FileSource {
     }
 }
 
-#[async_trait]
-impl BlockSource for FileSource {
+impl Local for FileSource {
     fn kind(&self) -> &'static str {
         "file"
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
-    async fn open(&self) -> Result<SourceIdentity, SourceError> {
-        Ok(SourceIdentity {
-            size: self.size,
-            block_size: self.block_size,
-            ..Default::default()
-        })
+    fn size(&self) -> u64 {
+        self.size
     }
-    fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
-        Box::pin(futures_util::stream::once(async move {
-            self.read_at(offset, len)
-        }))
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
+        FileSource::read_at(self, offset, len)
     }
 }
 
@@ -126,25 +122,56 @@ impl MemorySource {
     }
 }
 
-#[async_trait]
-impl BlockSource for MemorySource {
+impl Local for MemorySource {
     fn kind(&self) -> &'static str {
         "memory"
     }
     fn describe(&self) -> String {
         self.label.clone()
     }
+    fn size(&self) -> u64 {
+        MemorySource::size(self)
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+    fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
+        MemorySource::read_at(self, offset, len)
+    }
+}
+
+/// What a source on this machine needs to say; it is then a [`BlockSource`] that is always
+/// open and answers each read in one piece.
+trait Local: Send + Sync {
+    fn kind(&self) -> &'static str;
+    fn describe(&self) -> String;
+    fn size(&self) -> u64;
+    fn block_size(&self) -> u32;
+    fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError>;
+}
+
+#[async_trait]
+impl<T: Local> BlockSource for T {
+    fn kind(&self) -> &'static str {
+        Local::kind(self)
+    }
+    fn describe(&self) -> String {
+        Local::describe(self)
+    }
     async fn open(&self) -> Result<SourceIdentity, SourceError> {
         Ok(SourceIdentity {
-            size: self.size(),
-            block_size: self.block_size,
+            size: Local::size(self),
+            block_size: Local::block_size(self),
             ..Default::default()
         })
     }
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
         Box::pin(futures_util::stream::once(async move {
-            self.read_at(offset, len)
+            Local::read_at(self, offset, len)
         }))
+    }
+    fn facts(&self) -> Vec<(String, String)> {
+        vec![("block-size".into(), Local::block_size(self).to_string())]
     }
 }
 

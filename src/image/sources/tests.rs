@@ -186,6 +186,12 @@ async fn fetch_ok(sources: &Sources) {
     assert!(bytes[..] == image()[2 * CHUNK as usize..6 * CHUNK as usize]);
 }
 
+/// Fetch RUN, which must fail.
+async fn fetch_err(sources: &Sources) -> FetchError {
+    let result = sources.fetch(RUN, &Truth(image()), deadline()).await;
+    result.map(|_| ()).unwrap_err()
+}
+
 fn describe_preferred(sources: &Sources) -> String {
     sources.preferred().unwrap().describe()
 }
@@ -234,10 +240,7 @@ async fn a_lying_source_is_passed_over_then_dropped_after_three_lies() {
 async fn a_lie_with_no_other_source_fails_naming_the_chunk_and_the_source() {
     let a = Scripted::new("a", Mode::Lie);
     let sources = sources(&[&a]);
-    let err = sources
-        .fetch(RUN, &Truth(image()), deadline())
-        .await
-        .unwrap_err();
+    let err = fetch_err(&sources).await;
     assert_eq!(
         err,
         FetchError::Lie {
@@ -260,10 +263,7 @@ async fn with_every_source_dropped_reads_fail_at_once_naming_source_and_violatio
     let a = Scripted::new("a", Mode::Protocol);
     let b = Scripted::new("b", Mode::WrongSize);
     let sources = sources(&[&a, &b]);
-    let err = sources
-        .fetch(RUN, &Truth(image()), deadline())
-        .await
-        .unwrap_err();
+    let err = fetch_err(&sources).await;
     let FetchError::Dropped(line) = err else {
         panic!("{err:?}")
     };
@@ -365,10 +365,7 @@ async fn a_network_outage_fails_fast_and_is_retried_later() {
     let a = Scripted::new("a", Mode::Dead);
     let sources = sources(&[&a]);
     let started = Instant::now();
-    let err = sources
-        .fetch(RUN, &Truth(image()), deadline())
-        .await
-        .unwrap_err();
+    let err = fetch_err(&sources).await;
     assert_eq!(err, FetchError::Unavailable("a: connection refused".into()));
     assert!(Instant::now() - started <= 2 * WAIT_FOR_REST);
     // Resting longer than a read may wait: the next read fails without asking.
@@ -392,10 +389,7 @@ async fn a_transient_fault_is_retried_within_the_read() {
     assert_eq!(a.reads(), 3);
     // The short read counted: two more faults drop the source.
     a.then(&[Mode::Protocol, Mode::Protocol]);
-    let err = sources
-        .fetch(RUN, &Truth(image()), deadline())
-        .await
-        .unwrap_err();
+    let err = fetch_err(&sources).await;
     let FetchError::Dropped(line) = err else {
         panic!("{err:?}")
     };
