@@ -89,7 +89,7 @@ async fn iso_tree_over_iscsi(
     portal: &str,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<String> {
-    let lun = Arc::new(IscsiSource::new(portal, DEMO_IQN, 0, None));
+    let lun = Arc::new(IscsiSource::new(portal, DEMO_IQN, 0, None, None));
     let view: Arc<dyn ImageView> = crate::image::open_source(DEMO_IQN, lun, DEFAULT_READ_TIMEOUT)
         .await
         .with_context(|| format!("while logging in to {DEMO_IQN} at {portal}"))?;

@@ -97,6 +97,7 @@ async fn open_entry(
                 &entry.target,
                 entry.lun,
                 entry.chap.clone(),
+                entry.digest,
             )) as Arc<dyn BlockSource>
         })
         .collect();

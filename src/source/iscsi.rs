@@ -15,7 +15,7 @@ use futures_util::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 
 use super::{BlockSource, Pieces, SourceError, SourceIdentity};
 use crate::catalog::ChapRef;
-use crate::iscsi::{Chap, ConnectOptions, IscsiError, IscsiLun, IscsiUrl, Secret};
+use crate::iscsi::{Chap, ConnectOptions, DigestOffer, IscsiError, IscsiLun, IscsiUrl, Secret};
 use crate::scsi::ScsiError;
 
 /// How long one portal's session keeps retrying before its reads fail and the image core tries
@@ -50,7 +50,8 @@ pub struct IscsiSource {
     target: String,
     lun: u64,
     chap: ChapSource,
-    digests: bool,
+    /// The catalog's or URL's digest choice; `None` leaves it to `ISOMOUNT_DIGEST`.
+    digest: Option<DigestOffer>,
     /// The live session; None before the first read and after the session gave up.
     session: tokio::sync::Mutex<Option<Arc<IscsiLun>>>,
     /// The last session, for `facts` (which must not wait).
@@ -109,29 +110,35 @@ fn identity_of(lun: &IscsiLun) -> SourceIdentity {
 }
 
 impl IscsiSource {
-    pub fn new(portal: &str, target: &str, lun: u64, chap: Option<ChapRef>) -> IscsiSource {
-        IscsiSource::with(
-            portal,
-            target,
-            lun,
-            chap.map_or(ChapSource::None, ChapSource::File),
-        )
+    pub fn new(
+        portal: &str,
+        target: &str,
+        lun: u64,
+        chap: Option<ChapRef>,
+        digest: Option<DigestOffer>,
+    ) -> IscsiSource {
+        let chap = chap.map_or(ChapSource::None, ChapSource::File);
+        IscsiSource::with(portal, target, lun, chap, digest)
     }
 
     pub fn from_url(url: &IscsiUrl) -> IscsiSource {
         let chap = url.chap.clone().map_or(ChapSource::None, ChapSource::Given);
-        let mut source = IscsiSource::with(&url.portal(), &url.target, url.lun, chap);
-        source.digests = url.digests;
-        source
+        IscsiSource::with(&url.portal(), &url.target, url.lun, chap, url.digest)
     }
 
-    fn with(portal: &str, target: &str, lun: u64, chap: ChapSource) -> IscsiSource {
+    fn with(
+        portal: &str,
+        target: &str,
+        lun: u64,
+        chap: ChapSource,
+        digest: Option<DigestOffer>,
+    ) -> IscsiSource {
         IscsiSource {
             portal: portal.to_string(),
             target: target.to_string(),
             lun,
             chap,
-            digests: false,
+            digest,
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(None),
         }
@@ -150,7 +157,9 @@ impl IscsiSource {
             ChapSource::File(c) => opts.chap = Some(read_secret(c)?),
             ChapSource::Given(c) => opts.chap = Some(c.clone()),
         }
-        opts.digests |= self.digests;
+        if let Some(digest) = self.digest {
+            opts.digest = digest;
+        }
         opts.give_up_after = GIVE_UP_AFTER;
         let lun = IscsiLun::connect(opts).await.map_err(|e| classify(&e))?;
         *session = Some(lun.clone());
