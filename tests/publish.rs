@@ -74,7 +74,8 @@ fn publish_root_hashes_only_new_or_changed_images() {
     )
     .unwrap();
     std::fs::write(root.join("empty.iso"), "").unwrap();
-    random_file(&root, "set1-disk-01.img", 4096, 7);
+    std::fs::create_dir_all(root.join("set1/disk")).unwrap();
+    random_file(&root, "set1/disk/01.img", 4096, 7);
     let catalog = dir.path().join("www/mirror.toml");
 
     let first = text(&publish_root(&root, &catalog, &[]).stderr);
@@ -85,7 +86,7 @@ fn publish_root_hashes_only_new_or_changed_images() {
     );
     assert!(
         first.contains(
-            "skipped set1-disk-01.img: its name `set1-disk-01` is already taken by set1/disk-01.img"
+            "skipped set1/disk/01.img: its name set1-disk-01 is already taken by set1/disk-01.img"
         ),
         "a clash is refused, naming both paths: {first}"
     );
@@ -243,7 +244,7 @@ fn publish_root_refuses_bad_arguments_clearly() {
     ]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("missing: not a directory"),
+        text(&out.stderr).contains("missing: No such file or directory"),
         "{}",
         text(&out.stderr)
     );

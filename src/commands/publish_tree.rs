@@ -15,8 +15,7 @@
 //! manifest_sha256 = "…"          # the pin of NAME.manifest
 //! [image.stat]                   # absent when the file was modified too recently to trust
 //! size = 367001600               #   its timestamp (it is hashed again next time)
-//! mtime = 1767225600             # seconds and nanoseconds
-//! mtime_nsec = 123456789
+//! modified_ns = 1767225600123456789
 //! inode = 1234
 //! device = 2049
 //! ```
@@ -28,7 +27,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -43,7 +41,7 @@ use crate::catalog::{self, PublishedEntry};
 use crate::cli::GlobalOpts;
 use crate::manifest::{self, Manifest};
 use crate::target::config;
-use crate::tree::{self, TreeImage};
+use crate::tree::{self, FileStamp, ImagePatterns, TreeImage};
 
 /// The options `publish` takes for a tree.
 #[derive(Debug, clap::Args)]
@@ -55,13 +53,14 @@ pub struct TreeArgs {
     /// With --root: prefix of the target IQNs, PREFIX:NAME (the same as `serve --iqn-prefix`)
     #[arg(long, value_name = "IQN", default_value = config::DEFAULT_IQN_PREFIX)]
     pub iqn_prefix: String,
-    /// With --root: extension of image files (repeatable)
+    /// With --root: which file names are images, a glob without '/' (repeatable; the same as
+    /// `serve --root`'s)
     #[arg(
-        long = "ext",
-        value_name = "EXT",
-        default_values_t = tree::DEFAULT_EXTENSIONS.iter().map(|e| e.to_string())
+        long = "pattern",
+        value_name = "GLOB",
+        default_values_t = tree::DEFAULT_PATTERNS.iter().map(|p| p.to_string())
     )]
-    pub extensions: Vec<String>,
+    pub patterns: Vec<String>,
     /// With --root: hash every image again, changed or not
     #[arg(long, requires = "root")]
     pub rehash: bool,
@@ -91,34 +90,38 @@ struct Recorded {
     stat: Option<Stat>,
 }
 
-/// What identifies one version of an image file.
+/// The part of a [`FileStamp`] that tells one version of an image from another, as recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Stat {
     size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
+    modified_ns: i64,
     inode: u64,
     device: u64,
 }
 
 impl Stat {
-    fn of(meta: &std::fs::Metadata) -> Stat {
-        Stat {
-            size: meta.len(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-            inode: meta.ino(),
-            device: meta.dev(),
-        }
+    /// `None` when the file was modified less than [`SETTLE`] before `now` (or its time is
+    /// past 2262): its mtime cannot be trusted to move with the next change.
+    fn settled(stamp: &FileStamp, now: SystemTime) -> Option<Stat> {
+        let modified_ns = i64::try_from(stamp.modified_ns).ok()?;
+        let now_ns = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .ok()
+            .and_then(|d| i128::try_from(d.as_nanos()).ok())?;
+        (now_ns - stamp.modified_ns >= SETTLE.as_nanos() as i128).then_some(Stat {
+            size: stamp.size,
+            modified_ns,
+            inode: stamp.inode,
+            device: stamp.device,
+        })
     }
 
-    /// Whether the file was modified long enough before `now` for its mtime to be trusted.
-    fn settled(&self, now: SystemTime) -> bool {
-        let modified = SystemTime::UNIX_EPOCH
-            + Duration::from_secs(u64::try_from(self.mtime).unwrap_or(0))
-            + Duration::from_nanos(u64::try_from(self.mtime_nsec).unwrap_or(0));
-        now.duration_since(modified).is_ok_and(|age| age >= SETTLE)
+    fn describes(&self, stamp: &FileStamp) -> bool {
+        self.size == stamp.size
+            && i128::from(self.modified_ns) == stamp.modified_ns
+            && self.inode == stamp.inode
+            && self.device == stamp.device
     }
 }
 
@@ -160,29 +163,29 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let _lock = lock_dir(&dir)?;
     let state_path = state_path(out);
     let old = load_state(&state_path)?;
-    let tree = tree::scan(root, &args.tree.iqn_prefix, &args.tree.extensions)
-        .with_context(|| format!("while reading the tree {}", root.display()))?;
-    for refused in &tree.refused {
-        say(format!("skipped {refused}"));
+    let patterns = ImagePatterns::new(&args.tree.patterns)?;
+    let tree = tree::scan(root, &patterns, &args.tree.iqn_prefix)?;
+    for skipped in &tree.skipped {
+        let path = skipped.path.strip_prefix(root).unwrap_or(&skipped.path);
+        say(format!("skipped {}: {}", path.display(), skipped.why));
     }
     let recorded: BTreeMap<&Path, &Recorded> =
         old.image.iter().map(|r| (r.path.as_path(), r)).collect();
 
     // Decide, image by image, what to hash.
     let mut images: Vec<(TreeImage, Plan)> = Vec::new();
+    let mut empty = 0usize;
     for image in tree.images {
-        let path = root.join(&image.rel);
-        let meta = std::fs::metadata(&path)
-            .with_context(|| format!("while reading {}", path.display()))?;
-        if meta.len() == 0 {
-            say(format!("skipped {}: empty", image.rel.display()));
+        if image.stamp.size == 0 {
+            say(format!("skipped {}: empty", image.relative.display()));
+            empty += 1;
             continue;
         }
-        let plan = match recorded.get(image.rel.as_path()) {
+        let plan = match recorded.get(image.relative.as_path()) {
             _ if args.tree.rehash => Plan::Hash(None),
             None => Plan::Hash(None),
-            Some(r) => match unchanged(r, &image, &Stat::of(&meta), args.chunk_size, &dir) {
-                Ok(()) => Plan::Unchanged((*r).clone(), meta.len()),
+            Some(r) => match unchanged(r, &image, args.chunk_size, &dir) {
+                Ok(()) => Plan::Unchanged((*r).clone(), image.stamp.size),
                 Err(why) => Plan::Hash(Some(why)),
             },
         };
@@ -193,9 +196,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let total: u64 = images
         .iter()
         .filter_map(|(image, plan)| match plan {
-            Plan::Hash(_) => std::fs::metadata(root.join(&image.rel))
-                .ok()
-                .map(|m| m.len()),
+            Plan::Hash(_) => Some(image.stamp.size),
             Plan::Unchanged(..) => None,
         })
         .sum();
@@ -207,20 +208,20 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             let Plan::Hash(why) = plan else {
                 return None;
             };
-            match hash_image(root, image, args.chunk_size, &dir, &|n| bar.inc(n)) {
+            match hash_image(image, args.chunk_size, &dir, &|n| bar.inc(n)) {
                 Ok(done) => {
                     let why = why.as_deref().map_or(String::new(), |w| format!(" ({w})"));
                     bar.suspend(|| {
                         say(format!(
                             "hashed {} as {}{why}",
-                            image.rel.display(),
-                            image.name
+                            image.relative.display(),
+                            image.names.name
                         ))
                     });
                     Some(done)
                 }
                 Err(e) => {
-                    let line = format!("{}: {}", image.rel.display(), super::one_line(&e));
+                    let line = format!("{}: {}", image.relative.display(), super::one_line(&e));
                     failures
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -243,7 +244,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             (Plan::Unchanged(recorded, size), _) => {
                 say(format!(
                     "skipped {}: unchanged since the last run",
-                    image.rel.display()
+                    image.relative.display()
                 ));
                 count_unchanged += 1;
                 (recorded, size)
@@ -255,13 +256,13 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             (Plan::Hash(_), None) => continue,
         };
         entries.push(PublishedEntry {
-            name: image.name.clone(),
+            name: image.names.name.clone(),
             description: None,
-            target: image.target.clone(),
+            target: image.names.target.clone(),
             lun: args.lun,
             portals: portals.clone(),
             size,
-            manifest: manifest_file(&image.name),
+            manifest: manifest_file(&image.names.name),
             manifest_sha256: recorded.manifest_sha256.clone(),
         });
         state.image.push(recorded);
@@ -318,7 +319,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
          {removed} removed, {} skipped",
         entries.len(),
         out.display(),
-        tree.refused.len()
+        tree.skipped.len() + empty
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -339,22 +340,21 @@ fn state_path(catalog: &Path) -> PathBuf {
 fn unchanged(
     recorded: &Recorded,
     image: &TreeImage,
-    now: &Stat,
     chunk_size: u32,
     dir: &Path,
 ) -> Result<(), String> {
     match recorded.stat {
         None => return Err("modified just before the last run".into()),
-        Some(stat) if stat != *now => return Err("changed".into()),
+        Some(stat) if !stat.describes(&image.stamp) => return Err("changed".into()),
         Some(_) => {}
     }
-    if recorded.name != image.name {
+    if recorded.name != image.names.name {
         return Err("its name changed".into());
     }
     if recorded.chunk_size != chunk_size {
         return Err("the chunk size changed".into());
     }
-    let manifest = std::fs::read(dir.join(manifest_file(&image.name)))
+    let manifest = std::fs::read(dir.join(manifest_file(&image.names.name)))
         .map_err(|_| "its manifest is missing".to_string())?;
     if hex::encode(manifest::sha256(&manifest)) != recorded.manifest_sha256 {
         return Err("its manifest was changed".into());
@@ -365,32 +365,30 @@ fn unchanged(
 /// Hash one image into its manifest beside the catalog. The file must be the same before and
 /// after (size, mtime, inode), or it was changed while it was read.
 fn hash_image(
-    root: &Path,
     image: &TreeImage,
     chunk_size: u32,
     dir: &Path,
     hashed: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Hashed> {
-    let path = root.join(&image.rel);
-    let file = std::fs::File::open(&path).context("while opening it")?;
-    let before = Stat::of(&file.metadata()?);
+    let file = std::fs::File::open(&image.path).context("while opening it")?;
+    let before = FileStamp::of(&file.metadata()?);
     let manifest =
         Manifest::hash_file(&file, before.size, chunk_size, hashed).context("while hashing it")?;
-    let after = Stat::of(&std::fs::metadata(&path)?);
-    if after != before {
+    let after = FileStamp::of(&std::fs::metadata(&image.path)?);
+    if !after.same_version(&before) {
         anyhow::bail!("it changed while it was being hashed; publish again once it is complete");
     }
-    let manifest_path = dir.join(manifest_file(&image.name));
+    let manifest_path = dir.join(manifest_file(&image.names.name));
     catalog::write_atomic(&manifest_path, &manifest.to_bytes())
         .with_context(|| format!("while writing {}", manifest_path.display()))?;
     Ok(Hashed {
         size: before.size,
         recorded: Recorded {
-            path: image.rel.clone(),
-            name: image.name.clone(),
+            path: image.relative.clone(),
+            name: image.names.name.clone(),
             chunk_size,
             manifest_sha256: manifest.pin(),
-            stat: before.settled(SystemTime::now()).then_some(before),
+            stat: Stat::settled(&before, SystemTime::now()),
         },
     })
 }
