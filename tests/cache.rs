@@ -501,3 +501,45 @@ fn fetch_files_pulls_only_those_files() {
     assert!(!missing.status.success());
     assert!(err.contains("/no/such/file"), "{err}");
 }
+
+#[test]
+fn fetch_fails_saying_how_much_is_missing_and_why() {
+    let p = Published::new("cache_fetch_honest", 4 * MIB, 21);
+    let last_line = |out: &Output| {
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "fetch must fail: {err}");
+        err.lines().last().unwrap_or("").to_string()
+    };
+    {
+        let _fs = SmallFs::mount(&p.cache_dir(), "1m");
+        let out = p.run(&["fetch", "img"]);
+        let last = last_line(&out);
+        assert!(
+            last.contains("img: ") && last.contains("of 4.00 MiB not in the cache"),
+            "{last}"
+        );
+        assert!(last.contains("No space left on device"), "{last}");
+        let list = text(&p.run(&["list"]).stdout);
+        assert!(!list.contains("(100%)"), "{list}");
+    }
+    // A cache bound smaller than the image: the chunks are fetched, then evicted.
+    let out = p.run(&["--cache-size", "2M", "fetch", "img"]);
+    let last = last_line(&out);
+    assert!(
+        last.contains("not in the cache") && last.contains("--cache-size 2M"),
+        "{last}"
+    );
+    // Offline with a partial cache: nothing fetched, and it says so.
+    let out = p.run(&["--offline", "fetch", "img"]);
+    let last = last_line(&out);
+    assert!(last.contains("offline"), "{last}");
+    // And when it all lands, success says so.
+    let out = p.run(&["fetch", "img"]);
+    assert_ok(&out, "fetch with room");
+    assert!(
+        text(&out.stderr).contains("4.00 MiB complete and verified"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(p.run(&["--offline", "cat", "img"]).stdout == p.bytes());
+}
