@@ -543,3 +543,63 @@ fn fetch_fails_saying_how_much_is_missing_and_why() {
     );
     assert!(p.run(&["--offline", "cat", "img"]).stdout == p.bytes());
 }
+
+#[test]
+fn cache_verify_repairs_a_damaged_manifest_copy_and_keeps_the_chunks() {
+    let mut p = Published::new("cache_manifest_copy", 4 * MIB, 22);
+    let want = p.bytes();
+    assert_ok(&p.run(&["fetch", "img"]), "fetch");
+    let copy = p.store_data().with_file_name("manifest");
+    flip(&copy, 100);
+    flip(&copy, 200);
+    let verify = p.run(&["cache", "verify"]);
+    let err = text(&verify.stderr);
+    assert!(!verify.status.success(), "damage found is reported: {err}");
+    assert!(
+        err.contains("img: the cache's copy of its manifest was damaged")
+            && err.contains("does not match the catalog's pin")
+            && err.contains("repaired from")
+            && err.contains("img.manifest"),
+        "{err}"
+    );
+    assert!(!err.contains("is corrupt"), "no chunk condemned: {err}");
+    assert!(
+        text(&verify.stdout).contains("64 cached chunk(s) checked, 0 corrupt"),
+        "{}",
+        text(&verify.stdout)
+    );
+    assert_ok(&p.run(&["cache", "verify"]), "verify after the repair");
+    assert!(text(&p.run(&["list"]).stdout).contains("(100%)"));
+
+    // Nothing to repair it from: the copy is named, and the chunks are kept.
+    flip(&copy, 300);
+    let source = p.dir.path().join("img.manifest");
+    let aside = p.dir.path().join("aside.manifest");
+    std::fs::rename(&source, &aside).unwrap();
+    let verify = p.run(&["cache", "verify"]);
+    let err = text(&verify.stderr);
+    assert!(!verify.status.success(), "{err}");
+    assert!(
+        err.contains(&copy.display().to_string())
+            && err.contains("64 cached chunk(s) were kept unchecked")
+            && err.contains("cache verify"),
+        "{err}"
+    );
+    assert!(!err.contains("is corrupt"), "{err}");
+    std::fs::rename(&aside, &source).unwrap();
+    assert!(text(&p.run(&["list"]).stdout).contains("(100%)"));
+    p.tgtd.kill();
+    let offline = p.run(&["--offline", "cat", "img"]);
+    assert!(offline.stdout == want, "{}", text(&offline.stderr));
+
+    // A chunk that fails against a manifest matching its pin is still dropped.
+    let verify = p.run(&["cache", "verify"]);
+    assert!(text(&verify.stderr).contains("repaired from"));
+    flip(&p.store_data(), MIB + 3);
+    let verify = p.run(&["cache", "verify"]);
+    assert!(
+        text(&verify.stderr).contains(&format!("img: chunk {} is corrupt", MIB / (64 << 10))),
+        "{}",
+        text(&verify.stderr)
+    );
+}

@@ -97,10 +97,8 @@ fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
                 None => Ok(()),
             });
             if let Err(err) = result {
-                *target
-                    .caching_off
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+                *target.caching_off.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(err.to_string());
                 if target.caching.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
                         "{}: cannot write the cache ({err}); continuing without caching",
