@@ -515,7 +515,7 @@ fn fetch_fails_saying_how_much_is_missing_and_why() {
         let out = p.run(&["fetch", "img"]);
         let last = last_line(&out);
         assert!(
-            last.contains("img: ") && last.contains("of 4.00 MiB not in the cache"),
+            last.contains("img: ") && last.contains("of 4.00 MiB are not cached"),
             "{last}"
         );
         assert!(last.contains("No space left on device"), "{last}");
@@ -526,7 +526,7 @@ fn fetch_fails_saying_how_much_is_missing_and_why() {
     let out = p.run(&["--cache-size", "2M", "fetch", "img"]);
     let last = last_line(&out);
     assert!(
-        last.contains("not in the cache") && last.contains("--cache-size 2M"),
+        last.contains("are not cached") && last.contains("--cache-size 2M"),
         "{last}"
     );
     // Offline with a partial cache: nothing fetched, and it says so.

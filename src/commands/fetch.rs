@@ -231,7 +231,7 @@ fn ensure_complete(
         "dropped from the cache while fetching (evicted by another isomount process)".to_string()
     };
     anyhow::bail!(
-        "{}: {} of {} not in the cache: {why}",
+        "{}: {} of {} are not cached: {why}",
         image.name(),
         HumanBytes(missing),
         HumanBytes(total)
