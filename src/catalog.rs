@@ -77,6 +77,29 @@ pub struct ManifestRef {
     pub sha256: String,
 }
 
+impl ManifestRef {
+    /// The manifest's bytes from where the catalog says it is, not yet checked against the pin.
+    /// For an https URL the last good copy is kept at `kept` and serves offline, or when the
+    /// fetch fails.
+    pub fn read(&self, kept: &Path, offline: bool) -> Result<Vec<u8>, CatalogError> {
+        match &self.location {
+            ManifestLocation::Path(p) => std::fs::read(p).map_err(|source| CatalogError::Io {
+                path: p.display().to_string(),
+                source,
+            }),
+            ManifestLocation::Url(u) => fetch_kept(u, Some(kept), offline),
+        }
+    }
+
+    /// The file or URL, for messages.
+    pub fn describe(&self) -> String {
+        match &self.location {
+            ManifestLocation::Path(p) => p.display().to_string(),
+            ManifestLocation::Url(u) => u.clone(),
+        }
+    }
+}
+
 /// CHAP settings: the secret stays in its own file and is read only when logging in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChapRef {
