@@ -163,6 +163,8 @@ pub struct Image {
     facts: Vec<(String, String)>,
     store: Option<Arc<Store>>,
     caching: Arc<AtomicBool>,
+    /// Why chunks are not being stored, when they are not.
+    caching_off: Arc<Mutex<Option<String>>>,
     writer: Option<writer::Writer>,
     warned_unreachable: AtomicBool,
     /// Hashes first seen this session (images with no manifest and no store).
@@ -219,6 +221,7 @@ impl Image {
             chunk_size: spec.chunk_size,
             image_size: spec.size,
         };
+        let caching_off = Arc::new(Mutex::new(None));
         let store = cache.as_ref().and_then(|c| {
             match c.open_store(
                 &spec.name,
@@ -229,6 +232,8 @@ impl Image {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     tracing::warn!("{}: cache unavailable ({e}); reading without it", spec.name);
+                    *caching_off.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("cache unavailable ({e})"));
                     None
                 }
             }
@@ -240,6 +245,7 @@ impl Image {
                 store: store.clone(),
                 cache: cache.clone(),
                 caching: caching.clone(),
+                caching_off: caching_off.clone(),
             })
         });
         let recent_entries = (RECENT_BYTES / u64::from(spec.chunk_size)).max(4) as usize;
@@ -257,6 +263,7 @@ impl Image {
             read_timeout: spec.read_timeout,
             facts: spec.facts,
             caching,
+            caching_off,
             writer,
             store,
             warned_unreachable: AtomicBool::new(false),
@@ -349,7 +356,17 @@ impl Image {
             .sum()
     }
 
-    fn present_chunks(&self) -> Vec<bool> {
+    /// Why verified chunks are not being stored (a full disk, no store), when they are not.
+    pub fn caching_off(&self) -> Option<String> {
+        if self.caching.load(Ordering::Relaxed) {
+            return None;
+        }
+        let why = self.caching_off.lock().unwrap_or_else(|e| e.into_inner());
+        Some(why.clone().unwrap_or_else(|| "no cache".to_string()))
+    }
+
+    /// Which chunks the store's index marks present (not re-hashed).
+    pub fn present_chunks(&self) -> Vec<bool> {
         let n = self.geometry.chunks() as usize;
         match self.store.as_ref().map(|s| s.records()) {
             Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),

@@ -1,6 +1,7 @@
 //! The iSCSI protocol (RFC 7143), initiator side, and the codec shared with the target.
 //!
 //! - [`pdu`], [`digest`], [`text`]: the wire codec, no I/O (§11, §6, §13).
+//! - [`reader`]: the one PDU read loop, shared with the target.
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
 //! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
 //! - [`lun`]: one LUN: connect, probe, read, reconnect; [`discovery`]: SendTargets.
@@ -19,6 +20,7 @@ pub mod discovery;
 pub mod login;
 pub mod lun;
 pub mod pdu;
+pub mod reader;
 pub mod session;
 pub mod text;
 pub mod url;
