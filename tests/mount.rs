@@ -871,7 +871,11 @@ fn a_stale_mount_is_recognised_and_cleared() {
 
     // Another file system's: named, with how to clear it; `isomount unmount` does.
     let out = mount_local(&disk, &mp, &["-o", "subtype=other"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     kill_daemon(&mp);
     let out = mount_local(&disk, &mp, &[]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -886,6 +890,10 @@ fn a_stale_mount_is_recognised_and_cleared() {
         isomount().arg("unmount").arg(&mp.path),
         Duration::from_secs(30),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!is_mounted(&mp.path));
 }

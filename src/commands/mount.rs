@@ -777,7 +777,10 @@ pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCo
         bail!("{} is not mounted", path.display());
     }
     if stale {
-        tracing::info!("{}: stale (its daemon is gone); detaching it", path.display());
+        tracing::info!(
+            "{}: stale (its daemon is gone); detaching it",
+            path.display()
+        );
         detach(&path)?;
         return Ok(ExitCode::SUCCESS);
     }
