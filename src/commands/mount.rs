@@ -281,22 +281,39 @@ fn resolve_parent(path: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Detach the mount at `path` even when its daemon is gone or a file in it is open
-/// (`umount2(MNT_DETACH)` as root, `fusermount3 -u -z` otherwise). OS-specific: belongs in the
-/// platform module.
-fn detach(path: &Path) -> anyhow::Result<()> {
+/// How [`unmount_at`] treats a mount that is in use or whose daemon is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmount {
+    /// Fails while a file in it is open.
+    Plain,
+    /// Detached from the tree at once (needed for a stale mount); open files close in their time.
+    Lazy,
+}
+
+/// Unmount `path`: `umount2(2)` as root, `fusermount3 -u` otherwise. OS-specific: belongs in
+/// the platform module.
+fn unmount_at(path: &Path, how: Unmount) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        let flags = match how {
+            Unmount::Plain => 0,
+            Unmount::Lazy => libc::MNT_DETACH,
+        };
         // SAFETY: c_path is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c_path.as_ptr(), libc::MNT_DETACH) } != 0 {
+        if unsafe { libc::umount2(c_path.as_ptr(), flags) } != 0 {
             let err = std::io::Error::last_os_error();
             bail!("unmounting {} failed: {err}", path.display());
         }
         return Ok(());
     }
-    let output = std::process::Command::new("fusermount3")
-        .args(["-u", "-z", "--"])
+    let mut helper = std::process::Command::new("fusermount3");
+    helper.arg("-u");
+    if how == Unmount::Lazy {
+        helper.arg("-z");
+    }
+    let output = helper
+        .arg("--")
         .arg(OsString::from(path.as_os_str()))
         .output()
         .context("while running fusermount3")?;
@@ -320,7 +337,7 @@ fn clear_stale(path: &Path) -> anyhow::Result<()> {
                 "{}: a stale isomount mount (its daemon is gone); clearing it",
                 at.display()
             );
-            detach(&at)
+            unmount_at(&at, Unmount::Lazy)
         }
         kind => bail!(
             "{} is a stale mount{} whose daemon is gone (Transport endpoint is not connected); \
@@ -781,31 +798,9 @@ pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCo
             "{}: stale (its daemon is gone); detaching it",
             path.display()
         );
-        detach(&path)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        // SAFETY: c_path is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c_path.as_ptr(), 0) } != 0 {
-            let err = std::io::Error::last_os_error();
-            bail!("unmounting {} failed: {err}", path.display());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let output = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg("--")
-        .arg(OsString::from(path.as_os_str()))
-        .output()
-        .context("while running fusermount3")?;
-    if !output.status.success() {
-        bail!(
-            "unmounting {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        unmount_at(&path, Unmount::Lazy)?;
+    } else {
+        unmount_at(&path, Unmount::Plain)?;
     }
     Ok(ExitCode::SUCCESS)
 }
