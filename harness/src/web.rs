@@ -433,7 +433,7 @@ impl PythonHttp {
         self.work
             .read("http.log")
             .lines()
-            .filter_map(|l| Some(l.split_once(" \"")?.1.split_once('"')?.0.to_string()))
+            .filter_map(|l| Some(l.split_once("] \"")?.1.split_once('"')?.0.to_string()))
             .collect()
     }
 }
