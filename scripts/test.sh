@@ -11,6 +11,7 @@ command -v istgt >/dev/null || need+=(istgt)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v xorriso >/dev/null || need+=(xorriso)
 command -v iscsi-perf >/dev/null || need+=(libiscsi-bin)
+command -v man >/dev/null || need+=(man-db)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"

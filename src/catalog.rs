@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::iscsi::DigestOffer;
+
 /// Largest catalog or manifest fetched over https.
 const MAX_DOWNLOAD: u64 = 256 << 20;
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,6 +96,8 @@ pub struct Entry {
     pub size: u64,
     pub manifest: Option<ManifestRef>,
     pub chap: Option<ChapRef>,
+    /// `digest = "crc32c"` or `"none"`; unset leaves the choice to the target.
+    pub digest: Option<DigestOffer>,
     /// "file:line" of the entry, for messages.
     pub origin: String,
 }
@@ -124,6 +128,7 @@ struct RawEntry {
     manifest_sha256: Option<Spanned<String>>,
     chap_user: Option<Spanned<String>>,
     chap_secret_file: Option<Spanned<String>>,
+    digest: Option<Spanned<String>>,
 }
 
 /// Where a catalog's text came from: relative paths inside it resolve against this.
@@ -308,6 +313,16 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
             }
             _ => None,
         };
+        let digest = match &raw.digest {
+            Some(d) => Some(DigestOffer::parse(d.get_ref()).ok_or_else(|| {
+                invalid(
+                    d.span(),
+                    "digest",
+                    format!("`{}` is not crc32c or none", d.get_ref()),
+                )
+            })?),
+            None => None,
+        };
         out.push(Entry {
             name,
             description: raw.description,
@@ -317,6 +332,7 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
             size,
             manifest,
             chap,
+            digest,
             origin: format!("{file}:{entry_line}"),
         });
     }
@@ -711,6 +727,7 @@ name = "freebsd-14"
 target = "iqn.2009-04.org.example:freebsd"
 portals = ["127.0.0.1:3261"]
 size = 4096
+digest = "CRC32C"
 "#
         )
     }
@@ -737,6 +754,8 @@ size = 4096
         assert_eq!(e.origin, "/etc/isomount/catalogs/main.toml:2");
         assert_eq!(entries[1].lun, 0);
         assert!(entries[1].manifest.is_none());
+        assert_eq!(e.digest, None);
+        assert_eq!(entries[1].digest, Some(DigestOffer::PreferCrc32c));
     }
 
     /// Each malformed catalog, and the message it must produce.
@@ -761,6 +780,7 @@ size = 4096
             (format!("{base}chap_secret_file = \"/s\"\n"), "main.toml:6: key `chap_user`: chap_secret_file needs chap_user"),
             (format!("{base}manifest_sha256 = \"{PIN}\"\n"), "main.toml:6: key `manifest`: manifest_sha256 given without a manifest"),
             (format!("{base}lun = 1\nlun = 2\n"), "main.toml:7: key `lun`: duplicate key"),
+            (format!("{base}digest = \"md5\"\n"), "main.toml:6: key `digest`: `md5` is not crc32c or none"),
             ("[[image]\n".to_string(), "main.toml:1: key `"),
             ("[something]\nx = 1\n".to_string(), "main.toml:1: key `something`: unknown field `something`"),
         ];

@@ -18,5 +18,6 @@ pub mod manifest;
 pub mod scsi;
 pub mod source;
 pub mod target;
+pub mod tree;
 
 pub use cli::run;

@@ -90,6 +90,7 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
                 &entry.target,
                 entry.lun,
                 entry.chap.clone(),
+                entry.digest,
             )) as Box<dyn Mirror>
         })
         .collect();
