@@ -49,12 +49,21 @@ fn nginx_over_http_serves_exact_ranges_and_coalesces_queued_reads() {
     let dir = test_dir("web_nginx_http");
     let (root, data) = web_root(dir.path(), 8 << 20);
     let nginx = Nginx::start("web_nginx_http", &root);
+    // 30 ms each way: the reads below are all queued long before the first two requests end.
+    let link = FaultProxy::start(
+        &nginx.authority(),
+        Faults {
+            latency: Some(Duration::from_millis(30)),
+            ..Faults::default()
+        },
+    );
     let opts = WebOptions {
         max_in_flight: 2,
         max_range: 1 << 20,
         ..options()
     };
-    let m = mirror(&nginx.url("image.iso"), data.len() as u64, opts);
+    let url = format!("http://{}/image.iso", link.portal());
+    let m = mirror(&url, data.len() as u64, opts);
     runtime().block_on(async {
         m.probe().await.unwrap();
         // Odd offsets and lengths, the last byte, a range across most of the file.
@@ -81,8 +90,9 @@ fn nginx_over_http_serves_exact_ranges_and_coalesces_queued_reads() {
         batch.iter().all(|s| s.status == 206 && s.bytes <= 1 << 20),
         "{batch:?}"
     );
+    // Two go out at once; the other 126 wait and leave 16 at a time (1 MiB).
     assert!(
-        batch.len() < 32,
+        batch.len() <= 12,
         "{} requests for 128 queued reads",
         batch.len()
     );
@@ -96,6 +106,12 @@ fn nginx_over_http_serves_exact_ranges_and_coalesces_queued_reads() {
         "{} connections for {} requests",
         conns.len(),
         served.len()
+    );
+    // (A connection raced for a request that another one served may open and go unused.)
+    assert!(
+        link.connections() <= 3,
+        "{} connections",
+        link.connections()
     );
 }
 
