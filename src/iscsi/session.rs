@@ -1510,31 +1510,36 @@ mod tests {
             assert!(queued.try_recv().unwrap().is_ok());
         }
 
+        /// A machine on portal "a" whose connection closed at `t0` with a read in flight.
+        fn lost_with_a_read(timing: Timing, t0: Instant) -> (Machine, Outcome) {
+            let mut m = machine(&["a"], timing, t0);
+            let rx = read(&mut m, t0, 512);
+            command_itt(&mut m);
+            m.handle_closed(t0);
+            (m, rx)
+        }
+
+        /// The target's port refuses every connection the machine asks for.
+        fn refuse_connects(m: &mut Machine, now: Instant) {
+            for action in actions(m) {
+                if let Action::Connect { portal } = action {
+                    let reason = "refused".to_string();
+                    m.handle_connect_failed(now, IscsiError::Connect { portal, reason });
+                }
+            }
+        }
+
         #[test]
         fn no_read_waits_longer_than_the_read_timeout() {
             let t0 = Instant::now();
-            let mut m = machine(
-                &["a"],
-                Timing {
-                    read_timeout: 5 * S,
-                    ..timing()
-                },
-                t0,
-            );
-            let mut rx = read(&mut m, t0, 512);
-            command_itt(&mut m);
-            m.handle_closed(t0);
+            let timing = Timing {
+                read_timeout: 5 * S,
+                ..timing()
+            };
+            let (mut m, mut rx) = lost_with_a_read(timing, t0);
             let mut now = t0;
             while now < t0 + 5 * S {
-                for action in actions(&mut m) {
-                    if let Action::Connect { .. } = action {
-                        let refused = IscsiError::Connect {
-                            portal: "a".into(),
-                            reason: "refused".into(),
-                        };
-                        m.handle_connect_failed(now, refused);
-                    }
-                }
+                refuse_connects(&mut m, now);
                 assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
                 now = m.poll_timeout().unwrap();
                 m.handle_timeout(now);
@@ -1548,29 +1553,17 @@ mod tests {
         #[test]
         fn giving_up_fails_what_is_outstanding_and_the_next_read_tries_again() {
             let t0 = Instant::now();
-            let mut m = machine(
-                &["a"],
-                Timing {
-                    give_up_after: 3 * S,
-                    ..timing()
-                },
-                t0,
-            );
-            let mut rx = read(&mut m, t0, 512);
-            command_itt(&mut m);
-            m.handle_closed(t0);
+            let timing = Timing {
+                give_up_after: 3 * S,
+                ..timing()
+            };
+            let (mut m, mut rx) = lost_with_a_read(timing, t0);
             let mut now = t0;
             for _ in 0..100 {
                 if rx.try_recv().is_ok() {
                     break;
                 }
-                if actions(&mut m).contains(&connect_to("a")) {
-                    let refused = IscsiError::Connect {
-                        portal: "a".into(),
-                        reason: "refused".into(),
-                    };
-                    m.handle_connect_failed(now, refused);
-                }
+                refuse_connects(&mut m, now);
                 now = m.poll_timeout().unwrap_or(now);
                 m.handle_timeout(now);
             }
