@@ -28,7 +28,9 @@ pub fn classify(err: &IscsiError) -> SourceError {
     match err {
         IscsiError::Connect { .. }
         | IscsiError::Login { .. }
+        | IscsiError::Lost { .. }
         | IscsiError::GaveUp { .. }
+        | IscsiError::TimedOut { .. }
         | IscsiError::Closed => SourceError::Network(text),
         IscsiError::Protocol { .. }
         | IscsiError::Rejected { .. }
@@ -261,6 +263,14 @@ mod tests {
                 "network",
             ),
             (IscsiError::Closed, "network"),
+            (
+                IscsiError::Lost {
+                    portal: portal(),
+                    reason: "reset".into(),
+                },
+                "network",
+            ),
+            (IscsiError::TimedOut { secs: 8 }, "network"),
             (
                 IscsiError::Protocol {
                     portal: portal(),
