@@ -15,21 +15,10 @@ const MIB: usize = 1 << 20;
 /// The bound every mode must end within (the default read bound is 90 s).
 const BOUND: Duration = Duration::from_secs(90);
 
-fn image() -> Vec<u8> {
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    (0..2 * MIB)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Run `isomount cat` against a target misbehaving this way and check how it ends.
 fn cat_against(misbehaviour: Misbehaviour) {
-    let image = image();
+    let dir = tempfile::tempdir().unwrap();
+    let image = std::fs::read(random_file(dir.path(), "hostile.img", 2 * MIB as u64, 61)).unwrap();
     let target = HostileTarget::start(image.clone(), MIB as u64, misbehaviour);
     let started = Instant::now();
     let mut child = isomount()
