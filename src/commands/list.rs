@@ -6,9 +6,9 @@ use indicatif::HumanBytes;
 
 use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestLocation};
-use crate::manifest::Manifest;
 use crate::cli::GlobalOpts;
 use crate::image::identity::entry_identity;
+use crate::manifest::Manifest;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {}
