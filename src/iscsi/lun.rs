@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::login::{Chap, DigestOffer, LoginConfig, LoginError};
-use super::session::{CommandOutcome, CommandSpec, Seq, Timing};
+use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
@@ -386,6 +386,7 @@ async fn setup_command(
         lun: scsi::lun_to_wire(lun),
         cdb,
         read_len,
+        expect: DataLength::AtMost,
     };
     tracing::debug!(
         "LUN {lun}: command opcode {:#04x}, {read_len} bytes in",
@@ -666,6 +667,7 @@ impl IscsiLun {
             lun: self.lun_wire,
             cdb,
             read_len,
+            expect: DataLength::AtMost,
         };
         let rx = self.submit(spec.clone()).await?;
         self.finish(&spec, rx).await
@@ -722,6 +724,7 @@ impl IscsiLun {
                 lun: self.lun_wire,
                 cdb,
                 read_len: n * self.info.block_size,
+                expect: DataLength::Exactly,
             });
             at += u64::from(n);
         }
