@@ -51,8 +51,14 @@ pub enum IscsiError {
     /// The connection failed after it was made (reset, closed, silent).
     #[error("connection to {portal} lost: {reason}")]
     Lost { portal: String, reason: String },
-    #[error("the target has no LUN {lun}")]
-    NoSuchLun { lun: u64 },
+    #[error("target {target} at {portal} has no LUN {lun}{}", luns_it_has(.available))]
+    NoSuchLun {
+        target: String,
+        portal: String,
+        lun: u64,
+        /// What REPORT LUNS lists, when it answered.
+        available: Option<Vec<u64>>,
+    },
     #[error("after reconnecting to {portal}, the LUN is not the same one: {reason}")]
     IdentityChanged { portal: String, reason: String },
     #[error("target unreachable for {secs}s, giving up: {last}")]
@@ -69,6 +75,17 @@ pub enum IscsiError {
     Closed,
     #[error(transparent)]
     Scsi(#[from] ScsiError),
+}
+
+fn luns_it_has(available: &Option<Vec<u64>>) -> String {
+    match available.as_deref() {
+        None => String::new(),
+        Some([]) => " (it reports no LUNs)".to_string(),
+        Some(luns) => {
+            let list: Vec<String> = luns.iter().map(u64::to_string).collect();
+            format!(" (it has LUN {})", list.join(", "))
+        }
+    }
 }
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.

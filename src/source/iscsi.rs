@@ -27,7 +27,6 @@ pub fn classify(err: &IscsiError) -> SourceError {
     let text = err.to_string();
     match err {
         IscsiError::Connect { .. }
-        | IscsiError::Login { .. }
         | IscsiError::Lost { .. }
         | IscsiError::GaveUp { .. }
         | IscsiError::TimedOut { .. }
@@ -42,7 +41,11 @@ pub fn classify(err: &IscsiError) -> SourceError {
             SourceError::Unusable(text)
         }
         IscsiError::OutOfRange => SourceError::OutOfRange(text),
-        IscsiError::Scsi(ScsiError::Status { .. }) => SourceError::Io(text),
+        // A target that answered and refused (authentication, no such target) may be restarting:
+        // retried later, like a network fault, but it answered.
+        IscsiError::Login { .. } | IscsiError::Scsi(ScsiError::Status { .. }) => {
+            SourceError::Io(text)
+        }
     }
 }
 
@@ -290,7 +293,23 @@ mod tests {
                 IscsiError::Scsi(ScsiError::Malformed("bad".into())),
                 "protocol",
             ),
-            (IscsiError::NoSuchLun { lun: 3 }, "unusable"),
+            (
+                IscsiError::NoSuchLun {
+                    target: "iqn.x".into(),
+                    portal: portal(),
+                    lun: 3,
+                    available: Some(vec![0, 1]),
+                },
+                "unusable",
+            ),
+            (
+                IscsiError::Login {
+                    target: "iqn.x".into(),
+                    portal: portal(),
+                    reason: "authentication failure".into(),
+                },
+                "io",
+            ),
             (
                 IscsiError::IdentityChanged {
                     portal: portal(),
