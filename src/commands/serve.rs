@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::source::{map_file, BlockSource, FileSource};
 use crate::target::config::{self, AllowList, DeviceChoice};
 use crate::target::mirror::ImageSource;
@@ -46,7 +46,7 @@ pub struct ServeArgs {
     pub device_type: DeviceChoice,
 }
 
-pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let allow = AllowList::parse(&args.allow)?;
     let chap = chap_config(&args)?;
     let runtime = super::runtime()?;
@@ -54,10 +54,10 @@ pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
         let mut targets: Vec<ExportedTarget> = Vec::new();
         for image in &args.images {
             // With --catalog the arguments are catalog names: a lazy mirror of each.
-            let target = if global.catalogs.is_empty() {
+            let target = if config.catalogs.is_empty() {
                 export_file(Path::new(image), &args.iqn_prefix, args.device_type, &allow)
             } else {
-                export_catalog_image(global, image, &args.iqn_prefix, args.device_type, &allow)
+                export_catalog_image(config, image, &args.iqn_prefix, args.device_type, &allow)
                     .await
             }
             .with_context(|| format!("while exporting {image}"))?;
@@ -86,14 +86,14 @@ pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
 /// A catalog image as a target: reads go through the image core (cache, verification, upstream
 /// fetch on a miss).
 async fn export_catalog_image(
-    global: &GlobalOpts,
+    config: &Config,
     name: &str,
     iqn_prefix: &str,
     device: DeviceChoice,
     allow: &AllowList,
 ) -> anyhow::Result<ExportedTarget> {
     let target_name = config::target_name_for(iqn_prefix, name)?;
-    let image = crate::image::open(global, name).await?;
+    let image = crate::image::open::named(config, name).await?;
     let magic = if device == DeviceChoice::Auto {
         let at = config::ISO9660_MAGIC_OFFSET;
         let bytes = image

@@ -16,16 +16,17 @@
 //!    └─► verified bytes out
 //! ```
 //! A complete, verified store can be handed to the kernel (passthrough.rs). Opening an image
-//! from a catalog name or a URL is open.rs, its cache identity identity.rs.
+//! from a catalog name or a URL is open.rs, its cache identity identity.rs; errors error.rs.
 //!
 //! Offline, or when no source answers, only what is here reads. No read waits longer than the
 //! image's read timeout. Nothing in this module speaks iSCSI or HTTP.
 
 mod cached;
 pub mod chunks;
+mod error;
 mod fetch;
 pub mod identity;
-mod open;
+pub mod open;
 mod passthrough;
 mod readahead;
 pub mod sources;
@@ -33,7 +34,7 @@ pub mod verify;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -44,74 +45,13 @@ use crate::source::BlockSource;
 
 use cached::Cached;
 use chunks::{Geometry, Span};
-use fetch::Inflight;
-pub use open::{open, open_source};
+pub use error::ImageError;
+use fetch::Fetcher;
 use passthrough::Passthrough;
 use readahead::ReadAhead;
 use sources::Sources;
 use verify::Reference;
 pub use verify::Verified;
-
-/// The longest a read may wait, unless the image is given another bound.
-pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Why a read failed. Every variant names the image and the byte range; FUSE answers EIO.
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error("{image}: bytes {start}..{end}: chunk {chunk} failed verification ({detail})")]
-    Verification {
-        image: String,
-        start: u64,
-        end: u64,
-        chunk: u64,
-        detail: String,
-    },
-    /// `start..end` is the first missing stretch of the read; `more` counts the others.
-    #[error("{image}: bytes {start}..{end}{} are not cached and isomount is offline", more_ranges(*.more))]
-    Offline {
-        image: String,
-        start: u64,
-        end: u64,
-        more: usize,
-    },
-    #[error("{image}: bytes {start}..{end} are not cached and no portal is reachable: {reason}")]
-    Unavailable {
-        image: String,
-        start: u64,
-        end: u64,
-        reason: String,
-    },
-    #[error("{image}: bytes {start}..{end} are not cached and {reason}")]
-    NoSource {
-        image: String,
-        start: u64,
-        end: u64,
-        reason: String,
-    },
-    #[error("{image}: bytes {start}..{end}: no answer within {secs} s{}", .reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
-    TimedOut {
-        image: String,
-        start: u64,
-        end: u64,
-        secs: u64,
-        reason: Option<String>,
-    },
-}
-
-fn more_ranges(more: usize) -> String {
-    match more {
-        0 => String::new(),
-        1 => " and one more range".to_string(),
-        n => format!(" and {n} more ranges"),
-    }
-}
-
-impl ImageError {
-    /// The errno a file system reports for this error.
-    pub fn errno(&self) -> i32 {
-        libc::EIO
-    }
-}
 
 /// Everything needed to build an [`Image`].
 pub struct ImageSpec {
@@ -127,7 +67,8 @@ pub struct ImageSpec {
     /// Where the bytes come from, in order of preference.
     pub sources: Vec<Arc<dyn BlockSource>>,
     pub offline: bool,
-    /// The longest any read waits ([`DEFAULT_READ_TIMEOUT`] unless the user says otherwise).
+    /// The longest any read waits ([`crate::config::DEFAULT_READ_TIMEOUT`] unless the user says
+    /// otherwise).
     pub read_timeout: Duration,
     /// Facts for `info/` (target, lun, vendor, …); size, manifest and portal are added.
     pub facts: Vec<(String, String)>,
@@ -135,26 +76,8 @@ pub struct ImageSpec {
     pub expect_serial: Option<String>,
 }
 
-/// Counters for `info/stats` that belong to no one part.
-#[derive(Default)]
-struct Stats {
-    misses: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl Stats {
-    fn note_misses(&self, chunks: usize) {
-        self.misses.fetch_add(chunks as u64, Ordering::Relaxed);
-    }
-
-    fn note_error(&self) {
-        self.errors.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// One image: what it is, where its bytes come from, and what of it is here.
 pub struct Image {
-    me: Weak<Image>,
     name: String,
     size: u64,
     geometry: Geometry,
@@ -165,12 +88,13 @@ pub struct Image {
     manifest_pin: Option<String>,
     /// What its chunks must hash to.
     reference: Arc<Reference>,
-    sources: Sources,
     cached: Arc<Cached>,
-    inflight: Inflight,
-    readahead: ReadAhead,
+    /// Fetches what is missing from the image's sources.
+    fetcher: Arc<Fetcher>,
+    readahead: Arc<ReadAhead>,
     passthrough: Passthrough,
-    stats: Stats,
+    /// Reads that failed.
+    errors: AtomicU64,
     warned_unreachable: AtomicBool,
 }
 
@@ -200,8 +124,14 @@ impl Image {
         );
         let manifest_pin = spec.identity.strip_prefix("manifest:").map(str::to_string);
         let sources = Sources::new(&spec.name, geometry, spec.expect_serial, spec.sources);
-        Arc::new_cyclic(|me| Image {
-            me: me.clone(),
+        let fetcher = Fetcher::new(
+            &spec.name,
+            geometry,
+            spec.offline,
+            spec.read_timeout,
+            sources,
+        );
+        Arc::new(Image {
             name: spec.name,
             size: spec.size,
             geometry,
@@ -210,12 +140,11 @@ impl Image {
             facts: spec.facts,
             manifest_pin,
             reference: Arc::new(Reference::new(spec.manifest)),
-            sources,
             cached: Arc::new(cached),
-            inflight: Inflight::default(),
-            readahead: ReadAhead::default(),
+            fetcher: Arc::new(fetcher),
+            readahead: Arc::new(ReadAhead::default()),
             passthrough: Passthrough::default(),
-            stats: Stats::default(),
+            errors: AtomicU64::new(0),
             warned_unreachable: AtomicBool::new(false),
         })
     }
@@ -244,7 +173,7 @@ impl Image {
         ));
         out.push(("portal".into(), self.current_portal()));
         if !self.offline {
-            if let Some(source) = self.sources.preferred() {
+            if let Some(source) = self.sources().preferred() {
                 for (k, v) in source.facts() {
                     if !out.iter().any(|(have, _)| *have == k) {
                         out.push((k, v));
@@ -259,20 +188,27 @@ impl Image {
         if self.offline {
             return "offline".into();
         }
-        self.sources
+        self.sources()
             .preferred()
             .map_or_else(|| "none".into(), |s| s.describe())
     }
 
+    fn sources(&self) -> &Sources {
+        self.fetcher.sources()
+    }
+
+    fn note_error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counters for `info/stats`.
     pub fn stats(&self) -> String {
-        let s = &self.stats;
         format!(
             "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\ncaching: {}\npassthrough: {}\n",
             self.cached.hits(),
-            s.misses.load(Ordering::Relaxed),
-            self.sources.bytes_fetched(),
-            s.errors.load(Ordering::Relaxed),
+            self.fetcher.misses(),
+            self.sources().bytes_fetched(),
+            self.errors.load(Ordering::Relaxed),
             self.reference.failures(),
             self.current_portal(),
             if self.cached.caching() { "on" } else { "off" },
@@ -317,19 +253,9 @@ impl Image {
         match tokio::time::timeout_at(deadline, read).await {
             Ok(result) => result,
             Err(_) => {
-                self.stats.note_error();
-                Err(self.timed_out(offset, end, None))
+                self.note_error();
+                Err(self.fetcher.timed_out(offset, end, None))
             }
-        }
-    }
-
-    fn timed_out(&self, start: u64, end: u64, reason: Option<String>) -> ImageError {
-        ImageError::TimedOut {
-            image: self.name.clone(),
-            start,
-            end,
-            secs: self.read_timeout.as_secs(),
-            reason,
         }
     }
 
@@ -362,9 +288,9 @@ impl Image {
         );
         if !missing.is_empty() {
             let fetched = self
-                .obtain(&missing, offset, end, deadline)
+                .obtain(&missing, (offset, end), deadline)
                 .await
-                .inspect_err(|_| self.stats.note_error())?;
+                .inspect_err(|_| self.note_error())?;
             for (i, bytes) in fetched {
                 parts[(i - span.first) as usize] = Some(bytes);
             }
@@ -406,8 +332,48 @@ impl Image {
             return Ok(0);
         }
         let deadline = Instant::now() + self.read_timeout;
-        let got = self.obtain(&missing, offset, end, deadline).await?;
+        let got = self.obtain(&missing, (offset, end), deadline).await?;
         Ok(got.iter().map(|(_, b)| b.len() as u64).sum())
+    }
+
+    async fn obtain(
+        &self,
+        chunks: &[u64],
+        read: (u64, u64),
+        deadline: Instant,
+    ) -> Result<Vec<(u64, Verified)>, ImageError> {
+        self.fetcher
+            .obtain(chunks, read, deadline, &self.cached, &self.reference)
+            .await
+    }
+
+    /// After a read of `offset..end`: when it goes on from the last one, fetch a window ahead in
+    /// the background (see [`readahead`]).
+    fn after_read(&self, offset: u64, end: u64) {
+        if self.offline || !self.readahead.is_on() {
+            return;
+        }
+        let cs = u64::from(self.geometry.chunk_size);
+        let Some((from, to)) = self.readahead.window_after(offset, end, cs, self.size) else {
+            return;
+        };
+        let readahead = self.readahead.clone();
+        let (fetcher, cached) = (self.fetcher.clone(), self.cached.clone());
+        let reference = self.reference.clone();
+        let deadline = Instant::now() + self.read_timeout;
+        tokio::spawn(async move {
+            let missing: Vec<u64> = (from / cs..to.div_ceil(cs))
+                .filter(|&i| cached.is_missing(i))
+                .collect();
+            if !missing.is_empty() {
+                let read = (from, to);
+                let fetched = fetcher.obtain(&missing, read, deadline, &cached, &reference);
+                if let Err(e) = fetched.await {
+                    tracing::debug!("read-ahead: {e}");
+                }
+            }
+            readahead.done();
+        });
     }
 
     /// Turn read-ahead off for a reader that keeps its own reads in flight (`cat`, `fetch`):
@@ -440,7 +406,7 @@ impl Image {
         if self.offline {
             return false;
         }
-        match self.sources.connect_any().await {
+        match self.sources().connect_any().await {
             Ok(()) => true,
             Err(failed) => {
                 if !self.warned_unreachable.swap(true, Ordering::Relaxed) {

@@ -1,13 +1,10 @@
 //! Read-ahead: a reader that goes on where its last read ended gets a window of chunks fetched
 //! ahead of it, doubling with each sequential read up to [`MAX_READAHEAD`]; one window is
-//! fetched at a time, in the background, and what it brings lands in memory first.
+//! fetched at a time, in the background (by the image, `Image::after_read`), and what it brings
+//! lands in memory first.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-
-use tokio::time::Instant;
-
-use super::Image;
+use std::sync::Mutex;
 
 /// Read-ahead grows to this many bytes past a sequential reader.
 pub const MAX_READAHEAD: u64 = 8 << 20;
@@ -52,7 +49,7 @@ impl ReadAhead {
 
     /// After a read of `offset..end`: the bytes to fetch ahead now, if any (then the caller owns
     /// the one window in flight until [`ReadAhead::done`]).
-    fn window_after(
+    pub fn window_after(
         &self,
         offset: u64,
         end: u64,
@@ -83,40 +80,9 @@ impl ReadAhead {
         Some((from, target))
     }
 
-    fn done(&self) {
+    /// The window in flight has been fetched (or given up).
+    pub fn done(&self) {
         self.busy.store(false, Ordering::Release);
-    }
-}
-
-impl Image {
-    /// Detect sequential reading and keep a growing window of chunks fetched ahead.
-    pub(super) fn after_read(&self, offset: u64, end: u64) {
-        if self.offline || !self.readahead.is_on() {
-            return;
-        }
-        let cs = u64::from(self.geometry.chunk_size);
-        let Some((from, to)) = self.readahead.window_after(offset, end, cs, self.size) else {
-            return;
-        };
-        let Some(me) = self.me.upgrade() else {
-            self.readahead.done();
-            return;
-        };
-        tokio::spawn(async move { me.fetch_ahead(from, to).await });
-    }
-
-    async fn fetch_ahead(self: Arc<Self>, from: u64, to: u64) {
-        let cs = u64::from(self.geometry.chunk_size);
-        let missing: Vec<u64> = (from / cs..to.div_ceil(cs))
-            .filter(|&i| self.cached.is_missing(i))
-            .collect();
-        if !missing.is_empty() {
-            let deadline = Instant::now() + self.read_timeout;
-            if let Err(e) = self.obtain(&missing, from, to, deadline).await {
-                tracing::debug!("read-ahead: {e}");
-            }
-        }
-        self.readahead.done();
     }
 }
 

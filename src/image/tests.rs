@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 
 use super::fetch::MAX_RUN_BYTES;
 use super::*;
+use crate::config::DEFAULT_READ_TIMEOUT;
 use crate::source::{Pieces, SourceError, SourceIdentity};
 
 /// A source over bytes in memory that counts reads and can fail or lie.
