@@ -18,7 +18,7 @@ use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
-use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
+use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError, Sense};
 
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
@@ -455,8 +455,9 @@ impl<E: Into<IscsiError>> From<E> for ProbeError {
 
 /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.6, ASC 0x25).
 fn lun_not_supported(e: &IscsiError) -> bool {
-    matches!(e, IscsiError::Scsi(s)
-        if s.sense().is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25))
+    matches!(e, IscsiError::Scsi(s) if s.sense().is_some_and(|s| {
+        (s.key, s.asc) == (Sense::LUN_NOT_SUPPORTED.key, Sense::LUN_NOT_SUPPORTED.asc)
+    }))
 }
 
 async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, ProbeError> {
@@ -470,18 +471,40 @@ async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, ProbeE
     if inquiry.qualifier != 0 || inquiry.device_type == 0x1f {
         return Err(ProbeError::NoSuchLun);
     }
-    let pages = match setup_command(conn, seq, lun, scsi::inquiry(true, 0x00, 255), 255).await {
+    let pages = match setup_command(
+        conn,
+        seq,
+        lun,
+        scsi::inquiry(true, scsi::vpd::SUPPORTED_PAGES, 255),
+        255,
+    )
+    .await
+    {
         Ok(data) => scsi::parse_supported_pages(&data).unwrap_or_default(),
         Err(_) => Vec::new(),
     };
-    let serial = if pages.contains(&0x80) {
-        let data = setup_command(conn, seq, lun, scsi::inquiry(true, 0x80, 255), 255).await?;
+    let serial = if pages.contains(&scsi::vpd::UNIT_SERIAL_NUMBER) {
+        let data = setup_command(
+            conn,
+            seq,
+            lun,
+            scsi::inquiry(true, scsi::vpd::UNIT_SERIAL_NUMBER, 255),
+            255,
+        )
+        .await?;
         Some(scsi::parse_serial(&data)?).filter(|s| !s.is_empty())
     } else {
         None
     };
-    let device_id = if pages.contains(&0x83) {
-        let data = setup_command(conn, seq, lun, scsi::inquiry(true, 0x83, 1024), 1024).await?;
+    let device_id = if pages.contains(&scsi::vpd::DEVICE_IDENTIFICATION) {
+        let data = setup_command(
+            conn,
+            seq,
+            lun,
+            scsi::inquiry(true, scsi::vpd::DEVICE_IDENTIFICATION, 1024),
+            1024,
+        )
+        .await?;
         Some(scsi::parse_device_id(&data)?)
     } else {
         None
