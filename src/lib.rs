@@ -14,6 +14,7 @@ pub mod iobuf;
 pub mod iscsi;
 pub mod iso9660;
 pub mod manifest;
+pub mod platform;
 pub mod scsi;
 pub mod source;
 pub mod target;

@@ -8,6 +8,7 @@
 
 mod fixtures;
 mod istgt;
+mod platform;
 mod ports;
 mod process;
 mod proxy;

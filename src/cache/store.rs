@@ -53,7 +53,7 @@ const DIRECT_RUN_CHUNKS: usize = 64;
 /// The bounce buffer for direct writes, in bytes.
 const DIRECT_BUFFER: usize = 2 << 20;
 
-/// The data file opened with `O_DIRECT`, and an aligned buffer to write from. Writing around the
+/// The data file opened for direct I/O, and an aligned buffer to write from. Writing around the
 /// page cache spares the copy into it and the file system's per-page work (a third of the cache
 /// writer's CPU time, measured with perf), and leaves the page cache to the reader's data.
 struct Direct {
@@ -63,7 +63,7 @@ struct Direct {
 
 impl Direct {
     fn open(path: &Path) -> Option<Direct> {
-        let file = open_direct(path)?;
+        let file = crate::platform::open_direct(path)?;
         let mut buffer = AlignedBuffer::new(DIRECT_BUFFER)?;
         buffer.zero();
         Some(Direct { file, buffer })
@@ -101,22 +101,6 @@ impl Direct {
                 .write_all_at(&self.buffer.as_slice()[..filled], at)
                 .is_ok()
     }
-}
-
-/// The data file at `path` opened for writing with `O_DIRECT`.
-#[cfg(target_os = "linux")]
-fn open_direct(path: &Path) -> Option<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
-}
-
-#[cfg(not(target_os = "linux"))]
-fn open_direct(_path: &Path) -> Option<File> {
-    None
 }
 
 /// Geometry of a store, as its index header records it.
@@ -622,31 +606,16 @@ impl Store {
         Ok(())
     }
 
-    #[cfg(target_os = "linux")]
     fn punch(&self, index: u64) {
-        use std::os::fd::AsRawFd;
         let offset = index * u64::from(self.geometry.chunk_size);
-        let len = self.geometry.chunk_len(index);
-        // SAFETY: fallocate on a valid, owned descriptor; the range lies within the file.
-        let rc = unsafe {
-            libc::fallocate(
-                self.data.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if rc != 0 {
+        let len = self.geometry.chunk_len(index) as u64;
+        if let Err(err) = crate::platform::punch_hole(&self.data, offset, len) {
             tracing::debug!(
-                "could not release chunk {index} of {}: {}",
-                self.dir.display(),
-                std::io::Error::last_os_error()
+                "could not release chunk {index} of {}: {err}",
+                self.dir.display()
             );
         }
     }
-
-    #[cfg(not(target_os = "linux"))]
-    fn punch(&self, _index: u64) {}
 
     /// The label written at creation ("name=…", "identity=…" lines).
     pub fn label(&self) -> String {

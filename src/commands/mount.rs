@@ -8,9 +8,8 @@
 //! `-o` takes mount(8)-style options so that `mount -t fuse.isomount NAME DIR` works (mount(8)
 //! runs `mount.fuse3`, which runs `isomount NAME DIR -o OPTIONS`).
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,8 +21,9 @@ use fuser::{MountOption, SessionACL};
 
 use crate::cli::GlobalOpts;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{fusermount, holds_iso9660, ImageReadAt, ImageView, SourceView, Tree};
+use crate::fs::{holds_iso9660, ImageReadAt, ImageView, SourceView, Tree};
 use crate::iso9660::IsoFs;
+use crate::platform;
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
@@ -52,8 +52,6 @@ pub struct UnmountArgs {
 const READY_DEADLINE: Duration = Duration::from_secs(300);
 /// How long an unmount waits for the FUSE threads to finish.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-/// FUSE worker threads reading /dev/fuse (each hands reads to tokio and goes back for more).
-const FUSE_THREADS: usize = 4;
 
 /// `-o` options, validated: what goes to the kernel/fusermount and what isomount itself uses.
 #[derive(Debug, Default, PartialEq)]
@@ -161,7 +159,7 @@ impl MountConfig {
     }
 
     fn fuser_config(&self, image: &str) -> fuser::Config {
-        let mut options = vec![MountOption::RO, MountOption::NoDev, MountOption::NoSuid];
+        let mut options = platform::fixed_mount_options();
         if !self
             .kernel
             .iter()
@@ -169,20 +167,21 @@ impl MountConfig {
         {
             options.push(MountOption::FSName(format!("isomount:{image}")));
         }
-        // As a kernel option (not fuser's Subtype, which only fusermount sees), so /proc/mounts
-        // says fuse.isomount whichever way the mount is made.
+        // As a kernel option (not fuser's Subtype, which only fusermount sees), so the mount
+        // table says fuse.isomount whichever way the mount is made.
         if !self.kernel.iter().any(|o| match o {
             MountOption::CUSTOM(custom) => custom.starts_with("subtype="),
             _ => false,
         }) {
-            options.push(MountOption::CUSTOM("subtype=isomount".to_string()));
+            options.extend(platform::subtype_option("isomount"));
         }
         options.extend(self.kernel.iter().cloned());
+        let session = platform::fuse_session();
         let mut config = fuser::Config::default();
         config.mount_options = options;
         config.acl = self.acl;
-        config.n_threads = Some(FUSE_THREADS);
-        config.clone_fd = true;
+        config.n_threads = Some(session.threads);
+        config.clone_fd = session.clone_fd;
         config
     }
 }
@@ -219,45 +218,6 @@ fn file_stem(image: &str) -> String {
     }
 }
 
-/// Octal escapes of /proc/self/mountinfo (`\040` for a space) undone.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// The filesystem type mounted at `path`, if anything is.
-fn mounted_at(path: &Path) -> Option<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    table.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let point = fields.get(4)?;
-        if unescape_mountinfo(point) != path.as_os_str().as_bytes() {
-            return None;
-        }
-        let dash = fields.iter().position(|f| *f == "-")?;
-        Some(fields.get(dash + 1)?.to_string())
-    })
-}
-
 /// The mountpoint, made absolute, after the checks mount(8) users expect.
 fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<PathBuf> {
     let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
@@ -275,7 +235,7 @@ fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<PathBuf> {
     let path = path
         .canonicalize()
         .with_context(|| format!("while resolving {}", path.display()))?;
-    if let Some(kind) = mounted_at(&path) {
+    if let Some(kind) = platform::mounted_at(&path) {
         bail!("{} is already mounted ({kind})", path.display());
     }
     // SAFETY: geteuid has no preconditions.
@@ -365,7 +325,7 @@ pub fn run(global: &GlobalOpts, mut args: MountArgs) -> anyhow::Result<ExitCode>
         serve(&global, &args, &config, &mountpoint, Ready::Foreground)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (read_end, write_end) = pipe()?;
+    let (read_end, write_end) = platform::pipe().context("while creating a pipe")?;
     // SAFETY: no thread has been started yet (the runtime is built after this point), so the
     // child may run arbitrary code.
     match unsafe { libc::fork() } {
@@ -404,16 +364,6 @@ fn absolute_paths(mut global: GlobalOpts) -> GlobalOpts {
         .cache_dir
         .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
     global
-}
-
-fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("while creating a pipe");
-    }
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The parent's side: wait (bounded) for the child's "ready" or error line.
@@ -486,7 +436,7 @@ fn serve(
             result
         })
         .context("while starting the FUSE session")?;
-    raise_readahead(mountpoint);
+    platform::raise_readahead(mountpoint, crate::fs::fuse::READ_AHEAD);
     if let Err(err) = ready.ok() {
         let _ = unmounter.unmount();
         return Err(err);
@@ -515,22 +465,6 @@ fn serve(
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
-}
-
-/// Widen the kernel's read-ahead: the INIT reply cannot raise it past the kernel's default
-/// (128 KiB), but root may through the mount's bdi. Sequential readers then keep many 1 MiB
-/// requests in flight instead of one 128 KiB request. Best effort.
-fn raise_readahead(mountpoint: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else {
-        return;
-    };
-    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    let kib = crate::fs::fuse::READ_AHEAD / 1024;
-    if let Err(err) = std::fs::write(&knob, kib.to_string()) {
-        tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
-    }
 }
 
 type Mounted = (fuser::Session<FuseAdapter>, Unmounter);
@@ -586,25 +520,25 @@ fn mount(
     };
     let fuser_config = config.fuser_config(&args.image);
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if unsafe { libc::geteuid() } == 0 || !platform::mounts_through_helper() {
         let mut session =
             fuser::Session::new(adapter, mountpoint, &fuser_config).map_err(failed)?;
         let unmounter = Unmounter::Kernel(session.unmount_callable(), mountpoint.to_path_buf());
         return Ok((session, unmounter));
     }
-    let fd =
-        fusermount::mount(mountpoint, &config.fusermount_options(&args.image)).map_err(failed)?;
+    let fd = platform::helper_mount(mountpoint, &config.fusermount_options(&args.image))
+        .map_err(failed)?;
     let session = fuser::Session::from_fd(adapter, fd, config.acl, fuser_config);
     match session {
         Ok(session) => Ok((session, Unmounter::Helper(mountpoint.to_path_buf()))),
         Err(err) => {
-            let _ = fusermount::unmount(mountpoint);
+            let _ = platform::helper_unmount(mountpoint);
             Err(failed(err))
         }
     }
 }
 
-/// How this mount is undone: by `umount(2)` through fuser (root) or by the helper (users).
+/// How this mount is undone: by `umount(2)` through fuser or by the helper.
 enum Unmounter {
     Kernel(fuser::SessionUnmounter, PathBuf),
     Helper(PathBuf),
@@ -613,20 +547,14 @@ enum Unmounter {
 impl Unmounter {
     fn unmount(&mut self) -> std::io::Result<()> {
         match self {
-            // A file still open makes umount(2) fail with EBUSY: detach the mount instead (as
-            // libfuse does), so it is gone from the tree and the open files close in their time.
+            // A file still open makes umount(2) fail with EBUSY.
             Unmounter::Kernel(unmounter, mountpoint) => unmounter.unmount().or_else(|err| {
                 if err.raw_os_error() != Some(libc::EBUSY) {
                     return Err(err);
                 }
-                let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
-                // SAFETY: path is a valid NUL-terminated string.
-                match unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                }
+                platform::unmount_busy(mountpoint)
             }),
-            Unmounter::Helper(mountpoint) => fusermount::unmount(mountpoint),
+            Unmounter::Helper(mountpoint) => platform::helper_unmount(mountpoint),
         }
     }
 }
@@ -660,32 +588,13 @@ pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCo
         .mountpoint
         .canonicalize()
         .with_context(|| format!("while resolving {}", args.mountpoint.display()))?;
-    if mounted_at(&path).is_none() {
+    if platform::mounted_at(&path).is_none() {
         bail!("{} is not mounted", path.display());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        // SAFETY: c_path is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c_path.as_ptr(), 0) } != 0 {
-            let err = std::io::Error::last_os_error();
-            bail!("unmounting {} failed: {err}", path.display());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let output = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg("--")
-        .arg(OsString::from(path.as_os_str()))
-        .output()
-        .context("while running fusermount3")?;
-    if !output.status.success() {
-        bail!(
-            "unmounting {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
+    platform::unmount(&path).map_err(|err| {
+        let reason = err.to_string();
+        anyhow::anyhow!("unmounting {} failed: {}", path.display(), reason.trim())
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -757,12 +666,6 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
-        assert_eq!(unescape_mountinfo("/mnt/\\13"), b"/mnt/\\13");
-    }
-
-    #[test]
     fn mountpoint_problems_are_clear() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
@@ -774,7 +677,7 @@ mod tests {
         assert!(check_mountpoint(dir.path(), true).is_ok());
         let err = check_mountpoint(&dir.path().join("f"), false).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
-        let err = check_mountpoint(Path::new("/proc"), true).unwrap_err();
-        assert!(err.to_string().contains("already mounted (proc)"), "{err}");
+        let err = check_mountpoint(Path::new("/"), true).unwrap_err();
+        assert!(err.to_string().contains("/ is already mounted ("), "{err}");
     }
 }

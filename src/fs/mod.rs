@@ -18,7 +18,6 @@
 //! any [`BlockSource`] in tests.
 
 pub mod fuse;
-pub mod fusermount;
 
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};

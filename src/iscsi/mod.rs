@@ -73,8 +73,7 @@ impl IscsiError {
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.
 pub fn default_initiator_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
+    let host = crate::platform::host_name()
         .map(|h| {
             h.trim()
                 .chars()
