@@ -310,6 +310,7 @@ fn detach_stdio(log: Option<&Path>) -> anyhow::Result<()> {
 }
 
 pub fn run(global: &GlobalOpts, mut args: MountArgs) -> anyhow::Result<ExitCode> {
+    platform::can_mount().map_err(anyhow::Error::msg)?;
     if args.local_file {
         args.image = std::path::absolute(&args.image)?
             .to_string_lossy()

@@ -71,6 +71,20 @@ fn linux_ways() -> bool {
     flavour() == Flavour::Linux
 }
 
+/// Whether this build can mount at all; why not, when it cannot.
+pub fn can_mount() -> Result<(), &'static str> {
+    if cfg!(target_os = "netbsd") {
+        return Err(
+            "isomount cannot mount on NetBSD: fuser does not ask perfused for mounts \
+                    (README, Platforms); cat, fetch and serve work",
+        );
+    }
+    if cfg!(feature = "macos-no-mount") {
+        return Err("this build has no mount code (built with the macos-no-mount feature)");
+    }
+    Ok(())
+}
+
 /// How the FUSE session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FuseSession {
