@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod fs;
+pub mod http;
 pub mod image;
 pub mod iobuf;
 pub mod iscsi;
@@ -18,5 +19,6 @@ pub mod platform;
 pub mod scsi;
 pub mod source;
 pub mod target;
+pub mod tree;
 
 pub use cli::run;

@@ -218,8 +218,56 @@ fn file_stem(image: &str) -> String {
     }
 }
 
-/// The mountpoint, made absolute, after the checks mount(8) users expect.
+/// Unmount `path`, with the error saying where.
+fn unmount_at(path: &Path, busy: platform::Busy) -> anyhow::Result<()> {
+    platform::unmount(path, busy).map_err(|err| {
+        let reason = err.to_string();
+        anyhow::anyhow!("unmounting {} failed: {}", path.display(), reason.trim())
+    })
+}
+
+/// `path` made absolute with its parent resolved: a stale mountpoint cannot itself be resolved.
+fn resolve_parent(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs =
+        std::path::absolute(path).with_context(|| format!("while resolving {}", path.display()))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => Ok(parent
+            .canonicalize()
+            .with_context(|| format!("while resolving {}", parent.display()))?
+            .join(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// A stale mount at `path` (its daemon gone): cleared when it is an isomount mount, else an
+/// error saying how to clear it.
+fn clear_stale(path: &Path) -> anyhow::Result<()> {
+    let at = resolve_parent(path)?;
+    match platform::mounted_at(&at) {
+        Some(kind) if platform::is_isomount_type(&kind) => {
+            tracing::warn!(
+                "{}: a stale isomount mount (its daemon is gone); clearing it",
+                at.display()
+            );
+            unmount_at(&at, platform::Busy::GoAnyway)
+        }
+        kind => bail!(
+            "{} is a stale mount{} whose daemon is gone (Transport endpoint is not connected); \
+             clear it with `isomount unmount {}` or `fusermount3 -u {}`",
+            at.display(),
+            kind.map(|k| format!(" ({k})")).unwrap_or_default(),
+            at.display(),
+            at.display()
+        ),
+    }
+}
+
+/// The mountpoint, made absolute, after the checks mount(8) users expect. A stale isomount
+/// mount there is cleared first.
 fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<PathBuf> {
+    if platform::is_stale_mount(path) {
+        clear_stale(path)?;
+    }
     let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
         std::io::ErrorKind::NotFound => {
             anyhow::anyhow!("mountpoint {} does not exist", path.display())
@@ -420,6 +468,16 @@ fn serve(
     ready: Ready,
 ) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
+    // Registered before mounting, so a signal that comes while the mount is made still ends in
+    // an unmount rather than a stale mount.
+    let stop = match runtime.block_on(async { StopSignals::register() }) {
+        Ok(stop) => stop,
+        Err(err) => {
+            let err = anyhow::Error::new(err).context("while installing signal handlers");
+            ready.fail(&err);
+            return Err(err);
+        }
+    };
     let mounted = match mount(global, args, config, mountpoint, &runtime) {
         Ok(mounted) => mounted,
         Err(err) => {
@@ -443,12 +501,7 @@ fn serve(
         return Err(err);
     }
     tracing::info!("mounted {} at {}", args.image, mountpoint.display());
-    let signalled = runtime
-        .block_on(wait_for_end(done_rx))
-        .unwrap_or_else(|err| {
-            tracing::error!("cannot wait for signals, unmounting: {err}");
-            true
-        });
+    let signalled = runtime.block_on(wait_for_end(stop, done_rx));
     if signalled {
         tracing::info!("unmounting {}", mountpoint.display());
         if let Err(err) = unmounter.unmount() {
@@ -570,32 +623,66 @@ async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<
     Ok(image)
 }
 
-/// Wait for SIGINT, SIGTERM (true) or the end of the session (false: unmounted from outside).
-async fn wait_for_end(done: tokio::sync::oneshot::Receiver<()>) -> anyhow::Result<bool> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    Ok(tokio::select! {
-        _ = interrupt.recv() => true,
-        _ = terminate.recv() => true,
-        _ = hangup.recv() => true,
+/// SIGINT, SIGTERM and SIGHUP, caught: each means "unmount cleanly and exit".
+pub(crate) struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Catch the three signals from now on (inside a tokio runtime).
+    pub(crate) fn register() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Wait for one of them (or one that came since [`StopSignals::register`]); returns its name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Wait for a stop signal (true) or the end of the session (false: unmounted from outside).
+async fn wait_for_end(mut stop: StopSignals, done: tokio::sync::oneshot::Receiver<()>) -> bool {
+    tokio::select! {
+        name = stop.recv() => {
+            tracing::info!("{name}: unmounting");
+            true
+        }
         _ = done => false,
-    })
+    }
 }
 
 pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCode> {
-    let path = args
-        .mountpoint
-        .canonicalize()
-        .with_context(|| format!("while resolving {}", args.mountpoint.display()))?;
+    let stale = platform::is_stale_mount(&args.mountpoint);
+    let path = if stale {
+        resolve_parent(&args.mountpoint)?
+    } else {
+        args.mountpoint
+            .canonicalize()
+            .with_context(|| format!("while resolving {}", args.mountpoint.display()))?
+    };
     if platform::mounted_at(&path).is_none() {
         bail!("{} is not mounted", path.display());
     }
-    platform::unmount(&path).map_err(|err| {
-        let reason = err.to_string();
-        anyhow::anyhow!("unmounting {} failed: {}", path.display(), reason.trim())
-    })?;
+    if stale {
+        tracing::info!(
+            "{}: stale (its daemon is gone); detaching it",
+            path.display()
+        );
+        unmount_at(&path, platform::Busy::GoAnyway)?;
+    } else {
+        unmount_at(&path, platform::Busy::Refuse)?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

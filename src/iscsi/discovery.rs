@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use super::login::{Chap, LoginConfig};
-use super::session::{Conn, LoginFailure, Seq};
+use super::login::{Chap, DigestOffer, LoginConfig};
+use super::session::Seq;
+use super::transport::{Conn, LoginFailure};
 use super::IscsiError;
 
 /// A target and the portals it is reachable at (`host:port`, TPGT removed).
@@ -60,7 +61,7 @@ pub async fn discover(
         tsih: 0,
         cid: 0,
         chap,
-        digests: false,
+        digest: DigestOffer::Either,
         max_recv_data_segment_length: 262_144,
         max_burst_length: 262_144,
     };

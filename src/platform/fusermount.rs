@@ -131,11 +131,11 @@ fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
     }
 }
 
-/// Unmount through the helper; [`Busy::Detach`] lets a mount with open files go at once.
+/// Unmount through the helper; [`Busy::GoAnyway`] detaches a mount whose files are open.
 pub fn unmount(mountpoint: &Path, busy: Busy) -> io::Result<()> {
     let mut command = Command::new(HELPER);
     command.arg("-u");
-    if busy == Busy::Detach {
+    if busy == Busy::GoAnyway {
         command.arg("-z");
     }
     let output = command

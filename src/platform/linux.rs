@@ -75,12 +75,14 @@ fn umount2(path: &Path, flags: libc::c_int) -> io::Result<()> {
 }
 
 /// Unmount as umount(8) would: the system call as root, fusermount3 -u for a normal user.
-pub fn unmount(path: &Path) -> io::Result<()> {
+pub fn unmount(path: &Path, busy: Busy) -> io::Result<()> {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        umount2(path, 0)
-    } else {
-        helper_unmount(path, Busy::Refuse)
+    if unsafe { libc::geteuid() } != 0 {
+        return helper_unmount(path, busy);
+    }
+    match busy {
+        Busy::Refuse => umount2(path, 0),
+        Busy::GoAnyway => detach(path),
     }
 }
 

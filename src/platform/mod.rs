@@ -12,6 +12,8 @@
 //! | mount as a normal user | fusermount3 (ours: /dev/fuse may be closed to users) | fuser's own (mount_fusefs, macFUSE) |
 //! | unmount on a signal, files open | detach (MNT_DETACH) | unmount(2) again once they are closed |
 //! | `isomount unmount` | umount2, or fusermount3 -u | unmount(2), else the helper if there is one |
+//! | unmount a stale mount | detach | unmount(2), forced if busy |
+//! | a stale mount's error | ENOTCONN | ENOTCONN (FreeBSD), ENXIO (macFUSE) |
 //! | FUSE session | 4 threads, clone_fd, passthrough, max_pages | 1 thread, none of those |
 //! | kernel read-ahead | /sys/class/bdi/MAJ:MIN/read_ahead_kb (root) | the kernel's default |
 //! | cache writes | O_DIRECT | through the page cache |
@@ -136,7 +138,7 @@ pub fn helper_mount(mountpoint: &Path, options: &str) -> io::Result<OwnedFd> {
 
 /// Undo a [`helper_mount`], detaching the mount if files in it are still open.
 pub fn helper_unmount(mountpoint: &Path) -> io::Result<()> {
-    native::helper_unmount(mountpoint, Busy::Detach)
+    native::helper_unmount(mountpoint, Busy::GoAnyway)
 }
 
 /// What an unmount does while files in the mount are open.
@@ -144,8 +146,24 @@ pub fn helper_unmount(mountpoint: &Path) -> io::Result<()> {
 pub enum Busy {
     /// Fail with EBUSY, as umount(8) does.
     Refuse,
-    /// Take the mount out of the tree now; it goes when the last file is closed.
-    Detach,
+    /// The mount goes now: Linux detaches it (open files read on until closed); other systems
+    /// force it (open files fail), which is what a stale mount, whose daemon is gone, needs.
+    GoAnyway,
+}
+
+/// Whether the mount at `path` lost its daemon: the kernel then answers what it cannot serve
+/// from its caches with ENOTCONN (Linux, FreeBSD) or ENXIO (macFUSE). The root's attributes may
+/// still be cached, so this lists the directory.
+pub fn is_stale_mount(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|_| std::fs::read_dir(path).map(drop))
+        .is_err_and(|err| matches!(err.raw_os_error(), Some(libc::ENOTCONN | libc::ENXIO)))
+}
+
+/// Whether a type [`mounted_at`] gave is an isomount mount's (`fuse.isomount` in Linux's mount
+/// table, `fusefs.isomount` in FreeBSD's statfs). Other systems' types do not say.
+pub fn is_isomount_type(kind: &str) -> bool {
+    matches!(kind, "fuse.isomount" | "fusefs.isomount")
 }
 
 /// The type of the file system mounted at `path` (absolute, resolved), if one is mounted there.
@@ -157,15 +175,16 @@ pub fn mounted_at(path: &Path) -> Option<String> {
     unix::mounted_at(path)
 }
 
-/// Unmount `path` as umount(8) would: refused while files in it are open.
-pub fn unmount(path: &Path) -> io::Result<()> {
+/// Unmount `path` as umount(8) would: the system call, or for a normal user the helper where
+/// there is one.
+pub fn unmount(path: &Path, busy: Busy) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     if linux_ways() {
-        return linux::unmount(path);
+        return linux::unmount(path, busy);
     }
-    match unix::unmount(path) {
+    match unix::unmount(path, busy) {
         Err(err) if err.kind() == io::ErrorKind::PermissionDenied && native::HAS_MOUNT_HELPER => {
-            native::helper_unmount(path, Busy::Refuse)
+            native::helper_unmount(path, busy)
         }
         result => result,
     }

@@ -56,7 +56,7 @@ pub fn mounted_at(path: &Path) -> Option<String> {
                 io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => None,
                 // A FUSE mount whose daemon is gone (or that is closed to us) answers with an
                 // error of its own; an ordinary directory would not.
-                _ => Some(format!("not answering: {err}")),
+                _ => Some("unknown type".to_string()),
             };
         }
     };
@@ -109,19 +109,30 @@ fn fs_type(_path: &Path) -> Option<String> {
     None
 }
 
-/// unmount(2) (Linux spells it umount2), refused while files in the mount are open.
-pub fn unmount(path: &Path) -> io::Result<()> {
+/// unmount(2) (Linux spells it umount2) with `flags` (0 or MNT_FORCE).
+fn sys_unmount(path: &Path, flags: libc::c_int) -> io::Result<()> {
     let c_path = CString::new(path.as_os_str().as_bytes())?;
     #[cfg(target_os = "linux")]
     // SAFETY: c_path is a valid NUL-terminated path for the duration of the call.
-    let rc = unsafe { libc::umount2(c_path.as_ptr(), 0) };
+    let rc = unsafe { libc::umount2(c_path.as_ptr(), flags) };
     #[cfg(not(target_os = "linux"))]
     // SAFETY: c_path is a valid NUL-terminated path for the duration of the call.
-    let rc = unsafe { libc::unmount(c_path.as_ptr(), 0) };
+    let rc = unsafe { libc::unmount(c_path.as_ptr(), flags) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// unmount(2); refused while files in the mount are open, unless `busy` says go anyway: then
+/// forced (MNT_FORCE; nothing else can detach a busy mount here).
+pub fn unmount(path: &Path, busy: super::Busy) -> io::Result<()> {
+    match sys_unmount(path, 0) {
+        Err(err) if err.raw_os_error() == Some(libc::EBUSY) && busy == super::Busy::GoAnyway => {
+            sys_unmount(path, libc::MNT_FORCE)
+        }
+        result => result,
+    }
 }
 
 /// No system but Linux can detach a busy mount, and forcing it (MNT_FORCE) would fail the reads
@@ -133,7 +144,7 @@ pub fn unmount_when_closed(path: &Path) -> io::Result<()> {
     );
     loop {
         std::thread::sleep(BUSY_RETRY);
-        match unmount(path) {
+        match sys_unmount(path, 0) {
             Ok(()) => return Ok(()),
             Err(err) if err.raw_os_error() == Some(libc::EBUSY) => continue,
             // Unmounted meanwhile by someone else.
