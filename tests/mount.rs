@@ -134,21 +134,23 @@ fn mount_ok(image: &Path, mountpoint: &Mountpoint) {
     assert!(is_mounted(&mountpoint.path), "exit 0 but nothing mounted");
 }
 
-fn unmount_ok(mountpoint: &Mountpoint) {
-    assert!(
-        find_daemon(&mountpoint.path).is_some(),
-        "no daemon serves the mount"
-    );
-    let out = run_bounded(
-        isomount().arg("unmount").arg(&mountpoint.path),
-        Duration::from_secs(30),
-    );
+/// `isomount unmount PATH` succeeds, and nothing is mounted there after.
+fn isomount_unmount_ok(path: &Path) {
+    let out = run_bounded(isomount().arg("unmount").arg(path), Duration::from_secs(30));
     assert!(
         out.status.success(),
         "unmount failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!is_mounted(&mountpoint.path));
+    assert!(!is_mounted(path));
+}
+
+fn unmount_ok(mountpoint: &Mountpoint) {
+    assert!(
+        find_daemon(&mountpoint.path).is_some(),
+        "no daemon serves the mount"
+    );
+    isomount_unmount_ok(&mountpoint.path);
     wait_until(Duration::from_secs(20), "the daemon to exit", || {
         find_daemon(&mountpoint.path).is_none()
     });
@@ -920,16 +922,7 @@ fn a_stale_mount_is_recognised_and_cleared() {
             err.contains("is a stale mount (unknown type)") && err.contains("isomount unmount"),
             "{err}"
         );
-        let out = run_bounded(
-            isomount().arg("unmount").arg(&mp.path),
-            Duration::from_secs(30),
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!is_mounted(&mp.path));
+        isomount_unmount_ok(&mp.path);
         mount_ok(&disk, &mp);
     } else {
         assert!(out.status.success(), "{err}");
@@ -963,14 +956,5 @@ fn a_stale_mount_is_recognised_and_cleared() {
             && err.contains("isomount unmount"),
         "{err}"
     );
-    let out = run_bounded(
-        isomount().arg("unmount").arg(&mp.path),
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!is_mounted(&mp.path));
+    isomount_unmount_ok(&mp.path);
 }
