@@ -12,6 +12,7 @@ command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v xorriso >/dev/null || need+=(xorriso)
 command -v iscsi-perf >/dev/null || need+=(libiscsi-bin)
 command -v man >/dev/null || need+=(man-db)
+command -v minisign >/dev/null || need+=(minisign)
 if ((${#need[@]})); then
     sudo=""
     [ "$(id -u)" = 0 ] || sudo="sudo"
