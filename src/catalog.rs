@@ -494,11 +494,15 @@ fn download(url: &str) -> Result<Vec<u8>, String> {
 /// The body at `url`, or `None` when the server says there is nothing there (404, 410).
 fn download_if_there(url: &str) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
-    let client = reqwest::blocking::Client::builder()
+    let mut builder = reqwest::blocking::Client::builder()
         .https_only(true)
-        .timeout(DOWNLOAD_TIMEOUT)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .timeout(DOWNLOAD_TIMEOUT);
+    // Catalogs and manifests trust the same extra CAs as web mirrors (`ISOMOUNT_CA_FILE`).
+    let ca_file = crate::http::client::WebOptions::from_env().ca_file;
+    for cert in crate::http::client::extra_roots(ca_file.as_deref()).map_err(|e| e.to_string())? {
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
     let response = client.get(url).send().map_err(|e| e.to_string())?;
     if matches!(
         response.status(),

@@ -25,11 +25,21 @@ fn assert_ok(out: &Output, what: &str) {
 
 /// Run the reference minisign tool; it must succeed.
 fn minisign(args: &[&str]) -> Output {
-    let out = Command::new("minisign")
+    minisign_fed(args, b"")
+}
+
+/// Run the reference minisign tool with `input` on its stdin (passphrases); it must succeed.
+fn minisign_fed(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("minisign")
         .args(args)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("minisign (package minisign) is installed");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
     assert_ok(&out, &format!("minisign {args:?}"));
     out
 }
@@ -379,27 +389,15 @@ fn signatures_made_by_the_minisign_tool_are_accepted() {
 
     // A key minisign encrypted with a passphrase signs through publish --passphrase-file.
     let (epub, ekey) = (dir.join("e.pub"), dir.join("e.key"));
-    let mut generate = Command::new("minisign")
-        .args([
+    minisign_fed(
+        &[
             "-G",
             "-p",
             epub.to_str().unwrap(),
             "-s",
             ekey.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = generate.stdin.take().unwrap();
-        stdin.write_all(b"correct horse\ncorrect horse\n").unwrap();
-    }
-    assert!(
-        generate.wait().unwrap().success(),
-        "minisign -G with a passphrase"
+        ],
+        b"correct horse\ncorrect horse\n",
     );
     let ekey_arg = ekey.to_str().unwrap().to_string();
     let refused = isomount()
@@ -561,30 +559,15 @@ fn keygen_keeps_the_secret_key_private_and_asks_for_a_passphrase_only_when_told(
     // minisign opens it with the same passphrase and signs.
     let data = dir.path().join("data");
     std::fs::write(&data, "x").unwrap();
-    let mut sign = Command::new("minisign")
-        .args([
+    minisign_fed(
+        &[
             "-S",
             "-s",
             locked.to_str().unwrap(),
             "-m",
             data.to_str().unwrap(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        sign.stdin
-            .take()
-            .unwrap()
-            .write_all(b"from the environment\n")
-            .unwrap();
-    }
-    assert!(
-        sign.wait().unwrap().success(),
-        "minisign -S with our encrypted key"
+        ],
+        b"from the environment\n",
     );
     minisign(&[
         "-V",
@@ -595,4 +578,90 @@ fn keygen_keeps_the_secret_key_private_and_asks_for_a_passphrase_only_when_told(
         "-m",
         data.to_str().unwrap(),
     ]);
+}
+
+#[test]
+fn an_https_catalog_keeps_its_signature_beside_the_kept_copy() {
+    let p = Publisher::new("signed_https", MIB, 25);
+    p.publish_signed("127.0.0.1:9");
+    let good = std::fs::read(p.catalog()).unwrap();
+    let good_sig = std::fs::read(p.signature()).unwrap();
+    let ca = TestCa::generate();
+    let mut nginx = Nginx::start_tls("signed_https", &p.dir.path().join("pub"), &ca);
+    let url = nginx.url("mirror.toml");
+    let user = |extra: &[&str]| {
+        isomount()
+            .env("ISOMOUNT_CA_FILE", ca.ca_pem())
+            .arg("--catalog")
+            .arg(&url)
+            .arg("--pubkey")
+            .arg(p.pubkey())
+            .arg("--cache-dir")
+            .arg(p.cache_dir())
+            .args(extra)
+            .arg("list")
+            .output()
+            .unwrap()
+    };
+    let listed = |out: &Output| text(&out.stdout).lines().any(|l| l.starts_with("img "));
+
+    let first = user(&[]);
+    assert_ok(&first, "list over https");
+    assert!(
+        listed(&first) && first.stderr.is_empty(),
+        "{}",
+        text(&first.stderr)
+    );
+    let kept: Vec<PathBuf> = std::fs::read_dir(p.cache_dir().join("catalogs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let kept_catalog = kept
+        .iter()
+        .find(|k| k.extension().is_some_and(|x| x == "toml"))
+        .expect("a kept copy")
+        .clone();
+    let kept_sig = PathBuf::from(format!("{}.minisig", kept_catalog.display()));
+    assert_eq!(std::fs::read(&kept_catalog).unwrap(), good);
+    assert_eq!(
+        std::fs::read(&kept_sig).unwrap(),
+        good_sig,
+        "signature kept beside it"
+    );
+
+    // The mirror now serves a tampered catalog: refused, the kept copy is used and stays.
+    std::fs::write(
+        p.catalog(),
+        text(&good).replace("127.0.0.1:9", "127.0.0.2:9"),
+    )
+    .unwrap();
+    let tampered = user(&[]);
+    assert_ok(&tampered, "list with a tampered catalog served");
+    assert!(listed(&tampered));
+    assert!(
+        text(&tampered.stderr).contains("what it serves now is refused (the signature by key")
+            && text(&tampered.stderr).contains("using the copy kept from before"),
+        "{}",
+        text(&tampered.stderr)
+    );
+    assert_eq!(std::fs::read(&kept_catalog).unwrap(), good);
+    assert_eq!(std::fs::read(&kept_sig).unwrap(), good_sig);
+
+    // With the mirror gone, and offline, the kept pair is checked and used.
+    nginx.kill();
+    let offline = user(&["--offline"]);
+    assert_ok(&offline, "offline list");
+    assert!(
+        listed(&offline) && offline.stderr.is_empty(),
+        "{}",
+        text(&offline.stderr)
+    );
+    std::fs::write(&kept_sig, "untrusted comment: x\nnot a signature\n").unwrap();
+    let damaged = user(&["--offline"]);
+    assert!(!listed(&damaged));
+    assert!(
+        text(&damaged.stderr).contains("refused: its signature is unreadable"),
+        "{}",
+        text(&damaged.stderr)
+    );
 }
