@@ -46,12 +46,26 @@ pub struct GlobalOpts {
     /// Never touch the network; serve only what is cached
     #[arg(long, global = true)]
     pub offline: bool,
+    /// Longest any read of an image waits before it fails, in seconds (default 90)
+    #[arg(long, global = true, value_name = "SECONDS", env = "ISOMOUNT_READ_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub read_timeout: Option<u64>,
     /// More log output: -v connections, logins, failover and cache decisions; -vv every command
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+impl GlobalOpts {
+    /// The bound on every read of an image (`--read-timeout`, default 90 s).
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.read_timeout.map_or(
+            crate::image::DEFAULT_READ_TIMEOUT,
+            std::time::Duration::from_secs,
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,7 +162,7 @@ fn classify(args: &[OsString], names: &[String]) -> (FirstWord, usize) {
     let takes_value = |s: &str| {
         matches!(
             s,
-            "--catalog" | "--pubkey" | "--cache-dir" | "--cache-size" | "-o"
+            "--catalog" | "--pubkey" | "--cache-dir" | "--cache-size" | "--read-timeout" | "-o"
         )
     };
     let mut i = 1;
