@@ -418,9 +418,27 @@ impl SeenVersions {
     }
 }
 
-/// A passphrase for a secret key: from a file (its first line) or [`PASSPHRASE_ENV`].
+/// Refuse a file of secrets that group or others may read.
+fn check_private(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Exposed {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// A passphrase for a secret key: from a file (its first line; mode 0600) or [`PASSPHRASE_ENV`].
 pub fn passphrase(file: Option<&Path>) -> Result<Option<String>, KeyError> {
     if let Some(file) = file {
+        check_private(file)?;
         let text = std::fs::read_to_string(file).map_err(|source| KeyError::Io {
             path: file.display().to_string(),
             source,
@@ -521,16 +539,8 @@ impl SigningKey {
     /// Read a minisign secret key (`isomount keygen`'s or `minisign -G`'s). It must not be
     /// readable by group or others; an encrypted one needs `passphrase`.
     pub fn load(path: &Path, passphrase: Option<String>) -> Result<SigningKey, KeyError> {
-        use std::os::unix::fs::PermissionsExt;
         let label = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
-            path: label.clone(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Exposed { path: label, mode });
-        }
+        check_private(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
             path: label.clone(),
             source,
