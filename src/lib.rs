@@ -17,6 +17,7 @@ pub mod iso9660;
 pub mod manifest;
 pub mod platform;
 pub mod scsi;
+pub mod signature;
 pub mod source;
 pub mod target;
 pub mod tree;
