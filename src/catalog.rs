@@ -12,6 +12,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::iscsi::DigestOffer;
+
 /// Largest catalog or manifest fetched over https.
 const MAX_DOWNLOAD: u64 = 256 << 20;
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,6 +77,29 @@ pub struct ManifestRef {
     pub sha256: String,
 }
 
+impl ManifestRef {
+    /// The manifest's bytes from where the catalog says it is, not yet checked against the pin.
+    /// For an https URL the last good copy is kept at `kept` and serves offline, or when the
+    /// fetch fails.
+    pub fn read(&self, kept: &Path, offline: bool) -> Result<Vec<u8>, CatalogError> {
+        match &self.location {
+            ManifestLocation::Path(p) => std::fs::read(p).map_err(|source| CatalogError::Io {
+                path: p.display().to_string(),
+                source,
+            }),
+            ManifestLocation::Url(u) => fetch_kept(u, Some(kept), offline),
+        }
+    }
+
+    /// The file or URL, for messages.
+    pub fn describe(&self) -> String {
+        match &self.location {
+            ManifestLocation::Path(p) => p.display().to_string(),
+            ManifestLocation::Url(u) => u.clone(),
+        }
+    }
+}
+
 /// CHAP settings: the secret stays in its own file and is read only when logging in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChapRef {
@@ -94,6 +119,8 @@ pub struct Entry {
     pub size: u64,
     pub manifest: Option<ManifestRef>,
     pub chap: Option<ChapRef>,
+    /// `digest = "crc32c"` or `"none"`; unset leaves the choice to the target.
+    pub digest: Option<DigestOffer>,
     /// "file:line" of the entry, for messages.
     pub origin: String,
 }
@@ -124,6 +151,7 @@ struct RawEntry {
     manifest_sha256: Option<Spanned<String>>,
     chap_user: Option<Spanned<String>>,
     chap_secret_file: Option<Spanned<String>>,
+    digest: Option<Spanned<String>>,
 }
 
 /// Where a catalog's text came from: relative paths inside it resolve against this.
@@ -308,6 +336,16 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
             }
             _ => None,
         };
+        let digest = match &raw.digest {
+            Some(d) => Some(DigestOffer::parse(d.get_ref()).ok_or_else(|| {
+                invalid(
+                    d.span(),
+                    "digest",
+                    format!("`{}` is not crc32c or none", d.get_ref()),
+                )
+            })?),
+            None => None,
+        };
         out.push(Entry {
             name,
             description: raw.description,
@@ -317,6 +355,7 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
             size,
             manifest,
             chap,
+            digest,
             origin: format!("{file}:{entry_line}"),
         });
     }
@@ -613,7 +652,7 @@ impl Catalog {
 /// Add or replace the entry `entry.name` in the catalog file at `path` (created when missing),
 /// keeping the file's comments and other entries.
 pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogError> {
-    use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
+    use toml_edit::{ArrayOfTables, DocumentMut, Item};
     let io = |source| CatalogError::Io {
         path: path.display().to_string(),
         source,
@@ -632,21 +671,7 @@ pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogEr
                 key: "-".into(),
                 message: e.to_string(),
             })?;
-    let mut table = Table::new();
-    table["name"] = value(entry.name.as_str());
-    if let Some(d) = &entry.description {
-        table["description"] = value(d.as_str());
-    }
-    table["target"] = value(entry.target.as_str());
-    table["lun"] = value(i64::try_from(entry.lun).unwrap_or(i64::MAX));
-    let mut portals = Array::new();
-    for p in &entry.portals {
-        portals.push(p.as_str());
-    }
-    table["portals"] = value(portals);
-    table["size"] = value(i64::try_from(entry.size).unwrap_or(i64::MAX));
-    table["manifest"] = value(entry.manifest.as_str());
-    table["manifest_sha256"] = value(entry.manifest_sha256.as_str());
+    let table = entry_table(entry);
     if !doc.contains_key("image") {
         doc["image"] = Item::ArrayOfTables(ArrayOfTables::new());
     }
@@ -672,6 +697,50 @@ pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogEr
     let out = doc.to_string();
     parse(&out, &Origin::File(path.to_path_buf()))?;
     write_atomic(path, out.as_bytes()).map_err(io)
+}
+
+/// The `[[image]]` table of a published entry.
+fn entry_table(entry: &PublishedEntry) -> toml_edit::Table {
+    use toml_edit::{value, Array, Table};
+    let mut table = Table::new();
+    table["name"] = value(entry.name.as_str());
+    if let Some(d) = &entry.description {
+        table["description"] = value(d.as_str());
+    }
+    table["target"] = value(entry.target.as_str());
+    table["lun"] = value(i64::try_from(entry.lun).unwrap_or(i64::MAX));
+    let mut portals = Array::new();
+    for p in &entry.portals {
+        portals.push(p.as_str());
+    }
+    table["portals"] = value(portals);
+    table["size"] = value(i64::try_from(entry.size).unwrap_or(i64::MAX));
+    table["manifest"] = value(entry.manifest.as_str());
+    table["manifest_sha256"] = value(entry.manifest_sha256.as_str());
+    table
+}
+
+/// The text of a whole catalog file at `path` holding `entries` in the order given, under
+/// `header` (each line becomes a `#` comment). The same entries always give the same bytes. The
+/// text is checked by [`parse`] before it is returned.
+pub fn render(
+    path: &Path,
+    header: &str,
+    entries: &[PublishedEntry],
+) -> Result<String, CatalogError> {
+    use toml_edit::{ArrayOfTables, DocumentMut, Item};
+    let mut images = ArrayOfTables::new();
+    for entry in entries {
+        images.push(entry_table(entry));
+    }
+    let mut doc = DocumentMut::new();
+    if !entries.is_empty() {
+        doc["image"] = Item::ArrayOfTables(images);
+    }
+    let comments: String = header.lines().map(|l| format!("# {l}\n")).collect();
+    let out = format!("{comments}\n{doc}");
+    parse(&out, &Origin::File(path.to_path_buf()))?;
+    Ok(out)
 }
 
 /// What `publish` writes into a catalog.
@@ -711,6 +780,7 @@ name = "freebsd-14"
 target = "iqn.2009-04.org.example:freebsd"
 portals = ["127.0.0.1:3261"]
 size = 4096
+digest = "CRC32C"
 "#
         )
     }
@@ -737,6 +807,8 @@ size = 4096
         assert_eq!(e.origin, "/etc/isomount/catalogs/main.toml:2");
         assert_eq!(entries[1].lun, 0);
         assert!(entries[1].manifest.is_none());
+        assert_eq!(e.digest, None);
+        assert_eq!(entries[1].digest, Some(DigestOffer::PreferCrc32c));
     }
 
     /// Each malformed catalog, and the message it must produce.
@@ -761,6 +833,7 @@ size = 4096
             (format!("{base}chap_secret_file = \"/s\"\n"), "main.toml:6: key `chap_user`: chap_secret_file needs chap_user"),
             (format!("{base}manifest_sha256 = \"{PIN}\"\n"), "main.toml:6: key `manifest`: manifest_sha256 given without a manifest"),
             (format!("{base}lun = 1\nlun = 2\n"), "main.toml:7: key `lun`: duplicate key"),
+            (format!("{base}digest = \"md5\"\n"), "main.toml:6: key `digest`: `md5` is not crc32c or none"),
             ("[[image]\n".to_string(), "main.toml:1: key `"),
             ("[something]\nx = 1\n".to_string(), "main.toml:1: key `something`: unknown field `something`"),
         ];

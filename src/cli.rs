@@ -5,13 +5,20 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
 
 /// Mount published disk and CD images over iSCSI, verified and cached.
 #[derive(Debug, Parser)]
-#[command(name = "isomount", version, about, long_about = None)]
+#[command(
+    name = "isomount",
+    version,
+    about,
+    long_about = None,
+    after_help = "`isomount NAME MOUNTPOINT` is short for `isomount mount NAME MOUNTPOINT`."
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalOpts,
@@ -19,8 +26,9 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Options every command accepts.
+/// Options every command accepts (shown under their own heading in every command's help).
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalOpts {
     /// Catalog file, folder of *.toml, or https URL (repeatable; replaces the search path)
     #[arg(long = "catalog", global = true, value_name = "PATH")]
@@ -34,7 +42,7 @@ pub struct GlobalOpts {
     /// Never touch the network; serve only what is cached
     #[arg(long, global = true)]
     pub offline: bool,
-    /// More log output (repeat for more)
+    /// More log output: -v connections, logins, failover and cache decisions; -vv every command
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors
@@ -67,16 +75,70 @@ pub enum Command {
     Serve(commands::serve::ServeArgs),
     /// Serve the bundled sample image on loopback and mount it
     Demo(commands::demo::DemoArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), made from the same definitions as --help
+    Man(ManArgs),
 }
 
-const SUBCOMMANDS: &[&str] = &[
-    "mount", "unmount", "cat", "fetch", "list", "info", "discover", "cache", "publish", "serve",
-    "demo", "help",
-];
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write isomount.1 and a page per subcommand (isomount-fetch.1, …) into DIR instead
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
 
-/// `isomount NAME MOUNTPOINT` means `isomount mount NAME MOUNTPOINT`: insert the subcommand when
-/// the first positional argument is not one.
-fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    pub shell: clap_complete::Shell,
+}
+
+/// What the first word on the command line is.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstWord {
+    /// A subcommand (or none at all): parse as given.
+    Subcommand,
+    /// `isomount NAME MOUNTPOINT`: insert `mount` at this position.
+    ImageName,
+    /// Not a subcommand, but one letter or two from these: a typo, not an image name.
+    NearMiss { word: String, close: Vec<String> },
+}
+
+/// The subcommands (and their aliases) clap knows, `help` included.
+fn subcommand_names() -> Vec<String> {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut names: Vec<String> = command
+        .get_subcommands()
+        .flat_map(|c| std::iter::once(c.get_name()).chain(c.get_all_aliases()))
+        .map(str::to_string)
+        .collect();
+    names.push("help".to_string());
+    names
+}
+
+/// Subcommands `word` is a near miss of: an edit or two away (one for short commands), a
+/// transposition counting as one. Words with digits or punctuation other than `-` are image
+/// names or paths, never typos.
+fn near_misses(word: &str, names: &[String]) -> Vec<String> {
+    if word.len() < 2 || !word.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
+        return Vec::new();
+    }
+    let word = word.to_ascii_lowercase();
+    names
+        .iter()
+        .filter(|name| {
+            let allowed = if name.len() <= 4 { 1 } else { 2 };
+            let distance = strsim::damerau_levenshtein(&word, name);
+            distance <= allowed && distance < word.len()
+        })
+        .cloned()
+        .collect()
+}
+
+/// `isomount NAME MOUNTPOINT` means `isomount mount NAME MOUNTPOINT`, unless NAME is a near miss
+/// of a subcommand. Returns what the first positional word is and where it stands.
+fn classify(args: &[OsString], names: &[String]) -> (FirstWord, usize) {
     let takes_value = |s: &str| matches!(s, "--catalog" | "--cache-dir" | "--cache-size" | "-o");
     let mut i = 1;
     while i < args.len() {
@@ -85,22 +147,56 @@ fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
             break;
         }
         if !word.starts_with('-') {
-            if SUBCOMMANDS.contains(&word.as_ref()) {
-                return args;
+            if names.iter().any(|n| *n == word) {
+                return (FirstWord::Subcommand, i);
             }
-            // Right after the program name, so options before NAME (global or mount's) stay valid.
-            let mut out = args;
-            out.insert(1, OsString::from("mount"));
-            return out;
+            let close = near_misses(&word, names);
+            if !close.is_empty() {
+                let word = word.into_owned();
+                return (FirstWord::NearMiss { word, close }, i);
+            }
+            return (FirstWord::ImageName, i);
         }
         i += if takes_value(&word) { 2 } else { 1 };
     }
-    args
+    (FirstWord::Subcommand, i)
+}
+
+/// The arguments with `mount` inserted where the default command applies.
+fn with_default_command(args: Vec<OsString>) -> Vec<OsString> {
+    match classify(&args, &subcommand_names()) {
+        (FirstWord::ImageName, _) => {
+            // Right after the program name, so options before NAME (global or mount's) stay valid.
+            let mut out = args;
+            out.insert(1, OsString::from("mount"));
+            out
+        }
+        _ => args,
+    }
+}
+
+/// The message for a mistyped subcommand: what was meant, and how to mount a name like it.
+fn near_miss_message(word: &str, close: &[String]) -> String {
+    let quoted: Vec<String> = close.iter().map(|c| format!("`{c}`")).collect();
+    format!(
+        "unknown command `{word}`; did you mean {}?\n\n  (to mount an image named `{word}`: \
+         isomount mount {word} MOUNTPOINT)",
+        quoted.join(" or ")
+    )
 }
 
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
-    let cli = Cli::parse_from(with_default_command(std::env::args_os().collect()));
+    let args: Vec<OsString> = std::env::args_os().collect();
+    if let (FirstWord::NearMiss { word, close }, _) = classify(&args, &subcommand_names()) {
+        <Cli as clap::CommandFactory>::command()
+            .error(
+                clap::error::ErrorKind::InvalidSubcommand,
+                near_miss_message(&word, &close),
+            )
+            .exit();
+    }
+    let cli = Cli::parse_from(with_default_command(args));
     init_logging(&cli.global);
     match commands::dispatch(&cli.global, cli.command) {
         Ok(code) => code,
@@ -109,6 +205,30 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `isomount completions SHELL`: the completion script for SHELL, from the clap definitions.
+pub fn print_completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut command, "isomount", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `isomount man`: the manual page as roff, from the same clap definitions as `--help`; with
+/// `--dir`, every page written into that folder.
+pub fn print_man(args: ManArgs) -> anyhow::Result<ExitCode> {
+    let command = <Cli as clap::CommandFactory>::command();
+    if let Some(dir) = args.dir {
+        clap_mangen::generate_to(command, &dir)
+            .with_context(|| format!("while writing manual pages into {}", dir.display()))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = Vec::new();
+    clap_mangen::Man::new(command)
+        .render(&mut out)
+        .context("while rendering the manual page")?;
+    std::io::Write::write_all(&mut std::io::stdout(), &out).context("while writing stdout")?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_logging(global: &GlobalOpts) {
@@ -145,6 +265,39 @@ mod tests {
     fn bare_name_and_mountpoint_mean_mount() {
         let out = with_default_command(words(&["isomount", "netbsd-5.0", "/mnt/cd"]));
         assert_eq!(out, words(&["isomount", "mount", "netbsd-5.0", "/mnt/cd"]));
+    }
+
+    #[test]
+    fn near_misses_of_subcommands_are_typos_not_names() {
+        let names = subcommand_names();
+        for (typo, meant) in [
+            ("fecth", "fetch"),
+            ("lsit", "list"),
+            ("unmont", "unmount"),
+            ("mout", "mount"),
+            ("publsh", "publish"),
+            ("cahce", "cache"),
+            ("completion", "completions"),
+        ] {
+            let args = words(&["isomount", typo, "x"]);
+            match classify(&args, &names) {
+                (FirstWord::NearMiss { close, .. }, 1) => {
+                    assert!(close.iter().any(|c| c == meant), "{typo}: {close:?}")
+                }
+                other => panic!("{typo} taken as {other:?}"),
+            }
+        }
+        for name in [
+            "netbsd-5.0",
+            "sample",
+            "debian",
+            "/srv/x.iso",
+            "cd2",
+            "freebsd",
+        ] {
+            let args = words(&["isomount", name, "/mnt"]);
+            assert_eq!(classify(&args, &names).0, FirstWord::ImageName, "{name}");
+        }
     }
 
     #[test]

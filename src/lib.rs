@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod fs;
+pub mod http;
 pub mod image;
 pub mod iobuf;
 pub mod iscsi;
@@ -17,5 +18,6 @@ pub mod manifest;
 pub mod scsi;
 pub mod source;
 pub mod target;
+pub mod tree;
 
 pub use cli::run;

@@ -1,5 +1,6 @@
 //! The initiator against real targets: byte-exact `cat` of disk, CD, CHAP, mutual-CHAP and
-//! CRC32C-digest LUNs on tgtd, clean failures, discovery, `info`, and reads through faults.
+//! CRC32C-digest LUNs on tgtd (a target requiring digests is read with no flag), clean failures,
+//! discovery, `info`, and reads through faults.
 
 mod common;
 
@@ -190,35 +191,51 @@ fn discover_lists_every_target_and_its_luns() {
     assert!(text.contains("2048-byte blocks"), "{text}");
 }
 
+/// The `info` line of a negotiated key, e.g. `HeaderDigest` → `CRC32C`.
+fn negotiated(info: &Output, key: &str) -> String {
+    let text = String::from_utf8_lossy(&info.stdout);
+    text.lines()
+        .find(|l| l.split_whitespace().next() == Some(key))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_string()
+}
+
 #[test]
-fn crc32c_digests_are_negotiated_and_reads_are_exact() {
-    let s = setup("crc32c_digests_are_negotiated_and_reads_are_exact");
+fn a_target_requiring_crc32c_digests_is_read_with_no_flag() {
+    let s = setup("a_target_requiring_crc32c_digests_is_read_with_no_flag");
+    // By default the target chooses: tgtd left alone picks None.
+    let out = run(&["info", &s.tgtd.url(PLAIN, 1)], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(negotiated(&out, "HeaderDigest"), "None");
+    // `?digest=crc32c` only prefers CRC32C: tgtd left alone offers None alone, and is read.
+    let out = run(
+        &["info", &format!("{}?digest=crc32c", s.tgtd.url(PLAIN, 1))],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(negotiated(&out, "DataDigest"), "None");
+    // Now tgtd requires CRC32C header and data digests.
     for key in ["HeaderDigest", "DataDigest"] {
         s.tgtd.tgtadm(&[
             "--mode", "target", "--op", "update", "--tid", "1", "--name", key, "--value", "CRC32C",
         ]);
     }
-    let url = format!("{}?digest=crc32c", s.tgtd.url(PLAIN, 1));
+    let url = s.tgtd.url(PLAIN, 1);
     let out = run(&["info", &url], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("HeaderDigest") && l.ends_with("CRC32C")),
-        "{text}"
-    );
-    assert!(
-        text.lines()
-            .any(|l| l.starts_with("DataDigest") && l.ends_with("CRC32C")),
-        "{text}"
-    );
+    assert_eq!(negotiated(&out, "HeaderDigest"), "CRC32C");
+    assert_eq!(negotiated(&out, "DataDigest"), "CRC32C");
     assert_cat_exact(&url, &[], &s.disk);
-    // The environment variable asks for the same.
     assert_cat_exact(
         &s.tgtd.url(PLAIN, 2),
         &[("ISOMOUNT_DIGEST", "crc32c")],
         &s.cd,
     );
+    // `none` insists: tgtd, which would pick CRC32C from our default offer, settles for None.
+    let out = run(&["info", &format!("{url}?digest=none")], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(negotiated(&out, "HeaderDigest"), "None");
 }
 
 #[test]
@@ -529,7 +546,8 @@ struct IstgtProcess {
 }
 
 impl IstgtProcess {
-    fn start(image: &Path) -> IstgtProcess {
+    /// `use_digest`: istgt's `UseDigest` (`Auto`, or `Header Data` to require CRC32C).
+    fn start(image: &Path, use_digest: &str) -> IstgtProcess {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().display();
         let port = free_tcp_port();
@@ -549,7 +567,7 @@ impl IstgtProcess {
              [PortalGroup1]\n  Portal DA1 127.0.0.1:{port}\n\
              [InitiatorGroup1]\n  InitiatorName \"ALL\"\n  Netmask 127.0.0.0/8\n\
              [LogicalUnit1]\n  TargetName disk1\n  Mapping PortalGroup1 InitiatorGroup1\n  \
-             AuthMethod None\n  AuthGroup AuthGroup1\n  UseDigest Auto\n  UnitType Disk\n  \
+             AuthMethod None\n  AuthGroup AuthGroup1\n  UseDigest {use_digest}\n  UnitType Disk\n  \
              LUN0 Storage {} Auto\n",
             image.display()
         );
@@ -590,7 +608,7 @@ impl Drop for IstgtProcess {
 fn istgt_discover_info_and_exact_cat_also_through_resets() {
     let dir = tempfile::tempdir().unwrap();
     let disk = random_file(dir.path(), "istgt.img", 48 * MIB, 51);
-    let istgt = IstgtProcess::start(&disk);
+    let istgt = IstgtProcess::start(&disk, "Auto");
     let iqn = "iqn.2026-11.org.isomount.istgt:disk1";
     let out = run(&["discover", &istgt.portal], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -613,4 +631,20 @@ fn istgt_discover_info_and_exact_cat_also_through_resets() {
     );
     assert_cat_exact(&format!("iscsi://{}/{iqn}/0", proxy.portal()), &[], &disk);
     assert!(proxy.resets() >= 2);
+}
+
+#[test]
+fn istgt_requiring_digests_is_read_with_no_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "istgt-digest.img", 6 * MIB + 512, 52);
+    let istgt = IstgtProcess::start(&disk, "Header Data");
+    let url = format!(
+        "iscsi://{}/iqn.2026-11.org.isomount.istgt:disk1/0",
+        istgt.portal
+    );
+    let out = run(&["info", &url], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(negotiated(&out, "HeaderDigest"), "CRC32C");
+    assert_eq!(negotiated(&out, "DataDigest"), "CRC32C");
+    assert_cat_exact(&url, &[], &disk);
 }

@@ -13,6 +13,7 @@ pub mod info;
 pub mod list;
 pub mod mount;
 pub mod publish;
+pub mod publish_tree;
 pub mod serve;
 
 /// Run one command.
@@ -29,6 +30,8 @@ pub fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCod
         Command::Publish(args) => publish::run(global, args),
         Command::Serve(args) => serve::run(global, args),
         Command::Demo(args) => demo::run(global, args),
+        Command::Completions(args) => crate::cli::print_completions(args.shell),
+        Command::Man(args) => crate::cli::print_man(args),
     }
 }
 

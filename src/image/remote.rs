@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::Mirror;
 use crate::catalog::ChapRef;
-use crate::iscsi::{Chap, ConnectOptions, IscsiLun, IscsiUrl, Secret};
+use crate::iscsi::{Chap, ConnectOptions, DigestOffer, IscsiLun, IscsiUrl, Secret};
 use crate::source::{BlockSource, SourceError, SourceIdentity};
 
 /// How long one mirror's session keeps retrying before the image core tries the next mirror.
@@ -21,7 +21,8 @@ pub struct IscsiMirror {
     target: String,
     lun: u64,
     chap: ChapSource,
-    digests: bool,
+    /// The catalog's or URL's digest choice; `None` leaves it to `ISOMOUNT_DIGEST`.
+    digest: Option<DigestOffer>,
     /// A session opened ahead of use (by `open`), handed out by the next `connect`.
     spare: Mutex<Option<Arc<IscsiLun>>>,
     /// The last session, for `facts`.
@@ -70,13 +71,19 @@ fn read_secret(chap: &ChapRef) -> Result<Chap, SourceError> {
 }
 
 impl IscsiMirror {
-    pub fn new(portal: &str, target: &str, lun: u64, chap: Option<ChapRef>) -> IscsiMirror {
+    pub fn new(
+        portal: &str,
+        target: &str,
+        lun: u64,
+        chap: Option<ChapRef>,
+        digest: Option<DigestOffer>,
+    ) -> IscsiMirror {
         IscsiMirror {
             portal: portal.to_string(),
             target: target.to_string(),
             lun,
             chap: chap.map_or(ChapSource::None, ChapSource::File),
-            digests: false,
+            digest,
             spare: Mutex::new(None),
             last: Mutex::new(None),
         }
@@ -88,7 +95,7 @@ impl IscsiMirror {
             target: url.target.clone(),
             lun: url.lun,
             chap: url.chap.clone().map_or(ChapSource::None, ChapSource::Given),
-            digests: url.digests,
+            digest: url.digest,
             spare: Mutex::new(None),
             last: Mutex::new(None),
         }
@@ -114,7 +121,9 @@ impl IscsiMirror {
             ChapSource::File(c) => opts.chap = Some(read_secret(c)?),
             ChapSource::Given(c) => opts.chap = Some(c.clone()),
         }
-        opts.digests |= self.digests;
+        if let Some(digest) = self.digest {
+            opts.digest = digest;
+        }
         // Fail over to the next mirror rather than wait long on a dead one.
         opts.give_up_after = GIVE_UP_AFTER;
         let lun = IscsiLun::connect(opts)

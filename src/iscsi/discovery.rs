@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::login::{Chap, LoginConfig};
+use super::login::{Chap, DigestOffer, LoginConfig};
 use super::session::{Conn, LoginFailure, Seq};
 use super::IscsiError;
 
@@ -60,7 +60,7 @@ pub async fn discover(
         tsih: 0,
         cid: 0,
         chap,
-        digests: false,
+        digest: DigestOffer::Either,
         max_recv_data_segment_length: 262_144,
         max_burst_length: 262_144,
     };

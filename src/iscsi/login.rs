@@ -104,12 +104,56 @@ pub struct LoginConfig {
     pub tsih: u16,
     pub cid: u16,
     pub chap: Option<Chap>,
-    /// Offer CRC32C header and data digests.
-    pub digests: bool,
+    /// Which header and data digests we offer.
+    pub digest: DigestOffer,
     /// The largest data segment we accept.
     pub max_recv_data_segment_length: u32,
     /// The MaxBurstLength we offer.
     pub max_burst_length: u32,
+}
+
+/// Which header and data digests we offer (§13.1: a list, most preferred first). The default
+/// lets the target choose, so one that requires CRC32C and one that refuses it both work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DigestOffer {
+    /// `None,CRC32C`: no digests unless the target wants them.
+    #[default]
+    Either,
+    /// `CRC32C,None` (`digest=crc32c`): CRC32C whenever the target allows it.
+    PreferCrc32c,
+    /// `None` (`digest=none`): never digests, even if the target then refuses the login.
+    NoneOnly,
+}
+
+impl DigestOffer {
+    /// The value of HeaderDigest and DataDigest in our offer.
+    pub fn offer(self) -> &'static str {
+        match self {
+            Self::Either => "None,CRC32C",
+            Self::PreferCrc32c => "CRC32C,None",
+            Self::NoneOnly => "None",
+        }
+    }
+
+    /// `crc32c` or `none` (any case), as in `?digest=`, `ISOMOUNT_DIGEST` and catalogs.
+    pub fn parse(text: &str) -> Option<Self> {
+        if text.eq_ignore_ascii_case("crc32c") {
+            Some(Self::PreferCrc32c)
+        } else if text.eq_ignore_ascii_case("none") {
+            Some(Self::NoneOnly)
+        } else {
+            None
+        }
+    }
+
+    /// The word [`DigestOffer::parse`] takes, for an explicit choice.
+    pub fn name(self) -> Option<&'static str> {
+        match self {
+            Self::Either => None,
+            Self::PreferCrc32c => Some("crc32c"),
+            Self::NoneOnly => Some("none"),
+        }
+    }
 }
 
 /// What to do after a Login Response.
@@ -226,11 +270,7 @@ impl Login {
     }
 
     fn operational_offer(&self) -> Vec<(String, String)> {
-        let digest = if self.cfg.digests {
-            "CRC32C,None"
-        } else {
-            "None"
-        };
+        let digest = self.cfg.digest.offer();
         let mut keys = vec![
             ("HeaderDigest", digest.to_string()),
             ("DataDigest", digest.to_string()),
@@ -601,7 +641,7 @@ mod tests {
             tsih: 0,
             cid: 0,
             chap,
-            digests: false,
+            digest: DigestOffer::Either,
             max_recv_data_segment_length: 262_144,
             max_burst_length: 16_776_192,
         }
@@ -728,6 +768,63 @@ mod tests {
         assert_eq!(done.params.max_recv_data_segment_length, 262_144);
         assert_eq!(done.params.max_burst_length, 262_144);
         assert!(!done.params.immediate_data);
+    }
+
+    /// The digest offer goes out as a list the target picks from (§13.1), and its answer counts.
+    #[test]
+    fn digest_offers_and_the_targets_choice() {
+        for (offer, wire, answer) in [
+            (DigestOffer::Either, "None,CRC32C", "CRC32C"),
+            (DigestOffer::PreferCrc32c, "CRC32C,None", "None"),
+            (DigestOffer::NoneOnly, "None", "None"),
+        ] {
+            let mut c = cfg(None);
+            c.digest = offer;
+            let (mut login, _) = Login::start(c, 1, 1);
+            let LoginStep::Send(op) = login
+                .receive(response(true, Stage::Security, Stage::Operational, 0, &[]))
+                .unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(value(&op, "HeaderDigest").as_deref(), Some(wire));
+            assert_eq!(value(&op, "DataDigest").as_deref(), Some(wire));
+            let step = login
+                .receive(response(
+                    true,
+                    Stage::Operational,
+                    Stage::FullFeature,
+                    1,
+                    &[("HeaderDigest", answer), ("DataDigest", answer)],
+                ))
+                .unwrap();
+            let LoginStep::Done(done) = step else {
+                panic!("{step:?}")
+            };
+            assert_eq!(done.params.header_digest.as_str(), answer);
+        }
+        // An answer we did not offer is refused.
+        let mut c = cfg(None);
+        c.digest = DigestOffer::NoneOnly;
+        let (mut login, _) = Login::start(c, 1, 1);
+        login
+            .receive(response(true, Stage::Security, Stage::Operational, 0, &[]))
+            .unwrap();
+        assert!(login
+            .receive(response(
+                true,
+                Stage::Operational,
+                Stage::FullFeature,
+                1,
+                &[("HeaderDigest", "CRC32C")],
+            ))
+            .is_err());
+        assert_eq!(
+            DigestOffer::parse("CRC32C"),
+            Some(DigestOffer::PreferCrc32c)
+        );
+        assert_eq!(DigestOffer::parse("none"), Some(DigestOffer::NoneOnly));
+        assert_eq!(DigestOffer::parse("md5"), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::login::{Chap, LoginConfig};
+use super::login::{Chap, DigestOffer, LoginConfig};
 use super::session::{
     CommandOutcome, CommandSpec, Conn, Driver, LoginFailure, Reconnect, Request, Seq, Shared,
     Timing,
@@ -37,8 +37,8 @@ pub struct ConnectOptions {
     pub lun: u64,
     pub chap: Option<Chap>,
     pub initiator_name: String,
-    /// Offer CRC32C header and data digests.
-    pub digests: bool,
+    /// Which header and data digests to offer.
+    pub digest: DigestOffer,
     /// Fail outstanding reads when the target stays away this long.
     pub give_up_after: Duration,
     /// Bound on connecting, logging in and each setup exchange.
@@ -54,8 +54,8 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Defaults: our initiator name, no CHAP (or libiscsi's environment variables), digests when
-    /// `ISOMOUNT_DIGEST=crc32c`, give up after 60 s.
+    /// Defaults: our initiator name, no CHAP (or libiscsi's environment variables), digests as
+    /// `ISOMOUNT_DIGEST` says (else the target's choice), give up after 60 s.
     pub fn new(portals: Vec<String>, target: impl Into<String>, lun: u64) -> Self {
         Self {
             portals,
@@ -63,7 +63,7 @@ impl ConnectOptions {
             lun,
             chap: Chap::from_env(),
             initiator_name: super::default_initiator_name(),
-            digests: super::digests_from_env(),
+            digest: super::digest_from_env(),
             give_up_after: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             nop_interval: Duration::from_secs(3),
@@ -77,7 +77,9 @@ impl ConnectOptions {
     pub fn from_url(url: &super::IscsiUrl) -> Self {
         let mut opts = Self::new(vec![url.portal()], url.target.clone(), url.lun);
         opts.chap = url.chap.clone();
-        opts.digests |= url.digests;
+        if let Some(digest) = url.digest {
+            opts.digest = digest;
+        }
         opts
     }
 }
@@ -182,7 +184,7 @@ impl Connector {
                 tsih: 0,
                 cid: 0,
                 chap: self.opts.chap.clone(),
-                digests: self.opts.digests,
+                digest: self.opts.digest,
                 max_recv_data_segment_length: 262_144,
                 max_burst_length: 16_776_192,
             };

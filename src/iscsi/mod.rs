@@ -1,26 +1,29 @@
 //! The iSCSI protocol (RFC 7143), initiator side, and the codec shared with the target.
 //!
 //! - [`pdu`], [`digest`], [`text`]: the wire codec, no I/O (§11, §6, §13).
+//! - [`reader`]: the one PDU read loop, shared with the target.
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
 //! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
 //! - [`lun`]: a LUN as a [`crate::source::BlockSource`]; [`discovery`]: SendTargets.
 //! - [`url`] parses `iscsi://user%secret@host:port/target/lun?digest=crc32c` (user, secret, port
 //!   and query optional).
 //!
-//! CRC32C digests are offered when the URL has `?digest=crc32c` or `ISOMOUNT_DIGEST=crc32c` is
-//! set in the environment.
+//! Header and data digests are offered as `None,CRC32C` (the target chooses); `?digest=crc32c`,
+//! a catalog's `digest = "crc32c"` or `ISOMOUNT_DIGEST=crc32c` prefer CRC32C, and `none` insists
+//! on no digests.
 
 pub mod digest;
 pub mod discovery;
 pub mod login;
 pub mod lun;
 pub mod pdu;
+pub mod reader;
 pub mod session;
 pub mod text;
 pub mod url;
 
 pub use discovery::{discover, DiscoveredTarget};
-pub use login::{Chap, Secret};
+pub use login::{Chap, DigestOffer, Secret};
 pub use lun::{ConnectOptions, IscsiLun, LunInfo};
 pub use url::IscsiUrl;
 
@@ -87,7 +90,11 @@ pub fn default_initiator_name() -> String {
     format!("iqn.2024-01.org.isomount:{host}")
 }
 
-/// `ISOMOUNT_DIGEST=crc32c` asks for CRC32C digests.
-pub fn digests_from_env() -> bool {
-    std::env::var("ISOMOUNT_DIGEST").is_ok_and(|v| v.eq_ignore_ascii_case("crc32c"))
+/// `ISOMOUNT_DIGEST=crc32c` prefers CRC32C digests, `none` refuses them; unset (or any other
+/// value) leaves the choice to the target.
+pub fn digest_from_env() -> DigestOffer {
+    std::env::var("ISOMOUNT_DIGEST")
+        .ok()
+        .and_then(|v| DigestOffer::parse(&v))
+        .unwrap_or_default()
 }

@@ -1,12 +1,12 @@
 //! libiscsi's and QEMU's URL form: `iscsi://[user[%secret]@]host[:port]/target-iqn/lun`, plus
-//! our query `?digest=crc32c` to ask for CRC32C header and data digests.
+//! our query `?digest=crc32c` (prefer CRC32C header and data digests) or `?digest=none`.
 //!
 //! [`IscsiUrl`]'s Display never shows the secret.
 
 use std::fmt;
 use std::str::FromStr;
 
-use super::login::{Chap, Secret};
+use super::login::{Chap, DigestOffer, Secret};
 
 pub const DEFAULT_PORT: u16 = 3260;
 
@@ -17,8 +17,8 @@ pub struct IscsiUrl {
     pub target: String,
     pub lun: u64,
     pub chap: Option<Chap>,
-    /// `?digest=crc32c`: offer CRC32C header and data digests.
-    pub digests: bool,
+    /// `?digest=crc32c` or `?digest=none`; `None` when the URL does not say.
+    pub digest: Option<DigestOffer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,11 +140,13 @@ impl FromStr for IscsiUrl {
                 })
             }
         };
-        let mut digests = false;
+        let mut digest = None;
         for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             match pair.split_once('=') {
-                Some(("digest", v)) if v.eq_ignore_ascii_case("crc32c") => digests = true,
-                Some(("digest", v)) if v.eq_ignore_ascii_case("none") => digests = false,
+                Some(("digest", v)) => match DigestOffer::parse(v) {
+                    Some(d) => digest = Some(d),
+                    None => return Err(err(&format!("digest={v}: say crc32c or none"))),
+                },
                 _ => return Err(err(&format!("unknown query parameter {pair:?}"))),
             }
         }
@@ -154,7 +156,7 @@ impl FromStr for IscsiUrl {
             target: target.to_string(),
             lun,
             chap: chap.or_else(Chap::from_env),
-            digests,
+            digest,
         })
     }
 }
@@ -182,8 +184,8 @@ impl fmt::Display for IscsiUrl {
             write!(f, "{}@", chap.user)?;
         }
         write!(f, "{}/{}/{}", self.portal(), self.target, self.lun)?;
-        if self.digests {
-            write!(f, "?digest=crc32c")?;
+        if let Some(name) = self.digest.and_then(DigestOffer::name) {
+            write!(f, "?digest={name}")?;
         }
         Ok(())
     }
@@ -202,10 +204,13 @@ mod tests {
         assert_eq!(url.port, 3261);
         assert_eq!(url.target, "iqn.2026-11.org.example:disk");
         assert_eq!(url.lun, 1);
-        assert!(!url.digests);
+        assert_eq!(url.digest, None);
         let v6: IscsiUrl = "iscsi://[::1]/iqn.x:y/0?digest=crc32c".parse().unwrap();
         assert_eq!(v6.portal(), "[::1]:3260");
-        assert!(v6.digests);
+        assert_eq!(v6.digest, Some(DigestOffer::PreferCrc32c));
+        assert_eq!(v6.to_string(), "iscsi://[::1]:3260/iqn.x:y/0?digest=crc32c");
+        let none: IscsiUrl = "iscsi://h/iqn.x:y/0?digest=NONE".parse().unwrap();
+        assert_eq!(none.digest, Some(DigestOffer::NoneOnly));
         let host: IscsiUrl = "iscsi://mirror.example.org/iqn.x:y/3".parse().unwrap();
         assert_eq!(host.portal(), "mirror.example.org:3260");
     }
@@ -235,6 +240,7 @@ mod tests {
             "iscsi://h:99999/t/0",
             "iscsi:///t/0",
             "iscsi://h/t/0?x=1",
+            "iscsi://h/t/0?digest=md5",
             "iscsi://[::1/t/0",
         ] {
             assert!(bad.parse::<IscsiUrl>().is_err(), "{bad}");

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 
@@ -28,6 +28,7 @@ use crate::iscsi::pdu::{
     self, Bhs, DataIn, Framing, LogoutResponse, NopIn, Pdu, PduError, Reject, ScsiCommand,
     ScsiResponse, TaskMgmtResponse, TextResponse, BHS_LEN, RESERVED_TAG,
 };
+use crate::iscsi::reader::{Buffering, PduReader, ReadError};
 use crate::iscsi::text;
 
 /// Commands executing at once in one session.
@@ -63,10 +64,10 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut pdus = PduReader::new(Framing::default(), Buffering::Frugal);
     let negotiated = match tokio::time::timeout(
         LOGIN_TIMEOUT,
-        login(&mut reader, &mut writer, &mut buf, peer, &server),
+        login(&mut reader, &mut writer, &mut pdus, peer, &server),
     )
     .await
     {
@@ -117,7 +118,8 @@ pub async fn serve_connection<S>(
         pending_text: None,
         next_ttt: 1,
     };
-    if let Err(why) = session.run(&mut reader, &mut buf, framing).await {
+    pdus.set_framing(framing);
+    if let Err(why) = session.run(&mut reader, &mut pdus).await {
         tracing::info!("{peer}: connection closed: {why}");
     }
     session.abort_all();
@@ -129,7 +131,7 @@ pub async fn serve_connection<S>(
 async fn login<R, W>(
     reader: &mut R,
     writer: &mut W,
-    buf: &mut BytesMut,
+    pdus: &mut PduReader,
     peer: SocketAddr,
     server: &Server,
 ) -> Option<Negotiated>
@@ -137,7 +139,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let framing = Framing::default();
+    let framing = pdus.framing();
     let mut challenge = [0u8; 17];
     rand::Rng::fill(&mut rand::thread_rng(), &mut challenge[..]);
     let mut login = Login::new(
@@ -148,7 +150,7 @@ where
         challenge,
     );
     loop {
-        let pdu = match read_pdu(reader, buf, &framing, None).await {
+        let pdu = match pdus.read(reader).await {
             Ok(Some(pdu)) => pdu,
             Ok(None) => return None,
             Err(why) => {
@@ -176,65 +178,6 @@ where
                 let _ = writer.flush().await;
                 return None;
             }
-        }
-    }
-}
-
-/// Why reading a PDU failed.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Pdu(#[from] PduError),
-    /// A PDU whose frame was read but whose content is bad: answer with Reject, go on.
-    #[error("rejected PDU")]
-    Rejectable { reason: u8, header: [u8; BHS_LEN] },
-    /// Nothing arrived within the idle limit.
-    #[error("idle")]
-    Idle,
-}
-
-/// Read one PDU. `Ok(None)`: the peer closed the connection between PDUs. `idle` bounds each
-/// wait for more bytes (PDUs already buffered are decoded without a timer).
-async fn read_pdu<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut BytesMut,
-    framing: &Framing,
-    idle: Option<Duration>,
-) -> Result<Option<Pdu>, ReadError> {
-    loop {
-        match pdu::decode(buf, framing) {
-            Ok(Some(pdu)) => return Ok(Some(pdu)),
-            Ok(None) => {}
-            Err(err @ (PduError::DataDigest | PduError::Malformed(_))) => {
-                // The frame's length is sound: drop it whole and let the caller reject it.
-                let total = pdu::frame_len(buf, framing)?
-                    .unwrap_or(buf.len())
-                    .min(buf.len());
-                let mut header = [0u8; BHS_LEN];
-                header.copy_from_slice(&buf[..BHS_LEN]);
-                let _ = buf.split_to(total);
-                let reason = if err == PduError::DataDigest {
-                    reject::DATA_DIGEST
-                } else {
-                    reject::INVALID_PDU_FIELD
-                };
-                return Err(ReadError::Rejectable { reason, header });
-            }
-            Err(err) => return Err(err.into()),
-        }
-        let read = match idle {
-            Some(limit) => tokio::time::timeout(limit, reader.read_buf(buf))
-                .await
-                .map_err(|_| ReadError::Idle)??,
-            None => reader.read_buf(buf).await?,
-        };
-        if read == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
     }
 }
@@ -297,8 +240,7 @@ impl Session {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
-        buf: &mut BytesMut,
-        framing: Framing,
+        pdus: &mut PduReader,
     ) -> Result<(), End> {
         let mut ping_sent: Option<tokio::time::Instant> = None;
         loop {
@@ -306,11 +248,9 @@ impl Session {
                 Some(at) => NOP_TIMEOUT.saturating_sub(at.elapsed()),
                 None => NOP_INTERVAL,
             };
-            let pdu = match read_pdu(reader, buf, &framing, Some(wait)).await {
-                Err(ReadError::Idle) if ping_sent.is_some() => {
-                    return Err(End::NopTimeout(NOP_TIMEOUT))
-                }
-                Err(ReadError::Idle) => {
+            let pdu = match tokio::time::timeout(wait, pdus.read(reader)).await {
+                Err(_) if ping_sent.is_some() => return Err(End::NopTimeout(NOP_TIMEOUT)),
+                Err(_) => {
                     ping_sent = Some(tokio::time::Instant::now());
                     let ttt = self.take_ttt();
                     let ping = NopIn {
@@ -321,14 +261,19 @@ impl Session {
                     self.send(Pdu::new(Bhs::NopIn(ping))).await?;
                     continue;
                 }
-                Ok(Some(pdu)) => pdu,
-                Ok(None) => return Err(End::Eof),
-                Err(ReadError::Rejectable { reason, header }) => {
+                Ok(Ok(Some(pdu))) => pdu,
+                Ok(Ok(None)) => return Err(End::Eof),
+                Ok(Err(ReadError::Dropped { error, header })) => {
                     ping_sent = None;
+                    let reason = if error == PduError::DataDigest {
+                        reject::DATA_DIGEST
+                    } else {
+                        reject::INVALID_PDU_FIELD
+                    };
                     self.reject(reason, header).await?;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Ok(Err(e)) => return Err(e.into()),
             };
             ping_sent = None;
             self.dispatch(pdu).await?;
