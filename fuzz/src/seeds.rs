@@ -7,7 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use isomount::cache::Geometry;
-use isomount::iscsi::login::{Login, LoginConfig};
+use isomount::iscsi::login::{DigestOffer, Login, LoginConfig};
 use isomount::iscsi::pdu::{
     sense_segment, AsyncMessage, Bhs, DataIn, DataOut, LoginRequest, LoginResponse, LogoutRequest,
     LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject, ScsiCommand, ScsiResponse, SnackRequest,
@@ -101,7 +101,7 @@ fn cache_indexes() -> Vec<Seed> {
     ]
 }
 
-fn login_config(digests: bool, target: Option<&str>) -> LoginConfig {
+fn login_config(digest: DigestOffer, target: Option<&str>) -> LoginConfig {
     LoginConfig {
         initiator_name: "iqn.2026-01.org.isomount:fuzz".into(),
         target: target.map(str::to_string),
@@ -109,15 +109,15 @@ fn login_config(digests: bool, target: Option<&str>) -> LoginConfig {
         tsih: 0,
         cid: 0,
         chap: None,
-        digests,
+        digest,
         max_recv_data_segment_length: 262_144,
         max_burst_length: 262_144,
     }
 }
 
 /// Our initiator's first Login Request.
-fn first_login(digests: bool, target: Option<&str>) -> Pdu {
-    Login::start(login_config(digests, target), 0, 1).1
+fn first_login(digest: DigestOffer, target: Option<&str>) -> Pdu {
+    Login::start(login_config(digest, target), 0, 1).1
 }
 
 /// The Login Request that follows [`first_login`] once the target has answered it (StatSN 1):
@@ -293,7 +293,7 @@ fn pdus() -> Vec<Seed> {
         })),
     ];
     let initiator_side = vec![
-        first_login(true, Some(IQN)),
+        first_login(DigestOffer::PreferCrc32c, Some(IQN)),
         command(
             5,
             1,
@@ -375,12 +375,14 @@ fn texts() -> Vec<Seed> {
         seed(
             "text",
             "initiator-offer",
-            first_login(true, Some(IQN)).data.to_vec(),
+            first_login(DigestOffer::PreferCrc32c, Some(IQN))
+                .data
+                .to_vec(),
         ),
         seed(
             "text",
             "discovery-offer",
-            first_login(false, None).data.to_vec(),
+            first_login(DigestOffer::Either, None).data.to_vec(),
         ),
         seed(
             "text",
@@ -566,7 +568,10 @@ fn target_sessions() -> Vec<Seed> {
         bytes
     };
     // A whole login of our own initiator, then commands.
-    let mut own_login = vec![first_login(false, Some(IQN)), operational_login()];
+    let mut own_login = vec![
+        first_login(DigestOffer::Either, Some(IQN)),
+        operational_login(),
+    ];
     own_login.extend(mount_commands(1));
     vec![
         seed(
@@ -591,7 +596,7 @@ fn target_sessions() -> Vec<Seed> {
             stream(
                 0,
                 &[
-                    first_login(false, None),
+                    first_login(DigestOffer::Either, None),
                     operational_login(),
                     others[0].clone(),
                 ],
