@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use isomount::cache::Geometry;
 use isomount::iscsi::login::{DigestOffer, Login, LoginConfig};
 use isomount::iscsi::pdu::{
-    sense_segment, AsyncMessage, Bhs, DataIn, DataOut, LoginRequest, LoginResponse, LogoutRequest,
+    sense_segment, AsyncMessage, Bhs, DataIn, DataOut, LoginResponse, LogoutRequest,
     LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject, ScsiCommand, ScsiResponse, SnackRequest,
     Stage, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse,
 };
@@ -120,29 +120,15 @@ fn first_login(digest: DigestOffer, target: Option<&str>) -> Pdu {
     Login::start(login_config(digest, target), 0, 1).1
 }
 
-/// The Login Request that follows [`first_login`] once the target has answered it (StatSN 1):
-/// the operational stage, to the full feature phase.
+/// The Login Request that follows [`first_login`] once the target has answered it (StatSN 1).
 fn operational_login() -> Pdu {
-    Pdu::with_data(
-        Bhs::LoginRequest(LoginRequest {
-            transit: true,
-            cont: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: [0x80, 0, 0, 0, 0, 1],
-            tsih: 0,
-            itt: 0,
-            cid: 0,
-            cmd_sn: 1,
-            exp_stat_sn: 2,
-        }),
-        text::encode(&[
+    crate::target_session::operational_login(
+        2,
+        &[
             ("HeaderDigest", "None"),
             ("DataDigest", "None"),
             ("MaxRecvDataSegmentLength", "4096"),
-        ]),
+        ],
     )
 }
 

@@ -25,9 +25,8 @@ pub const DIGESTS: u8 = 2;
 /// The MaxRecvDataSegmentLength the login offers.
 pub const MAX_RECV: u32 = 4096;
 
-/// A login straight to the full feature phase.
-pub fn login(digests: bool) -> Bytes {
-    let digest = if digests { "CRC32C" } else { "None" };
+/// A Login Request of the operational stage, to the full feature phase, with `keys`.
+pub fn operational_login(exp_stat_sn: u32, keys: &[(&str, &str)]) -> Pdu {
     let req = LoginRequest {
         transit: true,
         cont: false,
@@ -40,16 +39,23 @@ pub fn login(digests: bool) -> Bytes {
         itt: 0,
         cid: 0,
         cmd_sn: 1,
-        exp_stat_sn: 0,
+        exp_stat_sn,
     };
-    let keys = text::encode(&[
+    Pdu::with_data(Bhs::LoginRequest(req), text::encode(keys))
+}
+
+/// A login straight to the full feature phase.
+pub fn login(digests: bool) -> Bytes {
+    let digest = if digests { "CRC32C" } else { "None" };
+    let max_recv = MAX_RECV.to_string();
+    let keys = [
         ("InitiatorName", "iqn.2026-01.test:fuzz"),
         ("TargetName", IQN),
         ("HeaderDigest", digest),
         ("DataDigest", digest),
-        ("MaxRecvDataSegmentLength", &MAX_RECV.to_string()),
-    ]);
-    Pdu::with_data(Bhs::LoginRequest(req), keys).to_bytes(&Framing::default())
+        ("MaxRecvDataSegmentLength", max_recv.as_str()),
+    ];
+    operational_login(0, &keys).to_bytes(&Framing::default())
 }
 
 /// Everything the target sent back for this input.
