@@ -8,7 +8,9 @@
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); nightly Rust, or stable with RUSTC_BOOTSTRAP=1
 # (set here). Runs at nice 19: the targets are run one at a time, on one core.
 set -euo pipefail
-cd "$(dirname "$0")"
+here="$(cd "$(dirname "$0")" && pwd)"
+usage() { sed -n '2,10p' "$here/run.sh"; }
+cd "$here/.."
 seconds=60
 seeds=1
 targets=()
@@ -16,7 +18,7 @@ while (($#)); do
     case "$1" in
     -t) seconds="$2"; shift 2 ;;
     --no-seeds) seeds=0; shift ;;
-    -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h | --help) usage; exit 0 ;;
     *) targets+=("$1"); shift ;;
     esac
 done
@@ -29,9 +31,9 @@ nice -n 19 cargo fuzz build -O >/dev/null
 for t in "${targets[@]}"; do
     log="$(mktemp)"
     if ((seeds)); then
-        max_len="$(sed -n 's/^max_len *= *//p' "seeds/$t.options")"
-        mkdir -p "corpus/$t"
-        dirs=("corpus/$t" "seeds/$t")
+        max_len="$(sed -n 's/^max_len *= *//p' "fuzz/seeds/$t.options")"
+        mkdir -p "fuzz/corpus/$t"
+        dirs=("fuzz/corpus/$t" "fuzz/seeds/$t")
         opts=("-max_len=$max_len")
     else
         empty="$(mktemp -d)"
