@@ -11,6 +11,7 @@ use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestRef};
 use crate::cli::GlobalOpts;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use crate::signature::Freshness;
 use crate::source::iscsi::{self, IscsiSource};
 use crate::source::{BlockSource, SourceIdentity};
 
@@ -28,14 +29,17 @@ pub async fn open(global: &GlobalOpts, name_or_url: &str) -> anyhow::Result<Arc<
     if name_or_url.starts_with("iscsi://") {
         return open_url(global.offline, read_timeout, cache, name_or_url).await;
     }
-    let catalogs = global.catalogs.clone();
+    let (catalogs, pubkeys) = (global.catalogs.clone(), global.pubkeys.clone());
     let root = cache.root().to_path_buf();
     let offline = global.offline;
-    let catalog =
-        tokio::task::spawn_blocking(move || Catalog::load(&catalogs, Some(&root), offline))
-            .await
-            .context("while loading catalogs")??;
+    let catalog = tokio::task::spawn_blocking(move || {
+        Catalog::load(&catalogs, &pubkeys, Some(&root), offline)
+    })
+    .await
+    .context("while loading catalogs")??;
     let entry = catalog.find(name_or_url)?.clone();
+    // An expired signed catalog, in its grace period, still names what is cached; nothing more.
+    let offline = offline || matches!(entry.freshness, Freshness::InGrace { .. });
     open_entry(offline, read_timeout, cache, entry).await
 }
 
