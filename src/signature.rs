@@ -549,22 +549,29 @@ impl SigningKey {
             path: label.clone(),
             what: "secret key",
         };
+        // The second line is the key itself, base64; its KDF field says whether it is encrypted.
+        let raw = text
+            .lines()
+            .nth(1)
+            .and_then(|line| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(line.trim())
+                    .ok()
+            })
+            .and_then(|bytes| minisign::SecretKey::from_bytes(&bytes).ok())
+            .ok_or_else(not_a_key)?;
         let boxed = minisign::SecretKeyBox::from_string(&text).map_err(|_| not_a_key())?;
-        let secret = match minisign::SecretKey::from_unencrypted_box(boxed.clone()) {
-            Ok(secret) => secret,
-            Err(e) if e.to_string().contains("encrypted") => {
-                let Some(passphrase) = passphrase else {
-                    return Err(KeyError::NeedsPassphrase(label));
-                };
-                minisign::SecretKey::from_box(boxed, Some(passphrase)).map_err(|e| {
-                    if e.to_string().contains("password") {
-                        KeyError::WrongPassphrase(label.clone())
-                    } else {
-                        not_a_key()
-                    }
-                })?
-            }
-            Err(_) => return Err(not_a_key()),
+        let secret = if raw.is_encrypted() {
+            let Some(passphrase) = passphrase else {
+                return Err(KeyError::NeedsPassphrase(label));
+            };
+            minisign::SecretKey::from_box(boxed, Some(passphrase)).map_err(|e| match e.kind() {
+                minisign::ErrorKind::Verify => KeyError::WrongPassphrase(label.clone()),
+                _ => not_a_key(),
+            })?
+        } else {
+            minisign::SecretKey::from_unencrypted_box(boxed).map_err(|_| not_a_key())?
         };
         let id = key_id(secret.keynum());
         Ok(SigningKey { secret, id })
@@ -825,6 +832,14 @@ mod tests {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = SigningKey::load(&secret, None).err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        let damaged = dir.path().join("damaged");
+        keygen(&damaged, None, false).unwrap();
+        std::fs::write(&damaged, "untrusted comment: x\nbm90IGEga2V5\n").unwrap();
+        assert!(matches!(
+            SigningKey::load(&damaged, None),
+            Err(KeyError::Format { .. })
+        ));
 
         let locked = dir.path().join("locked");
         keygen(&locked, Some("correct horse".into()), false).unwrap();
