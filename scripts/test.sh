@@ -38,9 +38,11 @@ trap show_kept_logs EXIT
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --release -- -D warnings
-if [ -f fuzz/Cargo.toml ]; then
-    cargo build --manifest-path fuzz/Cargo.toml
-fi
+# The fuzz crate is a workspace of its own: checked like the rest, its targets built, and each
+# target replayed on stable over its shipped seeds and deterministic mutations (fuzz/README.md).
+cargo fmt --manifest-path fuzz/Cargo.toml --all --check
+cargo clippy --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+cargo test --manifest-path fuzz/Cargo.toml
 # FreeBSD and macOS builds, checked (README "Platforms").
 scripts/check-targets.sh
 # iscsi-test-cu's failure counts against serve and tgtd (issue 6 asks CI to print both; cargo test

@@ -160,6 +160,9 @@ impl Geometry {
         {
             return None;
         }
+        if h[10..12].iter().chain(&h[36..64]).any(|&b| b != 0) {
+            return None;
+        }
         let g = Geometry {
             chunk_size: be32(12),
             image_size: be64(16),
@@ -828,5 +831,19 @@ mod tests {
             Geometry::parse_header(&geometry().header()),
             Some(geometry())
         );
+    }
+
+    /// Found by the `cache_index` fuzz target: a byte set in the reserved tail (outside the
+    /// header CRC32C) was accepted as a header that does not re-encode to itself.
+    #[test]
+    fn header_with_reserved_bytes_set_is_refused() {
+        let mut h = geometry().header();
+        h[37] = 4;
+        assert_eq!(Geometry::parse_header(&h), None);
+        let mut h = geometry().header();
+        h[10] = 1;
+        let crc = crc32c::crc32c(&h[..32]);
+        h[32..36].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(Geometry::parse_header(&h), None);
     }
 }
