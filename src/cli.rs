@@ -34,6 +34,10 @@ pub struct GlobalOpts {
     /// Catalog file, folder of *.toml, or https URL (repeatable; replaces the search path)
     #[arg(long = "catalog", global = true, value_name = "PATH")]
     pub catalogs: Vec<String>,
+    /// Trust catalogs signed by this minisign public key (repeatable; *.pub files in catalog
+    /// folders count too). Once a key is trusted, unsigned catalogs are refused
+    #[arg(long = "pubkey", global = true, value_name = "FILE")]
+    pub pubkeys: Vec<PathBuf>,
     /// Cache directory (default $XDG_CACHE_HOME/isomount)
     #[arg(long, global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -66,6 +70,7 @@ impl GlobalOpts {
             .context("--cache-size")?;
         Ok(Config {
             catalogs: self.catalogs.clone(),
+            pubkeys: self.pubkeys.clone(),
             cache_dir: self.cache_dir.clone(),
             cache_limit,
             offline: self.offline,
@@ -97,8 +102,10 @@ pub enum Command {
     /// Inspect and manage the cache
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
-    /// Write an image's manifest and its catalog entry
+    /// Write an image's manifest and its catalog entry (or a whole tree's), signed if asked
     Publish(commands::publish::PublishArgs),
+    /// Make a minisign key pair for signing catalogs (publish --sign)
+    Keygen(commands::keygen::KeygenArgs),
     /// Serve image files as read-only iSCSI LUNs
     Serve(commands::serve::ServeArgs),
     /// Serve the bundled sample image on loopback and mount it
@@ -170,7 +177,7 @@ fn classify(args: &[OsString], names: &[String]) -> (FirstWord, usize) {
     let takes_value = |s: &str| {
         matches!(
             s,
-            "--catalog" | "--cache-dir" | "--cache-size" | "--read-timeout" | "-o"
+            "--catalog" | "--pubkey" | "--cache-dir" | "--cache-size" | "--read-timeout" | "-o"
         )
     };
     let mut i = 1;
@@ -257,6 +264,7 @@ fn dispatch(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Discover(args) => discover::run(args),
         Command::Cache(cmd) => cache::run(config, cmd),
         Command::Publish(args) => publish::run(config, args),
+        Command::Keygen(args) => keygen::run(args),
         Command::Serve(args) => serve::run(config, args),
         Command::Demo(args) => demo::run(config, args),
         Command::Completions(args) => print_completions(args.shell),

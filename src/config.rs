@@ -30,6 +30,8 @@ impl CacheLimit {
 pub struct Config {
     /// Catalog files, folders of `*.toml` or https URLs; empty means the default search path.
     pub catalogs: Vec<String>,
+    /// Minisign public keys whose signed catalogs are trusted.
+    pub pubkeys: Vec<PathBuf>,
     /// The cache directory; None means the default (`$XDG_CACHE_HOME/isomount`).
     pub cache_dir: Option<PathBuf>,
     pub cache_limit: Option<CacheLimit>,
@@ -47,6 +49,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             catalogs: Vec::new(),
+            pubkeys: Vec::new(),
             cache_dir: None,
             cache_limit: None,
             offline: false,

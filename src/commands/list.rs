@@ -15,7 +15,12 @@ pub struct ListArgs {}
 
 pub fn run(config: &Config, _args: ListArgs) -> anyhow::Result<ExitCode> {
     let cache = config.cache();
-    let catalog = Catalog::load(&config.catalogs, Some(cache.root()), config.offline)?;
+    let catalog = Catalog::load(
+        &config.catalogs,
+        &config.pubkeys,
+        Some(cache.root()),
+        config.offline,
+    )?;
     let stores = cache.stores();
     let mut faults = 0usize;
     let rows: Vec<[String; 4]> = catalog

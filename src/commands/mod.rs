@@ -6,6 +6,7 @@ pub mod demo;
 pub mod discover;
 pub mod fetch;
 pub mod info;
+pub mod keygen;
 pub mod list;
 pub mod mount;
 pub mod publish;

@@ -12,6 +12,7 @@ use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestRef};
 use crate::config::Config;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use crate::signature::Freshness;
 use crate::source::iscsi::{self, IscsiSource};
 use crate::source::{BlockSource, SourceIdentity};
 
@@ -26,14 +27,17 @@ pub async fn named(config: &Config, name_or_url: &str) -> anyhow::Result<Arc<Ima
     if name_or_url.starts_with("iscsi://") {
         return open_url(config.offline, read_timeout, cache, name_or_url).await;
     }
-    let catalogs = config.catalogs.clone();
+    let (catalogs, pubkeys) = (config.catalogs.clone(), config.pubkeys.clone());
     let root = cache.root().to_path_buf();
     let offline = config.offline;
-    let catalog =
-        tokio::task::spawn_blocking(move || Catalog::load(&catalogs, Some(&root), offline))
-            .await
-            .context("while loading catalogs")??;
+    let catalog = tokio::task::spawn_blocking(move || {
+        Catalog::load(&catalogs, &pubkeys, Some(&root), offline)
+    })
+    .await
+    .context("while loading catalogs")??;
     let entry = catalog.find(name_or_url)?.clone();
+    // An expired signed catalog, in its grace period, still names what is cached; nothing more.
+    let offline = offline || matches!(entry.freshness, Freshness::InGrace { .. });
     open_entry(offline, read_timeout, cache, entry).await
 }
 
