@@ -897,3 +897,68 @@ fn a_stale_mount_is_recognised_and_cleared() {
     );
     assert!(!is_mounted(&mp.path));
 }
+
+/// `isomount NAME MNT` is usable within five round trips of the link (the proxy counts them as
+/// connections and turns of request and response, never time): the TCP handshake, one login
+/// exchange, the probe (two flights on tgtd, whose login opens a window of two commands) with
+/// the image's first bytes in it, and nothing more for the volume descriptors and the root
+/// directory the mount reads before it is ready. `info/stats` shows what connecting took.
+#[test]
+fn a_published_cd_is_usable_within_five_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_tree, iso) = make_iso(dir.path());
+    let tgtd = common::Tgtd::start(
+        "a_published_cd_is_usable_within_five_round_trips",
+        &[common::TargetSpec::new(
+            CD_IQN,
+            vec![common::LunSpec::cd(&iso)],
+        )],
+    );
+    let proxy = common::FaultProxy::start(&tgtd.portal(), common::Faults::default());
+    let catalog = dir.path().join("catalog.toml");
+    let out = run_bounded(
+        isomount()
+            .arg("publish")
+            .arg(&iso)
+            .args(["--name", "testcd", "--target", CD_IQN, "--lun", "1"])
+            .args(["--portal", &proxy.portal(), "-o"])
+            .arg(&catalog),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "publish: {out:?}");
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let before = proxy.connections() + proxy.client_turns();
+    let out = run_bounded(
+        isomount()
+            .arg("--catalog")
+            .arg(&catalog)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["mount", "testcd"])
+            .arg(&mp.path),
+        Duration::from_secs(120),
+    );
+    let round_trips = proxy.connections() + proxy.client_turns() - before;
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(round_trips <= 5, "the mount took {round_trips} round trips");
+    let connect = stat(&mp, "connect");
+    eprintln!("mount usable after {round_trips} round trips; connect: {connect}");
+    assert!(connect.ends_with(" round trips"), "{connect}");
+    let counted: u64 = connect
+        .rsplit(", ")
+        .next()
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("connect: {connect}"));
+    assert!(
+        counted <= round_trips,
+        "{connect}, the proxy saw {round_trips}"
+    );
+    assert!(std::fs::read_dir(mp.path.join("files")).unwrap().count() > 0);
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == std::fs::read(&iso).unwrap());
+    unmount_ok(&mp);
+}

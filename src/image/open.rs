@@ -15,6 +15,12 @@ use crate::source::SourceIdentity;
 
 use super::identity::{lun_identity, offline_lun_identity, serial_of};
 
+/// Bytes from the start of an image that a mirror reads while connecting, in the round trip of
+/// its probe: an ISO's volume descriptors (from 32 KiB) and, on images as xorriso makes them, its
+/// path tables and root directory, which a mount reads before it is usable; `cat` and `fetch`
+/// start there too. The image core still asks for them and verifies them like any fetch.
+pub const FIRST_READ: u32 = 256 << 10;
+
 /// Open `name_or_url`: a catalog name (with its pinned manifest) or an iscsi:// URL (no
 /// manifest: chunk hashes are recorded on first fetch). Unless `--offline`, connects to the
 /// first answering portal; when none answers, warns once and serves what is cached.
@@ -85,13 +91,16 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
         .portals
         .iter()
         .map(|p| {
-            Box::new(IscsiMirror::new(
-                p,
-                &entry.target,
-                entry.lun,
-                entry.chap.clone(),
-                entry.digest,
-            )) as Box<dyn Mirror>
+            Box::new(
+                IscsiMirror::new(
+                    p,
+                    &entry.target,
+                    entry.lun,
+                    entry.chap.clone(),
+                    entry.digest,
+                )
+                .reading_first(FIRST_READ),
+            ) as Box<dyn Mirror>
         })
         .collect();
     let mut facts = vec![
@@ -176,7 +185,7 @@ async fn open_url(offline: bool, cache: Arc<Cache>, url: &str) -> anyhow::Result
             .with_context(|| format!("{label} is not in the cache (offline)"))?;
         (IscsiMirror::from_url(&parsed), identity)
     } else {
-        let (mirror, id) = IscsiMirror::connect_url(&parsed).await?;
+        let (mirror, id) = IscsiMirror::connect_url(&parsed, FIRST_READ).await?;
         let identity = lun_identity(&parsed.target, parsed.lun, &id);
         (mirror, identity)
     };

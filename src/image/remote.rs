@@ -23,6 +23,8 @@ pub struct IscsiMirror {
     chap: ChapSource,
     /// The catalog's or URL's digest choice; `None` leaves it to `ISOMOUNT_DIGEST`.
     digest: Option<DigestOffer>,
+    /// Bytes from the start of the LUN to read while connecting (see `ConnectOptions`).
+    first_read: Option<u32>,
     /// A session opened ahead of use (by `open`), handed out by the next `connect`.
     spare: Mutex<Option<Arc<IscsiLun>>>,
     /// The last session, for `facts`.
@@ -84,6 +86,7 @@ impl IscsiMirror {
             lun,
             chap: chap.map_or(ChapSource::None, ChapSource::File),
             digest,
+            first_read: None,
             spare: Mutex::new(None),
             last: Mutex::new(None),
         }
@@ -96,14 +99,25 @@ impl IscsiMirror {
             lun: url.lun,
             chap: url.chap.clone().map_or(ChapSource::None, ChapSource::Given),
             digest: url.digest,
+            first_read: None,
             spare: Mutex::new(None),
             last: Mutex::new(None),
         }
     }
 
+    /// Read the LUN's first `bytes` while connecting, in the probe's round trip: what the image
+    /// core asks for first.
+    pub fn reading_first(mut self, bytes: u32) -> IscsiMirror {
+        self.first_read = Some(bytes);
+        self
+    }
+
     /// Connect now (the URL path needs the LUN's identity before the cache can be chosen).
-    pub async fn connect_url(url: &IscsiUrl) -> anyhow::Result<(IscsiMirror, SourceIdentity)> {
-        let mirror = IscsiMirror::from_url(url);
+    pub async fn connect_url(
+        url: &IscsiUrl,
+        first_read: u32,
+    ) -> anyhow::Result<(IscsiMirror, SourceIdentity)> {
+        let mirror = IscsiMirror::from_url(url).reading_first(first_read);
         let lun = mirror
             .login()
             .await
@@ -124,6 +138,7 @@ impl IscsiMirror {
         if let Some(digest) = self.digest {
             opts.digest = digest;
         }
+        opts.first_read = self.first_read;
         // Fail over to the next mirror rather than wait long on a dead one.
         opts.give_up_after = GIVE_UP_AFTER;
         let lun = IscsiLun::connect(opts)
@@ -159,6 +174,7 @@ impl Mirror for IscsiMirror {
             ("product".into(), info.product.clone()),
             ("serial".into(), info.serial.clone().unwrap_or_default()),
             ("block-size".into(), info.block_size.to_string()),
+            ("connect".into(), info.connect.to_string()),
         ]
     }
 }

@@ -820,7 +820,10 @@ mod tests {
             value(&first, "TargetName").as_deref(),
             Some("iqn.2026-11.org.example:disk")
         );
-        assert_eq!(value(&first, "HeaderDigest").as_deref(), Some("None,CRC32C"));
+        assert_eq!(
+            value(&first, "HeaderDigest").as_deref(),
+            Some("None,CRC32C")
+        );
         assert_eq!(value(&first, "MaxBurstLength").as_deref(), Some("16776192"));
         let step = login
             .receive(response(
@@ -862,9 +865,18 @@ mod tests {
         };
         assert_eq!(value(&answer, "OFMarker").as_deref(), Some("No"));
         let step = login
-            .receive(response(true, Stage::Operational, Stage::FullFeature, 4, &[]))
+            .receive(response(
+                true,
+                Stage::Operational,
+                Stage::FullFeature,
+                4,
+                &[],
+            ))
             .unwrap();
-        assert!(matches!(step, LoginStep::Done(LoginOutcome { exchanges: 2, .. })));
+        assert!(matches!(
+            step,
+            LoginStep::Done(LoginOutcome { exchanges: 2, .. })
+        ));
 
         // CHAP needs the security stage whatever the opening says.
         let chap = Chap {

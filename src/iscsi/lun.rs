@@ -469,26 +469,30 @@ async fn setup_command(
         .unwrap_or(Err(ScsiError::Malformed("no outcome".into())))?)
 }
 
-/// Run commands on a setup connection all at once (one flight), then again those that met a
-/// UNIT ATTENTION or a busy status, a few times. Each command's own outcome comes back: its data,
-/// or the SCSI status it ended with; the connection failing fails them all.
+/// Run commands on a setup connection all at once (one flight as far as the CmdSN window
+/// allows). One that meets a UNIT ATTENTION is sent again at once with the next flight (a TEST
+/// UNIT READY is there to take it and is not); those that meet NOT READY or a busy status are
+/// sent again after a pause, a few times. Each command's own outcome comes back: its data, or
+/// the SCSI status it ended with; the connection failing fails them all.
 async fn setup_commands(
     conn: &mut Conn,
     seq: &mut Seq,
     lun: u64,
     commands: &[(scsi::Cdb, u32)],
 ) -> Result<Vec<Result<Bytes, ScsiError>>, IscsiError> {
+    const ATTEMPTS: u32 = 10;
     let mut results: Vec<Result<Bytes, ScsiError>> = commands
         .iter()
         .map(|_| Err(ScsiError::Malformed("command kept failing".into())))
         .collect();
+    let mut sent = vec![0u32; commands.len()];
     let mut waiting: Vec<usize> = (0..commands.len()).collect();
-    for attempt in 0..10u64 {
+    for round in 0..u64::from(ATTEMPTS) {
         if waiting.is_empty() {
             break;
         }
-        if attempt > 1 {
-            tokio::time::sleep(Duration::from_millis(20 * (attempt - 1))).await;
+        if round > 1 {
+            tokio::time::sleep(Duration::from_millis(20 * (round - 1))).await;
         }
         let specs: Vec<CommandSpec> = waiting
             .iter()
@@ -506,10 +510,18 @@ async fn setup_commands(
                 }
             })
             .collect();
-        let outcomes = conn.commands(seq, &specs).await?;
+        let resend = |index: usize, outcome: &CommandOutcome| {
+            let at = waiting[index];
+            sent[at] += 1;
+            let (cdb, _) = commands[at];
+            unit_attention(outcome) && cdb[0] != TEST_UNIT_READY && sent[at] < ATTEMPTS
+        };
+        let outcomes = conn.commands(seq, &specs, resend).await?;
         let mut again = Vec::new();
         for (&at, outcome) in waiting.iter().zip(outcomes) {
+            let taken = commands[at].0[0] == TEST_UNIT_READY && unit_attention(&outcome);
             results[at] = match check(&outcome) {
+                _ if taken => Ok(outcome.data),
                 Ok(()) => Ok(outcome.data),
                 Err(Verdict::Retry(e)) => {
                     again.push(at);
@@ -521,6 +533,16 @@ async fn setup_commands(
         waiting = again;
     }
     Ok(results)
+}
+
+/// The opcode of TEST UNIT READY (SPC-4 §6.47).
+const TEST_UNIT_READY: u8 = 0x00;
+
+/// CHECK CONDITION with UNIT ATTENTION: reported once, so the same command sent again meets it no
+/// more (SAM-5 §5.14).
+fn unit_attention(outcome: &CommandOutcome) -> bool {
+    outcome.status == status::CHECK_CONDITION
+        && scsi::parse_sense(&outcome.sense).is_ok_and(|s| s.key == sense_key::UNIT_ATTENTION)
 }
 
 enum Verdict {
@@ -594,9 +616,7 @@ async fn probe(
         .filter(|&len| len > 0)
         .and_then(|len| Some((scsi::read(ReadKind::Mmc, 0, len.div_ceil(512))?, len)));
     commands.extend(first_read);
-    let mut results = setup_commands(conn, seq, lun, &commands)
-        .await?
-        .into_iter();
+    let mut results = setup_commands(conn, seq, lun, &commands).await?.into_iter();
     let mut next = || {
         results
             .next()
@@ -934,7 +954,9 @@ impl IscsiLun {
     fn from_first_bytes(&self, offset: u64, len: usize) -> Option<Bytes> {
         let mut held = lock(&self.first_bytes);
         let bytes = held.as_ref()?;
-        let start = usize::try_from(offset).ok().filter(|&at| at < bytes.len())?;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|&at| at < bytes.len())?;
         let end = start.saturating_add(len).min(bytes.len());
         let piece = bytes.slice(start..end);
         if end == bytes.len() {

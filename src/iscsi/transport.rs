@@ -4,6 +4,7 @@
 //! [`PduReader`], writes what the machine transmits, opens new connections when it asks
 //! (through [`Reconnect`]) and wakes it at its deadlines.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -171,37 +172,44 @@ impl Conn {
         seq: &mut Seq,
         spec: &CommandSpec,
     ) -> Result<CommandOutcome, IscsiError> {
-        let mut outcomes = self.commands(seq, std::slice::from_ref(spec)).await?;
-        outcomes.pop().ok_or_else(|| self.protocol("command never completed"))
+        let mut outcomes = self
+            .commands(seq, std::slice::from_ref(spec), |_, _| false)
+            .await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| self.protocol("command never completed"))
     }
 
-    /// Run several SCSI commands at once (pipelined: all sent together as far as the CmdSN
-    /// window allows, one round trip for all) and wait for every one to end, answering target
-    /// NOP-Ins meanwhile. The outcomes are in the order of `specs`.
+    /// Run several SCSI commands at once (pipelined: sent together as far as the CmdSN window
+    /// allows) and wait for every one to end, answering target NOP-Ins meanwhile. A command
+    /// whose outcome `again(index, outcome)` declines is sent again at once, with the next
+    /// flight. The outcomes are in the order of `specs`.
     pub async fn commands(
         &mut self,
         seq: &mut Seq,
         specs: &[CommandSpec],
+        mut again: impl FnMut(usize, &CommandOutcome) -> bool,
     ) -> Result<Vec<CommandOutcome>, IscsiError> {
-        let mut itts = Vec::with_capacity(specs.len());
-        let mut data: Vec<Assembly> = specs.iter().map(|_| Assembly::Empty).collect();
+        let mut unsent: VecDeque<usize> = (0..specs.len()).collect();
+        // (ITT, index in `specs`, Data-In so far) of each command in flight.
+        let mut in_flight: Vec<(u32, usize, Assembly)> = Vec::with_capacity(specs.len());
         let mut outcomes: Vec<Option<CommandOutcome>> = specs.iter().map(|_| None).collect();
-        let mut finished = 0;
         for _ in 0..MAX_SETUP_PDUS {
             let mut flight = BytesMut::new();
-            while itts.len() < specs.len() && seq.window_open() {
+            while seq.window_open() {
+                let Some(at) = unsent.pop_front() else { break };
                 let itt = seq.itt();
-                specs[itts.len()]
+                specs[at]
                     .pdu(itt, seq)
                     .encode(&self.pdus.framing(), &mut flight);
                 seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
-                itts.push(itt);
+                in_flight.push((itt, at, Assembly::Empty));
             }
             if !flight.is_empty() {
                 self.exchanges += 1;
                 self.write(&flight).await?;
             }
-            if finished == specs.len() {
+            if in_flight.is_empty() && unsent.is_empty() {
                 return Ok(outcomes.into_iter().flatten().collect());
             }
             let pdu = self.recv().await?;
@@ -222,20 +230,22 @@ impl Conn {
                 Bhs::AsyncMessage(_) | Bhs::NopIn(_) => continue,
                 other => return Err(self.protocol(format!("unexpected {:?}", other.opcode()))),
             };
-            let Some(at) = itts
-                .iter()
-                .position(|&t| t == itt)
-                .filter(|&at| outcomes[at].is_none())
-            else {
-                return Err(self.protocol(format!(
-                    "response for ITT {itt:#x}, which was never issued"
-                )));
+            let Some(slot) = in_flight.iter().position(|(t, _, _)| *t == itt) else {
+                return Err(
+                    self.protocol(format!("response for ITT {itt:#x}, which was never issued"))
+                );
             };
-            match progress(pdu, specs[at].read_len, &mut data[at]).map_err(|e| self.protocol(e))? {
+            let (_, at, data) = &mut in_flight[slot];
+            let at = *at;
+            match progress(pdu, specs[at].read_len, data).map_err(|e| self.protocol(e))? {
                 Progress::More => {}
                 Progress::Done(outcome) => {
-                    outcomes[at] = Some(outcome);
-                    finished += 1;
+                    in_flight.swap_remove(slot);
+                    if again(at, &outcome) {
+                        unsent.push_back(at);
+                    } else {
+                        outcomes[at] = Some(outcome);
+                    }
                 }
             }
         }
