@@ -922,7 +922,7 @@ impl IscsiLun {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let head = self.from_first_bytes(offset, len);
+        let head = self.held_first_bytes(offset, len);
         let (offset, len) = match &head {
             Some(head) if head.len() == len => return Ok(vec![head.clone()]),
             Some(head) => (offset + head.len() as u64, len - head.len()),
@@ -951,7 +951,7 @@ impl IscsiLun {
 
     /// The part of `len` bytes at `offset` that the first bytes read while connecting hold, from
     /// `offset` on; they are let go once a read reaches their end.
-    fn from_first_bytes(&self, offset: u64, len: usize) -> Option<Bytes> {
+    fn held_first_bytes(&self, offset: u64, len: usize) -> Option<Bytes> {
         let mut held = lock(&self.first_bytes);
         let bytes = held.as_ref()?;
         let start = usize::try_from(offset)
