@@ -37,6 +37,13 @@ pub const DEFAULT_MAX_READ: u32 = 1 << 20;
 /// and then says nothing is passed over for the next one this soon (it may be tried again later).
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Ping a link this long idle (or half the stall timeout, when that is shorter).
+pub const DEFAULT_NOP_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Give a connection up when nothing arrives for this long while we wait for the target, or
+/// when bytes arrive but no command makes progress ([`super::stall_timeout_from_env`]).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// The default bound on one read, reconnects included.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -74,8 +81,10 @@ pub struct ConnectOptions {
 
 impl ConnectOptions {
     /// Defaults: our initiator name, no CHAP (or libiscsi's environment variables), digests as
-    /// `ISOMOUNT_DIGEST` says (else the target's choice), give up after 60 s.
+    /// `ISOMOUNT_DIGEST` says (else the target's choice), the stall timeout as
+    /// `ISOMOUNT_STALL_TIMEOUT` says (else 8 s), give up after 60 s.
     pub fn new(portals: Vec<String>, target: impl Into<String>, lun: u64) -> Self {
+        let stall_timeout = super::stall_timeout_from_env().unwrap_or(DEFAULT_STALL_TIMEOUT);
         Self {
             portals,
             target: target.into(),
@@ -87,8 +96,8 @@ impl ConnectOptions {
             read_timeout: DEFAULT_READ_TIMEOUT,
             timeout: Duration::from_secs(10),
             login_timeout: LOGIN_TIMEOUT,
-            nop_interval: Duration::from_secs(3),
-            stall_timeout: Duration::from_secs(8),
+            nop_interval: DEFAULT_NOP_INTERVAL.min(stall_timeout / 2),
+            stall_timeout,
             queue_depth: 64,
             max_read: DEFAULT_MAX_READ,
             first_read: None,
