@@ -906,38 +906,17 @@ fn a_stale_mount_is_recognised_and_cleared() {
 #[test]
 fn a_published_cd_is_usable_within_five_round_trips() {
     let dir = tempfile::tempdir().unwrap();
-    let (_tree, iso) = make_iso(dir.path());
-    let tgtd = common::Tgtd::start(
+    let cd = publish_cd(
+        dir.path(),
         "a_published_cd_is_usable_within_five_round_trips",
-        &[common::TargetSpec::new(
-            CD_IQN,
-            vec![common::LunSpec::cd(&iso)],
-        )],
     );
-    let proxy = common::FaultProxy::start(&tgtd.portal(), common::Faults::default());
-    let catalog = dir.path().join("catalog.toml");
-    let out = run_bounded(
-        isomount()
-            .arg("publish")
-            .arg(&iso)
-            .args(["--name", "testcd", "--target", CD_IQN, "--lun", "1"])
-            .args(["--portal", &proxy.portal(), "-o"])
-            .arg(&catalog),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "publish: {out:?}");
+    let portal = cd.tgtd.as_ref().unwrap().portal();
+    let proxy = common::FaultProxy::start(&portal, common::Faults::default());
+    let catalog = std::fs::read_to_string(&cd.catalog).unwrap();
+    std::fs::write(&cd.catalog, catalog.replace(&portal, &proxy.portal())).unwrap();
     let mp = Mountpoint::new(dir.path(), "mnt");
     let before = proxy.connections() + proxy.client_turns();
-    let out = run_bounded(
-        isomount()
-            .arg("--catalog")
-            .arg(&catalog)
-            .arg("--cache-dir")
-            .arg(dir.path().join("cache"))
-            .args(["mount", "testcd"])
-            .arg(&mp.path),
-        Duration::from_secs(120),
-    );
+    let out = cd.mount("testcd", &mp, &[]);
     let round_trips = proxy.connections() + proxy.client_turns() - before;
     assert!(
         out.status.success(),
@@ -959,6 +938,6 @@ fn a_published_cd_is_usable_within_five_round_trips() {
         "{connect}, the proxy saw {round_trips}"
     );
     assert!(std::fs::read_dir(mp.path.join("files")).unwrap().count() > 0);
-    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == std::fs::read(&iso).unwrap());
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == std::fs::read(&cd.iso).unwrap());
     unmount_ok(&mp);
 }
