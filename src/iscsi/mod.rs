@@ -90,8 +90,7 @@ fn luns_it_has(available: &Option<Vec<u64>>) -> String {
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.
 pub fn default_initiator_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
+    let host = crate::platform::host_name()
         .map(|h| {
             h.trim()
                 .chars()
