@@ -201,10 +201,15 @@ impl Image {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counters for `info/stats`.
+    /// Counters for `info/stats`, and what connecting to the current mirror took.
     pub fn stats(&self) -> String {
+        let connect = self
+            .facts()
+            .into_iter()
+            .find(|(k, _)| k == "connect")
+            .map_or_else(|| "-".to_string(), |(_, v)| v);
         format!(
-            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\ncaching: {}\npassthrough: {}\n",
+            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nconnect: {connect}\ncaching: {}\npassthrough: {}\n",
             self.cached.hits(),
             self.fetcher.misses(),
             self.sources().bytes_fetched(),
