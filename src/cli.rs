@@ -72,7 +72,7 @@ pub enum Command {
     /// Write an image's manifest and its catalog entry
     Publish(commands::publish::PublishArgs),
     /// Serve image files as read-only iSCSI LUNs
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Serve the bundled sample image on loopback and mount it
     Demo(commands::demo::DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)

@@ -63,11 +63,16 @@ impl FileSource {
     pub fn open(path: &std::path::Path, block_size: u32) -> std::io::Result<Self> {
         let file = std::fs::File::open(path)?;
         let size = file.metadata()?.len();
-        Ok(Self {
+        Ok(Self::from_file(file, size, block_size))
+    }
+
+    /// An open file whose size the caller has taken.
+    pub fn from_file(file: std::fs::File, size: u64, block_size: u32) -> Self {
+        Self {
             file,
             size,
             block_size,
-        })
+        }
     }
 }
 
@@ -102,13 +107,12 @@ impl BlockSource for FileSource {
 }
 
 /// A file mapped read-only, as [`Bytes`]: slices of it are the page cache itself, so `serve`
-/// answers a READ with one copy (into the socket) where `pread` takes two. The file must not
-/// shrink while mapped (touching a page past its new end kills the process with SIGBUS); publish
-/// a new image by renaming it into place, which leaves the mapped one whole.
-pub fn map_file(path: &std::path::Path) -> std::io::Result<Bytes> {
-    let file = std::fs::File::open(path)?;
+/// answers a READ with one copy (into the socket) where `pread` takes two. If the file shrinks
+/// while mapped, touching a page past its new end from user space kills the process with
+/// SIGBUS: `serve` hands mapped bytes only to the kernel (see `target::export`).
+pub fn map_file(file: &std::fs::File) -> std::io::Result<Bytes> {
     // SAFETY: a read-only shared mapping; see above on files that shrink.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let map = unsafe { memmap2::Mmap::map(file)? };
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Bytes::from_owner(map))
 }
@@ -124,7 +128,8 @@ mod tests {
         let path = dir.path().join("img");
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let mapped = MemorySource::new(map_file(&path).unwrap(), 512);
+        let open = |p: &std::path::Path| std::fs::File::open(p).unwrap();
+        let mapped = MemorySource::new(map_file(&open(&path)).unwrap(), 512);
         let read = FileSource::open(&path, 512).unwrap();
         assert_eq!(mapped.size(), read.size());
         for (at, len) in [(0u64, 512usize), (19_999, 1), (1234, 5000), (20_000, 0)] {
@@ -136,7 +141,7 @@ mod tests {
         assert!(mapped.read_at(19_999, 2).await.is_err());
         assert!(mapped.read_at(u64::MAX, 1).await.is_err());
         std::fs::write(dir.path().join("empty"), b"").unwrap();
-        let empty = MemorySource::new(map_file(&dir.path().join("empty")).unwrap(), 512);
+        let empty = MemorySource::new(map_file(&open(&dir.path().join("empty"))).unwrap(), 512);
         assert_eq!(empty.size(), 0);
         assert!(empty.read_at(0, 1).await.is_err());
     }

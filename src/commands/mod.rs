@@ -27,7 +27,7 @@ pub fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCod
         Command::Discover(args) => discover::run(global, args),
         Command::Cache(cmd) => cache::run(global, cmd),
         Command::Publish(args) => publish::run(global, args),
-        Command::Serve(args) => serve::run(global, args),
+        Command::Serve(args) => serve::run(global, *args),
         Command::Demo(args) => demo::run(global, args),
         Command::Completions(args) => crate::cli::print_completions(args.shell),
         Command::Man(args) => crate::cli::print_man(args),
