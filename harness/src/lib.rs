@@ -2,12 +2,16 @@
 //!
 //! Real parts, not mocks: [`Tgtd`] starts the Linux SCSI target daemon on loopback ports of its
 //! own, configured through `tgtadm`; [`FaultProxy`] sits between an initiator and a target and
-//! injects resets, stalls and latency. Every wait is bounded and every daemon dies with its owner.
+//! injects resets, stalls and latency; [`initiator::RawInitiator`] is a raw iSCSI initiator on
+//! isomount's own codec, and [`load::Fleet`] thousands of its sessions at once (the
+//! `loadclient` binary). Every wait is bounded and every daemon dies with its owner.
 //! Integration tests use it through `tests/common/mod.rs`; `scripts/bench.sh` uses the
 //! `faultproxy` binary.
 
 mod fixtures;
+pub mod initiator;
 mod istgt;
+pub mod load;
 mod ports;
 mod process;
 mod proxy;
