@@ -394,7 +394,15 @@ impl RawInitiator {
             }
             ttt = resp.ttt;
         }
-        text::parse(&answer).map_err(|e| RawError::Protocol(format!("SendTargets answer: {e}")))
+        // A big tree's answer is longer than the codec takes in one text (a login's bound):
+        // parse it pair by pair.
+        let mut pairs = Vec::new();
+        for pair in answer.split_inclusive(|&b| b == 0) {
+            let parsed = text::parse(pair)
+                .map_err(|e| RawError::Protocol(format!("SendTargets answer: {e}")))?;
+            pairs.extend(parsed);
+        }
+        Ok(pairs)
     }
 
     /// Log out (close the session); the target's response code.

@@ -75,7 +75,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS")]
     pub stats_interval: Option<f64>,
     /// Connections served at once; the file descriptor limit is raised to fit, or the number
-    /// lowered with a warning [default: 16384]
+    /// lowered with a warning [default: 16384, or as many as the hard limit allows]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
     /// How long a connection may take to log in [default: 15]
@@ -114,6 +114,8 @@ struct ServeSettings {
     /// Who may see the targets (a tree's subtrees may say otherwise).
     rule: Rule,
     limits: Limits,
+    /// Whether the connection limit was asked for (else it is the default, fitted quietly).
+    connections_asked: bool,
     stats_file: Option<PathBuf>,
     stats_interval: Duration,
 }
@@ -197,10 +199,11 @@ fn resolve(global: &GlobalOpts, args: &ServeArgs) -> anyhow::Result<ServeSetting
     let rule = access.default.clone();
 
     let nop_timeout = seconds(args.nop_timeout, "nop_timeout", None, 30.0, false)?;
+    let asked_connections = args
+        .max_connections
+        .or_else(|| keys.and_then(|k| k.max_connections.as_ref().map(|m| *m.get_ref())));
     let limits = Limits {
-        max_connections: args
-            .max_connections
-            .or_else(|| keys.and_then(|k| k.max_connections.as_ref().map(|m| *m.get_ref())))
+        max_connections: asked_connections
             .unwrap_or(Limits::default().max_connections)
             .max(1),
         login_timeout: seconds(
@@ -289,6 +292,7 @@ fn resolve(global: &GlobalOpts, args: &ServeArgs) -> anyhow::Result<ServeSetting
         device,
         rule,
         limits,
+        connections_asked: asked_connections.is_some(),
         stats_file,
         stats_interval,
     })
@@ -441,8 +445,11 @@ async fn reload(
 }
 
 /// Raise the soft file descriptor limit as far as the hard limit allows, and lower the
-/// connection limit, with a warning, when even that is too few for it.
+/// connection limit when even that is too few for it: with a warning when the limit was asked
+/// for or ends up low.
 fn fit_file_descriptor_limit(settings: &mut ServeSettings) {
+    /// Fewer connections than this is worth a warning even when nobody asked for more.
+    const LOW: usize = 1024;
     // Descriptors that are not connections: images (one each), the listener, the watch, logs.
     let images = match &settings.images {
         Images::Files(f) => f.len(),
@@ -454,11 +461,15 @@ fn fit_file_descriptor_limit(settings: &mut ServeSettings) {
     match rlimit::increase_nofile_limit(wanted) {
         Ok(limit) if limit < wanted => {
             let fits = (limit as usize).saturating_sub(reserve).max(16);
-            tracing::warn!(
-                "file descriptor limit {limit} (the hard limit) leaves room for {fits} \
-                 connections, not {}: raise it (ulimit -Hn, or LimitNOFILE= in the unit file)",
-                settings.limits.max_connections
-            );
+            if settings.connections_asked || fits < LOW {
+                tracing::warn!(
+                    "file descriptor limit {limit} (the hard limit) leaves room for {fits} \
+                     connections, not {}: raise it (ulimit -Hn, or LimitNOFILE= in the unit file)",
+                    settings.limits.max_connections
+                );
+            } else {
+                tracing::info!("file descriptor limit {limit}: up to {fits} connections");
+            }
             settings.limits.max_connections = fits;
         }
         Ok(limit) => tracing::debug!("file descriptor limit {limit}"),

@@ -1072,8 +1072,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             .await
         {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Some(WriteEnd::Failed(e)),
-            Err(_) => return Some(WriteEnd::Stalled(stall_limit)),
+            // Closing our side tells the initiator at once, and a well-behaved one closes its
+            // side, which ends the reader too.
+            Ok(Err(e)) => {
+                let _ = writer.shutdown().await;
+                return Some(WriteEnd::Failed(e));
+            }
+            Err(_) => {
+                let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+                return Some(WriteEnd::Stalled(stall_limit));
+            }
         }
         if close {
             let _ = writer.flush().await;
