@@ -11,6 +11,10 @@ command -v istgt >/dev/null || need+=(istgt)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v xorriso >/dev/null || need+=(xorriso)
 command -v iscsi-perf >/dev/null || need+=(libiscsi-bin)
+command -v nginx >/dev/null || need+=(nginx-light)
+command -v python3 >/dev/null || need+=(python3)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
 command -v man >/dev/null || need+=(man-db)
 if ((${#need[@]})); then
     sudo=""

@@ -77,6 +77,29 @@ pub struct ManifestRef {
     pub sha256: String,
 }
 
+impl ManifestRef {
+    /// The manifest's bytes from where the catalog says it is, not yet checked against the pin.
+    /// For an https URL the last good copy is kept at `kept` and serves offline, or when the
+    /// fetch fails.
+    pub fn read(&self, kept: &Path, offline: bool) -> Result<Vec<u8>, CatalogError> {
+        match &self.location {
+            ManifestLocation::Path(p) => std::fs::read(p).map_err(|source| CatalogError::Io {
+                path: p.display().to_string(),
+                source,
+            }),
+            ManifestLocation::Url(u) => fetch_kept(u, Some(kept), offline),
+        }
+    }
+
+    /// The file or URL, for messages.
+    pub fn describe(&self) -> String {
+        match &self.location {
+            ManifestLocation::Path(p) => p.display().to_string(),
+            ManifestLocation::Url(u) => u.clone(),
+        }
+    }
+}
+
 /// CHAP settings: the secret stays in its own file and is read only when logging in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChapRef {
@@ -629,7 +652,7 @@ impl Catalog {
 /// Add or replace the entry `entry.name` in the catalog file at `path` (created when missing),
 /// keeping the file's comments and other entries.
 pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogError> {
-    use toml_edit::{value, Array, ArrayOfTables, DocumentMut, Item, Table};
+    use toml_edit::{ArrayOfTables, DocumentMut, Item};
     let io = |source| CatalogError::Io {
         path: path.display().to_string(),
         source,
@@ -648,21 +671,7 @@ pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogEr
                 key: "-".into(),
                 message: e.to_string(),
             })?;
-    let mut table = Table::new();
-    table["name"] = value(entry.name.as_str());
-    if let Some(d) = &entry.description {
-        table["description"] = value(d.as_str());
-    }
-    table["target"] = value(entry.target.as_str());
-    table["lun"] = value(i64::try_from(entry.lun).unwrap_or(i64::MAX));
-    let mut portals = Array::new();
-    for p in &entry.portals {
-        portals.push(p.as_str());
-    }
-    table["portals"] = value(portals);
-    table["size"] = value(i64::try_from(entry.size).unwrap_or(i64::MAX));
-    table["manifest"] = value(entry.manifest.as_str());
-    table["manifest_sha256"] = value(entry.manifest_sha256.as_str());
+    let table = entry_table(entry);
     if !doc.contains_key("image") {
         doc["image"] = Item::ArrayOfTables(ArrayOfTables::new());
     }
@@ -688,6 +697,50 @@ pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogEr
     let out = doc.to_string();
     parse(&out, &Origin::File(path.to_path_buf()))?;
     write_atomic(path, out.as_bytes()).map_err(io)
+}
+
+/// The `[[image]]` table of a published entry.
+fn entry_table(entry: &PublishedEntry) -> toml_edit::Table {
+    use toml_edit::{value, Array, Table};
+    let mut table = Table::new();
+    table["name"] = value(entry.name.as_str());
+    if let Some(d) = &entry.description {
+        table["description"] = value(d.as_str());
+    }
+    table["target"] = value(entry.target.as_str());
+    table["lun"] = value(i64::try_from(entry.lun).unwrap_or(i64::MAX));
+    let mut portals = Array::new();
+    for p in &entry.portals {
+        portals.push(p.as_str());
+    }
+    table["portals"] = value(portals);
+    table["size"] = value(i64::try_from(entry.size).unwrap_or(i64::MAX));
+    table["manifest"] = value(entry.manifest.as_str());
+    table["manifest_sha256"] = value(entry.manifest_sha256.as_str());
+    table
+}
+
+/// The text of a whole catalog file at `path` holding `entries` in the order given, under
+/// `header` (each line becomes a `#` comment). The same entries always give the same bytes. The
+/// text is checked by [`parse`] before it is returned.
+pub fn render(
+    path: &Path,
+    header: &str,
+    entries: &[PublishedEntry],
+) -> Result<String, CatalogError> {
+    use toml_edit::{ArrayOfTables, DocumentMut, Item};
+    let mut images = ArrayOfTables::new();
+    for entry in entries {
+        images.push(entry_table(entry));
+    }
+    let mut doc = DocumentMut::new();
+    if !entries.is_empty() {
+        doc["image"] = Item::ArrayOfTables(images);
+    }
+    let comments: String = header.lines().map(|l| format!("# {l}\n")).collect();
+    let out = format!("{comments}\n{doc}");
+    parse(&out, &Origin::File(path.to_path_buf()))?;
+    Ok(out)
 }
 
 /// What `publish` writes into a catalog.

@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod fs;
+pub mod http;
 pub mod image;
 pub mod iobuf;
 pub mod iscsi;

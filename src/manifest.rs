@@ -39,6 +39,10 @@ pub const MAX_CHUNK_SIZE: u32 = 64 << 20;
 /// Chunk size `publish` uses unless told otherwise (see README, "Chunk size").
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 << 10;
 
+/// Bytes per piece (or one chunk, when chunks are bigger) when [`Manifest::hash_file`] spreads a
+/// file over several cores: big enough to read in one go, small enough to share out one image.
+pub const PARALLEL_PIECE_BYTES: u32 = 4 << 20;
+
 /// A sha256 digest.
 pub type Hash = [u8; HASH_LEN];
 
@@ -140,6 +144,51 @@ impl Manifest {
             chunk_size,
             image_size,
             hashes,
+        })
+    }
+
+    /// Hash the first `size` bytes of `file` in chunks of `chunk_size`, spread over every core
+    /// (rayon's pool): pieces of [`PARALLEL_PIECE_BYTES`] are read with `pread` and hashed
+    /// independently. `hashed` is told the length of every piece as it is done. A file shorter
+    /// than `size` is an `UnexpectedEof` error.
+    pub fn hash_file(
+        file: &std::fs::File,
+        size: u64,
+        chunk_size: u32,
+        hashed: &(dyn Fn(u64) + Sync),
+    ) -> std::io::Result<Manifest> {
+        use rayon::prelude::*;
+        use std::os::unix::fs::FileExt;
+        if !valid_chunk_size(chunk_size) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                ManifestError::ChunkSize(chunk_size),
+            ));
+        }
+        if size == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                ManifestError::EmptyImage,
+            ));
+        }
+        let piece = u64::from(chunk_size.max(PARALLEL_PIECE_BYTES));
+        let pieces = size.div_ceil(piece);
+        let hashes: Vec<Vec<Hash>> = (0..pieces)
+            .into_par_iter()
+            .map(|index| {
+                let start = index * piece;
+                let len = piece.min(size - start);
+                let mut buf = vec![0u8; len as usize];
+                file.read_exact_at(&mut buf, start)?;
+                let out = buf.chunks(chunk_size as usize).map(sha256).collect();
+                hashed(len);
+                Ok(out)
+            })
+            .collect::<std::io::Result<_>>()?;
+        Ok(Manifest {
+            chunk_size,
+            image_size: size,
+            hashes: hashes.into_iter().flatten().collect(),
         })
     }
 
@@ -289,6 +338,27 @@ mod tests {
         assert_eq!(&bytes[..8], b"ISOMNFST");
         let pin = m.pin();
         assert_eq!(Manifest::parse_pinned(&bytes, &pin).unwrap(), m);
+    }
+
+    #[test]
+    fn parallel_hashing_matches_sequential() {
+        let data: Vec<u8> = (0..(4096 * 200 + 123u32))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        std::fs::write(&path, &data).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let done = std::sync::atomic::AtomicU64::new(0);
+        let count = |n| {
+            done.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        };
+        let parallel = Manifest::hash_file(&file, data.len() as u64, 4096, &count).unwrap();
+        assert_eq!(parallel, Manifest::build(&data[..], 4096).unwrap());
+        assert_eq!(done.into_inner(), data.len() as u64);
+        let short = Manifest::hash_file(&file, data.len() as u64 + 1, 4096, &|_| {});
+        assert_eq!(short.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
+        assert!(Manifest::hash_file(&file, 0, 4096, &|_| {}).is_err());
     }
 
     #[test]

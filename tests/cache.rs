@@ -501,3 +501,105 @@ fn fetch_files_pulls_only_those_files() {
     assert!(!missing.status.success());
     assert!(err.contains("/no/such/file"), "{err}");
 }
+
+#[test]
+fn fetch_fails_saying_how_much_is_missing_and_why() {
+    let p = Published::new("cache_fetch_honest", 4 * MIB, 21);
+    let last_line = |out: &Output| {
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "fetch must fail: {err}");
+        err.lines().last().unwrap_or("").to_string()
+    };
+    {
+        let _fs = SmallFs::mount(&p.cache_dir(), "1m");
+        let out = p.run(&["fetch", "img"]);
+        let last = last_line(&out);
+        assert!(
+            last.contains("img: ") && last.contains("of 4.00 MiB are not cached"),
+            "{last}"
+        );
+        assert!(last.contains("No space left on device"), "{last}");
+        let list = text(&p.run(&["list"]).stdout);
+        assert!(!list.contains("(100%)"), "{list}");
+    }
+    // A cache bound smaller than the image: the chunks are fetched, then evicted.
+    let out = p.run(&["--cache-size", "2M", "fetch", "img"]);
+    let last = last_line(&out);
+    assert!(
+        last.contains("are not cached") && last.contains("--cache-size 2M"),
+        "{last}"
+    );
+    // Offline with a partial cache: nothing fetched, and it says so.
+    let out = p.run(&["--offline", "fetch", "img"]);
+    let last = last_line(&out);
+    assert!(last.contains("offline"), "{last}");
+    // And when it all lands, success says so.
+    let out = p.run(&["fetch", "img"]);
+    assert_ok(&out, "fetch with room");
+    assert!(
+        text(&out.stderr).contains("4.00 MiB complete and verified"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(p.run(&["--offline", "cat", "img"]).stdout == p.bytes());
+}
+
+#[test]
+fn cache_verify_repairs_a_damaged_manifest_copy_and_keeps_the_chunks() {
+    let mut p = Published::new("cache_manifest_copy", 4 * MIB, 22);
+    let want = p.bytes();
+    assert_ok(&p.run(&["fetch", "img"]), "fetch");
+    let copy = p.store_data().with_file_name("manifest");
+    flip(&copy, 100);
+    flip(&copy, 200);
+    let verify = p.run(&["cache", "verify"]);
+    let err = text(&verify.stderr);
+    assert!(!verify.status.success(), "damage found is reported: {err}");
+    assert!(
+        err.contains("img: the cache's copy of its manifest was damaged")
+            && err.contains("does not match the catalog's pin")
+            && err.contains("repaired from")
+            && err.contains("img.manifest"),
+        "{err}"
+    );
+    assert!(!err.contains("is corrupt"), "no chunk condemned: {err}");
+    assert!(
+        text(&verify.stdout).contains("64 cached chunk(s) checked, 0 corrupt"),
+        "{}",
+        text(&verify.stdout)
+    );
+    assert_ok(&p.run(&["cache", "verify"]), "verify after the repair");
+    assert!(text(&p.run(&["list"]).stdout).contains("(100%)"));
+
+    // Nothing to repair it from: the copy is named, and the chunks are kept.
+    flip(&copy, 300);
+    let source = p.dir.path().join("img.manifest");
+    let aside = p.dir.path().join("aside.manifest");
+    std::fs::rename(&source, &aside).unwrap();
+    let verify = p.run(&["cache", "verify"]);
+    let err = text(&verify.stderr);
+    assert!(!verify.status.success(), "{err}");
+    assert!(
+        err.contains(&copy.display().to_string())
+            && err.contains("64 cached chunk(s) were kept unchecked")
+            && err.contains("cache verify"),
+        "{err}"
+    );
+    assert!(!err.contains("is corrupt"), "{err}");
+    std::fs::rename(&aside, &source).unwrap();
+    assert!(text(&p.run(&["list"]).stdout).contains("(100%)"));
+    p.tgtd.kill();
+    let offline = p.run(&["--offline", "cat", "img"]);
+    assert!(offline.stdout == want, "{}", text(&offline.stderr));
+
+    // A chunk that fails against a manifest matching its pin is still dropped.
+    let verify = p.run(&["cache", "verify"]);
+    assert!(text(&verify.stderr).contains("repaired from"));
+    flip(&p.store_data(), MIB + 3);
+    let verify = p.run(&["cache", "verify"]);
+    assert!(
+        text(&verify.stderr).contains(&format!("img: chunk {} is corrupt", MIB / (64 << 10))),
+        "{}",
+        text(&verify.stderr)
+    );
+}

@@ -767,3 +767,133 @@ fn a_fully_cached_image_passes_through_only_once_every_chunk_verifies() {
     }
     unmount_ok(&mp);
 }
+
+/// `isomount demo` until it says it is waiting; returns the child and its mountpoint.
+fn start_demo(tmp: &Path) -> (std::process::Child, PathBuf) {
+    use std::io::BufRead;
+    let mut child = isomount()
+        .arg("demo")
+        .env("TMPDIR", tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut mountpoint = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the demo did not get to waiting");
+            }
+        };
+        if let Some(at) = line.strip_prefix("mounted sample at ") {
+            mountpoint = Some(PathBuf::from(at));
+        }
+        if line.starts_with("press Ctrl-C") {
+            break;
+        }
+    }
+    let mountpoint = mountpoint.expect("the demo mounted the sample");
+    (child, mountpoint)
+}
+
+#[test]
+fn demo_cleans_up_on_sigterm_sigint_and_sighup_alike() {
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut child, path) = start_demo(tmp.path());
+        // Unmounted on drop should the demo fail to.
+        let mp = Mountpoint { path: path.clone() };
+        assert!(is_mounted(&mp.path), "{signal}: {}", mp.path.display());
+        assert!(std::fs::read_dir(mp.path.join("files")).is_ok());
+        assert!(find_daemon(&mp.path).is_some());
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        wait_until(Duration::from_secs(30), "the demo to exit", || {
+            child.try_wait().unwrap().is_some()
+        });
+        assert!(child.wait().unwrap().success(), "signal {signal}");
+        assert!(!is_mounted(&mp.path), "signal {signal}: still mounted");
+        wait_until(Duration::from_secs(20), "the mount daemon to exit", || {
+            find_daemon(&mp.path).is_none()
+        });
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "signal {signal}: left behind {left:?}");
+    }
+}
+
+/// A mount whose daemon is gone: listing it fails with ENOTCONN (its root's attributes may
+/// still be cached).
+fn is_stale(path: &Path) -> bool {
+    std::fs::read_dir(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+#[test]
+fn a_stale_mount_is_recognised_and_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "disk.img", 1 << 20, 6);
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let kill_daemon = |mp: &Mountpoint| {
+        let pid = daemon_pid(&mp.path);
+        // SAFETY: kill on the daemon we started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        wait_until(Duration::from_secs(20), "the mount to go stale", || {
+            is_stale(&mp.path)
+        });
+    };
+
+    // Ours: the mount command clears it and mounts again.
+    mount_ok(&disk, &mp);
+    kill_daemon(&mp);
+    let out = mount_local(&disk, &mp, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("stale"), "{err}");
+    assert_eq!(
+        std::fs::metadata(mp.path.join("disk.img")).unwrap().len(),
+        1 << 20
+    );
+    unmount_ok(&mp);
+
+    // Another file system's: named, with how to clear it; `isomount unmount` does.
+    let out = mount_local(&disk, &mp, &["-o", "subtype=other"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    kill_daemon(&mp);
+    let out = mount_local(&disk, &mp, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is a stale mount (fuse.other)")
+            && err.contains("Transport endpoint is not connected")
+            && err.contains("isomount unmount"),
+        "{err}"
+    );
+    let out = run_bounded(
+        isomount().arg("unmount").arg(&mp.path),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&mp.path));
+}

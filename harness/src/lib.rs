@@ -2,11 +2,13 @@
 //!
 //! Real parts, not mocks: [`Tgtd`] starts the Linux SCSI target daemon on loopback ports of its
 //! own, configured through `tgtadm`; [`FaultProxy`] sits between an initiator and a target and
-//! injects resets, stalls and latency; [`initiator::RawInitiator`] is a raw iSCSI initiator on
-//! isomount's own codec, and [`load::Fleet`] thousands of its sessions at once (the
-//! `loadclient` binary). Every wait is bounded and every daemon dies with its owner.
-//! Integration tests use it through `tests/common/mod.rs`; `scripts/bench.sh` uses the
-//! `faultproxy` binary.
+//! injects resets, stalls and latency (into any TCP: iSCSI or HTTP); [`Nginx`], [`PythonHttp`],
+//! [`OddServer`] and [`ForwardProxy`] are the web mirrors and the proxy of the HTTP(S) source;
+//! [`initiator::RawInitiator`] is a raw iSCSI initiator on isomount's own codec, and
+//! [`load::Fleet`] thousands of its sessions at once (the `loadclient` binary).
+//! Every wait is bounded and every daemon dies with its owner. Integration tests use it through
+//! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target`,
+//! `harness-web` and `loadclient` binaries.
 
 mod fixtures;
 pub mod initiator;
@@ -16,6 +18,7 @@ mod ports;
 mod process;
 mod proxy;
 mod tgtd;
+mod web;
 
 pub use fixtures::{iso_from_dir, random_file, test_dir, IsoFlavour};
 pub use istgt::Istgt;
@@ -23,6 +26,9 @@ pub use ports::free_tcp_port;
 pub use process::logs_root;
 pub use proxy::{FaultProxy, Faults};
 pub use tgtd::{LunSpec, TargetSpec, Tgtd};
+pub use web::{
+    corrupt_copy, dead_portal, ForwardProxy, Nginx, OddServer, PythonHttp, Quirk, Served, TestCa,
+};
 
 /// What tests need from any target the harness runs, so one test body can cover tgtd and istgt.
 pub trait IscsiTarget {

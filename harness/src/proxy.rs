@@ -46,6 +46,8 @@ struct Shared {
     faults: Faults,
     stop: AtomicBool,
     to_client: AtomicU64,
+    to_server: AtomicU64,
+    client_turns: AtomicU64,
     connections: AtomicU64,
     resets: AtomicU64,
     stalled: AtomicBool,
@@ -70,6 +72,8 @@ impl FaultProxy {
             faults,
             stop: AtomicBool::new(false),
             to_client: AtomicU64::new(0),
+            to_server: AtomicU64::new(0),
+            client_turns: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             resets: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
@@ -100,6 +104,18 @@ impl FaultProxy {
     /// Bytes delivered to clients so far, over all connections.
     pub fn bytes_to_client(&self) -> u64 {
         self.shared.to_client.load(Ordering::SeqCst)
+    }
+
+    /// Bytes delivered to upstream so far, over all connections.
+    pub fn bytes_to_server(&self) -> u64 {
+        self.shared.to_server.load(Ordering::SeqCst)
+    }
+
+    /// Times a client spoke first on a connection or again after the server had answered, over
+    /// all connections: the round trips a request/response protocol such as HTTP/1.1 made (one
+    /// per request), not counting each connection's TCP handshake (see `connections`).
+    pub fn client_turns(&self) -> u64 {
+        self.shared.client_turns.load(Ordering::SeqCst)
     }
 
     /// Connections accepted so far.
@@ -174,6 +190,7 @@ fn start_connection(
         client: client.try_clone()?,
         server: server.try_clone()?,
         sent_to_client: AtomicU64::new(0),
+        server_spoke: AtomicBool::new(true),
         directions_left: AtomicU64::new(2),
     });
     let mut handles = Vec::new();
@@ -194,6 +211,8 @@ struct Connection {
     client: TcpStream,
     server: TcpStream,
     sent_to_client: AtomicU64,
+    /// The server has sent bytes since the client last did (true before the client's first).
+    server_spoke: AtomicBool,
     directions_left: AtomicU64,
 }
 
@@ -313,7 +332,17 @@ struct Sender {
 impl Sender {
     fn send(&mut self, mut data: &[u8]) -> io::Result<()> {
         if !self.to_client {
-            return self.to.write_all(data);
+            if !data.is_empty() && self.conn.server_spoke.swap(false, Ordering::SeqCst) {
+                self.shared.client_turns.fetch_add(1, Ordering::SeqCst);
+            }
+            self.to.write_all(data)?;
+            self.shared
+                .to_server
+                .fetch_add(data.len() as u64, Ordering::SeqCst);
+            return Ok(());
+        }
+        if !data.is_empty() {
+            self.conn.server_spoke.store(true, Ordering::SeqCst);
         }
         while !data.is_empty() {
             let mut n = data.len() as u64;

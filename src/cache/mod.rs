@@ -104,12 +104,43 @@ pub struct StoreSummary {
     pub present_bytes: u64,
 }
 
-/// A chunk `cache verify` found corrupt and dropped.
+/// What `cache verify` found of one store's copy of its manifest.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CorruptChunk {
-    pub name: String,
-    pub chunk: u64,
+pub enum ManifestCopy {
+    /// The store's image has no manifest (a LUN reached by URL): each chunk is checked against
+    /// the hash recorded when it was first fetched.
+    NotPinned,
+    /// The copy matches the store's pin.
+    Intact,
+    /// The copy did not match its pin (`damage`) and was replaced by the manifest read from
+    /// `from`, which does.
+    Repaired { damage: String, from: String },
+    /// The copy does not match its pin and no manifest that does could be read (`unrepaired`
+    /// says why): the store's chunks were kept, unchecked.
+    Damaged {
+        path: PathBuf,
+        damage: String,
+        unrepaired: String,
+    },
 }
+
+/// `cache verify`'s findings for one store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreCheck {
+    pub name: String,
+    pub manifest: ManifestCopy,
+    /// Chunks re-hashed.
+    pub checked: usize,
+    /// Chunks present but not checked (their manifest copy is damaged).
+    pub unchecked: usize,
+    /// Chunks that failed and were dropped.
+    pub corrupt: Vec<u64>,
+}
+
+/// A fresh copy of the manifest pinned by a sha256 (hex) and where it was read from, or why
+/// there is none. `cache verify` asks for one when a store's copy is damaged; the cache itself
+/// knows no catalogs or networks.
+pub type ManifestSource<'a> = &'a dyn Fn(&str) -> Result<(Vec<u8>, String), String>;
 
 /// The cache root and its size bound.
 #[derive(Debug)]
@@ -294,52 +325,86 @@ impl Cache {
         std::fs::remove_dir_all(&trash).map_err(io)
     }
 
-    /// Re-hash every present chunk of every store; drop and report the corrupt ones.
-    pub fn verify(&self) -> Result<(usize, Vec<CorruptChunk>), CacheError> {
-        let mut checked = 0;
-        let mut corrupt = Vec::new();
+    /// Re-hash every present chunk of every store; drop and report the corrupt ones. A store's
+    /// manifest copy is checked against its pin first: a damaged copy is replaced from `fresh`
+    /// when that gives one matching the pin, else named, and its chunks are kept unchecked
+    /// (only a manifest that matches its pin may condemn a chunk).
+    pub fn verify(&self, fresh: ManifestSource<'_>) -> Result<Vec<StoreCheck>, CacheError> {
+        let mut out = Vec::new();
         for summary in self.stores() {
             let store = Store::open_existing(&summary.dir)?;
-            let pin = summary.identity.strip_prefix("manifest:");
-            let manifest = store
-                .manifest_bytes()
-                .and_then(|b| match pin {
-                    Some(pin) => Manifest::parse_pinned(&b, pin).ok(),
-                    None => None,
-                })
-                .filter(|m| {
-                    m.chunk_size() == summary.geometry.chunk_size
-                        && m.image_size() == summary.geometry.image_size
-                });
-            let mut bad = Vec::new();
+            let usable = |bytes: &[u8], pin: &str| -> Result<Manifest, String> {
+                let m = Manifest::parse_pinned(bytes, pin).map_err(|e| e.to_string())?;
+                if m.chunk_size() != summary.geometry.chunk_size
+                    || m.image_size() != summary.geometry.image_size
+                {
+                    return Err("it describes another chunk size or image size".into());
+                }
+                Ok(m)
+            };
+            let (manifest, verdict) = match summary.identity.strip_prefix("manifest:") {
+                None => (None, ManifestCopy::NotPinned),
+                Some(pin) => {
+                    let copy = match store.manifest_bytes() {
+                        Some(bytes) => usable(&bytes, pin),
+                        None => Err("it is missing".to_string()),
+                    };
+                    match copy {
+                        Ok(m) => (Some(m), ManifestCopy::Intact),
+                        Err(damage) => match fresh(pin).and_then(|(bytes, from)| {
+                            let m = usable(&bytes, pin).map_err(|e| format!("{from}: {e}"))?;
+                            store.replace_manifest(&bytes).map_err(|e| e.to_string())?;
+                            Ok((m, from))
+                        }) {
+                            Ok((m, from)) => (Some(m), ManifestCopy::Repaired { damage, from }),
+                            Err(unrepaired) => (
+                                None,
+                                ManifestCopy::Damaged {
+                                    path: store.manifest_path(),
+                                    damage,
+                                    unrepaired,
+                                },
+                            ),
+                        },
+                    }
+                }
+            };
+            let mut check = StoreCheck {
+                name: summary.name.clone(),
+                manifest: verdict,
+                checked: 0,
+                unchecked: 0,
+                corrupt: Vec::new(),
+            };
+            let unusable = matches!(check.manifest, ManifestCopy::Damaged { .. });
             for (i, record) in store.records()?.iter().enumerate() {
                 let i = i as u64;
                 if !record.present() {
                     continue;
                 }
-                checked += 1;
-                let ok = match (store.get(i), &manifest, pin) {
-                    (Ok(Some((bytes, rec))), Some(m), _) => {
+                if unusable {
+                    check.unchecked += 1;
+                    continue;
+                }
+                check.checked += 1;
+                let ok = match store.get(i) {
+                    Ok(Some((bytes, rec))) => {
                         let h = sha256(&bytes);
-                        m.hash(i) == Some(&h) && rec.hash == h
+                        rec.hash == h && manifest.as_ref().is_none_or(|m| m.hash(i) == Some(&h))
                     }
-                    (Ok(Some((bytes, rec))), None, None) => sha256(&bytes) == rec.hash,
-                    (Ok(None), _, _) => true,
-                    _ => false,
+                    Ok(None) => true,
+                    Err(_) => false,
                 };
                 if !ok {
-                    bad.push(i);
-                    corrupt.push(CorruptChunk {
-                        name: summary.name.clone(),
-                        chunk: i,
-                    });
+                    check.corrupt.push(i);
                 }
             }
-            if !bad.is_empty() {
-                store.drop_chunks(&bad)?;
+            if !check.corrupt.is_empty() {
+                store.drop_chunks(&check.corrupt)?;
             }
+            out.push(check);
         }
-        Ok((checked, corrupt))
+        Ok(out)
     }
 
     /// Account for `bytes` just stored; when over `--cache-size`, evict least recently used
@@ -503,17 +568,15 @@ mod tests {
         let at = (store::INDEX_HEADER_LEN + store::RECORD_LEN) as usize + 32;
         raw[at..at + 4].copy_from_slice(&crc32c::crc32c(&bytes[4096..]).to_be_bytes());
         std::fs::write(&index, &raw).unwrap();
-        let (checked, corrupt) = cache.verify().unwrap();
-        assert_eq!(checked, 2);
-        assert_eq!(
-            corrupt,
-            vec![CorruptChunk {
-                name: "img".into(),
-                chunk: 1
-            }]
-        );
+        let none = |_: &str| Err("no source".to_string());
+        let checks = cache.verify(&none).unwrap();
+        assert_eq!(checks.len(), 1);
+        assert_eq!(checks[0].name, "img");
+        assert_eq!(checks[0].checked, 2);
+        assert_eq!(checks[0].corrupt, vec![1]);
         assert!(s.get(1).unwrap().is_none());
-        assert_eq!(cache.verify().unwrap(), (1, vec![]));
+        let again = cache.verify(&none).unwrap();
+        assert_eq!((again[0].checked, again[0].corrupt.len()), (1, 0));
     }
 
     #[test]

@@ -655,7 +655,18 @@ impl Store {
 
     /// The manifest copy kept with the store, if any.
     pub fn manifest_bytes(&self) -> Option<Vec<u8>> {
-        std::fs::read(self.dir.join("manifest")).ok()
+        std::fs::read(self.manifest_path()).ok()
+    }
+
+    /// Where the store keeps its copy of the manifest.
+    pub fn manifest_path(&self) -> PathBuf {
+        self.dir.join("manifest")
+    }
+
+    /// Replace the manifest copy (a damaged one, with bytes the caller checked against the pin).
+    pub fn replace_manifest(&self, bytes: &[u8]) -> Result<(), CacheError> {
+        let path = self.manifest_path();
+        crate::catalog::write_atomic(&path, bytes).map_err(|e| io(&path, e))
     }
 }
 

@@ -5,14 +5,16 @@ use std::process::ExitCode;
 use anyhow::Context;
 use indicatif::HumanBytes;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, ManifestCopy};
+use crate::catalog::Catalog;
 use crate::cli::GlobalOpts;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CacheCommand {
     /// Every cached image and how much of it is present
     List,
-    /// Re-hash every cached chunk; drop and name the corrupt ones
+    /// Re-hash every cached chunk; drop and name the corrupt ones (a damaged manifest copy is
+    /// repaired from its catalog's source, or named, and its chunks kept)
     Verify,
     /// Drop one image from the cache
     Evict { name: String },
@@ -49,24 +51,7 @@ pub fn run(global: &GlobalOpts, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        CacheCommand::Verify => {
-            let (checked, corrupt) = cache.verify().context("while verifying the cache")?;
-            for c in &corrupt {
-                eprintln!(
-                    "isomount: {}: chunk {} is corrupt; dropped",
-                    c.name, c.chunk
-                );
-            }
-            println!(
-                "{checked} cached chunk(s) checked, {} corrupt",
-                corrupt.len()
-            );
-            Ok(if corrupt.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
-        }
+        CacheCommand::Verify => verify(global, &cache),
         CacheCommand::Evict { name } => {
             cache
                 .evict(&name)
@@ -80,4 +65,86 @@ pub fn run(global: &GlobalOpts, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `cache verify`: every store's manifest copy against its pin (repaired from the catalog's
+/// source when damaged), then every chunk. Exits non-zero when anything was damaged.
+fn verify(global: &GlobalOpts, cache: &Cache) -> anyhow::Result<ExitCode> {
+    let catalog = std::cell::OnceCell::new();
+    let fresh = |pin: &str| -> Result<(Vec<u8>, String), String> {
+        let loaded = catalog.get_or_init(|| {
+            Catalog::load(&global.catalogs, Some(cache.root()), global.offline)
+                .map_err(|e| format!("cannot load the catalogs: {e}"))
+        });
+        let mref = loaded
+            .as_ref()
+            .map_err(Clone::clone)?
+            .entries
+            .iter()
+            .filter_map(|e| e.manifest.as_ref())
+            .find(|m| m.sha256.eq_ignore_ascii_case(pin))
+            .ok_or("no catalog names a manifest with this pin")?;
+        let bytes = mref
+            .read(&cache.kept_manifest(pin), global.offline)
+            .map_err(|e| e.to_string())?;
+        Ok((bytes, mref.describe()))
+    };
+    let checks = cache.verify(&fresh).context("while verifying the cache")?;
+    let mut damaged_manifests = 0;
+    let mut repaired = 0;
+    for check in &checks {
+        match &check.manifest {
+            ManifestCopy::NotPinned | ManifestCopy::Intact => {}
+            ManifestCopy::Repaired { damage, from } => {
+                damaged_manifests += 1;
+                repaired += 1;
+                eprintln!(
+                    "isomount: {}: the cache's copy of its manifest was damaged ({damage}); \
+                     repaired from {from}",
+                    check.name
+                );
+            }
+            ManifestCopy::Damaged {
+                path,
+                damage,
+                unrepaired,
+            } => {
+                damaged_manifests += 1;
+                eprintln!(
+                    "isomount: {}: the cache's copy of its manifest, {}, is damaged ({damage}) and \
+                     was not repaired ({unrepaired}); its {} cached chunk(s) were kept unchecked. \
+                     Run `isomount --catalog CATALOG cache verify` with the catalog that publishes \
+                     it to repair the copy, or `isomount cache evict {}`",
+                    check.name,
+                    path.display(),
+                    check.unchecked,
+                    check.name
+                );
+            }
+        }
+        for chunk in &check.corrupt {
+            eprintln!(
+                "isomount: {}: chunk {chunk} is corrupt; dropped",
+                check.name
+            );
+        }
+    }
+    let checked: usize = checks.iter().map(|c| c.checked).sum();
+    let corrupt: usize = checks.iter().map(|c| c.corrupt.len()).sum();
+    let unchecked: usize = checks.iter().map(|c| c.unchecked).sum();
+    let mut summary = format!("{checked} cached chunk(s) checked, {corrupt} corrupt");
+    if damaged_manifests > 0 {
+        summary.push_str(&format!(
+            "; {damaged_manifests} damaged manifest cop(ies), {repaired} repaired"
+        ));
+    }
+    if unchecked > 0 {
+        summary.push_str(&format!("; {unchecked} chunk(s) unchecked"));
+    }
+    println!("{summary}");
+    Ok(if corrupt == 0 && damaged_manifests == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

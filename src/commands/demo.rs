@@ -40,6 +40,11 @@ pub const DEMO_IQN: &str = "iqn.2026-01.org.isomount.demo:sample";
 pub fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let work = WorkDir::create()?;
     let runtime = super::runtime()?;
+    // Caught from the start: SIGTERM (timeout, a service manager) and SIGHUP (a closed terminal)
+    // end the demo as Ctrl-C does, with the mount, its daemon and the folder gone.
+    let mut stop = runtime
+        .block_on(async { super::mount::StopSignals::register() })
+        .context("while installing signal handlers")?;
     let portal = runtime.block_on(start_target())?;
     println!("serving the sample CD as {DEMO_IQN} on {portal}");
 
@@ -47,10 +52,15 @@ pub fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<ExitCode> {
     println!("catalog: {}", catalog.display());
     let mountpoint = work.path().join("mnt");
     std::fs::create_dir(&mountpoint).context("while creating the mountpoint")?;
+    let mountpoint = mountpoint
+        .canonicalize()
+        .context("while resolving the mountpoint")?;
     let cache = work.path().join("cache");
 
     // The mount runs as its own process (it forks, like mount(8)); the target keeps serving in
-    // this one's runtime threads meanwhile.
+    // this one's runtime threads meanwhile. The guard unmounts whatever came up, even when the
+    // mount command itself was interrupted.
+    let mounted = Mounted(mountpoint.clone());
     let status = isomount_command(global)
         .args(["--catalog"])
         .arg(&catalog)
@@ -60,26 +70,24 @@ pub fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<ExitCode> {
         .arg(&mountpoint)
         .status()
         .context("while starting the mount")?;
-    let mounted = if status.success() {
+    if status.success() {
         println!("mounted {DEMO_NAME} at {}", mountpoint.display());
         print!("{}", tree(&mountpoint)?);
-        Some(Mounted(mountpoint.clone()))
     } else {
-        // The mount could not come up (on this build, catalog mounts may not be wired yet):
-        // show the same CD read over iSCSI by the initiator and the ISO 9660 reader instead.
+        // The mount could not come up (no FUSE here, say): show the same CD read over iSCSI by
+        // the initiator and the ISO 9660 reader instead.
         println!("mount unavailable; reading the CD over iSCSI from {portal} instead:");
         print!(
             "{}",
             runtime.block_on(iso_tree_over_iscsi(&portal, runtime.handle().clone()))?
         );
-        None
-    };
+    }
 
     if !args.once {
         println!("press Ctrl-C to unmount and stop");
-        runtime
-            .block_on(tokio::signal::ctrl_c())
-            .context("while waiting for Ctrl-C")?;
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let name = runtime.block_on(stop.recv());
+        tracing::info!("{name}: stopping the demo");
     }
     drop(mounted);
     Ok(ExitCode::SUCCESS)
@@ -232,11 +240,14 @@ fn isomount_command(global: &GlobalOpts) -> Command {
     cmd
 }
 
-/// Unmounts on drop.
+/// Unmounts on drop, when something is mounted there.
 struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
+        if super::mount::mounted_at(&self.0).is_none() {
+            return;
+        }
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("isomount"));
         match Command::new(exe).arg("unmount").arg(&self.0).status() {
             Ok(s) if s.success() => println!("unmounted {}", self.0.display()),

@@ -41,32 +41,18 @@ pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let image = image::open(global, &args.image).await?;
         image.set_read_ahead(false);
-        let size = image.size();
-        let before = image.cached_bytes();
-        if global.offline {
-            if before < size {
-                anyhow::bail!(
-                    "{}: offline, nothing fetched; {} of {} cached",
-                    image.name(),
-                    HumanBytes(before),
-                    HumanBytes(size)
-                );
-            }
-            eprintln!(
-                "{}: complete in the cache ({})",
-                image.name(),
-                HumanBytes(size)
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        let fetched = prefetch_ranges(&image, &[(0, size)], size, !global.quiet).await?;
+        let whole = [(0, image.size())];
+        let before = present_bytes(&image, &whole);
+        let trouble = fill(&image, &whole, !global.quiet).await?;
+        let after = present_bytes(&image, &whole);
+        ensure_complete(global, &image, &whole, trouble)?;
         if !global.quiet {
             eprintln!(
-                "{}: fetched {}, {} were cached already; {} complete",
+                "{}: fetched {}, {} were cached already; {} complete and verified",
                 image.name(),
-                HumanBytes(fetched),
-                HumanBytes(size.saturating_sub(fetched)),
-                HumanBytes(size)
+                HumanBytes(after.saturating_sub(before)),
+                HumanBytes(before),
+                HumanBytes(image.size())
             );
         }
         Ok(ExitCode::SUCCESS)
@@ -131,17 +117,20 @@ fn fetch_files(global: &GlobalOpts, args: &FetchArgs) -> anyhow::Result<ExitCode
     }
     let ranges = coalesce(ranges);
     let total: u64 = ranges.iter().map(|r| r.1).sum();
-    let fetched = runtime.block_on(prefetch_ranges(&image, &ranges, total, !global.quiet))?;
+    let before_data = present_bytes(&image, &ranges);
+    let trouble = runtime.block_on(fill(&image, &ranges, !global.quiet))?;
+    ensure_complete(global, &image, &ranges, trouble)?;
+    let fetched = present_bytes(&image, &ranges).saturating_sub(before_data);
     let metadata = image
         .cached_bytes()
         .saturating_sub(before)
         .saturating_sub(fetched);
     if !global.quiet {
         eprintln!(
-            "{name}: {files} files, {} of data; fetched {} ({} were cached already), {} of directories",
+            "{name}: {files} files, {} of data; fetched {} ({} were cached already), {} of directories; complete and verified",
             HumanBytes(total),
             HumanBytes(fetched),
-            HumanBytes(total.saturating_sub(fetched)),
+            HumanBytes(before_data),
             HumanBytes(metadata)
         );
     }
@@ -196,13 +185,69 @@ fn coalesce(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     out
 }
 
-/// Prefetches `ranges` (`total` bytes) in windows, `DEPTH` in flight. Returns the bytes fetched.
-async fn prefetch_ranges(
+/// Bytes of `ranges` whose chunks the store's index marks present.
+fn present_bytes(image: &Image, ranges: &[(u64, u64)]) -> u64 {
+    let present = image.present_chunks();
+    let cs = u64::from(image.chunk_size());
+    ranges
+        .iter()
+        .flat_map(|&(start, len)| {
+            let end = start.saturating_add(len).min(image.size());
+            let chunks = if start < end {
+                start / cs..(end - 1) / cs + 1
+            } else {
+                0..0
+            };
+            chunks.map(move |c| (c, start.max(c * cs), end.min((c + 1) * cs)))
+        })
+        .filter(|&(c, _, _)| present.get(c as usize).copied().unwrap_or(false))
+        .map(|(_, from, to)| to - from)
+        .sum()
+}
+
+/// Fails, with a last line saying how much of `ranges` is missing from the cache and why, unless
+/// the store's index marks every chunk of them present (after [`fill`] has checked or fetched
+/// and verified each one, and the writer has flushed).
+fn ensure_complete(
+    global: &GlobalOpts,
+    image: &Image,
+    ranges: &[(u64, u64)],
+    trouble: Option<String>,
+) -> anyhow::Result<()> {
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
+    let missing = total.saturating_sub(present_bytes(image, ranges));
+    if missing == 0 {
+        return Ok(());
+    }
+    let why = if global.offline {
+        "isomount is offline, so nothing was fetched".to_string()
+    } else if let Some(off) = image.caching_off() {
+        format!("chunks could not be stored: {off}")
+    } else if let Some(err) = trouble {
+        err
+    } else if let Some(bound) = &global.cache_size {
+        format!("evicted to keep the cache under --cache-size {bound}")
+    } else {
+        "dropped from the cache while fetching (evicted by another isomount process)".to_string()
+    };
+    anyhow::bail!(
+        "{}: {} of {} are not cached: {why}",
+        image.name(),
+        HumanBytes(missing),
+        HumanBytes(total)
+    )
+}
+
+/// Reads `ranges` through the image core in windows, `DEPTH` in flight: a cached chunk is
+/// checked as any cache hit is (and dropped and fetched again when it fails), a missing one is
+/// fetched, verified and stored. Goes on past a failed window (the last line reports every gap);
+/// stops early when chunks can no longer be stored. Returns the first failure, if any.
+async fn fill(
     image: &Arc<Image>,
     ranges: &[(u64, u64)],
-    total: u64,
     show: bool,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Option<String>> {
+    let total: u64 = ranges.iter().map(|r| r.1).sum();
     let bar = if show && std::io::stderr().is_terminal() {
         indicatif::ProgressBar::with_draw_target(
             Some(total),
@@ -225,37 +270,33 @@ async fn prefetch_ranges(
         })
     });
     let mut in_flight = VecDeque::new();
-    let mut fetched = 0u64;
+    let mut trouble: Option<String> = None;
     loop {
-        while in_flight.len() < DEPTH {
+        while in_flight.len() < DEPTH && image.caching_off().is_none() {
             let Some((at, len)) = windows.next() else {
                 break;
             };
             let img = image.clone();
             in_flight.push_back((
                 len,
-                tokio::spawn(async move { img.prefetch(at, len).await }),
+                tokio::spawn(async move { img.read_parts(at, len as usize).await.map(drop) }),
             ));
         }
         let Some((len, handle)) = in_flight.pop_front() else {
             break;
         };
-        match handle.await.context("while fetching") {
-            Ok(Ok(n)) => fetched += n,
-            Ok(Err(e)) => {
-                for (_, h) in in_flight {
-                    h.abort();
-                }
-                bar.abandon();
-                return Err(e.into());
+        match handle.await.context("while fetching")? {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!("{e}");
+                trouble.get_or_insert_with(|| e.to_string());
             }
-            Err(e) => return Err(e),
         }
         bar.inc(len);
     }
     image.flush().await;
     bar.finish_and_clear();
-    Ok(fetched)
+    Ok(trouble)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ pub mod info;
 pub mod list;
 pub mod mount;
 pub mod publish;
+pub mod publish_tree;
 pub mod serve;
 
 /// Run one command.

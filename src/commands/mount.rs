@@ -244,8 +244,9 @@ fn unescape_mountinfo(field: &str) -> Vec<u8> {
     out
 }
 
-/// The filesystem type mounted at `path`, if anything is.
-fn mounted_at(path: &Path) -> Option<String> {
+/// The filesystem type mounted at `path`, if anything is. OS-specific (Linux's
+/// /proc/self/mountinfo): one of the functions that belong in the platform module.
+pub(crate) fn mounted_at(path: &Path) -> Option<String> {
     let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     table.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -258,8 +259,103 @@ fn mounted_at(path: &Path) -> Option<String> {
     })
 }
 
-/// The mountpoint, made absolute, after the checks mount(8) users expect.
+/// Whether a mount at `path` lost its daemon: the kernel then answers every request it cannot
+/// serve from its caches with ENOTCONN ("Transport endpoint is not connected"). The root's
+/// attributes may still be cached, so the probe lists the directory.
+fn is_stale(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .and_then(|_| std::fs::read_dir(path).map(drop))
+        .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN))
+}
+
+/// `path` made absolute with its parent resolved: a stale mountpoint cannot itself be resolved.
+fn resolve_parent(path: &Path) -> anyhow::Result<PathBuf> {
+    let abs =
+        std::path::absolute(path).with_context(|| format!("while resolving {}", path.display()))?;
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => Ok(parent
+            .canonicalize()
+            .with_context(|| format!("while resolving {}", parent.display()))?
+            .join(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// How [`unmount_at`] treats a mount that is in use or whose daemon is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unmount {
+    /// Fails while a file in it is open.
+    Plain,
+    /// Detached from the tree at once (needed for a stale mount); open files close in their time.
+    Lazy,
+}
+
+/// Unmount `path`: `umount2(2)` as root, `fusermount3 -u` otherwise. OS-specific: belongs in
+/// the platform module.
+fn unmount_at(path: &Path, how: Unmount) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+        let flags = match how {
+            Unmount::Plain => 0,
+            Unmount::Lazy => libc::MNT_DETACH,
+        };
+        // SAFETY: c_path is a valid NUL-terminated path.
+        if unsafe { libc::umount2(c_path.as_ptr(), flags) } != 0 {
+            let err = std::io::Error::last_os_error();
+            bail!("unmounting {} failed: {err}", path.display());
+        }
+        return Ok(());
+    }
+    let mut helper = std::process::Command::new("fusermount3");
+    helper.arg("-u");
+    if how == Unmount::Lazy {
+        helper.arg("-z");
+    }
+    let output = helper
+        .arg("--")
+        .arg(OsString::from(path.as_os_str()))
+        .output()
+        .context("while running fusermount3")?;
+    if !output.status.success() {
+        bail!(
+            "unmounting {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A stale mount at `path` (its daemon gone): cleared when it is an isomount mount, else an
+/// error saying how to clear it.
+fn clear_stale(path: &Path) -> anyhow::Result<()> {
+    let at = resolve_parent(path)?;
+    match mounted_at(&at) {
+        Some(kind) if kind == "fuse.isomount" => {
+            tracing::warn!(
+                "{}: a stale isomount mount (its daemon is gone); clearing it",
+                at.display()
+            );
+            unmount_at(&at, Unmount::Lazy)
+        }
+        kind => bail!(
+            "{} is a stale mount{} whose daemon is gone (Transport endpoint is not connected); \
+             clear it with `isomount unmount {}` or `fusermount3 -u {}`",
+            at.display(),
+            kind.map(|k| format!(" ({k})")).unwrap_or_default(),
+            at.display(),
+            at.display()
+        ),
+    }
+}
+
+/// The mountpoint, made absolute, after the checks mount(8) users expect. A stale isomount
+/// mount there is cleared first.
 fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<PathBuf> {
+    if is_stale(path) {
+        clear_stale(path)?;
+    }
     let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
         std::io::ErrorKind::NotFound => {
             anyhow::anyhow!("mountpoint {} does not exist", path.display())
@@ -469,6 +565,16 @@ fn serve(
     ready: Ready,
 ) -> anyhow::Result<()> {
     let runtime = super::runtime()?;
+    // Registered before mounting, so a signal that comes while the mount is made still ends in
+    // an unmount rather than a stale mount.
+    let stop = match runtime.block_on(async { StopSignals::register() }) {
+        Ok(stop) => stop,
+        Err(err) => {
+            let err = anyhow::Error::new(err).context("while installing signal handlers");
+            ready.fail(&err);
+            return Err(err);
+        }
+    };
     let mounted = match mount(global, args, config, mountpoint, &runtime) {
         Ok(mounted) => mounted,
         Err(err) => {
@@ -492,12 +598,7 @@ fn serve(
         return Err(err);
     }
     tracing::info!("mounted {} at {}", args.image, mountpoint.display());
-    let signalled = runtime
-        .block_on(wait_for_end(done_rx))
-        .unwrap_or_else(|err| {
-            tracing::error!("cannot wait for signals, unmounting: {err}");
-            true
-        });
+    let signalled = runtime.block_on(wait_for_end(stop, done_rx));
     if signalled {
         tracing::info!("unmounting {}", mountpoint.display());
         if let Err(err) = unmounter.unmount() {
@@ -641,50 +742,65 @@ async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<
     Ok(image)
 }
 
-/// Wait for SIGINT, SIGTERM (true) or the end of the session (false: unmounted from outside).
-async fn wait_for_end(done: tokio::sync::oneshot::Receiver<()>) -> anyhow::Result<bool> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    Ok(tokio::select! {
-        _ = interrupt.recv() => true,
-        _ = terminate.recv() => true,
-        _ = hangup.recv() => true,
+/// SIGINT, SIGTERM and SIGHUP, caught: each means "unmount cleanly and exit".
+pub(crate) struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Catch the three signals from now on (inside a tokio runtime).
+    pub(crate) fn register() -> std::io::Result<StopSignals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Wait for one of them (or one that came since [`StopSignals::register`]); returns its name.
+    pub(crate) async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Wait for a stop signal (true) or the end of the session (false: unmounted from outside).
+async fn wait_for_end(mut stop: StopSignals, done: tokio::sync::oneshot::Receiver<()>) -> bool {
+    tokio::select! {
+        name = stop.recv() => {
+            tracing::info!("{name}: unmounting");
+            true
+        }
         _ = done => false,
-    })
+    }
 }
 
 pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCode> {
-    let path = args
-        .mountpoint
-        .canonicalize()
-        .with_context(|| format!("while resolving {}", args.mountpoint.display()))?;
+    let stale = is_stale(&args.mountpoint);
+    let path = if stale {
+        resolve_parent(&args.mountpoint)?
+    } else {
+        args.mountpoint
+            .canonicalize()
+            .with_context(|| format!("while resolving {}", args.mountpoint.display()))?
+    };
     if mounted_at(&path).is_none() {
         bail!("{} is not mounted", path.display());
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        // SAFETY: c_path is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c_path.as_ptr(), 0) } != 0 {
-            let err = std::io::Error::last_os_error();
-            bail!("unmounting {} failed: {err}", path.display());
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let output = std::process::Command::new("fusermount3")
-        .arg("-u")
-        .arg("--")
-        .arg(OsString::from(path.as_os_str()))
-        .output()
-        .context("while running fusermount3")?;
-    if !output.status.success() {
-        bail!(
-            "unmounting {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
+    if stale {
+        tracing::info!(
+            "{}: stale (its daemon is gone); detaching it",
+            path.display()
         );
+        unmount_at(&path, Unmount::Lazy)?;
+    } else {
+        unmount_at(&path, Unmount::Plain)?;
     }
     Ok(ExitCode::SUCCESS)
 }

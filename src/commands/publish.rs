@@ -1,4 +1,5 @@
-//! `isomount publish`: hash an image into a manifest and add or replace its catalog entry.
+//! `isomount publish`: hash an image into a manifest and add or replace its catalog entry; with
+//! `--root`, a whole tree (see `publish_tree`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,13 +13,14 @@ use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
     /// The image file to publish
-    pub image: std::path::PathBuf,
+    #[arg(required_unless_present = "root", conflicts_with = "root")]
+    pub image: Option<std::path::PathBuf>,
     /// Name users type
-    #[arg(long)]
-    pub name: String,
+    #[arg(long, required_unless_present = "root", conflicts_with = "root")]
+    pub name: Option<String>,
     /// Target IQN serving the image
-    #[arg(long)]
-    pub target: String,
+    #[arg(long, required_unless_present = "root", conflicts_with = "root")]
+    pub target: Option<String>,
     /// LUN number on the target
     #[arg(long, default_value_t = 1)]
     pub lun: u64,
@@ -29,36 +31,40 @@ pub struct PublishArgs {
     #[arg(short = 'o', long = "output")]
     pub output: Option<std::path::PathBuf>,
     /// Where to write the manifest (default: NAME.manifest beside the catalog, else beside IMAGE)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "root")]
     pub manifest: Option<PathBuf>,
     /// One-line description for the catalog
-    #[arg(long)]
+    #[arg(long, conflicts_with = "root")]
     pub description: Option<String>,
     /// Chunk size in bytes (a power of two, 4 KiB to 64 MiB)
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
     pub chunk_size: u32,
+    #[command(flatten)]
+    pub tree: super::publish_tree::TreeArgs,
 }
 
-pub fn run(_global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
-    let file = std::fs::File::open(&args.image)
-        .with_context(|| format!("while opening {}", args.image.display()))?;
+pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
+    if args.tree.root.is_some() {
+        return super::publish_tree::run(global, args);
+    }
+    let (Some(image), Some(name), Some(target)) = (&args.image, &args.name, &args.target) else {
+        anyhow::bail!("publish needs IMAGE, --name and --target, or --root DIR");
+    };
+    let file =
+        std::fs::File::open(image).with_context(|| format!("while opening {}", image.display()))?;
     let manifest = Manifest::build(
         std::io::BufReader::with_capacity(1 << 20, file),
         args.chunk_size,
     )
-    .with_context(|| format!("while hashing {}", args.image.display()))?;
+    .with_context(|| format!("while hashing {}", image.display()))?;
     let bytes = manifest.to_bytes();
     let pin = manifest.pin();
     let manifest_path = args.manifest.clone().unwrap_or_else(|| {
         let dir = match &args.output {
             Some(out) => out.parent().map(Path::to_path_buf).unwrap_or_default(),
-            None => args
-                .image
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
+            None => image.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
-        dir.join(format!("{}.manifest", args.name))
+        dir.join(format!("{name}.manifest"))
     });
     catalog::write_atomic(&manifest_path, &bytes)
         .with_context(|| format!("while writing {}", manifest_path.display()))?;
@@ -73,9 +79,9 @@ pub fn run(_global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> 
             .to_string(),
     };
     let entry = PublishedEntry {
-        name: args.name.clone(),
+        name: name.clone(),
         description: args.description.clone(),
-        target: args.target.clone(),
+        target: target.clone(),
         lun: args.lun,
         portals: args.portals.clone(),
         size: manifest.image_size(),
@@ -88,7 +94,7 @@ pub fn run(_global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> 
                 .with_context(|| format!("while updating {}", out.display()))?;
             eprintln!(
                 "published {} ({} bytes, {} chunks of {}) in {}",
-                args.name,
+                name,
                 manifest.image_size(),
                 manifest.chunks(),
                 manifest.chunk_size(),

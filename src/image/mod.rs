@@ -185,6 +185,8 @@ pub struct Image {
     facts: Vec<(String, String)>,
     store: Option<Arc<Store>>,
     caching: Arc<AtomicBool>,
+    /// Why chunks are not being stored, when they are not.
+    caching_off: Arc<Mutex<Option<String>>>,
     writer: Option<writer::Writer>,
     conns: tokio::sync::Mutex<Connections>,
     preferred: AtomicUsize,
@@ -243,6 +245,7 @@ impl Image {
             chunk_size: spec.chunk_size,
             image_size: spec.size,
         };
+        let caching_off = Arc::new(Mutex::new(None));
         let store = cache.as_ref().and_then(|c| {
             match c.open_store(
                 &spec.name,
@@ -253,6 +256,8 @@ impl Image {
                 Ok(s) => Some(Arc::new(s)),
                 Err(e) => {
                     tracing::warn!("{}: cache unavailable ({e}); reading without it", spec.name);
+                    *caching_off.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("cache unavailable ({e})"));
                     None
                 }
             }
@@ -264,6 +269,7 @@ impl Image {
                 store: store.clone(),
                 cache: cache.clone(),
                 caching: caching.clone(),
+                caching_off: caching_off.clone(),
             })
         });
         let recent_entries = (RECENT_BYTES / u64::from(spec.chunk_size)).max(4) as usize;
@@ -281,6 +287,7 @@ impl Image {
             expect_serial: spec.expect_serial,
             facts: spec.facts,
             caching,
+            caching_off,
             writer,
             store,
             conns: tokio::sync::Mutex::new(Connections {
@@ -379,7 +386,17 @@ impl Image {
             .sum()
     }
 
-    fn present_chunks(&self) -> Vec<bool> {
+    /// Why verified chunks are not being stored (a full disk, no store), when they are not.
+    pub fn caching_off(&self) -> Option<String> {
+        if self.caching.load(Ordering::Relaxed) {
+            return None;
+        }
+        let why = self.caching_off.lock().unwrap_or_else(|e| e.into_inner());
+        Some(why.clone().unwrap_or_else(|| "no cache".to_string()))
+    }
+
+    /// Which chunks the store's index marks present (not re-hashed).
+    pub fn present_chunks(&self) -> Vec<bool> {
         let n = self.geometry.chunks() as usize;
         match self.store.as_ref().map(|s| s.records()) {
             Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use super::remote::{self, IscsiMirror};
 use super::{Image, ImageSpec, Mirror};
 use crate::cache::Cache;
-use crate::catalog::{self, Catalog, Entry, ManifestLocation, ManifestRef};
+use crate::catalog::{Catalog, Entry, ManifestRef};
 use crate::cli::GlobalOpts;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 use crate::source::SourceIdentity;
@@ -52,19 +52,9 @@ fn load_manifest(
     if let Some(found) = std::fs::read(&store_copy).ok().and_then(|b| pinned(b).ok()) {
         return Ok(found);
     }
-    let bytes = match &mref.location {
-        ManifestLocation::Path(p) => std::fs::read(p).with_context(|| {
-            format!(
-                "while reading the manifest of `{}` ({})",
-                entry.name,
-                p.display()
-            )
-        })?,
-        ManifestLocation::Url(u) => {
-            catalog::fetch_kept(u, Some(&cache.kept_manifest(&mref.sha256)), offline)
-                .with_context(|| format!("while fetching the manifest of `{}`", entry.name))?
-        }
-    };
+    let bytes = mref
+        .read(&cache.kept_manifest(&mref.sha256), offline)
+        .with_context(|| format!("while reading the manifest of `{}`", entry.name))?;
     pinned(bytes).with_context(|| format!("manifest of `{}` refused", entry.name))
 }
 

@@ -3,7 +3,7 @@
 //! never wait for the disk unless the queue is full.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -34,6 +34,8 @@ pub(super) struct Target {
     pub cache: Option<Arc<Cache>>,
     /// Cleared, with one warning, when a write fails (a full disk): reads go on uncached.
     pub caching: Arc<AtomicBool>,
+    /// Why caching was turned off (the write's error), for commands that report it.
+    pub caching_off: Arc<Mutex<Option<String>>>,
 }
 
 impl Writer {
@@ -95,6 +97,8 @@ fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
                 None => Ok(()),
             });
             if let Err(err) = result {
+                *target.caching_off.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(err.to_string());
                 if target.caching.swap(false, Ordering::Relaxed) {
                     tracing::warn!(
                         "{}: cannot write the cache ({err}); continuing without caching",

@@ -6,7 +6,6 @@
 //! Recovery (RFC 7143 §6.2.1 session reinstatement is not used: ErrorRecoveryLevel 0 with a new
 //! session, same ISID, TSIH 0) reconnects through [`Connector`], which checks the LUN's identity.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,12 +13,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::login::{Chap, DigestOffer, LoginConfig};
-use super::session::{
-    CommandOutcome, CommandSpec, Conn, Driver, LoginFailure, Reconnect, Request, Seq, Shared,
-    Timing,
-};
+use super::login::{Chap, DigestOffer, LoginConfig, LoginError};
+use super::session::{CommandOutcome, CommandSpec, Seq, Timing};
 use super::text::Params;
+use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
 use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
 use crate::source::{BlockSource, SourceError, SourceIdentity};
@@ -27,6 +24,9 @@ use crate::source::{BlockSource, SourceError, SourceIdentity};
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
 pub const DEFAULT_MAX_READ: u32 = 1 << 20;
+
+/// The default bound on one read, reconnects included.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How to reach a LUN. [`ConnectOptions::new`] fills in defaults.
 #[derive(Debug, Clone)]
@@ -41,6 +41,8 @@ pub struct ConnectOptions {
     pub digest: DigestOffer,
     /// Fail outstanding reads when the target stays away this long.
     pub give_up_after: Duration,
+    /// No read waits longer than this in all, reconnects included.
+    pub read_timeout: Duration,
     /// Bound on connecting, logging in and each setup exchange.
     pub timeout: Duration,
     /// Ping an idle link after this long.
@@ -65,6 +67,7 @@ impl ConnectOptions {
             initiator_name: super::default_initiator_name(),
             digest: super::digest_from_env(),
             give_up_after: Duration::from_secs(60),
+            read_timeout: DEFAULT_READ_TIMEOUT,
             timeout: Duration::from_secs(10),
             nop_interval: Duration::from_secs(3),
             stall_timeout: Duration::from_secs(8),
@@ -145,7 +148,6 @@ impl Probe {
 struct Connector {
     opts: ConnectOptions,
     isid: [u8; 6],
-    current: AtomicUsize,
     first: Mutex<Option<Probe>>,
 }
 
@@ -161,6 +163,10 @@ impl Connector {
     fn login_error(&self, portal: &str, failure: LoginFailure) -> IscsiError {
         match failure {
             LoginFailure::Io(e) => e,
+            LoginFailure::Refused(LoginError::Protocol(reason)) => IscsiError::Protocol {
+                portal: portal.to_string(),
+                reason: format!("during login: {reason}"),
+            },
             LoginFailure::Refused(source) => IscsiError::Login {
                 target: self.opts.target.clone(),
                 portal: portal.to_string(),
@@ -235,7 +241,6 @@ pub async fn list_luns(opts: &ConnectOptions) -> Result<Vec<LunSummary>, IscsiEr
     let connector = Connector {
         opts: opts.clone(),
         isid: random_isid(),
-        current: AtomicUsize::new(0),
         first: Mutex::new(None),
     };
     let portal = opts.portals.first().ok_or(IscsiError::Closed)?;
@@ -270,26 +275,17 @@ fn random_isid() -> [u8; 6] {
 
 #[async_trait]
 impl Reconnect for Connector {
-    async fn reconnect(&self, attempt: u32) -> Result<(Conn, Seq, Params), (IscsiError, bool)> {
-        let n = self.opts.portals.len().max(1);
-        let index = (self.current.load(Ordering::Relaxed) + 1 + attempt as usize) % n;
-        let portal = self.opts.portals[index].clone();
-        // A restarting target may refuse logins for a moment (target not configured yet): every
-        // failure to log in is retried until `give_up_after`.
-        let est = self.establish(&portal).await.map_err(|e| (e, false))?;
+    /// Log in at `portal` and check that the LUN is the one first probed.
+    async fn reconnect(&self, portal: &str) -> Result<(Conn, Seq, Params), IscsiError> {
+        let est = self.establish(portal).await?;
         if let Some(first) = &*lock(&self.first) {
             if let Err(reason) = first.same_lun(&est.probe) {
-                return Err((
-                    IscsiError::IdentityChanged {
-                        portal: portal.clone(),
-                        reason,
-                    },
-                    true,
-                ));
+                return Err(IscsiError::IdentityChanged {
+                    portal: portal.to_string(),
+                    reason,
+                });
             }
         }
-        self.current.store(index, Ordering::Relaxed);
-        tracing::info!("reconnected to {portal}");
         Ok((est.conn, est.seq, est.params))
     }
 }
@@ -438,7 +434,6 @@ impl IscsiLun {
         let connector = Arc::new(Connector {
             opts: opts.clone(),
             isid: random_isid(),
-            current: AtomicUsize::new(0),
             first: Mutex::new(None),
         });
         let mut last = None;
@@ -446,8 +441,7 @@ impl IscsiLun {
         for (index, portal) in opts.portals.iter().enumerate() {
             match connector.establish(portal).await {
                 Ok(est) => {
-                    connector.current.store(index, Ordering::Relaxed);
-                    established = Some((portal.clone(), est));
+                    established = Some((index, est));
                     break;
                 }
                 Err(e) => {
@@ -458,9 +452,10 @@ impl IscsiLun {
                 }
             }
         }
-        let Some((portal, est)) = established else {
+        let Some((current, est)) = established else {
             return Err(last.unwrap_or(IscsiError::Closed));
         };
+        let portal = opts.portals[current].clone();
         *lock(&connector.first) = Some(est.probe.clone());
         let probe = est.probe;
         let capacity = probe.capacity.bytes().unwrap_or(0);
@@ -494,9 +489,18 @@ impl IscsiLun {
             nop_interval: opts.nop_interval,
             stall_timeout: opts.stall_timeout,
             give_up_after: opts.give_up_after,
+            read_timeout: opts.read_timeout,
             queue_depth: opts.queue_depth.max(1),
         };
-        let tx = Driver::spawn(est.conn, est.seq, timing, connector, shared.clone());
+        let tx = Driver::spawn(
+            est.conn,
+            est.seq,
+            opts.portals.clone(),
+            current,
+            timing,
+            connector,
+            shared.clone(),
+        );
         Ok(Arc::new(IscsiLun {
             tx,
             shared,

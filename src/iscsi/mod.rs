@@ -1,8 +1,10 @@
 //! The iSCSI protocol (RFC 7143), initiator side, and the codec shared with the target.
 //!
 //! - [`pdu`], [`digest`], [`text`]: the wire codec, no I/O (§11, §6, §13).
+//! - [`reader`]: the one PDU read loop, shared with the target.
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
-//! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
+//! - [`session`]: the full-feature phase and recovery as a state machine, no I/O (§4.2, §7.1.4.1);
+//!   [`transport`] drives it (and the login and setup exchanges) over tokio.
 //! - [`lun`]: a LUN as a [`crate::source::BlockSource`]; [`discovery`]: SendTargets.
 //! - [`url`] parses `iscsi://user%secret@host:port/target/lun?digest=crc32c` (user, secret, port
 //!   and query optional).
@@ -16,8 +18,10 @@ pub mod discovery;
 pub mod login;
 pub mod lun;
 pub mod pdu;
+pub mod reader;
 pub mod session;
 pub mod text;
+pub mod transport;
 pub mod url;
 
 pub use discovery::{discover, DiscoveredTarget};
@@ -39,14 +43,20 @@ pub enum IscsiError {
         portal: String,
         reason: String,
     },
+    /// The target broke the protocol or contradicted a command.
     #[error("{portal}: {reason}")]
     Protocol { portal: String, reason: String },
+    /// The connection failed after it was made (reset, closed, silent).
+    #[error("connection to {portal} lost: {reason}")]
+    Lost { portal: String, reason: String },
     #[error("the target has no LUN {lun}")]
     NoSuchLun { lun: u64 },
     #[error("after reconnecting to {portal}, the LUN is not the same one: {reason}")]
     IdentityChanged { portal: String, reason: String },
     #[error("target unreachable for {secs}s, giving up: {last}")]
     GaveUp { secs: u64, last: String },
+    #[error("no answer within {secs}s")]
+    TimedOut { secs: u64 },
     #[error("target rejected the command (reason {reason:#04x})")]
     Rejected { reason: u8 },
     #[error("read past the end of the LUN")]

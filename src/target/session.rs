@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 
@@ -29,6 +29,7 @@ use crate::iscsi::pdu::{
     self, AsyncMessage, Bhs, DataIn, Framing, LogoutResponse, NopIn, Pdu, PduError, Reject,
     ScsiCommand, ScsiResponse, TaskMgmtResponse, TextResponse, BHS_LEN, RESERVED_TAG,
 };
+use crate::iscsi::reader::{Buffering, PduReader, ReadError};
 use crate::iscsi::text;
 
 /// Commands executing at once in one session.
@@ -58,13 +59,11 @@ pub async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    // Small to start with: most PDUs an initiator sends are 48-byte commands, and an idle
-    // session should cost little (the buffer grows for a PDU that needs more).
-    let mut buf = BytesMut::with_capacity(1024);
+    let mut pdus = PduReader::new(Framing::default(), Buffering::Frugal);
     let limits = *server.limits();
     let negotiated = match tokio::time::timeout(
         limits.login_timeout,
-        login(&mut reader, &mut writer, &mut buf, peer, &server),
+        login(&mut reader, &mut writer, &mut pdus, peer, &server),
     )
     .await
     {
@@ -132,7 +131,8 @@ pub async fn serve_connection<S>(
         pending_text: None,
         next_ttt: 1,
     };
-    let ended = session.run(&mut reader, &mut buf, framing).await;
+    pdus.set_framing(framing);
+    let ended = session.run(&mut reader, &mut pdus).await;
     session.abort_all();
     drop(session);
     drop(registration);
@@ -246,7 +246,7 @@ impl Drop for Registration {
 async fn login<R, W>(
     reader: &mut R,
     writer: &mut W,
-    buf: &mut BytesMut,
+    pdus: &mut PduReader,
     peer: SocketAddr,
     server: &Server,
 ) -> Option<Negotiated>
@@ -254,7 +254,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let framing = Framing::default();
+    let framing = pdus.framing();
     let mut challenge = [0u8; 17];
     rand::Rng::fill(&mut rand::thread_rng(), &mut challenge[..]);
     let mut login = Login::new(
@@ -265,7 +265,7 @@ where
         challenge,
     );
     loop {
-        let pdu = match read_pdu(reader, buf, &framing, None).await {
+        let pdu = match pdus.read(reader).await {
             Ok(Some(pdu)) => pdu,
             Ok(None) => return None,
             Err(why) => {
@@ -293,65 +293,6 @@ where
                 let _ = writer.flush().await;
                 return None;
             }
-        }
-    }
-}
-
-/// Why reading a PDU failed.
-#[derive(Debug, thiserror::Error)]
-enum ReadError {
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Pdu(#[from] PduError),
-    /// A PDU whose frame was read but whose content is bad: answer with Reject, go on.
-    #[error("rejected PDU")]
-    Rejectable { reason: u8, header: [u8; BHS_LEN] },
-    /// Nothing arrived within the idle limit.
-    #[error("idle")]
-    Idle,
-}
-
-/// Read one PDU. `Ok(None)`: the peer closed the connection between PDUs. `idle` bounds each
-/// wait for more bytes (PDUs already buffered are decoded without a timer).
-async fn read_pdu<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    buf: &mut BytesMut,
-    framing: &Framing,
-    idle: Option<Duration>,
-) -> Result<Option<Pdu>, ReadError> {
-    loop {
-        match pdu::decode(buf, framing) {
-            Ok(Some(pdu)) => return Ok(Some(pdu)),
-            Ok(None) => {}
-            Err(err @ (PduError::DataDigest | PduError::Malformed(_))) => {
-                // The frame's length is sound: drop it whole and let the caller reject it.
-                let total = pdu::frame_len(buf, framing)?
-                    .unwrap_or(buf.len())
-                    .min(buf.len());
-                let mut header = [0u8; BHS_LEN];
-                header.copy_from_slice(&buf[..BHS_LEN]);
-                let _ = buf.split_to(total);
-                let reason = if err == PduError::DataDigest {
-                    reject::DATA_DIGEST
-                } else {
-                    reject::INVALID_PDU_FIELD
-                };
-                return Err(ReadError::Rejectable { reason, header });
-            }
-            Err(err) => return Err(err.into()),
-        }
-        let read = match idle {
-            Some(limit) => tokio::time::timeout(limit, reader.read_buf(buf))
-                .await
-                .map_err(|_| ReadError::Idle)??,
-            None => reader.read_buf(buf).await?,
-        };
-        if read == 0 {
-            if buf.is_empty() {
-                return Ok(None);
-            }
-            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
     }
 }
@@ -439,8 +380,7 @@ impl Session {
     async fn run<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut R,
-        buf: &mut BytesMut,
-        framing: Framing,
+        pdus: &mut PduReader,
     ) -> Result<(), End> {
         let (nop_interval, nop_timeout) = {
             let limits = self.server.limits();
@@ -452,11 +392,15 @@ impl Session {
                 Some(at) => nop_timeout.saturating_sub(at.elapsed()),
                 None => nop_interval,
             };
-            let pdu = match read_pdu(reader, buf, &framing, Some(wait)).await {
-                Err(ReadError::Idle) if ping_sent.is_some() => {
-                    return Err(End::NopTimeout(nop_timeout))
-                }
-                Err(ReadError::Idle) => {
+            let read = tokio::select! {
+                read = tokio::time::timeout(wait, pdus.read(reader)) => read,
+                // The writer ended (the initiator stopped taking responses, a write failed):
+                // nothing more can be answered.
+                _ = self.tx.closed() => return Err(End::WriterGone),
+            };
+            let pdu = match read {
+                Err(_) if ping_sent.is_some() => return Err(End::NopTimeout(nop_timeout)),
+                Err(_) => {
                     ping_sent = Some(tokio::time::Instant::now());
                     let ttt = self.take_ttt();
                     let ping = NopIn {
@@ -467,14 +411,19 @@ impl Session {
                     self.send(Pdu::new(Bhs::NopIn(ping))).await?;
                     continue;
                 }
-                Ok(Some(pdu)) => pdu,
-                Ok(None) => return Err(End::Eof),
-                Err(ReadError::Rejectable { reason, header }) => {
+                Ok(Ok(Some(pdu))) => pdu,
+                Ok(Ok(None)) => return Err(End::Eof),
+                Ok(Err(ReadError::Dropped { error, header })) => {
                     ping_sent = None;
+                    let reason = if error == PduError::DataDigest {
+                        reject::DATA_DIGEST
+                    } else {
+                        reject::INVALID_PDU_FIELD
+                    };
                     self.reject(reason, header).await?;
                     continue;
                 }
-                Err(e) => return Err(e.into()),
+                Ok(Err(e)) => return Err(e.into()),
             };
             ping_sent = None;
             self.dispatch(pdu).await?;
