@@ -309,14 +309,7 @@ async fn masking_hides_targets_from_disallowed_addresses() {
 
     for (source, visible) in [("127.0.0.2", false), ("127.0.0.1", true)] {
         let mut raw = raw_from(&serve.portal, source).await;
-        let status = raw
-            .login(&[
-                ("InitiatorName", "iqn.2026-01.test:raw"),
-                ("SessionType", "Discovery"),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(status, (0, 0));
+        assert_eq!(raw.login_discovery().await.unwrap(), (0, 0));
         let pairs = raw.send_targets("All").await.unwrap();
         let seen = pairs.iter().any(|(k, v)| k == "TargetName" && *v == name);
         assert_eq!(seen, visible, "{source}: {pairs:?}");

@@ -65,14 +65,7 @@ async fn read_whole(raw: &mut RawInitiator, size: usize) -> Vec<u8> {
 
 async fn targets(serve: &Serve) -> Vec<String> {
     let mut raw = RawInitiator::connect(&serve.portal).await.unwrap();
-    let status = raw
-        .login(&[
-            ("InitiatorName", "iqn.2026-01.test:live"),
-            ("SessionType", "Discovery"),
-        ])
-        .await
-        .unwrap();
-    assert_eq!(status, (0, 0));
+    assert_eq!(raw.login_discovery().await.unwrap(), (0, 0));
     let names = raw
         .send_targets("All")
         .await

@@ -241,6 +241,15 @@ impl RawInitiator {
         Ok((resp.status_class, resp.status_detail))
     }
 
+    /// A discovery session's login.
+    pub async fn login_discovery(&mut self) -> Result<(u8, u8), RawError> {
+        self.login(&[
+            ("InitiatorName", "iqn.2026-01.test:raw"),
+            ("SessionType", "Discovery"),
+        ])
+        .await
+    }
+
     /// A normal session's login to `target`, CRC32C digests or none.
     pub async fn login_normal(
         &mut self,

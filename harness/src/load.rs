@@ -49,6 +49,7 @@ impl ReadReport {
 }
 
 /// What one session's task gives back.
+#[derive(Default)]
 struct SessionEnd {
     session: Option<RawInitiator>,
     bytes: u64,
@@ -212,14 +213,7 @@ async fn read_region(
     deadline: tokio::time::Instant,
     expected: Option<Bytes>,
 ) -> SessionEnd {
-    let mut end = SessionEnd {
-        session: None,
-        bytes: 0,
-        commands: 0,
-        errors: 0,
-        first_error: None,
-        mismatched: 0,
-    };
+    let mut end = SessionEnd::default();
     let mut at = 0u64;
     while tokio::time::Instant::now() < deadline {
         let lba = (start + at) % blocks.max(1);
@@ -266,14 +260,7 @@ async fn read_region(
 }
 
 async fn stay_idle(mut session: RawInitiator, deadline: tokio::time::Instant) -> SessionEnd {
-    let mut end = SessionEnd {
-        session: None,
-        bytes: 0,
-        commands: 0,
-        errors: 0,
-        first_error: None,
-        mismatched: 0,
-    };
+    let mut end = SessionEnd::default();
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {

@@ -20,7 +20,7 @@ use bytes::Bytes;
 
 use super::config::{self, AllowList, DeviceChoice};
 use super::scsi::LogicalUnit;
-use super::{ChapConfig, ExportedTarget, TargetError};
+use super::{ChapConfig, ExportedTarget, MemorySource, TargetError};
 use crate::source::{map_file, BlockSource, FileSource, SourceError};
 use crate::tree::FileStamp;
 
@@ -35,7 +35,7 @@ pub enum LunData {
 
 /// A file mapped read-only.
 pub struct MappedFile {
-    map: Bytes,
+    map: MemorySource,
     file: FileSource,
 }
 
@@ -77,7 +77,7 @@ impl LunData {
     pub fn size(&self) -> u64 {
         match self {
             LunData::Source(source) => source.size(),
-            LunData::Mapped(mapped) => mapped.map.len() as u64,
+            LunData::Mapped(mapped) => mapped.map.size(),
         }
     }
 
@@ -85,19 +85,8 @@ impl LunData {
     pub async fn read_to_send(&self, offset: u64, len: usize) -> Result<Payload, SourceError> {
         match self {
             LunData::Source(source) => source.read_at(offset, len).await.map(Payload::Owned),
-            LunData::Mapped(mapped) => {
-                let range = usize::try_from(offset)
-                    .ok()
-                    .and_then(|start| Some(start..start.checked_add(len)?))
-                    .filter(|r| r.end <= mapped.map.len())
-                    .ok_or_else(|| {
-                        SourceError::OutOfRange(format!(
-                            "read of {len} bytes at {offset} past the end ({})",
-                            mapped.map.len()
-                        ))
-                    })?;
-                Ok(Payload::Mapped(mapped.map.slice(range)))
-            }
+            // Slices of the mapping, not copies.
+            LunData::Mapped(mapped) => mapped.map.read_at(offset, len).await.map(Payload::Mapped),
         }
     }
 
@@ -159,6 +148,7 @@ pub fn export_file(
         )));
     }
     let file = FileSource::from_file(file, size, device.block_size());
+    let map = MemorySource::new(map, device.block_size());
     // The serial changes with the file's version, so an initiator that reconnects after a
     // replacement sees a different unit rather than mixing the two versions' bytes.
     let serial = format!(
