@@ -3,14 +3,16 @@
 //! Real parts, not mocks: [`Tgtd`] starts the Linux SCSI target daemon on loopback ports of its
 //! own, configured through `tgtadm`; [`FaultProxy`] sits between an initiator and a target and
 //! injects resets, stalls and latency (into any TCP: iSCSI or HTTP); [`Nginx`], [`PythonHttp`],
-//! [`OddServer`] and [`ForwardProxy`] are the web mirrors and the proxy of the HTTP(S) source;
-//! [`initiator::RawInitiator`] is a raw iSCSI initiator on isomount's own codec, and
-//! [`load::Fleet`] thousands of its sessions at once (the `loadclient` binary).
-//! Every wait is bounded and every daemon dies with its owner. Integration tests use it through
+//! [`OddServer`] and [`ForwardProxy`] are the web mirrors and the proxy of the HTTP(S) source.
+//! [`HostileTarget`] is a scripted target that breaks the protocol on purpose, one way per
+//! instance. [`initiator::RawInitiator`] is a raw iSCSI initiator on isomount's own codec, and
+//! [`load::Fleet`] thousands of its sessions at once (the `loadclient` binary). Every wait is
+//! bounded and every daemon dies with its owner. Integration tests use it through
 //! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target`,
 //! `harness-web` and `loadclient` binaries.
 
 mod fixtures;
+mod hostile;
 pub mod initiator;
 mod istgt;
 pub mod load;
@@ -21,6 +23,7 @@ mod tgtd;
 mod web;
 
 pub use fixtures::{iso_from_dir, random_file, test_dir, IsoFlavour};
+pub use hostile::{HostileTarget, Misbehaviour, HOSTILE_IQN};
 pub use istgt::Istgt;
 pub use ports::free_tcp_port;
 pub use process::logs_root;

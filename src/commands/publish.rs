@@ -4,10 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
 
 use crate::catalog::{self, PublishedEntry};
 use crate::cli::GlobalOpts;
+use crate::iscsi::lun::{list_luns, LunSummary};
+use crate::iscsi::{ConnectOptions, IscsiError};
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 
 #[derive(Debug, clap::Args)]
@@ -21,9 +25,10 @@ pub struct PublishArgs {
     /// Target IQN serving the image
     #[arg(long, required_unless_present = "root", conflicts_with = "root")]
     pub target: Option<String>,
-    /// LUN number on the target
-    #[arg(long, default_value_t = 1)]
-    pub lun: u64,
+    /// LUN number on the target [default: the LUN of the image's size, asked of the first
+    /// portal that answers (REPORT LUNS); 0, the LUN `isomount serve` exports, when none does]
+    #[arg(long)]
+    pub lun: Option<u64>,
     /// Portal HOST:PORT (repeatable; mirrors in order)
     #[arg(long = "portal", required = true)]
     pub portals: Vec<String>,
@@ -78,11 +83,15 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             .display()
             .to_string(),
     };
+    let lun = match args.lun {
+        Some(lun) => lun,
+        None => ask_lun(target, &args.portals, manifest.image_size())?,
+    };
     let entry = PublishedEntry {
         name: name.clone(),
         description: args.description.clone(),
         target: target.clone(),
-        lun: args.lun,
+        lun,
         portals: args.portals.clone(),
         size: manifest.image_size(),
         manifest: reference,
@@ -110,6 +119,83 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `publish` waits for one portal to say which LUN holds the image.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The LUN of `target` whose capacity is `size`, asked of the first portal that answers (REPORT
+/// LUNS, then READ CAPACITY of each); 0, the LUN `isomount serve` exports, when none answers. An
+/// answer that rules the entry out (no such target, authentication, no LUN of that size, several)
+/// is an error naming which.
+fn ask_lun(target: &str, portals: &[String], size: u64) -> anyhow::Result<u64> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let mut silent = Vec::new();
+        for given in portals {
+            let portal = catalog::normalize_portal(given).unwrap_or_else(|| given.clone());
+            let opts = ConnectOptions::new(vec![portal.clone()], target, 0);
+            let luns = match tokio::time::timeout(ASK_TIMEOUT, list_luns(&opts)).await {
+                Ok(Ok(luns)) => luns,
+                Ok(Err(e @ (IscsiError::Connect { .. } | IscsiError::Closed))) => {
+                    silent.push(e.to_string());
+                    continue;
+                }
+                Ok(Err(e)) => anyhow::bail!(
+                    "asking {portal} which LUN of {target} holds the image: {e} \
+                     (pass --lun N to publish without asking)"
+                ),
+                Err(_) => {
+                    silent.push(format!("{portal}: no answer within {ASK_TIMEOUT:?}"));
+                    continue;
+                }
+            };
+            let describe = |l: &LunSummary| match l.capacity.and_then(|c| c.bytes()) {
+                Some(bytes) => format!("LUN {}: {bytes} bytes", l.lun),
+                None => format!(
+                    "LUN {}: {}",
+                    l.lun,
+                    crate::scsi::device_type_name(l.device_type)
+                ),
+            };
+            let fits: Vec<u64> = luns
+                .iter()
+                .filter(|l| l.capacity.and_then(|c| c.bytes()) == Some(size))
+                .map(|l| l.lun)
+                .collect();
+            return match fits[..] {
+                [lun] => {
+                    eprintln!("LUN {lun} (the LUN of {target} at {portal} that is {size} bytes)");
+                    Ok(lun)
+                }
+                [] => {
+                    let all: Vec<String> = luns.iter().map(describe).collect();
+                    anyhow::bail!(
+                        "target {target} at {portal} has no LUN of the image's size, {size} bytes \
+                         ({}); pass --lun N to publish anyway",
+                        if all.is_empty() {
+                            "it reports no LUNs".to_string()
+                        } else {
+                            all.join("; ")
+                        }
+                    )
+                }
+                _ => {
+                    let all: Vec<String> = fits.iter().map(u64::to_string).collect();
+                    anyhow::bail!(
+                        "LUNs {} of {target} at {portal} are all {size} bytes; pass --lun N",
+                        all.join(", ")
+                    )
+                }
+            };
+        }
+        eprintln!(
+            "LUN 0, the LUN `isomount serve` exports: no portal answered to ask ({}); \
+             pass --lun N to choose",
+            silent.join("; ")
+        );
+        Ok(0)
+    })
 }
 
 fn tempfile_in(beside: &Path) -> anyhow::Result<PathBuf> {

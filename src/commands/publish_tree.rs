@@ -259,7 +259,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             name: image.names.name.clone(),
             description: None,
             target: image.names.target.clone(),
-            lun: args.lun,
+            lun: args.lun.unwrap_or(0),
             portals: portals.clone(),
             size,
             manifest: manifest_file(&image.names.name),

@@ -84,8 +84,14 @@ pub enum ImageError {
         chunk: u64,
         detail: String,
     },
-    #[error("{image}: bytes {start}..{end} are not cached and isomount is offline")]
-    Offline { image: String, start: u64, end: u64 },
+    /// `start..end` is the first missing stretch of the read; `more` counts the others.
+    #[error("{image}: bytes {start}..{end}{} are not cached and isomount is offline", more_ranges(*.more))]
+    Offline {
+        image: String,
+        start: u64,
+        end: u64,
+        more: usize,
+    },
     #[error("{image}: bytes {start}..{end} are not cached and no portal is reachable: {reason}")]
     Unavailable {
         image: String,
@@ -95,10 +101,36 @@ pub enum ImageError {
     },
 }
 
+fn more_ranges(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        1 => " and one more range".to_string(),
+        n => format!(" and {n} more ranges"),
+    }
+}
+
 impl ImageError {
     /// The errno a file system reports for this error.
     pub fn errno(&self) -> i32 {
         libc::EIO
+    }
+}
+
+/// Why a mirror could not be used.
+#[derive(Debug)]
+enum Unusable {
+    /// No answer: refused, reset, timed out, or every portal was found down a moment ago.
+    Unreachable(String),
+    /// It answered, and what it answered rules it out: no such target or LUN, authentication
+    /// failed, another size or serial.
+    Refused(String),
+}
+
+impl std::fmt::Display for Unusable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unusable::Unreachable(why) | Unusable::Refused(why) => f.write_str(why),
+        }
     }
 }
 
@@ -262,6 +294,21 @@ impl Image {
                 }
             }
         });
+        if let Some(store) = &store {
+            if tracing::enabled!(tracing::Level::INFO) {
+                let present = store
+                    .records()
+                    .map(|r| r.iter().filter(|r| r.present()).count())
+                    .unwrap_or(0);
+                tracing::info!(
+                    "{}: cache store {}: {present} of {} chunks of {} bytes present",
+                    spec.name,
+                    store.dir().display(),
+                    geometry.chunks(),
+                    geometry.chunk_size
+                );
+            }
+        }
         let caching = Arc::new(AtomicBool::new(store.is_some()));
         let writer = store.as_ref().and_then(|store| {
             writer::Writer::start(writer::Target {
@@ -436,6 +483,12 @@ impl Image {
             .filter(|(_, p)| p.is_none())
             .map(|(i, _)| i)
             .collect();
+        tracing::debug!(
+            "{}: bytes {offset}..{end}: {} of {} chunks cached, fetching the rest",
+            self.name,
+            parts.len() - missing.len(),
+            parts.len()
+        );
         if !missing.is_empty() {
             let fetched = self.obtain(&missing, offset, end).await.inspect_err(|_| {
                 self.stats.errors.fetch_add(1, Ordering::Relaxed);
@@ -757,10 +810,18 @@ impl Image {
         end: u64,
     ) -> Result<Vec<(u64, Bytes)>, ImageError> {
         if self.offline {
+            // Name what is missing, not the whole read: the first missing stretch, and how many
+            // others there are.
+            let runs = self.runs(chunks, u64::MAX);
+            let cs = u64::from(self.geometry.chunk_size);
+            let (first, count) = runs.first().copied().unwrap_or((start / cs, 1));
+            let from = (first * cs).max(start);
+            let to = ((first + count) * cs).min(end).max(from);
             return Err(ImageError::Offline {
                 image: self.name.clone(),
-                start,
-                end,
+                start: from,
+                end: to,
+                more: runs.len().saturating_sub(1),
             });
         }
         let runs = self.runs(chunks, MAX_RUN_BYTES);
@@ -967,7 +1028,8 @@ impl Image {
             let source = match self.source(mirror, only.is_some()).await {
                 Ok(s) => s,
                 Err(e) => {
-                    last_error = e;
+                    tracing::info!("{}: {e}; trying the next portal", self.name);
+                    last_error = e.to_string();
                     if only.is_none() && self.is_down().await {
                         break;
                     }
@@ -994,6 +1056,7 @@ impl Image {
                     if matches!(e, SourceError::OutOfRange(_)) {
                         return Err(unavailable(last_error));
                     }
+                    tracing::info!("{}: {last_error}; failing over", self.name);
                     self.conns.lock().await.sources[mirror] = None;
                 }
             }
@@ -1017,37 +1080,53 @@ impl Image {
 
     /// The connected source of `mirror`, connecting when needed. While every portal is known
     /// to be down, fails at once unless `force`.
-    async fn source(&self, mirror: usize, force: bool) -> Result<Arc<dyn BlockSource>, String> {
+    async fn source(&self, mirror: usize, force: bool) -> Result<Arc<dyn BlockSource>, Unusable> {
         let mut c = self.conns.lock().await;
         if let Some(s) = &c.sources[mirror] {
             return Ok(s.clone());
         }
         if !force && c.down_until.is_some_and(|t| Instant::now() < t) {
-            return Err(c.last_error.clone());
+            return Err(Unusable::Unreachable(c.last_error.clone()));
         }
         let m = &self.mirrors[mirror];
+        let named = |e: &SourceError| {
+            let text = e.to_string();
+            if text.contains(&m.describe()) {
+                text
+            } else {
+                format!("{}: {text}", m.describe())
+            }
+        };
         let source = match tokio::time::timeout(CONNECT_TIMEOUT, m.connect()).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) if e.to_string().contains(&m.describe()) => return Err(e.to_string()),
-            Ok(Err(e)) => return Err(format!("{}: {e}", m.describe())),
-            Err(_) => return Err(format!("{}: connect timed out", m.describe())),
+            Ok(Err(e @ SourceError::Unavailable(_))) => {
+                return Err(Unusable::Unreachable(named(&e)))
+            }
+            Ok(Err(e)) => return Err(Unusable::Refused(named(&e))),
+            Err(_) => {
+                return Err(Unusable::Unreachable(format!(
+                    "{}: connect timed out",
+                    m.describe()
+                )))
+            }
         };
         if source.size() != self.size {
-            return Err(format!(
+            return Err(Unusable::Refused(format!(
                 "{}: LUN is {} bytes, the image is {} bytes; refusing it",
                 m.describe(),
                 source.size(),
                 self.size
-            ));
+            )));
         }
         if let Some(serial) = &self.expect_serial {
             if source.identity().serial.as_ref() != Some(serial) {
-                return Err(format!(
+                return Err(Unusable::Refused(format!(
                     "{}: LUN serial differs from the one cached; refusing it",
                     m.describe()
-                ));
+                )));
             }
         }
+        tracing::info!("{}: connected to {}", self.name, m.describe());
         c.sources[mirror] = Some(source.clone());
         c.down_until = None;
         Ok(source)
@@ -1060,6 +1139,7 @@ impl Image {
         }
         let n = self.mirrors.len();
         let mut errors = Vec::new();
+        let mut answered = false;
         for step in 0..n {
             let mirror = (self.preferred.load(Ordering::Relaxed) + step) % n;
             match self.source(mirror, true).await {
@@ -1067,12 +1147,24 @@ impl Image {
                     self.preferred.store(mirror, Ordering::Relaxed);
                     return true;
                 }
-                Err(e) => errors.push(e),
+                Err(e) => {
+                    if step + 1 < n {
+                        // Passed over, not given up: a later failover may come back to it.
+                        tracing::warn!("{}: {e}; trying the next portal", self.name);
+                    }
+                    answered |= matches!(e, Unusable::Refused(_));
+                    errors.push(e.to_string());
+                }
             }
         }
         if !self.warned_unreachable.swap(true, Ordering::Relaxed) {
+            let what = if answered {
+                "no portal serves it"
+            } else {
+                "no portal reachable"
+            };
             tracing::warn!(
-                "{}: no portal reachable ({}); serving cached chunks only",
+                "{}: {what} ({}); serving cached chunks only",
                 self.name,
                 errors.join("; ")
             );

@@ -55,7 +55,14 @@ fn load_manifest(
     let bytes = mref
         .read(&cache.kept_manifest(&mref.sha256), offline)
         .with_context(|| format!("while reading the manifest of `{}`", entry.name))?;
-    pinned(bytes).with_context(|| format!("manifest of `{}` refused", entry.name))
+    pinned(bytes).with_context(|| {
+        format!(
+            "{}: manifest of `{}` ({}) refused",
+            entry.origin,
+            entry.name,
+            mref.describe()
+        )
+    })
 }
 
 async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::Result<Arc<Image>> {
@@ -64,9 +71,12 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
             let (c, e, m) = (cache.clone(), entry.clone(), mref.clone());
             let (manifest, bytes) =
                 tokio::task::spawn_blocking(move || load_manifest(&c, &e, &m, offline)).await??;
-            manifest
-                .check_size(entry.size)
-                .with_context(|| format!("manifest of `{}` refused (catalog size)", entry.name))?;
+            manifest.check_size(entry.size).with_context(|| {
+                format!(
+                    "{}: manifest of `{}` refused (catalog size)",
+                    entry.origin, entry.name
+                )
+            })?;
             Some((manifest, bytes, mref.sha256.clone()))
         }
         None => None,

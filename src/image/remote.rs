@@ -128,7 +128,7 @@ impl IscsiMirror {
         opts.give_up_after = GIVE_UP_AFTER;
         let lun = IscsiLun::connect(opts)
             .await
-            .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+            .map_err(|e| e.to_source_error())?;
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(lun.clone());
         Ok(lun)
     }

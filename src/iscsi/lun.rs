@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::login::{Chap, DigestOffer, LoginConfig, LoginError};
-use super::session::{CommandOutcome, CommandSpec, Seq, Timing};
+use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
@@ -24,6 +24,10 @@ use crate::source::{BlockSource, SourceError, SourceIdentity};
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
 pub const DEFAULT_MAX_READ: u32 = 1 << 20;
+
+/// Longest wait for a portal to accept a connection and complete login. A mirror that accepts
+/// and then says nothing is passed over for the next one this soon (it may be tried again later).
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The default bound on one read, reconnects included.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
@@ -45,6 +49,8 @@ pub struct ConnectOptions {
     pub read_timeout: Duration,
     /// Bound on connecting, logging in and each setup exchange.
     pub timeout: Duration,
+    /// Bound on connecting and completing login, together ([`LOGIN_TIMEOUT`]).
+    pub login_timeout: Duration,
     /// Ping an idle link after this long.
     pub nop_interval: Duration,
     /// Declare a link dead when nothing arrives for this long while we wait for the target.
@@ -69,6 +75,7 @@ impl ConnectOptions {
             give_up_after: Duration::from_secs(60),
             read_timeout: DEFAULT_READ_TIMEOUT,
             timeout: Duration::from_secs(10),
+            login_timeout: LOGIN_TIMEOUT,
             nop_interval: Duration::from_secs(3),
             stall_timeout: Duration::from_secs(8),
             queue_depth: 64,
@@ -175,35 +182,57 @@ impl Connector {
         }
     }
 
-    /// Connect and log in, following redirects.
+    /// Connect and log in, following redirects; each portal gets `login_timeout` for both.
     async fn login(
         &self,
         portal: &str,
     ) -> Result<(Conn, Seq, super::login::LoginOutcome), IscsiError> {
         let mut address = portal.to_string();
         for _ in 0..4 {
-            let mut conn = Conn::connect(&address, self.opts.timeout).await?;
-            let cfg = LoginConfig {
-                initiator_name: self.opts.initiator_name.clone(),
-                target: Some(self.opts.target.clone()),
-                isid: self.isid,
-                tsih: 0,
-                cid: 0,
-                chap: self.opts.chap.clone(),
-                digest: self.opts.digest,
-                max_recv_data_segment_length: 262_144,
-                max_burst_length: 16_776_192,
+            tracing::info!(
+                "connecting to {address} for {} LUN {}",
+                self.opts.target,
+                self.opts.lun
+            );
+            if let Some(chap) = &self.opts.chap {
+                let mutual = if chap.target_user.is_some() {
+                    " (mutual)"
+                } else {
+                    ""
+                };
+                tracing::info!("{address}: CHAP as user `{}`{mutual}", chap.user);
+            }
+            let bound = self.opts.login_timeout;
+            let attempt = tokio::time::timeout(bound, self.login_once(&address)).await;
+            let outcome = match attempt {
+                Ok(outcome) => outcome?,
+                Err(_) => {
+                    return Err(IscsiError::Connect {
+                        portal: address,
+                        reason: format!("no login within {} s", bound.as_secs_f32()),
+                    })
+                }
             };
-            match conn.login(cfg, 0).await {
-                Ok(Ok(outcome)) => {
+            match outcome {
+                (conn, Ok(outcome)) => {
                     let seq = Seq::new(&outcome, 1);
+                    let params: Vec<String> = outcome
+                        .params
+                        .describe()
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    tracing::info!(
+                        "logged in to {} at {address}; negotiated {}",
+                        self.opts.target,
+                        params.join(", ")
+                    );
                     return Ok((conn, seq, outcome));
                 }
-                Ok(Err(redirect)) => {
+                (_, Err(redirect)) => {
                     tracing::info!("{address} redirects us to {redirect}");
                     address = redirect;
                 }
-                Err(failure) => return Err(self.login_error(&address, failure)),
             }
         }
         Err(IscsiError::Protocol {
@@ -212,9 +241,60 @@ impl Connector {
         })
     }
 
+    /// One connection and login exchange at `address`: the session, or where it redirects us.
+    async fn login_once(
+        &self,
+        address: &str,
+    ) -> Result<(Conn, Result<super::login::LoginOutcome, String>), IscsiError> {
+        let mut conn = Conn::connect(address, self.opts.timeout).await?;
+        let cfg = LoginConfig {
+            initiator_name: self.opts.initiator_name.clone(),
+            target: Some(self.opts.target.clone()),
+            isid: self.isid,
+            tsih: 0,
+            cid: 0,
+            chap: self.opts.chap.clone(),
+            digest: self.opts.digest,
+            max_recv_data_segment_length: 262_144,
+            max_burst_length: 16_776_192,
+        };
+        match conn.login(cfg, 0).await {
+            Ok(result) => Ok((conn, result)),
+            Err(failure) => Err(self.login_error(address, failure)),
+        }
+    }
+
     async fn establish(&self, portal: &str) -> Result<Established, IscsiError> {
         let (mut conn, mut seq, outcome) = self.login(portal).await?;
-        let probe = probe(&mut conn, &mut seq, self.opts.lun).await?;
+        let probe = match probe(&mut conn, &mut seq, self.opts.lun).await {
+            Ok(probe) => probe,
+            Err(ProbeError::NoSuchLun) => {
+                // Say what the target does have: a wrong LUN is a mistake in the catalog.
+                let available =
+                    setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096)
+                        .await
+                        .ok()
+                        .and_then(|data| scsi::parse_report_luns(&data).ok());
+                conn.logout(&mut seq).await;
+                return Err(IscsiError::NoSuchLun {
+                    target: self.opts.target.clone(),
+                    portal: portal.to_string(),
+                    lun: self.opts.lun,
+                    available,
+                });
+            }
+            Err(ProbeError::Failed(e)) => return Err(e),
+        };
+        let info = &probe.inquiry;
+        tracing::info!(
+            "{portal}: LUN {} is {} {} ({}), {} blocks of {} bytes",
+            self.opts.lun,
+            info.vendor,
+            info.product,
+            scsi::device_type_name(info.device_type),
+            probe.capacity.blocks,
+            probe.capacity.block_size
+        );
         Ok(Established {
             conn,
             seq,
@@ -306,7 +386,12 @@ async fn setup_command(
         lun: scsi::lun_to_wire(lun),
         cdb,
         read_len,
+        expect: DataLength::AtMost,
     };
+    tracing::debug!(
+        "LUN {lun}: command opcode {:#04x}, {read_len} bytes in",
+        cdb[0]
+    );
     let mut last = None;
     for attempt in 0..10u32 {
         let outcome = conn.command(seq, &spec).await?;
@@ -357,13 +442,34 @@ fn check(outcome: &CommandOutcome) -> Result<(), Verdict> {
     }
 }
 
-async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, IscsiError> {
+/// Why a probe failed: the LUN does not exist, or anything else.
+enum ProbeError {
+    NoSuchLun,
+    Failed(IscsiError),
+}
+
+impl<E: Into<IscsiError>> From<E> for ProbeError {
+    fn from(e: E) -> Self {
+        ProbeError::Failed(e.into())
+    }
+}
+
+/// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.6, ASC 0x25).
+fn lun_not_supported(e: &IscsiError) -> bool {
+    matches!(e, IscsiError::Scsi(s)
+        if s.sense().is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25))
+}
+
+async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, ProbeError> {
     // TEST UNIT READY drains the UNIT ATTENTIONs a new session starts with.
-    setup_command(conn, seq, lun, scsi::test_unit_ready(), 0).await?;
+    match setup_command(conn, seq, lun, scsi::test_unit_ready(), 0).await {
+        Err(e) if lun_not_supported(&e) => return Err(ProbeError::NoSuchLun),
+        other => other?,
+    };
     let data = setup_command(conn, seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
     let inquiry = scsi::parse_inquiry(&data)?;
     if inquiry.qualifier != 0 || inquiry.device_type == 0x1f {
-        return Err(IscsiError::NoSuchLun { lun });
+        return Err(ProbeError::NoSuchLun);
     }
     let pages = match setup_command(conn, seq, lun, scsi::inquiry(true, 0x00, 255), 255).await {
         Ok(data) => scsi::parse_supported_pages(&data).unwrap_or_default(),
@@ -387,7 +493,7 @@ async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, IscsiE
         match setup_command(conn, seq, lun, scsi::read_capacity16(32), 32).await {
             Ok(data) => scsi::parse_read_capacity16(&data)?,
             Err(IscsiError::Scsi(_)) => read_capacity10(conn, seq, lun).await?,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     };
     Ok(Probe {
@@ -561,6 +667,7 @@ impl IscsiLun {
             lun: self.lun_wire,
             cdb,
             read_len,
+            expect: DataLength::AtMost,
         };
         let rx = self.submit(spec.clone()).await?;
         self.finish(&spec, rx).await
@@ -608,10 +715,16 @@ impl IscsiLun {
         while at < end {
             let n = (end - at).min(u64::from(self.max_read_blocks)) as u32;
             let cdb = scsi::read(self.read_kind, at, n).ok_or(IscsiError::OutOfRange)?;
+            tracing::debug!(
+                "LUN {}: READ opcode {:#04x}, LBA {at}, {n} blocks",
+                self.info.lun,
+                cdb[0]
+            );
             specs.push(CommandSpec {
                 lun: self.lun_wire,
                 cdb,
                 read_len: n * self.info.block_size,
+                expect: DataLength::Exactly,
             });
             at += u64::from(n);
         }

@@ -49,8 +49,14 @@ pub enum IscsiError {
     /// The connection failed after it was made (reset, closed, silent).
     #[error("connection to {portal} lost: {reason}")]
     Lost { portal: String, reason: String },
-    #[error("the target has no LUN {lun}")]
-    NoSuchLun { lun: u64 },
+    #[error("target {target} at {portal} has no LUN {lun}{}", luns_it_has(.available))]
+    NoSuchLun {
+        target: String,
+        portal: String,
+        lun: u64,
+        /// What REPORT LUNS lists, when it answered.
+        available: Option<Vec<u64>>,
+    },
     #[error("after reconnecting to {portal}, the LUN is not the same one: {reason}")]
     IdentityChanged { portal: String, reason: String },
     #[error("target unreachable for {secs}s, giving up: {last}")]
@@ -74,10 +80,21 @@ impl IscsiError {
     pub fn to_source_error(&self) -> SourceError {
         match self {
             Self::OutOfRange => SourceError::OutOfRange(self.to_string()),
-            Self::Connect { .. } | Self::GaveUp { .. } | Self::Closed | Self::Login { .. } => {
+            Self::Connect { .. } | Self::GaveUp { .. } | Self::Closed => {
                 SourceError::Unavailable(self.to_string())
             }
             _ => SourceError::Io(self.to_string()),
+        }
+    }
+}
+
+fn luns_it_has(available: &Option<Vec<u64>>) -> String {
+    match available.as_deref() {
+        None => String::new(),
+        Some([]) => " (it reports no LUNs)".to_string(),
+        Some(luns) => {
+            let list: Vec<String> = luns.iter().map(u64::to_string).collect();
+            format!(" (it has LUN {})", list.join(", "))
         }
     }
 }

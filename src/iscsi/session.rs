@@ -171,12 +171,22 @@ impl Assembly {
     }
 }
 
+/// How much data a command must return with GOOD status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataLength {
+    /// All `read_len` bytes (a READ): less with GOOD status contradicts the command.
+    Exactly,
+    /// Up to `read_len` bytes (INQUIRY and the like return what they have).
+    AtMost,
+}
+
 /// A command as the caller asked for it.
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
     pub lun: u64,
     pub cdb: Cdb,
     pub read_len: u32,
+    pub expect: DataLength,
 }
 
 impl CommandSpec {
@@ -800,6 +810,16 @@ impl Machine {
                 conn.last_progress = now;
                 if let Progress::Done(outcome) = progress(pdu, task.spec.read_len, &mut task.data)?
                 {
+                    let short = outcome.status == crate::scsi::status::GOOD
+                        && task.spec.expect == DataLength::Exactly
+                        && outcome.data.len() != task.spec.read_len as usize;
+                    if short {
+                        return Err(format!(
+                            "GOOD status with {} of the {} bytes read",
+                            outcome.data.len(),
+                            task.spec.read_len
+                        ));
+                    }
                     if let Some(mut task) = self.inflight.remove(&itt) {
                         task.answer(Ok(outcome));
                     }
@@ -950,7 +970,7 @@ impl Machine {
         let portal = self.current;
         let next = match &fault {
             Fault::Protocol(reason) => {
-                tracing::warn!(
+                tracing::info!(
                     "{}: protocol violation: {reason}; reconnecting",
                     self.portals[portal].address
                 );
@@ -986,7 +1006,7 @@ impl Machine {
         if p.protocol_faults < MAX_PROTOCOL_FAULTS {
             return Some(portal);
         }
-        tracing::warn!(
+        tracing::info!(
             "{}: dropped after {} protocol faults, the last: {reason}",
             p.address,
             p.protocol_faults
@@ -1050,7 +1070,6 @@ impl Machine {
 
     /// Fail what is outstanding and wait for the next request before trying again.
     fn rest(&mut self, err: IscsiError) {
-        tracing::warn!("{err}");
         self.fail_all(&err);
         self.link = Link::Resting;
     }
@@ -1222,6 +1241,7 @@ mod tests {
                 lun: 0,
                 cdb: crate::scsi::read(crate::scsi::ReadKind::Disk, 0, len / 512).unwrap(),
                 read_len: len,
+                expect: DataLength::Exactly,
             };
             m.handle_request(now, spec, tx);
             rx
@@ -1382,6 +1402,10 @@ mod tests {
                             ..R2t::default()
                         }))
                     }),
+                ),
+                (
+                    "GOOD status with 0 of the 4096 bytes read",
+                    pdu(|itt| data(itt, 0, Vec::new(), Some(0))),
                 ),
                 (
                     "exceeds the negotiated limit",

@@ -513,6 +513,7 @@ mod tests {
     mod scripted {
         use super::*;
         use crate::iscsi::pdu::{AsyncMessage, DataIn, LogoutResponse, NopIn};
+        use crate::iscsi::session::DataLength;
         use bytes::Bytes;
         use tokio::io::AsyncReadExt;
         use tokio::net::TcpListener;
@@ -641,6 +642,7 @@ mod tests {
                 lun: 1 << 48,
                 cdb: crate::scsi::read(crate::scsi::ReadKind::Disk, 7, 1).unwrap(),
                 read_len: 4,
+                expect: DataLength::Exactly,
             };
             tx.send(Request::Command(spec, reply_tx))
                 .await
