@@ -148,6 +148,26 @@ measure_file_again() { cat "$1" >/dev/null; dd_mibs "$1"; }
 
 # --- reporting ---------------------------------------------------------------------------------
 
+# publish --root (issue 11): a tree of 16 images hashed over every core, beside sha256sum run over
+# every core (xargs -P), the files in the page cache: both are bound by hashing.
+mkdir "$WORK/tree"
+split -n 16 -d --additional-suffix=.img "$WORK/disk.img" "$WORK/tree/part-"
+cat "$WORK/tree"/*.img >/dev/null
+seconds_to_mibs() { awk -v s="$1" -v e="$2" -v m="$SIZE_MIB" 'BEGIN { printf "%.0f\n", m / (e - s) }'; }
+measure_sha256sum_tree() {
+    local start
+    start=$(date +%s.%N)
+    find "$1" -name '*.img' -print0 | xargs -0 -P "$(nproc)" -n 1 sha256sum >/dev/null
+    seconds_to_mibs "$start" "$(date +%s.%N)"
+}
+measure_publish_tree() {
+    local start
+    start=$(date +%s.%N)
+    "$BIN/isomount" -q publish --root "$1" --portal 127.0.0.1 -o "$WORK/tree-catalog/mirror.toml" \
+        --rehash 2>/dev/null
+    seconds_to_mibs "$start" "$(date +%s.%N)"
+}
+
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # runs FUNCTION ARGS... RUNS times and prints the median
@@ -177,6 +197,8 @@ row "target: tgtd vs serve, iscsi-perf" measure_iscsi_perf "iscsi://$PORTAL/$IQN
     -- measure_iscsi_perf "$SERVE_URL"
 row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORTAL/$IQN/$LUN" \
     -- measure_iscsi_perf_small "$SERVE_URL"
+row "publish --root: sha256sum -P vs" measure_sha256sum_tree "$WORK/tree" \
+    -- measure_publish_tree "$WORK/tree"
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$MNT"
     "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \

@@ -33,6 +33,10 @@ pub struct GlobalOpts {
     /// Catalog file, folder of *.toml, or https URL (repeatable; replaces the search path)
     #[arg(long = "catalog", global = true, value_name = "PATH")]
     pub catalogs: Vec<String>,
+    /// Trust catalogs signed by this minisign public key (repeatable; *.pub files in catalog
+    /// folders count too). Once a key is trusted, unsigned catalogs are refused
+    #[arg(long = "pubkey", global = true, value_name = "FILE")]
+    pub pubkeys: Vec<PathBuf>,
     /// Cache directory (default $XDG_CACHE_HOME/isomount)
     #[arg(long, global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -42,12 +46,26 @@ pub struct GlobalOpts {
     /// Never touch the network; serve only what is cached
     #[arg(long, global = true)]
     pub offline: bool,
+    /// Longest any read of an image waits before it fails, in seconds (default 90)
+    #[arg(long, global = true, value_name = "SECONDS", env = "ISOMOUNT_READ_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub read_timeout: Option<u64>,
     /// More log output: -v connections, logins, failover and cache decisions; -vv every command
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+impl GlobalOpts {
+    /// The bound on every read of an image (`--read-timeout`, default 90 s).
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.read_timeout.map_or(
+            crate::image::DEFAULT_READ_TIMEOUT,
+            std::time::Duration::from_secs,
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,8 +87,10 @@ pub enum Command {
     /// Inspect and manage the cache
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
-    /// Write an image's manifest and its catalog entry
-    Publish(commands::publish::PublishArgs),
+    /// Write an image's manifest and its catalog entry (or a whole tree's), signed if asked
+    Publish(Box<commands::publish::PublishArgs>),
+    /// Make a minisign key pair for signing catalogs (publish --sign)
+    Keygen(commands::keygen::KeygenArgs),
     /// Serve image files as read-only iSCSI LUNs
     Serve(Box<commands::serve::ServeArgs>),
     /// Serve the bundled sample image on loopback and mount it
@@ -139,7 +159,12 @@ fn near_misses(word: &str, names: &[String]) -> Vec<String> {
 /// `isomount NAME MOUNTPOINT` means `isomount mount NAME MOUNTPOINT`, unless NAME is a near miss
 /// of a subcommand. Returns what the first positional word is and where it stands.
 fn classify(args: &[OsString], names: &[String]) -> (FirstWord, usize) {
-    let takes_value = |s: &str| matches!(s, "--catalog" | "--cache-dir" | "--cache-size" | "-o");
+    let takes_value = |s: &str| {
+        matches!(
+            s,
+            "--catalog" | "--pubkey" | "--cache-dir" | "--cache-size" | "--read-timeout" | "-o"
+        )
+    };
     let mut i = 1;
     while i < args.len() {
         let word = args[i].to_string_lossy();

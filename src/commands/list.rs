@@ -15,7 +15,12 @@ pub struct ListArgs {}
 
 pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
     let cache = Cache::from_options(global.cache_dir.as_deref(), global.cache_size.as_deref())?;
-    let catalog = Catalog::load(&global.catalogs, Some(cache.root()), global.offline)?;
+    let catalog = Catalog::load(
+        &global.catalogs,
+        &global.pubkeys,
+        Some(cache.root()),
+        global.offline,
+    )?;
     let stores = cache.stores();
     let mut faults = 0usize;
     let rows: Vec<[String; 4]> = catalog

@@ -13,6 +13,7 @@ use crate::cli::GlobalOpts;
 use crate::iscsi::lun::{list_luns, LunSummary};
 use crate::iscsi::{ConnectOptions, IscsiError};
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use crate::signature::{self, SigningKey};
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -46,6 +47,103 @@ pub struct PublishArgs {
     pub chunk_size: u32,
     #[command(flatten)]
     pub tree: super::publish_tree::TreeArgs,
+    #[command(flatten)]
+    pub sign: SignArgs,
+}
+
+/// The options that sign the catalog publish writes.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// Sign the catalog with this minisign secret key (from `isomount keygen`): writes
+    /// CATALOG.minisig, carrying the catalog's version and expiry
+    #[arg(long = "sign", value_name = "KEY", requires = "output")]
+    pub key: Option<PathBuf>,
+    /// With --sign: how long the signature holds, a duration (30d, 12h) or an RFC 3339 time
+    #[arg(long, value_name = "WHEN", default_value = signature::DEFAULT_VALIDITY)]
+    pub expires: String,
+    /// With --sign: the secret key's passphrase is this file's first line (else
+    /// ISOMOUNT_PASSPHRASE)
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// A catalog signer, made before any hashing starts so that a bad key or passphrase fails first.
+pub struct Signer {
+    key: SigningKey,
+    expires: std::time::SystemTime,
+}
+
+impl SignArgs {
+    pub fn signer(&self) -> anyhow::Result<Option<Signer>> {
+        let Some(path) = &self.key else {
+            return Ok(None);
+        };
+        let expires = signature::parse_expiry(&self.expires, std::time::SystemTime::now())
+            .map_err(anyhow::Error::msg)?;
+        let passphrase = signature::passphrase(self.passphrase_file.as_deref())?;
+        let key = SigningKey::load(path, passphrase)?;
+        Ok(Some(Signer { key, expires }))
+    }
+}
+
+/// Write the catalog at `path` (unless `unchanged`), and its signature when `signer` is given.
+/// Unsigned, a signature left beside a changed catalog no longer matches it: that is said.
+pub fn write_catalog(
+    signer: Option<&Signer>,
+    path: &Path,
+    text: &[u8],
+    unchanged: bool,
+) -> anyhow::Result<()> {
+    if let Some(signer) = signer {
+        return signer.write(path, text, unchanged);
+    }
+    if unchanged {
+        return Ok(());
+    }
+    catalog::write_atomic(path, text)
+        .with_context(|| format!("while writing {}", path.display()))?;
+    let stale = signature::signature_path(path);
+    if stale.exists() {
+        tracing::warn!(
+            "{} no longer matches {}: sign it again with --sign KEY, or remove it",
+            stale.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+impl Signer {
+    /// Write the catalog at `path` (unless `unchanged`) and its signature, one rename after the
+    /// other. The version grows past that of the signature it replaces.
+    fn write(&self, path: &Path, text: &[u8], unchanged: bool) -> anyhow::Result<()> {
+        let sig_path = signature::signature_path(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let previous = std::fs::read_to_string(&sig_path)
+            .ok()
+            .and_then(|t| signature::previous_version(&t));
+        let now = std::time::SystemTime::now();
+        let claim = signature::next_claim(&name, previous, now, self.expires);
+        let sig = self.key.sign(text, &claim)?;
+        let files: Vec<(&Path, &[u8])> = if unchanged {
+            vec![(&sig_path, sig.as_bytes())]
+        } else {
+            vec![(path, text), (&sig_path, sig.as_bytes())]
+        };
+        catalog::write_atomic_all(&files)
+            .with_context(|| format!("while writing {}", sig_path.display()))?;
+        eprintln!(
+            "signed {} with key {}: version {}, expires {}",
+            path.display(),
+            self.key.id(),
+            claim.version,
+            humantime::format_rfc3339_seconds(claim.expires)
+        );
+        Ok(())
+    }
 }
 
 pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +153,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let (Some(image), Some(name), Some(target)) = (&args.image, &args.name, &args.target) else {
         anyhow::bail!("publish needs IMAGE, --name and --target, or --root DIR");
     };
+    let signer = args.sign.signer()?;
     let file =
         std::fs::File::open(image).with_context(|| format!("while opening {}", image.display()))?;
     let manifest = Manifest::build(
@@ -99,8 +198,9 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     };
     match &args.output {
         Some(out) => {
-            catalog::upsert_entry(out, &entry)
+            let text = catalog::with_entry(out, &entry)
                 .with_context(|| format!("while updating {}", out.display()))?;
+            write_catalog(signer.as_ref(), out, text.as_bytes(), false)?;
             eprintln!(
                 "published {} ({} bytes, {} chunks of {}) in {}",
                 name,

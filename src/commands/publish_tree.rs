@@ -141,6 +141,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let (Some(root), Some(out)) = (&args.tree.root, &args.output) else {
         anyhow::bail!("publish --root needs -o CATALOG");
     };
+    let signer = args.sign.signer()?;
     let portals = args
         .portals
         .iter()
@@ -288,10 +289,8 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
 
     let header = "Written by `isomount publish --root`: edits are overwritten by the next run.";
     let text = catalog::render(out, header, &entries)?;
-    if std::fs::read(out).ok().as_deref() != Some(text.as_bytes()) {
-        catalog::write_atomic(out, text.as_bytes())
-            .with_context(|| format!("while writing {}", out.display()))?;
-    }
+    let unchanged = std::fs::read(out).ok().as_deref() == Some(text.as_bytes());
+    super::publish::write_catalog(signer.as_ref(), out, text.as_bytes(), unchanged)?;
     let mut removed = 0usize;
     let current: BTreeSet<&str> = state.image.iter().map(|r| r.name.as_str()).collect();
     for gone in old

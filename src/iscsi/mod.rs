@@ -5,13 +5,16 @@
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
 //! - [`session`]: the full-feature phase and recovery as a state machine, no I/O (§4.2, §7.1.4.1);
 //!   [`transport`] drives it (and the login and setup exchanges) over tokio.
-//! - [`lun`]: a LUN as a [`crate::source::BlockSource`]; [`discovery`]: SendTargets.
+//! - [`lun`]: one LUN: connect, probe, read, reconnect; [`discovery`]: SendTargets.
 //! - [`url`] parses `iscsi://user%secret@host:port/target/lun?digest=crc32c` (user, secret, port
 //!   and query optional).
 //!
 //! Header and data digests are offered as `None,CRC32C` (the target chooses); `?digest=crc32c`,
 //! a catalog's `digest = "crc32c"` or `ISOMOUNT_DIGEST=crc32c` prefer CRC32C, and `none` insists
 //! on no digests.
+//!
+//! Nothing here knows the image core: `crate::source::iscsi` adapts a LUN to the block-source
+//! seam and classifies its faults.
 
 pub mod digest;
 pub mod discovery;
@@ -30,7 +33,6 @@ pub use lun::{ConnectOptions, IscsiLun, LunInfo};
 pub use url::IscsiUrl;
 
 use crate::scsi::ScsiError;
-use crate::source::SourceError;
 
 /// Why an iSCSI operation failed. Messages never contain a secret.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -75,19 +77,6 @@ pub enum IscsiError {
     Scsi(#[from] ScsiError),
 }
 
-impl IscsiError {
-    /// The same failure as the block-source seam sees it.
-    pub fn to_source_error(&self) -> SourceError {
-        match self {
-            Self::OutOfRange => SourceError::OutOfRange(self.to_string()),
-            Self::Connect { .. } | Self::GaveUp { .. } | Self::Closed => {
-                SourceError::Unavailable(self.to_string())
-            }
-            _ => SourceError::Io(self.to_string()),
-        }
-    }
-}
-
 fn luns_it_has(available: &Option<Vec<u64>>) -> String {
     match available.as_deref() {
         None => String::new(),
@@ -101,8 +90,7 @@ fn luns_it_has(available: &Option<Vec<u64>>) -> String {
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.
 pub fn default_initiator_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
+    let host = crate::platform::host_name()
         .map(|h| {
             h.trim()
                 .chars()

@@ -20,8 +20,8 @@ use bytes::Bytes;
 
 use super::config::{self, AllowList, DeviceChoice};
 use super::scsi::LogicalUnit;
-use super::{ChapConfig, ExportedTarget, MemorySource, TargetError};
-use crate::source::{map_file, BlockSource, FileSource, SourceError};
+use super::{ChapConfig, ExportedTarget, TargetError};
+use crate::source::{map_file, read_all, BlockSource, FileSource, MemorySource, SourceError};
 use crate::tree::FileStamp;
 
 /// Where a LUN's bytes come from.
@@ -74,27 +74,22 @@ impl Payload {
 }
 
 impl LunData {
-    pub fn size(&self) -> u64 {
-        match self {
-            LunData::Source(source) => source.size(),
-            LunData::Mapped(mapped) => mapped.map.size(),
-        }
-    }
-
     /// `len` bytes at `offset` to send as they are: from the mapping when there is one.
     pub async fn read_to_send(&self, offset: u64, len: usize) -> Result<Payload, SourceError> {
         match self {
-            LunData::Source(source) => source.read_at(offset, len).await.map(Payload::Owned),
+            LunData::Source(source) => read_all(source.as_ref(), offset, len)
+                .await
+                .map(Payload::Owned),
             // Slices of the mapping, not copies.
-            LunData::Mapped(mapped) => mapped.map.read_at(offset, len).await.map(Payload::Mapped),
+            LunData::Mapped(mapped) => mapped.map.read_at(offset, len).map(Payload::Mapped),
         }
     }
 
     /// `len` bytes at `offset` in ordinary memory, to look at (hash, compare, pad).
     pub async fn read_to_inspect(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
         match self {
-            LunData::Source(source) => source.read_at(offset, len).await,
-            LunData::Mapped(mapped) => mapped.file.read_at(offset, len).await,
+            LunData::Source(source) => read_all(source.as_ref(), offset, len).await,
+            LunData::Mapped(mapped) => mapped.file.read_at(offset, len),
         }
     }
 }
@@ -147,7 +142,7 @@ pub fn export_file(
             "{shown}: changed while it was being opened"
         )));
     }
-    let file = FileSource::from_file(file, size, device.block_size());
+    let file = FileSource::from_file(image.path, file, size, device.block_size());
     let map = MemorySource::new(map, device.block_size());
     // The serial changes with the file's version, so an initiator that reconnects after a
     // replacement sees a different unit rather than mixing the two versions' bytes.

@@ -941,7 +941,7 @@ async fn read_padded(
     len: usize,
     read_for: ReadFor,
 ) -> Result<Payload, crate::source::SourceError> {
-    let size = target.data.size();
+    let size = target.lun.size();
     let available = size.saturating_sub(offset).min(len as u64) as usize;
     let data = if available == 0 {
         Payload::Owned(Bytes::new())
