@@ -958,3 +958,47 @@ fn a_stale_mount_is_recognised_and_cleared() {
     );
     isomount_unmount_ok(&mp.path);
 }
+
+/// `isomount NAME MNT` is usable within five round trips of the link (the proxy counts them as
+/// connections and turns of request and response, never time): the TCP handshake, one login
+/// exchange, the probe (two flights on tgtd, whose login opens a window of two commands) with
+/// the image's first bytes in it, and nothing more for the volume descriptors and the root
+/// directory the mount reads before it is ready. `info/stats` shows what connecting took.
+#[test]
+fn a_published_cd_is_usable_within_five_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = publish_cd(
+        dir.path(),
+        "a_published_cd_is_usable_within_five_round_trips",
+    );
+    let portal = cd.tgtd.as_ref().unwrap().portal();
+    let proxy = common::FaultProxy::start(&portal, common::Faults::default());
+    let catalog = std::fs::read_to_string(&cd.catalog).unwrap();
+    std::fs::write(&cd.catalog, catalog.replace(&portal, &proxy.portal())).unwrap();
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let before = proxy.connections() + proxy.client_turns();
+    let out = cd.mount("testcd", &mp, &[]);
+    let round_trips = proxy.connections() + proxy.client_turns() - before;
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(round_trips <= 5, "the mount took {round_trips} round trips");
+    let connect = stat(&mp, "connect");
+    eprintln!("mount usable after {round_trips} round trips; connect: {connect}");
+    assert!(connect.ends_with(" round trips"), "{connect}");
+    let counted: u64 = connect
+        .rsplit(", ")
+        .next()
+        .and_then(|n| n.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("connect: {connect}"));
+    assert!(
+        counted <= round_trips,
+        "{connect}, the proxy saw {round_trips}"
+    );
+    assert!(std::fs::read_dir(mp.path.join("files")).unwrap().count() > 0);
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == std::fs::read(&cd.iso).unwrap());
+    unmount_ok(&mp);
+}
