@@ -103,11 +103,11 @@ pub enum Command {
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
     /// Write an image's manifest and its catalog entry (or a whole tree's), signed if asked
-    Publish(commands::publish::PublishArgs),
+    Publish(Box<commands::publish::PublishArgs>),
     /// Make a minisign key pair for signing catalogs (publish --sign)
     Keygen(commands::keygen::KeygenArgs),
     /// Serve image files as read-only iSCSI LUNs
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Serve the bundled sample image on loopback and mount it
     Demo(commands::demo::DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
@@ -263,9 +263,9 @@ fn dispatch(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
         Command::Info(args) => info::run(config, args),
         Command::Discover(args) => discover::run(args),
         Command::Cache(cmd) => cache::run(config, cmd),
-        Command::Publish(args) => publish::run(config, args),
+        Command::Publish(args) => publish::run(config, *args),
         Command::Keygen(args) => keygen::run(args),
-        Command::Serve(args) => serve::run(config, args),
+        Command::Serve(args) => serve::run(config, *args),
         Command::Demo(args) => demo::run(config, args),
         Command::Completions(args) => print_completions(args.shell),
         Command::Man(args) => print_man(args),
