@@ -18,7 +18,7 @@ use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
-use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
+use crate::scsi::{self, sense_key, status, Capacity, Inquiry, Lun, ReadKind, ScsiError};
 
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
@@ -265,15 +265,20 @@ impl Connector {
 
     async fn establish(&self, portal: &str) -> Result<Established, IscsiError> {
         let (mut conn, mut seq, outcome) = self.login(portal).await?;
-        let probe = match probe(&mut conn, &mut seq, self.opts.lun).await {
+        let probe = match probe(&mut conn, &mut seq, Lun::from_number(self.opts.lun)).await {
             Ok(probe) => probe,
             Err(ProbeError::NoSuchLun) => {
                 // Say what the target does have: a wrong LUN is a mistake in the catalog.
-                let available =
-                    setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096)
-                        .await
-                        .ok()
-                        .and_then(|data| scsi::parse_report_luns(&data).ok());
+                let available = setup_command(
+                    &mut conn,
+                    &mut seq,
+                    Lun::from_number(0),
+                    scsi::report_luns(4096),
+                    4096,
+                )
+                .await
+                .ok()
+                .and_then(|data| scsi::parse_report_luns(&data).ok());
                 conn.logout(&mut seq).await;
                 return Err(IscsiError::NoSuchLun {
                     target: self.opts.target.clone(),
@@ -307,7 +312,7 @@ impl Connector {
 /// One LUN as REPORT LUNS and INQUIRY describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunSummary {
-    pub lun: u64,
+    pub lun: Lun,
     pub device_type: u8,
     pub vendor: String,
     pub product: String,
@@ -324,7 +329,14 @@ pub async fn list_luns(opts: &ConnectOptions) -> Result<Vec<LunSummary>, IscsiEr
     };
     let portal = opts.portals.first().ok_or(IscsiError::Closed)?;
     let (mut conn, mut seq, _) = connector.login(portal).await?;
-    let data = setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096).await?;
+    let data = setup_command(
+        &mut conn,
+        &mut seq,
+        Lun::from_number(0),
+        scsi::report_luns(4096),
+        4096,
+    )
+    .await?;
     let mut out = Vec::new();
     for lun in scsi::parse_report_luns(&data)?.into_iter().take(256) {
         let data = setup_command(&mut conn, &mut seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
@@ -377,12 +389,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn setup_command(
     conn: &mut Conn,
     seq: &mut Seq,
-    lun: u64,
+    lun: Lun,
     cdb: scsi::Cdb,
     read_len: u32,
 ) -> Result<Bytes, IscsiError> {
     let spec = CommandSpec {
-        lun: scsi::lun_to_wire(lun),
+        lun: lun.to_wire(),
         cdb,
         read_len,
         expect: DataLength::AtMost,
@@ -459,7 +471,7 @@ fn lun_not_supported(e: &IscsiError) -> bool {
         if s.sense().is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25))
 }
 
-async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, ProbeError> {
+async fn probe(conn: &mut Conn, seq: &mut Seq, lun: Lun) -> Result<Probe, ProbeError> {
     // TEST UNIT READY drains the UNIT ATTENTIONs a new session starts with.
     match setup_command(conn, seq, lun, scsi::test_unit_ready(), 0).await {
         Err(e) if lun_not_supported(&e) => return Err(ProbeError::NoSuchLun),
@@ -503,7 +515,7 @@ async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, ProbeE
     })
 }
 
-async fn read_capacity10(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Capacity, IscsiError> {
+async fn read_capacity10(conn: &mut Conn, seq: &mut Seq, lun: Lun) -> Result<Capacity, IscsiError> {
     let data = setup_command(conn, seq, lun, scsi::read_capacity10(), 8).await?;
     Ok(scsi::parse_read_capacity10(&data)?)
 }
@@ -614,7 +626,7 @@ impl IscsiLun {
             } else {
                 ReadKind::Disk
             },
-            lun_wire: scsi::lun_to_wire(opts.lun),
+            lun_wire: Lun::from_number(opts.lun).to_wire(),
             max_read_blocks: burst / block_size,
             info,
         }))
@@ -696,7 +708,7 @@ impl IscsiLun {
     }
 
     /// REPORT LUNS through this session.
-    pub async fn report_luns(&self) -> Result<Vec<u64>, IscsiError> {
+    pub async fn report_luns(&self) -> Result<Vec<Lun>, IscsiError> {
         let data = self.execute(scsi::report_luns(4096), 4096).await?;
         Ok(scsi::parse_report_luns(&data)?)
     }
