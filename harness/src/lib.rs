@@ -12,6 +12,7 @@
 mod fixtures;
 mod hostile;
 mod istgt;
+mod platform;
 mod ports;
 mod process;
 mod proxy;

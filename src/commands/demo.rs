@@ -219,7 +219,7 @@ struct Mounted(PathBuf);
 
 impl Drop for Mounted {
     fn drop(&mut self) {
-        if super::mount::mounted_at(&self.0).is_none() {
+        if crate::platform::mounted_at(&self.0).is_none() {
             return;
         }
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("isomount"));
