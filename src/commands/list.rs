@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use indicatif::HumanBytes;
 
 use crate::cache::Cache;
-use crate::catalog::{Catalog, Entry, ManifestLocation};
+use crate::catalog::{Catalog, CatalogError, Entry, ManifestLocation};
 use crate::config::Config;
 use crate::image::identity::entry_identity;
 use crate::manifest::Manifest;
@@ -92,7 +92,9 @@ fn check_manifest(cache: &Cache, entry: &Entry) -> Result<(), String> {
     let bytes = match mref.read(&cache.kept_manifest(&mref.sha256), true) {
         Ok(bytes) => bytes,
         // An https manifest never fetched yet is checked when it is first used.
-        Err(_) if matches!(mref.location, ManifestLocation::Url(_)) => return Ok(()),
+        Err(CatalogError::Fetch { .. }) if matches!(mref.location, ManifestLocation::Url(_)) => {
+            return Ok(())
+        }
         Err(e) => return Err(format!("manifest {}: {e}", mref.describe())),
     };
     let manifest = Manifest::parse_pinned(&bytes, &mref.sha256)
