@@ -71,23 +71,21 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
         }
         None => None,
     };
-    let mirrors: Vec<Box<dyn Mirror>> = entry
-        .portals
-        .iter()
-        .map(|p| {
+    let mut mirrors: Vec<Box<dyn Mirror>> = Vec::new();
+    let mut facts = Vec::new();
+    if let Some(iscsi) = &entry.iscsi {
+        mirrors.extend(iscsi.portals.iter().map(|p| {
             Box::new(IscsiMirror::new(
                 p,
-                &entry.target,
-                entry.lun,
-                entry.chap.clone(),
-                entry.digest,
+                &iscsi.target,
+                iscsi.lun,
+                iscsi.chap.clone(),
+                iscsi.digest,
             )) as Box<dyn Mirror>
-        })
-        .collect();
-    let mut facts = vec![
-        ("target".to_string(), entry.target.clone()),
-        ("lun".to_string(), entry.lun.to_string()),
-    ];
+        }));
+        facts.push(("target".to_string(), iscsi.target.clone()));
+        facts.push(("lun".to_string(), iscsi.lun.to_string()));
+    }
     if let Some(d) = &entry.description {
         facts.push(("description".into(), d.clone()));
     }
@@ -105,19 +103,21 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
             expect_serial: None,
         },
         None => {
+            // The catalog gives web mirrors only with a manifest: this image has a LUN.
+            let (target, lun) = match &entry.iscsi {
+                Some(iscsi) => (iscsi.target.as_str(), iscsi.lun),
+                None => anyhow::bail!("`{}` has neither a manifest nor portals", entry.name),
+            };
             let identity = if offline {
-                offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
+                offline_lun_identity(&cache, target, lun, Some(entry.size))
             } else {
                 match probe(&mirrors).await {
-                    Some(id) => Some(lun_identity(&entry.target, entry.lun, &id)),
-                    None => {
-                        offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
-                    }
+                    Some(id) => Some(lun_identity(target, lun, &id)),
+                    None => offline_lun_identity(&cache, target, lun, Some(entry.size)),
                 }
             };
-            let identity = identity.unwrap_or_else(|| {
-                format!("lun:{} {} {} ? ?", entry.target, entry.lun, entry.size)
-            });
+            let identity =
+                identity.unwrap_or_else(|| format!("lun:{target} {lun} {} ? ?", entry.size));
             ImageSpec {
                 name: entry.name.clone(),
                 size: entry.size,
