@@ -42,12 +42,26 @@ pub struct GlobalOpts {
     /// Never touch the network; serve only what is cached
     #[arg(long, global = true)]
     pub offline: bool,
+    /// Longest any read of an image waits before it fails, in seconds (default 90)
+    #[arg(long, global = true, value_name = "SECONDS", env = "ISOMOUNT_READ_TIMEOUT",
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub read_timeout: Option<u64>,
     /// More log output: -v connections, logins, failover and cache decisions; -vv every command
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
+
+impl GlobalOpts {
+    /// The bound on every read of an image (`--read-timeout`, default 90 s).
+    pub fn read_timeout(&self) -> std::time::Duration {
+        self.read_timeout.map_or(
+            crate::image::DEFAULT_READ_TIMEOUT,
+            std::time::Duration::from_secs,
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,7 +153,12 @@ fn near_misses(word: &str, names: &[String]) -> Vec<String> {
 /// `isomount NAME MOUNTPOINT` means `isomount mount NAME MOUNTPOINT`, unless NAME is a near miss
 /// of a subcommand. Returns what the first positional word is and where it stands.
 fn classify(args: &[OsString], names: &[String]) -> (FirstWord, usize) {
-    let takes_value = |s: &str| matches!(s, "--catalog" | "--cache-dir" | "--cache-size" | "-o");
+    let takes_value = |s: &str| {
+        matches!(
+            s,
+            "--catalog" | "--cache-dir" | "--cache-size" | "--read-timeout" | "-o"
+        )
+    };
     let mut i = 1;
     while i < args.len() {
         let word = args[i].to_string_lossy();

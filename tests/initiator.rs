@@ -296,7 +296,6 @@ mod library {
 
     use super::*;
     use isomount::iscsi::{ConnectOptions, IscsiLun};
-    use isomount::source::BlockSource;
     use std::time::{Duration, Instant};
 
     fn quick(portal: String, give_up_after: Duration) -> ConnectOptions {
@@ -368,7 +367,7 @@ mod library {
             assert!(lun.read_at(size as u64 - 10, 11).await.is_err());
             assert!(lun.read_at(u64::MAX - 1, 4).await.is_err());
             assert!(lun.read_at(size as u64, 0).await.unwrap().is_empty());
-            let identity = lun.identity();
+            let identity = lun.info();
             assert!(identity.serial.is_some() && identity.device_id.is_some());
             lun.logout().await;
         }

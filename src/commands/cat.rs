@@ -8,13 +8,13 @@ use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
 
 use crate::cli::GlobalOpts;
 use crate::iscsi::{ConnectOptions, IscsiLun, IscsiUrl};
-use crate::source::BlockSource;
 
 #[derive(Debug, clap::Args)]
 pub struct CatArgs {
@@ -43,7 +43,7 @@ pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("while connecting to {url}"))?;
         // One READ per chunk: each comes back as a single Data-In segment, never copied.
         let chunk = lun.max_read() as usize;
-        let result = cat_source(lun.clone(), chunk).await;
+        let result = cat_lun(lun.clone(), chunk, global.read_timeout()).await;
         lun.logout().await;
         result?;
         Ok(ExitCode::SUCCESS)
@@ -125,17 +125,18 @@ where
     result
 }
 
-/// The whole of a [`BlockSource`] to stdout in `chunk`-sized reads.
-pub async fn cat_source(source: Arc<dyn BlockSource>, chunk: usize) -> anyhow::Result<()> {
-    let size = source.size();
+/// The whole LUN to stdout in `chunk`-sized reads, none waiting longer than `timeout`.
+async fn cat_lun(lun: Arc<IscsiLun>, chunk: usize, timeout: Duration) -> anyhow::Result<()> {
+    let size = lun.size();
     pipe(size, chunk, DEPTH, move |offset, len| {
-        let source = source.clone();
+        let lun = lun.clone();
         async move {
-            let data = source
-                .read_at(offset, len)
-                .await
-                .with_context(|| format!("while reading {len} bytes at offset {offset}"))?;
-            Ok(vec![data])
+            let context = || format!("while reading {len} bytes at offset {offset}");
+            match tokio::time::timeout(timeout, lun.read_range(offset, len)).await {
+                Ok(read) => read.with_context(context),
+                Err(_) => Err(anyhow::anyhow!("no answer within {} s", timeout.as_secs()))
+                    .with_context(context),
+            }
         }
     })
     .await

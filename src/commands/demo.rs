@@ -10,16 +10,15 @@ use std::process::{Command, ExitCode};
 use std::sync::Arc;
 
 use anyhow::Context;
-use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::catalog::{upsert_entry, PublishedEntry};
 use crate::cli::GlobalOpts;
-use crate::fs::{ImageReadAt, ImageView, SourceView};
-use crate::iscsi::{ConnectOptions, IscsiLun};
+use crate::fs::{ImageReadAt, ImageView};
+use crate::image::DEFAULT_READ_TIMEOUT;
 use crate::iso9660::{IsoFs, Kind, ReadAt, ROOT_INO};
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
-use crate::source::{BlockSource, SourceError, SourceIdentity};
+use crate::source::iscsi::IscsiSource;
 use crate::target::config::AllowList;
 use crate::target::scsi::{DeviceType, LogicalUnit};
 use crate::target::{ExportedTarget, MemorySource, Server};
@@ -98,11 +97,10 @@ async fn iso_tree_over_iscsi(
     portal: &str,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<String> {
-    let opts = ConnectOptions::new(vec![portal.to_string()], DEMO_IQN, 0);
-    let lun = IscsiLun::connect(opts)
+    let lun = Arc::new(IscsiSource::new(portal, DEMO_IQN, 0, None, None));
+    let view: Arc<dyn ImageView> = crate::image::open_source(DEMO_IQN, lun, DEFAULT_READ_TIMEOUT)
         .await
         .with_context(|| format!("while logging in to {DEMO_IQN} at {portal}"))?;
-    let view: Arc<dyn ImageView> = Arc::new(SourceView::new(SharedLun(lun.clone())));
     let reader: Arc<dyn ReadAt> = Arc::new(ImageReadAt::new(view, runtime));
     // The ISO reader waits on the runtime for each read: run it on the blocking pool.
     let listing = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
@@ -114,7 +112,6 @@ async fn iso_tree_over_iscsi(
     })
     .await
     .context("while listing the CD")??;
-    lun.logout().await;
     Ok(listing)
 }
 
@@ -153,25 +150,6 @@ fn iso_walk(
         }
     }
     Ok(())
-}
-
-/// A connected LUN shared with the demo, as a block source.
-struct SharedLun(Arc<IscsiLun>);
-
-#[async_trait]
-impl BlockSource for SharedLun {
-    fn size(&self) -> u64 {
-        self.0.size()
-    }
-    fn block_size(&self) -> u32 {
-        self.0.block_size()
-    }
-    fn identity(&self) -> SourceIdentity {
-        self.0.identity()
-    }
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        self.0.read_at(offset, len).await
-    }
 }
 
 /// Start the target on a free loopback port; it serves until the runtime is dropped.

@@ -22,7 +22,7 @@ use fuser::{MountOption, SessionACL};
 
 use crate::cli::GlobalOpts;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{fusermount, holds_iso9660, ImageReadAt, ImageView, SourceView, Tree};
+use crate::fs::{fusermount, holds_iso9660, ImageReadAt, ImageView, Tree};
 use crate::iso9660::IsoFs;
 
 #[derive(Debug, clap::Args)]
@@ -64,6 +64,7 @@ struct MountConfig {
     cache_dir: Option<PathBuf>,
     cache_size: Option<String>,
     offline: bool,
+    read_timeout: Option<u64>,
     log: Option<PathBuf>,
     nonempty: bool,
 }
@@ -102,6 +103,17 @@ impl MountConfig {
                 "cache_dir" => config.cache_dir = Some(PathBuf::from(need(value)?)),
                 "cache_size" => config.cache_size = Some(need(value)?),
                 "offline" => config.offline = true,
+                "read_timeout" => {
+                    let text = need(value)?;
+                    let secs = text
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|s| (1..=86_400).contains(s))
+                        .with_context(|| {
+                            format!("mount option read_timeout=`{text}`: seconds, 1 to 86400")
+                        })?;
+                    config.read_timeout = Some(secs);
+                }
                 "log" => config.log = Some(PathBuf::from(need(value)?)),
                 "nonempty" => config.nonempty = true,
                 _ if key.starts_with("x-") || key == "comment" => {}
@@ -122,6 +134,9 @@ impl MountConfig {
             global.cache_size.clone_from(&self.cache_size);
         }
         global.offline |= self.offline;
+        if self.read_timeout.is_some() {
+            global.read_timeout = self.read_timeout;
+        }
         global
     }
 
@@ -733,12 +748,14 @@ impl Unmounter {
 }
 
 async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
-    if args.local_file {
-        let source = crate::source::FileSource::open(Path::new(&args.image), 2048)
+    let image = if args.local_file {
+        let path = Path::new(&args.image);
+        let file = crate::source::FileSource::open(path, 2048)
             .with_context(|| format!("while opening {}", args.image))?;
-        return Ok(Arc::new(SourceView::new(source)));
-    }
-    let image = crate::image::open(global, &args.image).await?;
+        crate::image::open_source(&args.image, Arc::new(file), global.read_timeout()).await?
+    } else {
+        crate::image::open(global, &args.image).await?
+    };
     Ok(image)
 }
 

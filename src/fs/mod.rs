@@ -14,8 +14,9 @@
 //! [`Tree`] is the core: inode numbers, attributes, directory listings and reads, with no
 //! knowledge of `/dev/fuse`, so unit tests drive it directly. [`fuse`] is the thin adapter that
 //! hands each request to the core on a tokio runtime and never blocks the FUSE loop on the network.
-//! The image arrives through the small [`ImageView`] trait: the verified image core in production,
-//! any [`BlockSource`] in tests.
+//! The image arrives through the small [`ImageView`] trait: the verified image core
+//! ([`crate::image::Image`]) in production, test doubles in the unit tests. Reads are bounded by
+//! the image core (its read timeout), not here.
 
 pub mod fuse;
 pub mod fusermount;
@@ -30,7 +31,6 @@ use bytes::Bytes;
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::iso9660::{IsoError, IsoFs, ReadAt};
-use crate::source::BlockSource;
 
 /// A read that cannot be satisfied, with its cause chain already flattened to text.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -111,9 +111,6 @@ pub async fn holds_iso9660(image: &dyn ImageView) -> Result<bool, ReadFailure> {
 
 /// How long the kernel may cache names and attributes: the image never changes.
 pub const STATIC_TTL: Duration = Duration::from_secs(24 * 60 * 60);
-
-/// A reader is never left waiting longer than this; past it the read fails with EIO.
-pub const READ_DEADLINE: Duration = Duration::from_secs(120);
 
 const ROOT: u64 = 1;
 const IMAGE: u64 = 2;
@@ -512,15 +509,7 @@ impl Tree {
         }
         let len = u64::from(size).min(image_size - offset);
         let end = offset + len;
-        let result = tokio::time::timeout(READ_DEADLINE, self.image.read(offset, len as usize))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ReadFailure(format!(
-                    "no answer within {} s",
-                    READ_DEADLINE.as_secs()
-                )))
-            });
-        let failure = match result {
+        let failure = match self.image.read(offset, len as usize).await {
             Ok(bytes) if bytes.len() as u64 == len => return Ok(bytes),
             Ok(bytes) => format!("image returned {} bytes, expected {len}", bytes.len()),
             Err(err) => err.0,
@@ -553,15 +542,9 @@ impl ImageReadAt {
 
 impl ReadAt for ImageReadAt {
     fn read_at(&self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let read =
-            async { tokio::time::timeout(READ_DEADLINE, self.image.read(offset, len)).await };
-        match self.runtime.block_on(read) {
-            Ok(Ok(bytes)) => Ok(bytes.to_vec()),
-            Ok(Err(err)) => Err(std::io::Error::other(err.0)),
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", READ_DEADLINE.as_secs()),
-            )),
+        match self.runtime.block_on(self.image.read(offset, len)) {
+            Ok(bytes) => Ok(bytes.to_vec()),
+            Err(err) => Err(std::io::Error::other(err.0)),
         }
     }
 
@@ -593,86 +576,6 @@ impl ImageView for crate::image::Image {
 
     fn passthrough_file(&self) -> Option<std::fs::File> {
         crate::image::Image::passthrough_file(self, PASSTHROUGH_CHECK_AT_MOST)
-    }
-}
-
-/// An [`ImageView`] straight over a [`BlockSource`], aligning reads to its block size. The bytes
-/// are the source's own (a local file is its own truth); used by tests and local images.
-pub struct SourceView<S> {
-    source: S,
-    reads: AtomicU64,
-    bytes: AtomicU64,
-    errors: AtomicU64,
-}
-
-impl<S: BlockSource> SourceView<S> {
-    pub fn new(source: S) -> SourceView<S> {
-        SourceView {
-            source,
-            reads: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        }
-    }
-}
-
-#[async_trait]
-impl<S: BlockSource + 'static> ImageView for SourceView<S> {
-    fn size(&self) -> u64 {
-        self.source.size()
-    }
-
-    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, ReadFailure> {
-        let size = self.source.size();
-        let block = u64::from(self.source.block_size().max(1));
-        let end = offset.saturating_add(len as u64).min(size);
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
-        let start = offset - offset % block;
-        let aligned_end = end
-            .checked_next_multiple_of(block)
-            .map_or(size, |e| e.min(size));
-        let span = usize::try_from(aligned_end - start)
-            .map_err(|_| ReadFailure("read too large".to_string()))?;
-        self.reads.fetch_add(1, Ordering::Relaxed);
-        match self.source.read_at(start, span).await {
-            Ok(bytes) if bytes.len() == span => {
-                self.bytes.fetch_add(span as u64, Ordering::Relaxed);
-                let skip = (offset - start) as usize;
-                Ok(bytes.slice(skip..skip + (end - offset) as usize))
-            }
-            Ok(bytes) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                Err(ReadFailure(format!(
-                    "source returned {} bytes, expected {span}",
-                    bytes.len()
-                )))
-            }
-            Err(err) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                Err(ReadFailure(err.to_string()))
-            }
-        }
-    }
-
-    fn facts(&self) -> Vec<(String, String)> {
-        vec![
-            ("size".to_string(), self.source.size().to_string()),
-            (
-                "block-size".to_string(),
-                self.source.block_size().to_string(),
-            ),
-        ]
-    }
-
-    fn stats(&self) -> String {
-        format!(
-            "reads: {}\nbytes fetched: {}\nerrors: {}",
-            self.reads.load(Ordering::Relaxed),
-            self.bytes.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed)
-        )
     }
 }
 

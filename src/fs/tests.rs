@@ -3,7 +3,108 @@ use std::io::Write;
 
 use super::*;
 use crate::iso9660::IsoFs;
-use crate::source::{FileSource, SourceError, SourceIdentity};
+use crate::source::{FileSource, SourceError};
+
+/// What [`SourceView`] reads from: a local file, or a double that fails.
+#[async_trait]
+trait Blocks: Send + Sync + 'static {
+    fn size(&self) -> u64;
+    fn block_size(&self) -> u32;
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError>;
+}
+
+#[async_trait]
+impl Blocks for FileSource {
+    fn size(&self) -> u64 {
+        FileSource::size(self)
+    }
+    fn block_size(&self) -> u32 {
+        self.block_size()
+    }
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
+        FileSource::read_at(self, offset, len)
+    }
+}
+
+/// A test double for the image core: an [`ImageView`] straight over [`Blocks`], aligning reads
+/// to the block size, with counters for `stats`.
+struct SourceView<S> {
+    source: S,
+    reads: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl<S: Blocks> SourceView<S> {
+    fn new(source: S) -> SourceView<S> {
+        SourceView {
+            source,
+            reads: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+}
+
+#[async_trait]
+impl<S: Blocks> ImageView for SourceView<S> {
+    fn size(&self) -> u64 {
+        self.source.size()
+    }
+
+    async fn read(&self, offset: u64, len: usize) -> Result<Bytes, ReadFailure> {
+        let size = self.source.size();
+        let block = u64::from(self.source.block_size().max(1));
+        let end = offset.saturating_add(len as u64).min(size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let start = offset - offset % block;
+        let aligned_end = end
+            .checked_next_multiple_of(block)
+            .map_or(size, |e| e.min(size));
+        let span = usize::try_from(aligned_end - start)
+            .map_err(|_| ReadFailure("read too large".to_string()))?;
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        match self.source.read_at(start, span).await {
+            Ok(bytes) if bytes.len() == span => {
+                self.bytes.fetch_add(span as u64, Ordering::Relaxed);
+                let skip = (offset - start) as usize;
+                Ok(bytes.slice(skip..skip + (end - offset) as usize))
+            }
+            Ok(bytes) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(ReadFailure(format!(
+                    "source returned {} bytes, expected {span}",
+                    bytes.len()
+                )))
+            }
+            Err(err) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                Err(ReadFailure(err.to_string()))
+            }
+        }
+    }
+
+    fn facts(&self) -> Vec<(String, String)> {
+        vec![
+            ("size".to_string(), self.source.size().to_string()),
+            (
+                "block-size".to_string(),
+                self.source.block_size().to_string(),
+            ),
+        ]
+    }
+
+    fn stats(&self) -> String {
+        format!(
+            "reads: {}\nbytes fetched: {}\nerrors: {}",
+            self.reads.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed)
+        )
+    }
+}
 
 fn patterned(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 % 251) as u8).collect()
@@ -134,18 +235,15 @@ fn opening_is_read_only_and_the_image_keeps_its_cache() {
 struct Broken;
 
 #[async_trait]
-impl BlockSource for Broken {
+impl Blocks for Broken {
     fn size(&self) -> u64 {
         1 << 20
     }
     fn block_size(&self) -> u32 {
         512
     }
-    fn identity(&self) -> SourceIdentity {
-        SourceIdentity::default()
-    }
     async fn read_at(&self, _offset: u64, _len: usize) -> Result<Bytes, SourceError> {
-        Err(SourceError::Unavailable("target unreachable".to_string()))
+        Err(SourceError::Network("target unreachable".to_string()))
     }
 }
 

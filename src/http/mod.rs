@@ -19,7 +19,7 @@ pub mod mirror;
 pub mod range;
 
 pub use client::WebOptions;
-pub use mirror::{Pieces, WebMirror};
+pub use mirror::{RangeBody, WebMirror};
 
 /// What a fault means for the mirror that caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,53 +1,52 @@
 //! The image core: byte ranges → chunks → cache hit or fetch → verification → [`Verified`] bytes.
 //!
-//! An [`Image`] is one published image: its mirrors (each a [`Mirror`] that yields a
-//! [`BlockSource`]), its manifest when it has one, and its cache [`Store`]. A read splits into
-//! chunks; hits are re-hashed from the store; misses coalesce into large READs that run
-//! concurrently, are verified chunk by chunk (a failing chunk is fetched again from the next
-//! mirror, then the read fails naming image and chunk), and are written to the store. Sequential
-//! reads grow a read-ahead window. Offline, or when no portal answers, only cached chunks read.
+//! An [`Image`] is one published image: its sources (each a [`BlockSource`], ranked by
+//! [`sources`]), its manifest when it has one, and its cache [`Store`]. A read splits into
+//! chunks; hits are checked from the store; misses coalesce into runs that go out concurrently,
+//! each verified chunk by chunk as it lands (a failing chunk is fetched again from another
+//! source, then the read fails naming image and chunk), and are written to the store.
+//! Sequential reads grow a read-ahead window. Offline, or when no source answers, only cached
+//! chunks read. No read waits longer than the image's read timeout.
 //!
-//! Nothing in this module speaks iSCSI: `remote` adapts [`crate::iscsi::IscsiLun`] to [`Mirror`].
+//! Nothing in this module speaks iSCSI: sources come from [`crate::source`].
 
 pub mod identity;
 mod open;
-mod remote;
+pub mod sources;
 mod writer;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::future::join_all;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::cache::{Cache, Geometry, Record, Store};
 use crate::manifest::{sha256, Hash, Manifest};
-use crate::source::{BlockSource, SourceError};
+use crate::source::BlockSource;
 
-pub use open::open;
+pub use open::{open, open_source};
+use sources::{FetchError, Lie, Run, Sources, Verify};
 
 /// Largest run of missing chunks fetched and verified as one: runs go out concurrently and each
 /// is verified as soon as its data is in, while the others are still on the wire.
 const MAX_RUN_BYTES: u64 = 256 << 10;
 /// Read-ahead grows to this many bytes past a sequential reader.
 const MAX_READAHEAD: u64 = 8 << 20;
+/// Read-ahead starts once this many bytes have been read back to back.
+const READAHEAD_AFTER: u64 = 256 << 10;
 /// Verified chunks kept in memory (read-ahead lands here first).
 const RECENT_BYTES: u64 = 32 << 20;
-/// How long to wait for a connection attempt to one portal.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// After every portal failed, how long reads go straight to "unavailable".
-const DOWN_PAUSE: Duration = Duration::from_secs(5);
-/// Rounds over all mirrors before a read gives up.
-const ROUNDS: u32 = 3;
+/// The longest a read may wait, unless the image is given another bound.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// Reads of the store while checking it for passthrough, in bytes (sequential, through the page
 /// cache, which the kernel's reads then find warm).
 const PASSTHROUGH_CHECK_READ: u64 = 8 << 20;
-/// Longest wait for another task's fetch of the same chunk.
-const INFLIGHT_WAIT: Duration = Duration::from_secs(120);
 
 /// Bytes that matched the manifest (or the hash recorded on first fetch). Only this module
 /// constructs it, so unverified bytes cannot reach a reader by accident.
@@ -93,6 +92,21 @@ pub enum ImageError {
         end: u64,
         reason: String,
     },
+    #[error("{image}: bytes {start}..{end} are not cached and {reason}")]
+    NoSource {
+        image: String,
+        start: u64,
+        end: u64,
+        reason: String,
+    },
+    #[error("{image}: bytes {start}..{end}: no answer within {secs} s{}", .reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    TimedOut {
+        image: String,
+        start: u64,
+        end: u64,
+        secs: u64,
+        reason: Option<String>,
+    },
 }
 
 impl ImageError {
@@ -102,36 +116,6 @@ impl ImageError {
     }
 }
 
-/// One way to reach the image: a portal of a mirror.
-#[async_trait]
-pub trait Mirror: Send + Sync {
-    /// "host:port" or another short description, for messages and `info/portal`.
-    fn describe(&self) -> String;
-    /// Connect (or reconnect). Called again after a failure.
-    async fn connect(&self) -> Result<Arc<dyn BlockSource>, SourceError>;
-    /// What the connected LUN says about itself (vendor, product, serial, block-size, …).
-    fn facts(&self) -> Vec<(String, String)> {
-        Vec::new()
-    }
-}
-
-/// A mirror that is an already-open source (a file, a test double, a LUN opened by URL).
-pub struct SourceMirror {
-    pub label: String,
-    pub source: Arc<dyn BlockSource>,
-}
-
-#[async_trait]
-impl Mirror for SourceMirror {
-    fn describe(&self) -> String {
-        self.label.clone()
-    }
-    async fn connect(&self) -> Result<Arc<dyn BlockSource>, SourceError> {
-        Ok(self.source.clone())
-    }
-}
-
-/// Everything needed to build an [`Image`].
 pub struct ImageSpec {
     pub name: String,
     pub size: u64,
@@ -142,8 +126,11 @@ pub struct ImageSpec {
     pub manifest_bytes: Option<Vec<u8>>,
     /// Cache identity (see [`crate::cache`]).
     pub identity: String,
-    pub mirrors: Vec<Box<dyn Mirror>>,
+    /// Where the bytes come from, in order of preference.
+    pub sources: Vec<Arc<dyn BlockSource>>,
     pub offline: bool,
+    /// The longest any read waits ([`DEFAULT_READ_TIMEOUT`] unless the user says otherwise).
+    pub read_timeout: Duration,
     /// Facts for `info/` (target, lun, vendor, …); size, manifest and portal are added.
     pub facts: Vec<(String, String)>,
     /// Serial the LUN must report (images with no manifest).
@@ -154,19 +141,14 @@ pub struct ImageSpec {
 struct Stats {
     hits: AtomicU64,
     misses: AtomicU64,
-    bytes_fetched: AtomicU64,
     errors: AtomicU64,
     verify_failures: AtomicU64,
 }
 
-struct Connections {
-    sources: Vec<Option<Arc<dyn BlockSource>>>,
-    down_until: Option<Instant>,
-    last_error: String,
-}
-
 struct Sequential {
     next: u64,
+    /// Bytes read back to back up to `next`.
+    streamed: u64,
     window: u64,
     ahead_until: u64,
 }
@@ -179,17 +161,15 @@ pub struct Image {
     geometry: Geometry,
     manifest: Option<Manifest>,
     manifest_pin: Option<String>,
-    mirrors: Vec<Box<dyn Mirror>>,
+    sources: Sources,
     offline: bool,
-    expect_serial: Option<String>,
+    read_timeout: Duration,
     facts: Vec<(String, String)>,
     store: Option<Arc<Store>>,
     caching: Arc<AtomicBool>,
     /// Why chunks are not being stored, when they are not.
     caching_off: Arc<Mutex<Option<String>>>,
     writer: Option<writer::Writer>,
-    conns: tokio::sync::Mutex<Connections>,
-    preferred: AtomicUsize,
     warned_unreachable: AtomicBool,
     /// Hashes first seen this session (images with no manifest and no store).
     first_seen: Mutex<HashMap<u64, Hash>>,
@@ -274,7 +254,7 @@ impl Image {
         });
         let recent_entries = (RECENT_BYTES / u64::from(spec.chunk_size)).max(4) as usize;
         let manifest_pin = spec.identity.strip_prefix("manifest:").map(str::to_string);
-        let sources = spec.mirrors.iter().map(|_| None).collect();
+        let sources = Sources::new(&spec.name, geometry, spec.expect_serial, spec.sources);
         Arc::new_cyclic(|me| Image {
             me: me.clone(),
             name: spec.name,
@@ -282,20 +262,14 @@ impl Image {
             geometry,
             manifest: spec.manifest,
             manifest_pin,
-            mirrors: spec.mirrors,
+            sources,
             offline: spec.offline,
-            expect_serial: spec.expect_serial,
+            read_timeout: spec.read_timeout,
             facts: spec.facts,
             caching,
             caching_off,
             writer,
             store,
-            conns: tokio::sync::Mutex::new(Connections {
-                sources,
-                down_until: None,
-                last_error: String::new(),
-            }),
-            preferred: AtomicUsize::new(0),
             warned_unreachable: AtomicBool::new(false),
             first_seen: Mutex::new(HashMap::new()),
             recent: Mutex::new(lru::LruCache::new(
@@ -304,6 +278,7 @@ impl Image {
             inflight: Mutex::new(HashMap::new()),
             sequential: Mutex::new(Sequential {
                 next: u64::MAX,
+                streamed: 0,
                 window: 0,
                 ahead_until: 0,
             }),
@@ -339,9 +314,10 @@ impl Image {
                 .unwrap_or_else(|| "none (chunk hashes recorded on first fetch)".into()),
         ));
         out.push(("portal".into(), self.current_portal()));
+        out.push(("source".into(), self.current_kind()));
         if !self.offline {
-            if let Some(m) = self.mirrors.get(self.preferred.load(Ordering::Relaxed)) {
-                for (k, v) in m.facts() {
+            if let Some(source) = self.sources.preferred() {
+                for (k, v) in source.facts() {
                     if !out.iter().any(|(have, _)| *have == k) {
                         out.push((k, v));
                     }
@@ -351,26 +327,37 @@ impl Image {
         out
     }
 
+    /// The kind of the source in use ("iscsi", "http"), "offline" or "none".
+    fn current_kind(&self) -> String {
+        if self.offline {
+            return "offline".into();
+        }
+        self.sources
+            .preferred()
+            .map_or_else(|| "none".into(), |s| s.kind().to_string())
+    }
+
     fn current_portal(&self) -> String {
         if self.offline {
             return "offline".into();
         }
-        self.mirrors
-            .get(self.preferred.load(Ordering::Relaxed))
-            .map_or_else(|| "none".into(), |m| m.describe())
+        self.sources
+            .preferred()
+            .map_or_else(|| "none".into(), |s| s.describe())
     }
 
     /// Counters for `info/stats`.
     pub fn stats(&self) -> String {
         let s = &self.stats;
         format!(
-            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\ncaching: {}\npassthrough: {}\n",
+            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nsource: {}\ncaching: {}\npassthrough: {}\n",
             s.hits.load(Ordering::Relaxed),
             s.misses.load(Ordering::Relaxed),
-            s.bytes_fetched.load(Ordering::Relaxed),
+            self.sources.bytes_fetched(),
             s.errors.load(Ordering::Relaxed),
             s.verify_failures.load(Ordering::Relaxed),
             self.current_portal(),
+            self.current_kind(),
             if self.caching.load(Ordering::Relaxed) { "on" } else { "off" },
             if self.pinned() { "on (the kernel reads the verified cache directly)" } else { "off" },
         )
@@ -419,6 +406,34 @@ impl Image {
             return Ok(Vec::new());
         }
         let end = offset.saturating_add(len as u64).min(self.size);
+        let deadline = Instant::now() + self.read_timeout;
+        let read = self.read_parts_by(offset, end, deadline);
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                Err(self.timed_out(offset, end, None))
+            }
+        }
+    }
+
+    fn timed_out(&self, start: u64, end: u64, reason: Option<String>) -> ImageError {
+        ImageError::TimedOut {
+            image: self.name.clone(),
+            start,
+            end,
+            secs: self.read_timeout.as_secs(),
+            reason,
+        }
+    }
+
+    /// [`Image::read_parts`] of `offset..end` (within the image), done by `deadline`.
+    async fn read_parts_by(
+        &self,
+        offset: u64,
+        end: u64,
+        deadline: Instant,
+    ) -> Result<Vec<Verified>, ImageError> {
         let cs = u64::from(self.geometry.chunk_size);
         let first = offset / cs;
         let last = (end - 1) / cs;
@@ -437,9 +452,12 @@ impl Image {
             .map(|(i, _)| i)
             .collect();
         if !missing.is_empty() {
-            let fetched = self.obtain(&missing, offset, end).await.inspect_err(|_| {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-            })?;
+            let fetched = self
+                .obtain(&missing, offset, end, deadline)
+                .await
+                .inspect_err(|_| {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                })?;
             for (i, bytes) in fetched {
                 parts[(i - first) as usize] = Some(bytes);
             }
@@ -484,7 +502,8 @@ impl Image {
         if missing.is_empty() {
             return Ok(0);
         }
-        let got = self.obtain(&missing, offset, end).await?;
+        let deadline = Instant::now() + self.read_timeout;
+        let got = self.obtain(&missing, offset, end, deadline).await?;
         Ok(got.iter().map(|(_, b)| b.len() as u64).sum())
     }
 
@@ -707,6 +726,7 @@ impl Image {
         chunks: &[u64],
         start: u64,
         end: u64,
+        deadline: Instant,
     ) -> Result<Vec<(u64, Bytes)>, ImageError> {
         let mut mine = Vec::new();
         let mut theirs = Vec::new();
@@ -731,19 +751,19 @@ impl Image {
         let mut out = if mine.is_empty() {
             Vec::new()
         } else {
-            self.fetch(&mine, start, end).await?
+            self.fetch(&mine, start, end, deadline).await?
         };
         drop(guard);
         let mut leftover = Vec::new();
         for (c, mut rx) in theirs {
-            let _ = tokio::time::timeout(INFLIGHT_WAIT, rx.changed()).await;
+            let _ = tokio::time::timeout_at(deadline, rx.changed()).await;
             match self.lookup(c) {
                 Some(b) => out.push((c, b)),
                 None => leftover.push(c),
             }
         }
         if !leftover.is_empty() {
-            out.extend(self.fetch(&leftover, start, end).await?);
+            out.extend(self.fetch(&leftover, start, end, deadline).await?);
         }
         Ok(out)
     }
@@ -755,6 +775,7 @@ impl Image {
         chunks: &[u64],
         start: u64,
         end: u64,
+        deadline: Instant,
     ) -> Result<Vec<(u64, Bytes)>, ImageError> {
         if self.offline {
             return Err(ImageError::Offline {
@@ -769,7 +790,7 @@ impl Image {
             .fetch_add(chunks.len() as u64, Ordering::Relaxed);
         let results = join_all(
             runs.iter()
-                .map(|&(first, count)| self.fetch_run(first, count, start, end)),
+                .map(|&(first, count)| self.fetch_run(Run { first, count }, start, end, deadline)),
         )
         .await;
         let mut out = Vec::with_capacity(chunks.len());
@@ -815,56 +836,58 @@ impl Image {
         }
     }
 
-    /// Fetch `count` chunks from `first` with one READ, verify each, and fetch failing chunks
-    /// again from the other mirrors.
+    /// Fetch one run of chunks from the sources, each chunk verified as it lands.
     async fn fetch_run(
         &self,
-        first: u64,
-        count: u64,
+        run: Run,
         start: u64,
         end: u64,
+        deadline: Instant,
     ) -> Result<Vec<(u64, Bytes)>, ImageError> {
-        let cs = u64::from(self.geometry.chunk_size);
-        let offset = first * cs;
-        let len = ((first + count) * cs).min(self.size) - offset;
-        let (mirror, pieces) = self
-            .read_any(offset, len as usize, None, start, end)
-            .await?;
-        let lens = (first..first + count).map(|i| self.geometry.chunk_len(i));
-        let chunks = split(pieces, lens);
-        // Hashing runs on the blocking pool: a worker busy hashing would hold up the session's
-        // own task (Data-In waiting in the socket) until it yields.
-        let to_hash = chunks.clone();
-        let hashes: Vec<Hash> =
-            tokio::task::spawn_blocking(move || to_hash.iter().map(|b| sha256(b)).collect())
-                .await
-                .unwrap_or_default();
-        let mut out = Vec::with_capacity(count as usize);
-        if hashes.len() != chunks.len() {
-            return Err(ImageError::Unavailable {
-                image: self.name.clone(),
+        let fetched = self
+            .sources
+            .fetch(run, self, deadline)
+            .await
+            .map_err(|e| self.fetch_error(e, start, end))?;
+        Ok(fetched
+            .into_iter()
+            .map(|(i, verified)| {
+                self.mark_verified(i);
+                (i, verified.into_bytes())
+            })
+            .collect())
+    }
+
+    fn fetch_error(&self, err: FetchError, start: u64, end: u64) -> ImageError {
+        let image = self.name.clone();
+        match err {
+            FetchError::Lie { chunk, detail } => ImageError::Verification {
+                image,
                 start,
                 end,
-                reason: "hashing was cancelled".into(),
-            });
+                chunk,
+                detail,
+            },
+            FetchError::Unavailable(reason) | FetchError::OutOfRange(reason) => {
+                ImageError::Unavailable {
+                    image,
+                    start,
+                    end,
+                    reason,
+                }
+            }
+            FetchError::Dropped(reason) => ImageError::NoSource {
+                image,
+                start,
+                end,
+                reason,
+            },
+            FetchError::TimedOut(reason) => self.timed_out(start, end, Some(reason)),
         }
-        for ((i, chunk), actual) in (first..).zip(chunks).zip(hashes) {
-            let chunk = match self.check_hash(i, actual) {
-                Ok(()) => chunk,
-                Err(detail) => self.refetch(i, mirror, detail, start, end).await?,
-            };
-            self.mark_verified(i);
-            out.push((i, chunk));
-        }
-        Ok(out)
     }
 
-    /// Verify chunk `index` (recording its hash on first sight when there is no manifest).
-    fn check(&self, index: u64, bytes: &Bytes) -> Result<(), String> {
-        self.check_hash(index, sha256(bytes))
-    }
-
-    /// [`Image::check`] given the chunk's sha256.
+    /// Verify chunk `index` given its sha256 (recording it on first sight when there is no
+    /// manifest).
     fn check_hash(&self, index: u64, actual: Hash) -> Result<(), String> {
         match self.expected_hash(index) {
             Some(expected) if expected == actual => Ok(()),
@@ -886,199 +909,23 @@ impl Image {
         }
     }
 
-    /// A chunk failed verification from `failed_mirror`: try every other mirror, then that one
-    /// once more; then give up naming the chunk.
-    async fn refetch(
-        &self,
-        index: u64,
-        failed_mirror: usize,
-        mut detail: String,
-        start: u64,
-        end: u64,
-    ) -> Result<Bytes, ImageError> {
-        let n = self.mirrors.len();
-        let cs = u64::from(self.geometry.chunk_size);
-        for step in 1..=n {
-            let mirror = (failed_mirror + step) % n;
-            let from = self.mirrors[mirror].describe();
-            match self
-                .read_any(
-                    index * cs,
-                    self.geometry.chunk_len(index),
-                    Some(mirror),
-                    start,
-                    end,
-                )
-                .await
-            {
-                Ok((_, pieces)) => {
-                    let data = split(pieces, [self.geometry.chunk_len(index)])
-                        .pop()
-                        .unwrap_or_default();
-                    match self.check(index, &data) {
-                        Ok(()) => return Ok(data),
-                        Err(d) => detail = format!("{d} from {from}"),
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!("{}: refetch of chunk {index} from {from}: {e}", self.name)
-                }
-            }
-        }
-        Err(ImageError::Verification {
-            image: self.name.clone(),
-            start,
-            end,
-            chunk: index,
-            detail,
-        })
-    }
-
-    /// Read from the preferred mirror (or `only`), failing over in order with backoff.
-    async fn read_any(
-        &self,
-        offset: u64,
-        len: usize,
-        only: Option<usize>,
-        start: u64,
-        end: u64,
-    ) -> Result<(usize, Vec<Bytes>), ImageError> {
-        let n = self.mirrors.len();
-        let unavailable = |reason: String| ImageError::Unavailable {
-            image: self.name.clone(),
-            start,
-            end,
-            reason,
-        };
-        if n == 0 {
-            return Err(unavailable("the image has no portals".into()));
-        }
-        let attempts = match only {
-            Some(_) => 1,
-            None => n as u32 * ROUNDS,
-        };
-        let mut last_error = String::new();
-        for attempt in 0..attempts {
-            let mirror = only
-                .unwrap_or_else(|| (self.preferred.load(Ordering::Relaxed) + attempt as usize) % n);
-            if only.is_none() && attempt > 0 && attempt % n as u32 == 0 {
-                tokio::time::sleep(Duration::from_millis(200 << (attempt / n as u32))).await;
-            }
-            let source = match self.source(mirror, only.is_some()).await {
-                Ok(s) => s,
-                Err(e) => {
-                    last_error = e;
-                    if only.is_none() && self.is_down().await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            match source.read_pieces(offset, len).await {
-                Ok(data) if data.iter().map(Bytes::len).sum::<usize>() == len => {
-                    self.preferred.store(mirror, Ordering::Relaxed);
-                    self.stats
-                        .bytes_fetched
-                        .fetch_add(len as u64, Ordering::Relaxed);
-                    return Ok((mirror, data));
-                }
-                Ok(data) => {
-                    last_error = format!(
-                        "{}: short read ({} of {len} bytes)",
-                        self.mirrors[mirror].describe(),
-                        data.iter().map(Bytes::len).sum::<usize>()
-                    );
-                }
-                Err(e) => {
-                    last_error = format!("{}: {e}", self.mirrors[mirror].describe());
-                    if matches!(e, SourceError::OutOfRange(_)) {
-                        return Err(unavailable(last_error));
-                    }
-                    self.conns.lock().await.sources[mirror] = None;
-                }
-            }
-        }
-        self.note_down(&last_error).await;
-        Err(unavailable(last_error))
-    }
-
-    async fn is_down(&self) -> bool {
-        let c = self.conns.lock().await;
-        c.down_until.is_some_and(|t| Instant::now() < t)
-    }
-
-    async fn note_down(&self, reason: &str) {
-        let mut c = self.conns.lock().await;
-        if c.sources.iter().all(Option::is_none) {
-            c.down_until = Some(Instant::now() + DOWN_PAUSE);
-            c.last_error = reason.to_string();
-        }
-    }
-
-    /// The connected source of `mirror`, connecting when needed. While every portal is known
-    /// to be down, fails at once unless `force`.
-    async fn source(&self, mirror: usize, force: bool) -> Result<Arc<dyn BlockSource>, String> {
-        let mut c = self.conns.lock().await;
-        if let Some(s) = &c.sources[mirror] {
-            return Ok(s.clone());
-        }
-        if !force && c.down_until.is_some_and(|t| Instant::now() < t) {
-            return Err(c.last_error.clone());
-        }
-        let m = &self.mirrors[mirror];
-        let source = match tokio::time::timeout(CONNECT_TIMEOUT, m.connect()).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) if e.to_string().contains(&m.describe()) => return Err(e.to_string()),
-            Ok(Err(e)) => return Err(format!("{}: {e}", m.describe())),
-            Err(_) => return Err(format!("{}: connect timed out", m.describe())),
-        };
-        if source.size() != self.size {
-            return Err(format!(
-                "{}: LUN is {} bytes, the image is {} bytes; refusing it",
-                m.describe(),
-                source.size(),
-                self.size
-            ));
-        }
-        if let Some(serial) = &self.expect_serial {
-            if source.identity().serial.as_ref() != Some(serial) {
-                return Err(format!(
-                    "{}: LUN serial differs from the one cached; refusing it",
-                    m.describe()
-                ));
-            }
-        }
-        c.sources[mirror] = Some(source.clone());
-        c.down_until = None;
-        Ok(source)
-    }
-
-    /// Try to connect to a mirror now (for `open`): a one-line warning when none answers.
+    /// Try to connect to a source now (for `open`): a one-line warning when none answers.
     pub async fn connect_now(&self) -> bool {
         if self.offline {
             return false;
         }
-        let n = self.mirrors.len();
-        let mut errors = Vec::new();
-        for step in 0..n {
-            let mirror = (self.preferred.load(Ordering::Relaxed) + step) % n;
-            match self.source(mirror, true).await {
-                Ok(_) => {
-                    self.preferred.store(mirror, Ordering::Relaxed);
-                    return true;
+        match self.sources.connect_any().await {
+            Ok(()) => true,
+            Err(errors) => {
+                if !self.warned_unreachable.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "{}: no portal reachable ({errors}); serving cached chunks only",
+                        self.name
+                    );
                 }
-                Err(e) => errors.push(e),
+                false
             }
         }
-        if !self.warned_unreachable.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "{}: no portal reachable ({}); serving cached chunks only",
-                self.name,
-                errors.join("; ")
-            );
-        }
-        self.note_down(&errors.join("; ")).await;
-        false
     }
 
     /// Detect sequential reading and keep a growing window of chunks fetched ahead.
@@ -1090,7 +937,15 @@ impl Image {
             let mut s = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
             let sequential = offset == s.next;
             s.next = end;
-            if !sequential {
+            s.streamed = if sequential {
+                s.streamed + (end - offset)
+            } else {
+                end - offset
+            };
+            // A few small reads that happen to follow each other (an ISO's directories, read
+            // one after another) are not a stream: reading ahead of them would cost a small
+            // file half a MiB on the wire.
+            if !sequential || s.streamed < READAHEAD_AFTER {
                 s.window = 0;
                 s.ahead_until = end;
                 return;
@@ -1121,7 +976,8 @@ impl Image {
                 .filter(|&i| me.lookup_quiet(i))
                 .collect();
             if !missing.is_empty() {
-                if let Err(e) = me.obtain(&missing, from, to).await {
+                let deadline = Instant::now() + me.read_timeout;
+                if let Err(e) = me.obtain(&missing, from, to, deadline).await {
                     tracing::debug!("read-ahead: {e}");
                 }
             }
@@ -1146,35 +1002,35 @@ impl Image {
     }
 }
 
-/// Cut consecutive `pieces` into consecutive parts of the given lengths: slices of a piece where
-/// a part lies within one, a copy only where a part straddles two. Parts the pieces do not cover
-/// come out short (the caller's verification rejects them).
-fn split(pieces: Vec<Bytes>, lens: impl IntoIterator<Item = usize>) -> Vec<Bytes> {
-    let mut pieces = pieces.into_iter().filter(|p| !p.is_empty());
-    let mut current = pieces.next().unwrap_or_default();
-    let mut out = Vec::new();
-    for len in lens {
-        if current.len() >= len {
-            out.push(current.split_to(len));
-        } else {
-            let mut joined = BytesMut::with_capacity(len);
-            while joined.len() < len {
-                if current.is_empty() {
-                    match pieces.next() {
-                        Some(p) => current = p,
-                        None => break,
-                    }
+#[async_trait]
+impl Verify for Image {
+    /// Hashing runs on the blocking pool: a worker busy hashing would hold up a session's own
+    /// task (Data-In waiting in the socket) until it yields.
+    async fn verify(&self, chunks: Vec<(u64, Bytes)>) -> Result<Vec<(u64, Verified)>, Lie> {
+        let to_hash: Vec<Bytes> = chunks.iter().map(|(_, b)| b.clone()).collect();
+        let hashes: Vec<Hash> =
+            tokio::task::spawn_blocking(move || to_hash.iter().map(|b| sha256(b)).collect())
+                .await
+                .unwrap_or_default();
+        let mut verified = Vec::with_capacity(chunks.len());
+        for (k, (i, bytes)) in chunks.into_iter().enumerate() {
+            let checked = match hashes.get(k) {
+                Some(actual) => self.check_hash(i, *actual),
+                None => Err("hashing was cancelled".to_string()),
+            };
+            match checked {
+                Ok(()) => verified.push((i, Verified(bytes))),
+                Err(detail) => {
+                    return Err(Lie {
+                        verified,
+                        chunk: i,
+                        detail,
+                    })
                 }
-                let take = current.len().min(len - joined.len());
-                joined.extend_from_slice(&current.split_to(take));
             }
-            out.push(joined.freeze());
         }
-        if current.is_empty() {
-            current = pieces.next().unwrap_or_default();
-        }
+        Ok(verified)
     }
-    out
 }
 
 #[cfg(test)]

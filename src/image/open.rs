@@ -5,13 +5,15 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
-use super::remote::{self, IscsiMirror};
-use super::{Image, ImageSpec, Mirror};
+use super::sources::CONNECT_TIMEOUT;
+use super::{Image, ImageSpec};
 use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestRef};
 use crate::cli::GlobalOpts;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
-use crate::source::SourceIdentity;
+use crate::source::http::WebClient;
+use crate::source::iscsi::{self, IscsiSource};
+use crate::source::{BlockSource, SourceIdentity};
 
 use super::identity::{lun_identity, offline_lun_identity, serial_of};
 
@@ -23,8 +25,9 @@ pub async fn open(global: &GlobalOpts, name_or_url: &str) -> anyhow::Result<Arc<
         global.cache_dir.as_deref(),
         global.cache_size.as_deref(),
     )?);
+    let read_timeout = global.read_timeout();
     if name_or_url.starts_with("iscsi://") {
-        return open_url(global.offline, cache, name_or_url).await;
+        return open_url(global.offline, read_timeout, cache, name_or_url).await;
     }
     let catalogs = global.catalogs.clone();
     let root = cache.root().to_path_buf();
@@ -34,7 +37,7 @@ pub async fn open(global: &GlobalOpts, name_or_url: &str) -> anyhow::Result<Arc<
             .await
             .context("while loading catalogs")??;
     let entry = catalog.find(name_or_url)?.clone();
-    open_entry(offline, cache, entry).await
+    open_entry(offline, read_timeout, cache, entry).await
 }
 
 /// Read, check against its pin, and keep the manifest of an entry. A copy kept with the cache
@@ -58,7 +61,12 @@ fn load_manifest(
     pinned(bytes).with_context(|| format!("manifest of `{}` refused", entry.name))
 }
 
-async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::Result<Arc<Image>> {
+async fn open_entry(
+    offline: bool,
+    read_timeout: std::time::Duration,
+    cache: Arc<Cache>,
+    entry: Entry,
+) -> anyhow::Result<Arc<Image>> {
     let manifest = match &entry.manifest {
         Some(mref) => {
             let (c, e, m) = (cache.clone(), entry.clone(), mref.clone());
@@ -71,20 +79,29 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
         }
         None => None,
     };
-    let mut mirrors: Vec<Box<dyn Mirror>> = Vec::new();
+    let mut sources: Vec<Arc<dyn BlockSource>> = Vec::new();
     let mut facts = Vec::new();
     if let Some(iscsi) = &entry.iscsi {
-        mirrors.extend(iscsi.portals.iter().map(|p| {
-            Box::new(IscsiMirror::new(
+        sources.extend(iscsi.portals.iter().map(|p| {
+            Arc::new(IscsiSource::new(
                 p,
                 &iscsi.target,
                 iscsi.lun,
                 iscsi.chap.clone(),
                 iscsi.digest,
-            )) as Box<dyn Mirror>
+            )) as Arc<dyn BlockSource>
         }));
         facts.push(("target".to_string(), iscsi.target.clone()));
         facts.push(("lun".to_string(), iscsi.lun.to_string()));
+    }
+    if !entry.urls.is_empty() {
+        let web = WebClient::from_env().context("while setting up web mirrors")?;
+        for url in &entry.urls {
+            let source = web
+                .source(url, entry.size)
+                .with_context(|| format!("web mirror of `{}`", entry.name))?;
+            sources.push(Arc::new(source));
+        }
     }
     if let Some(d) = &entry.description {
         facts.push(("description".into(), d.clone()));
@@ -97,8 +114,9 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
             manifest: Some(manifest),
             manifest_bytes: Some(bytes),
             identity: format!("manifest:{pin}"),
-            mirrors,
+            sources,
             offline,
+            read_timeout,
             facts,
             expect_serial: None,
         },
@@ -111,7 +129,7 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
             let identity = if offline {
                 offline_lun_identity(&cache, target, lun, Some(entry.size))
             } else {
-                match probe(&mirrors).await {
+                match probe(&sources).await {
                     Some(id) => Some(lun_identity(target, lun, &id)),
                     None => offline_lun_identity(&cache, target, lun, Some(entry.size)),
                 }
@@ -126,8 +144,9 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
                 manifest_bytes: None,
                 expect_serial: serial_of(&identity),
                 identity,
-                mirrors,
+                sources,
                 offline,
+                read_timeout,
                 facts,
             }
         }
@@ -135,13 +154,13 @@ async fn open_entry(offline: bool, cache: Arc<Cache>, entry: Entry) -> anyhow::R
     finish(spec, cache).await
 }
 
-/// The identity of the first mirror that answers.
-async fn probe(mirrors: &[Box<dyn Mirror>]) -> Option<SourceIdentity> {
-    for m in mirrors {
-        match tokio::time::timeout(super::CONNECT_TIMEOUT, m.connect()).await {
-            Ok(Ok(source)) => return Some(source.identity()),
-            Ok(Err(e)) => tracing::debug!("{}: {e}", m.describe()),
-            Err(_) => tracing::debug!("{}: connect timed out", m.describe()),
+/// The identity of the first source that answers.
+async fn probe(sources: &[Arc<dyn BlockSource>]) -> Option<SourceIdentity> {
+    for source in sources {
+        match tokio::time::timeout(CONNECT_TIMEOUT, source.open()).await {
+            Ok(Ok(id)) => return Some(id),
+            Ok(Err(e)) => tracing::debug!("{}: {e}", source.describe()),
+            Err(_) => tracing::debug!("{}: connect timed out", source.describe()),
         }
     }
     None
@@ -158,17 +177,25 @@ async fn finish(spec: ImageSpec, cache: Arc<Cache>) -> anyhow::Result<Arc<Image>
     Ok(image)
 }
 
-async fn open_url(offline: bool, cache: Arc<Cache>, url: &str) -> anyhow::Result<Arc<Image>> {
-    let parsed = remote::parse_url(url)?;
-    let label = remote::url_label(&parsed);
-    let (mirror, identity) = if offline {
-        let identity = offline_lun_identity(&cache, &parsed.target, parsed.lun, None)
-            .with_context(|| format!("{label} is not in the cache (offline)"))?;
-        (IscsiMirror::from_url(&parsed), identity)
+async fn open_url(
+    offline: bool,
+    read_timeout: std::time::Duration,
+    cache: Arc<Cache>,
+    url: &str,
+) -> anyhow::Result<Arc<Image>> {
+    let parsed = iscsi::parse_url(url)?;
+    let label = iscsi::url_label(&parsed);
+    let source = IscsiSource::from_url(&parsed);
+    let identity = if offline {
+        offline_lun_identity(&cache, &parsed.target, parsed.lun, None)
+            .with_context(|| format!("{label} is not in the cache (offline)"))?
     } else {
-        let (mirror, id) = IscsiMirror::connect_url(&parsed).await?;
-        let identity = lun_identity(&parsed.target, parsed.lun, &id);
-        (mirror, identity)
+        // The LUN's identity keys the cache, so it is needed before the store is chosen.
+        let id = source
+            .open()
+            .await
+            .with_context(|| format!("while connecting to {label}"))?;
+        lun_identity(&parsed.target, parsed.lun, &id)
     };
     let size: u64 = identity
         .split(' ')
@@ -183,12 +210,41 @@ async fn open_url(offline: bool, cache: Arc<Cache>, url: &str) -> anyhow::Result
         manifest_bytes: None,
         expect_serial: serial_of(&identity),
         identity,
-        mirrors: vec![Box::new(mirror)],
+        sources: vec![Arc::new(source)],
         offline,
+        read_timeout,
         facts: vec![
             ("target".into(), parsed.target.clone()),
             ("lun".into(), parsed.lun.to_string()),
         ],
     };
     finish(spec, cache).await
+}
+
+/// An image read from one source with no manifest and no cache (a local file for the mount's
+/// `--local-file` test hook, the demo's LUN): chunk hashes are recorded on first read, as for a
+/// LUN reached by URL.
+pub async fn open_source(
+    name: &str,
+    source: Arc<dyn BlockSource>,
+    read_timeout: std::time::Duration,
+) -> anyhow::Result<Arc<Image>> {
+    let id = source
+        .open()
+        .await
+        .with_context(|| format!("while opening {}", source.describe()))?;
+    let spec = ImageSpec {
+        name: name.to_string(),
+        size: id.size,
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        manifest: None,
+        manifest_bytes: None,
+        identity: format!("{}:{}", source.kind(), source.describe()),
+        sources: vec![source],
+        offline: false,
+        read_timeout,
+        facts: Vec::new(),
+        expect_serial: None,
+    };
+    Ok(Image::new(spec, None))
 }

@@ -2,8 +2,10 @@
 
 use std::sync::atomic::AtomicU32;
 
+use futures_util::StreamExt;
+
 use super::*;
-use crate::source::SourceIdentity;
+use crate::source::{Pieces, SourceError, SourceIdentity};
 
 /// A source over bytes in memory that counts reads and can fail or lie.
 struct FaultySource {
@@ -12,8 +14,9 @@ struct FaultySource {
     fail_next: AtomicU32,
     /// Flip a bit in every byte range that overlaps this offset.
     corrupt_at: Mutex<Option<u64>>,
-    /// Answer `read_pieces` in pieces of this many bytes (as a LUN does, one per command).
+    /// Answer reads in pieces of this many bytes (as a LUN does, one per command).
     piece: Option<usize>,
+    label: String,
 }
 
 impl FaultySource {
@@ -24,6 +27,7 @@ impl FaultySource {
             fail_next: AtomicU32::new(0),
             corrupt_at: Mutex::new(None),
             piece: None,
+            label: "a".into(),
         })
     }
     fn in_pieces(data: Vec<u8>, piece: usize) -> Arc<FaultySource> {
@@ -37,30 +41,45 @@ impl FaultySource {
     }
 }
 
+/// `source` named `label` (in messages and `info/portal`).
+fn mirror(label: &str, source: &Arc<FaultySource>) -> Arc<dyn BlockSource> {
+    Arc::new(Named {
+        label: label.into(),
+        source: source.clone(),
+    })
+}
+
+/// A source under another name.
+struct Named {
+    label: String,
+    source: Arc<FaultySource>,
+}
+
 #[async_trait]
-impl BlockSource for FaultySource {
-    fn size(&self) -> u64 {
-        self.data.len() as u64
+impl BlockSource for Named {
+    fn kind(&self) -> &'static str {
+        "memory"
     }
-    fn block_size(&self) -> u32 {
-        512
+    fn describe(&self) -> String {
+        self.label.clone()
     }
-    fn identity(&self) -> SourceIdentity {
-        SourceIdentity {
-            size: self.size(),
-            block_size: 512,
-            serial: Some("SERIAL1".into()),
-            device_id: None,
-        }
+    async fn open(&self) -> Result<SourceIdentity, SourceError> {
+        self.source.open().await
     }
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
+    fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
+        self.source.read(offset, len)
+    }
+}
+
+impl FaultySource {
+    fn read_now(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
         self.reads.fetch_add(1, Ordering::SeqCst);
         if self
             .fail_next
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok()
         {
-            return Err(SourceError::Unavailable("injected failure".into()));
+            return Err(SourceError::Network("injected failure".into()));
         }
         let end = offset as usize + len;
         if end > self.data.len() {
@@ -72,10 +91,7 @@ impl BlockSource for FaultySource {
                 out[(at - offset) as usize] ^= 0x01;
             }
         }
-        Ok(Bytes::from(out))
-    }
-    async fn read_pieces(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
-        let all = self.read_at(offset, len).await?;
+        let all = Bytes::from(out);
         let Some(piece) = self.piece else {
             return Ok(vec![all]);
         };
@@ -86,15 +102,49 @@ impl BlockSource for FaultySource {
     }
 }
 
-struct DeadMirror;
+#[async_trait]
+impl BlockSource for FaultySource {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+    fn describe(&self) -> String {
+        self.label.clone()
+    }
+    async fn open(&self) -> Result<SourceIdentity, SourceError> {
+        Ok(SourceIdentity {
+            size: self.data.len() as u64,
+            block_size: 512,
+            serial: Some("SERIAL1".into()),
+            device_id: None,
+        })
+    }
+    fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
+        let pieces = self.read_now(offset, len);
+        let stream = match pieces {
+            Ok(pieces) => futures_util::stream::iter(pieces.into_iter().map(Ok)).boxed(),
+            Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
+        };
+        stream
+    }
+}
+
+/// A portal that refuses every connection.
+struct DeadSource;
 
 #[async_trait]
-impl Mirror for DeadMirror {
+impl BlockSource for DeadSource {
+    fn kind(&self) -> &'static str {
+        "iscsi"
+    }
     fn describe(&self) -> String {
         "127.0.0.1:1".into()
     }
-    async fn connect(&self) -> Result<Arc<dyn BlockSource>, SourceError> {
-        Err(SourceError::Unavailable("connection refused".into()))
+    async fn open(&self) -> Result<SourceIdentity, SourceError> {
+        Err(SourceError::Network("connection refused".into()))
+    }
+    fn read(&self, _offset: u64, _len: usize) -> Pieces<'_> {
+        futures_util::stream::once(async { Err(SourceError::Network("connection refused".into())) })
+            .boxed()
     }
 }
 
@@ -112,17 +162,10 @@ fn data(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-fn mirror(label: &str, source: &Arc<FaultySource>) -> Box<dyn Mirror> {
-    Box::new(SourceMirror {
-        label: label.into(),
-        source: source.clone(),
-    })
-}
-
 fn spec(
     bytes: &[u8],
     with_manifest: bool,
-    mirrors: Vec<Box<dyn Mirror>>,
+    sources: Vec<Arc<dyn BlockSource>>,
     offline: bool,
 ) -> ImageSpec {
     let manifest = Manifest::build(bytes, CHUNK).unwrap();
@@ -138,8 +181,9 @@ fn spec(
         manifest_bytes: with_manifest.then(|| manifest.to_bytes()),
         manifest: with_manifest.then_some(manifest),
         identity,
-        mirrors,
+        sources,
         offline,
+        read_timeout: DEFAULT_READ_TIMEOUT,
         facts: vec![("target".into(), "iqn.test".into())],
         expect_serial: None,
     }
@@ -302,7 +346,7 @@ async fn dead_first_mirror_and_transient_errors_are_survived() {
         spec(
             &bytes,
             true,
-            vec![Box::new(DeadMirror), mirror("b", &src)],
+            vec![Arc::new(DeadSource), mirror("b", &src)],
             false,
         ),
         None,
@@ -311,10 +355,10 @@ async fn dead_first_mirror_and_transient_errors_are_survived() {
     assert!(image.stats().contains("portal: b"), "{}", image.stats());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn all_mirrors_dead_fails_and_warns_once() {
     let bytes = data(200_000, 7);
-    let image = Image::new(spec(&bytes, true, vec![Box::new(DeadMirror)], false), None);
+    let image = Image::new(spec(&bytes, true, vec![Arc::new(DeadSource)], false), None);
     assert!(!image.connect_now().await);
     let started = Instant::now();
     let err = image.read(0, 10).await.unwrap_err().to_string();
@@ -392,25 +436,6 @@ async fn facts_and_stats_describe_the_image() {
     let stats = image.stats();
     assert!(stats.contains("misses: 1\n"), "{stats}");
     assert!(stats.contains("bytes fetched: 10000\n"), "{stats}");
-}
-
-#[test]
-fn split_slices_pieces_and_copies_only_what_straddles() {
-    let whole = Bytes::from(data(1000, 9));
-    let pieces = vec![
-        whole.slice(0..300),
-        whole.slice(300..300),
-        whole.slice(300..1000),
-    ];
-    let parts = split(pieces, [100, 100, 100, 250, 450]);
-    let lens: Vec<usize> = parts.iter().map(Bytes::len).collect();
-    assert_eq!(lens, [100, 100, 100, 250, 450]);
-    assert_eq!(parts.concat(), &whole[..]);
-    // Slices share the pieces' memory; only a part spanning two pieces would be a copy.
-    assert_eq!(parts[1].as_ptr(), whole[100..].as_ptr());
-    assert_eq!(parts[4].as_ptr(), whole[550..].as_ptr());
-    let short = split(vec![whole.slice(0..150)], [100, 100]);
-    assert_eq!(short[1].len(), 50, "what the pieces lack comes out short");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

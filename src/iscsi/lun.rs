@@ -22,7 +22,6 @@ use super::session::{
 use super::text::Params;
 use super::IscsiError;
 use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
-use crate::source::{BlockSource, SourceError, SourceIdentity};
 
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
@@ -629,25 +628,37 @@ impl IscsiLun {
         Ok(pieces)
     }
 
-    /// The pieces of `len` bytes at `offset` (whole blocks read, then cut).
-    async fn read_range(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.info.capacity
+    }
+
+    /// The logical block size in bytes.
+    pub fn block_size(&self) -> u32 {
+        self.info.block_size
+    }
+
+    /// Any byte range within the LUN as one buffer; unaligned ranges are read as whole blocks
+    /// and cut.
+    pub async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, IscsiError> {
+        Ok(crate::iobuf::join(self.read_range(offset, len).await?))
+    }
+
+    /// The pieces of `len` bytes at `offset` (whole blocks read, then cut), one per command.
+    pub async fn read_range(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, IscsiError> {
         let size = self.info.capacity;
-        let end = offset
+        offset
             .checked_add(len as u64)
             .filter(|&e| e <= size)
-            .ok_or_else(|| {
-                SourceError::OutOfRange(format!("read of {len} bytes at {offset} past end {size}"))
-            })?;
+            .ok_or(IscsiError::OutOfRange)?;
         if len == 0 {
             return Ok(Vec::new());
         }
+        let end = offset + len as u64;
         let bs = u64::from(self.info.block_size);
         let first = offset / bs;
         let last = end.div_ceil(bs);
-        let mut pieces = self
-            .read_blocks(first, last - first)
-            .await
-            .map_err(|e| e.to_source_error())?;
+        let mut pieces = self.read_blocks(first, last - first).await?;
         let mut skip = (offset - first * bs) as usize;
         let mut left = len;
         for piece in &mut pieces {
@@ -658,34 +669,5 @@ impl IscsiLun {
         }
         pieces.retain(|p| !p.is_empty());
         Ok(pieces)
-    }
-}
-
-#[async_trait]
-impl BlockSource for IscsiLun {
-    fn size(&self) -> u64 {
-        self.info.capacity
-    }
-
-    fn block_size(&self) -> u32 {
-        self.info.block_size
-    }
-
-    fn identity(&self) -> SourceIdentity {
-        SourceIdentity {
-            size: self.info.capacity,
-            block_size: self.info.block_size,
-            serial: self.info.serial.clone(),
-            device_id: self.info.device_id.clone(),
-        }
-    }
-
-    /// Any byte range within the LUN; unaligned ranges are read as whole blocks and cut.
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        Ok(crate::iobuf::join(self.read_range(offset, len).await?))
-    }
-
-    async fn read_pieces(&self, offset: u64, len: usize) -> Result<Vec<Bytes>, SourceError> {
-        self.read_range(offset, len).await
     }
 }

@@ -4,13 +4,16 @@
 //! - [`reader`]: the one PDU read loop, shared with the target.
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
 //! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
-//! - [`lun`]: a LUN as a [`crate::source::BlockSource`]; [`discovery`]: SendTargets.
+//! - [`lun`]: one LUN: connect, probe, read, reconnect; [`discovery`]: SendTargets.
 //! - [`url`] parses `iscsi://user%secret@host:port/target/lun?digest=crc32c` (user, secret, port
 //!   and query optional).
 //!
 //! Header and data digests are offered as `None,CRC32C` (the target chooses); `?digest=crc32c`,
 //! a catalog's `digest = "crc32c"` or `ISOMOUNT_DIGEST=crc32c` prefer CRC32C, and `none` insists
 //! on no digests.
+//!
+//! Nothing here knows the image core: `crate::source::iscsi` adapts a LUN to the block-source
+//! seam and classifies its faults.
 
 pub mod digest;
 pub mod discovery;
@@ -28,7 +31,6 @@ pub use lun::{ConnectOptions, IscsiLun, LunInfo};
 pub use url::IscsiUrl;
 
 use crate::scsi::ScsiError;
-use crate::source::SourceError;
 
 /// Why an iSCSI operation failed. Messages never contain a secret.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,19 +61,6 @@ pub enum IscsiError {
     Closed,
     #[error(transparent)]
     Scsi(#[from] ScsiError),
-}
-
-impl IscsiError {
-    /// The same failure as the block-source seam sees it.
-    pub fn to_source_error(&self) -> SourceError {
-        match self {
-            Self::OutOfRange => SourceError::OutOfRange(self.to_string()),
-            Self::Connect { .. } | Self::GaveUp { .. } | Self::Closed | Self::Login { .. } => {
-                SourceError::Unavailable(self.to_string())
-            }
-            _ => SourceError::Io(self.to_string()),
-        }
-    }
 }
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::image::Image;
-use crate::source::{BlockSource, SourceError, SourceIdentity};
+use crate::source::{BlockSource, Pieces, SourceError, SourceIdentity};
 
 /// An [`Image`] as the block source of an exported LUN.
 pub struct ImageSource {
@@ -32,22 +32,8 @@ impl ImageSource {
     }
 }
 
-#[async_trait]
-impl BlockSource for ImageSource {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn identity(&self) -> SourceIdentity {
-        SourceIdentity {
-            size: self.image.size(),
-            block_size: self.block_size,
-            serial: self.serial(),
-            device_id: None,
-        }
-    }
+impl ImageSource {
+    /// `len` verified bytes at `offset`.
     async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
         let end = offset
             .checked_add(len as u64)
@@ -61,7 +47,7 @@ impl BlockSource for ImageSource {
             .image
             .read(offset, len)
             .await
-            .map_err(|e| SourceError::Unavailable(e.to_string()))?;
+            .map_err(|e| SourceError::Network(e.to_string()))?;
         if verified.len() as u64 != end - offset {
             return Err(SourceError::Io(format!(
                 "image core returned {} bytes for {len} at {offset}",
@@ -72,12 +58,33 @@ impl BlockSource for ImageSource {
     }
 }
 
+#[async_trait]
+impl BlockSource for ImageSource {
+    fn kind(&self) -> &'static str {
+        "image"
+    }
+    fn describe(&self) -> String {
+        self.image.name().to_string()
+    }
+    async fn open(&self) -> Result<SourceIdentity, SourceError> {
+        Ok(SourceIdentity {
+            size: self.image.size(),
+            block_size: self.block_size,
+            serial: self.serial(),
+            device_id: None,
+        })
+    }
+    fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
+        Box::pin(futures_util::stream::once(self.read_at(offset, len)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{ImageSpec, SourceMirror};
+    use crate::image::{ImageSpec, DEFAULT_READ_TIMEOUT};
     use crate::manifest::Manifest;
-    use crate::target::MemorySource;
+    use crate::source::{read_all, MemorySource};
 
     fn image(bytes: &'static [u8], corrupt_upstream: bool) -> Arc<Image> {
         let manifest = Manifest::build(bytes, 4096).unwrap();
@@ -94,11 +101,13 @@ mod tests {
                 manifest_bytes: Some(manifest.to_bytes()),
                 identity: format!("manifest:{}", manifest.pin()),
                 manifest: Some(manifest),
-                mirrors: vec![Box::new(SourceMirror {
-                    label: "upstream".into(),
-                    source: Arc::new(MemorySource::new(Bytes::from(upstream), 2048)),
-                })],
+                sources: vec![Arc::new(MemorySource::labelled(
+                    Bytes::from(upstream),
+                    2048,
+                    "upstream",
+                ))],
                 offline: false,
+                read_timeout: DEFAULT_READ_TIMEOUT,
                 facts: vec![("serial".into(), "up-1".into())],
                 expect_serial: None,
             },
@@ -110,16 +119,17 @@ mod tests {
     async fn serves_verified_bytes_of_the_upstream_image() {
         let sample = crate::commands::demo::SAMPLE_ISO;
         let source = ImageSource::new(image(sample, false), 2048);
-        assert_eq!(source.size(), sample.len() as u64);
-        assert_eq!(source.identity().serial.as_deref(), Some("up-1"));
-        let got = source.read_at(16 * 2048, 4096).await.unwrap();
+        let identity = source.open().await.unwrap();
+        assert_eq!(identity.size, sample.len() as u64);
+        assert_eq!(identity.serial.as_deref(), Some("up-1"));
+        let got = read_all(&source, 16 * 2048, 4096).await.unwrap();
         assert_eq!(&got[..], &sample[16 * 2048..18 * 2048]);
-        assert!(source.read_at(source.size(), 1).await.is_err());
+        assert!(read_all(&source, identity.size, 1).await.is_err());
     }
 
     #[tokio::test]
     async fn a_corrupt_upstream_is_an_error_never_wrong_bytes() {
         let source = ImageSource::new(image(crate::commands::demo::SAMPLE_ISO, true), 2048);
-        assert!(source.read_at(0, 2048).await.is_err());
+        assert!(read_all(&source, 0, 2048).await.is_err());
     }
 }

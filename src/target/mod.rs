@@ -15,11 +15,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
-use async_trait::async_trait;
-use bytes::Bytes;
-
 pub use crate::iscsi::Secret;
-use crate::source::{BlockSource, SourceError, SourceIdentity};
+use crate::source::BlockSource;
+/// Where `serve` and the demo keep image bytes (re-exported for their callers).
+pub use crate::source::MemorySource;
 
 pub mod config;
 pub mod login;
@@ -128,62 +127,5 @@ impl Server {
                 drop(permit);
             });
         }
-    }
-}
-
-/// An image held in memory (the demo's embedded sample, fuzzing) or mapped (`serve`'s files,
-/// see [`crate::source::map_file`]): a [`BlockSource`].
-pub struct MemorySource {
-    bytes: Bytes,
-    block_size: u32,
-}
-
-impl MemorySource {
-    pub fn new(bytes: Bytes, block_size: u32) -> MemorySource {
-        MemorySource { bytes, block_size }
-    }
-}
-
-#[async_trait]
-impl BlockSource for MemorySource {
-    fn size(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn identity(&self) -> SourceIdentity {
-        SourceIdentity {
-            size: self.size(),
-            block_size: self.block_size,
-            ..Default::default()
-        }
-    }
-    async fn read_at(&self, offset: u64, len: usize) -> Result<Bytes, SourceError> {
-        let range = usize::try_from(offset)
-            .ok()
-            .and_then(|start| Some(start..start.checked_add(len)?))
-            .filter(|r| r.end <= self.bytes.len())
-            .ok_or_else(|| {
-                SourceError::OutOfRange(format!(
-                    "read of {len} bytes at {offset} past the end ({})",
-                    self.bytes.len()
-                ))
-            })?;
-        Ok(self.bytes.slice(range))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn memory_source_reads_are_bounded() {
-        let source = MemorySource::new(Bytes::from_static(b"0123456789"), 2);
-        assert_eq!(&source.read_at(2, 3).await.unwrap()[..], b"234");
-        assert_eq!(source.read_at(10, 0).await.unwrap().len(), 0);
-        assert!(source.read_at(9, 2).await.is_err());
-        assert!(source.read_at(u64::MAX, 1).await.is_err());
     }
 }

@@ -779,10 +779,10 @@ async fn read_padded(
     offset: u64,
     len: usize,
 ) -> Result<Bytes, crate::source::SourceError> {
-    let size = target.source.size();
+    let size = target.lun.size();
     let available = size.saturating_sub(offset).min(len as u64) as usize;
     let data = if available > 0 {
-        target.source.read_at(offset, available).await?
+        crate::source::read_all(target.source.as_ref(), offset, available).await?
     } else {
         Bytes::new()
     };
