@@ -248,11 +248,11 @@ fn nginx_over_https_with_http2_serves_cat_fetch_files_and_a_mount() {
 fn a_mirror_that_ignores_range_is_passed_over_without_being_downloaded() {
     let image = Image::new("web_python");
     let python = PythonHttp::start("web_python", &image.www);
-    let to_python = FaultProxy::start(&format!("127.0.0.1:{}", python.port()), Faults::default());
     let nginx = Nginx::start("web_python", &image.www);
-    let python_url = format!("http://{}/image.iso", to_python.portal());
+    let python_url = python.url("image.iso");
 
-    // Alone, it cannot serve the image: a clear error, at once.
+    // Alone, it cannot serve the image: a clear error, at once. (That its 200 is dropped unread
+    // rather than downloaded is shown with a 1 GiB file in tests/web_client.rs.)
     let alone = image.publish("webcd", &[], &[&python_url]);
     let out = alone.run("alone", &["cat", "NAME"]);
     assert!(!out.status.success());
@@ -262,19 +262,15 @@ fn a_mirror_that_ignores_range_is_passed_over_without_being_downloaded() {
         "{}",
         text(&out.stderr)
     );
+    assert_eq!(python.requests().len(), 1, "{:?}", python.requests());
 
     // First in the list, before nginx: passed over, and nginx serves everything.
     let client = image.publish("webcd", &[], &[&python_url, &nginx.url("image.iso")]);
     every_way_byte_exact(&image, &client, "http");
-    let asked = python.requests().len() as u64;
-    assert!(asked >= 1, "python was never asked");
-    // Each process asks it once and drops the answer unread: far less than the image each time.
-    let size = image.bytes().len() as u64;
-    assert!(
-        to_python.bytes_to_client() < asked * size / 2,
-        "{} bytes from python for {asked} requests of a {size}-byte image",
-        to_python.bytes_to_client()
-    );
+    // Asked at most once by each of the processes that needed the network (cat, two fetches,
+    // the mount; an offline run asks nothing), and never again once it said 200.
+    let asked = python.requests().len();
+    assert!((2..=5).contains(&asked), "python was asked {asked} times");
     assert!(nginx.served().iter().all(|s| s.status == 206));
 }
 
