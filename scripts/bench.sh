@@ -130,7 +130,7 @@ dd_mibs() {
     awk -v b="$(stat -c %s "$1")" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
 }
 # mount_bench CACHE_DIR [CATALOG NAME]: the LUN's image by default, or a web mirror's.
-mount_bench() { "$BIN/isomount" --catalog "${2:-$WORK/catalog.toml}" --cache-dir "$1" "${3:-bench}" "$MNT"; }
+mount_bench() { "$BIN/isomount" --catalog "${2:-$WORK/catalog.toml}" --cache-dir "$1" mount "${3:-bench}" "$MNT"; }
 unmount_bench() { "$BIN/isomount" unmount "$MNT"; }
 # Cold: empty cache, empty page cache; every byte comes over iSCSI and is verified.
 measure_mount_cold() {

@@ -580,11 +580,15 @@ pub fn fetch_kept(url: &str, keep: Option<&Path>, offline: bool) -> Result<Vec<u
 
 fn download(url: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let client = reqwest::blocking::Client::builder()
+    let mut builder = reqwest::blocking::Client::builder()
         .https_only(true)
-        .timeout(DOWNLOAD_TIMEOUT)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .timeout(DOWNLOAD_TIMEOUT);
+    // The same extra roots as web mirrors (`ISOMOUNT_CA_FILE`).
+    let ca_file = crate::http::WebOptions::from_env().ca_file;
+    for cert in crate::http::client::extra_roots(ca_file.as_deref()).map_err(|e| e.to_string())? {
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = builder.build().map_err(|e| e.to_string())?;
     let response = client
         .get(url)
         .send()

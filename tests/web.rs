@@ -85,6 +85,7 @@ impl Image {
 
 /// Runs the binary against one catalog, with a fresh cache directory per label.
 struct Client {
+    /// A catalog file (or an https URL).
     catalog: PathBuf,
     dir: PathBuf,
     name: String,
@@ -235,13 +236,30 @@ fn nginx_over_https_with_http2_serves_cat_fetch_files_and_a_mount() {
         "{}",
         text(&untrusted.stderr)
     );
-    let client = client.with_env("ISOMOUNT_CA_FILE", &ca.ca_pem());
+    let mut client = client.with_env("ISOMOUNT_CA_FILE", &ca.ca_pem());
     every_way_byte_exact(&image, &client, "http");
     let served = nginx.served();
     assert!(!served.is_empty());
     assert!(served
         .iter()
         .all(|s| s.request.ends_with("HTTP/2.0") && s.status == 206));
+
+    let info = text(&client.ok("info", &["info", "NAME"]).stdout);
+    for line in ["source", "http-version", "etag", "last-modified"] {
+        assert!(info.lines().any(|l| l.starts_with(line)), "{line}: {info}");
+    }
+    assert!(info.contains("HTTP/2.0"), "{info}");
+
+    // The catalog and its manifest from the same server, trusted through the same CA.
+    for file in ["catalog.toml", "webcd.manifest"] {
+        std::fs::copy(image.dir.path().join(file), image.www.join(file)).unwrap();
+    }
+    client.catalog = nginx.url("catalog.toml").into();
+    let cat = client.ok("https-catalog", &["cat", "NAME"]);
+    assert!(
+        cat.stdout == image.bytes(),
+        "cat with an https catalog is not byte-exact"
+    );
 }
 
 #[test]
