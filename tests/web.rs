@@ -381,3 +381,91 @@ fn one_small_file_of_a_fresh_mount_costs_two_round_trips_at_most() {
         nginx.served()
     );
 }
+
+#[test]
+fn publish_writes_web_mirrors_and_refuses_bad_mirror_arguments() {
+    let dir = test_dir("web_publish");
+    let image = random_file(dir.path(), "a b.img", 100_000, 3);
+    let catalog = dir.path().join("c.toml");
+    let publish = |args: &[&str]| {
+        run_bounded(
+            isomount()
+                .arg("publish")
+                .arg(&image)
+                .args(["--name", "ab", "-o"])
+                .arg(&catalog)
+                .args(args),
+            LIMIT,
+        )
+    };
+    let out = publish(&[
+        "--url",
+        "http://127.0.0.1:9/a.img",
+        "--url",
+        "https://h.example/a.img",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = read(&catalog);
+    assert!(
+        written.contains("urls = [\"http://127.0.0.1:9/a.img\", \"https://h.example/a.img\"]"),
+        "{written}"
+    );
+    assert!(
+        !written.contains("target") && !written.contains("portals"),
+        "{written}"
+    );
+
+    let refused: &[(&[&str], &str)] = &[
+        (
+            &[],
+            "needs --portal HOST:PORT (iSCSI), --url URL (web) or both",
+        ),
+        (&["--portal", "127.0.0.1:3260"], "--portal needs --target"),
+        (
+            &["--target", IQN, "--url", "http://h/a"],
+            "--target is for --portal",
+        ),
+        (
+            &["--url", "ftp://h/a.img"],
+            "`ftp://h/a.img` is not an http:// or https:// URL",
+        ),
+        (
+            &["--url", "https://me:pw@h/a.img"],
+            "carries a user or password",
+        ),
+    ];
+    for (args, want) in refused {
+        let out = publish(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            text(&out.stderr).contains(want),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(
+        read(&catalog),
+        written,
+        "a refused publish changed the catalog"
+    );
+
+    // A tree: each image at the root URL plus its path, percent-encoded.
+    let root = dir.path().join("tree");
+    std::fs::create_dir_all(root.join("net bsd")).unwrap();
+    random_file(&root.join("net bsd"), "cd #1.iso", 50_000, 4);
+    let tree_catalog = dir.path().join("tree.toml");
+    let out = run_bounded(
+        isomount()
+            .args(["publish", "--root"])
+            .arg(&root)
+            .args(["--url", "https://cdn.example.org/pub/", "-o"])
+            .arg(&tree_catalog),
+        LIMIT,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let written = read(&tree_catalog);
+    assert!(
+        written.contains("urls = [\"https://cdn.example.org/pub/net%20bsd/cd%20%231.iso\"]"),
+        "{written}"
+    );
+}
