@@ -469,3 +469,76 @@ fn publish_writes_web_mirrors_and_refuses_bad_mirror_arguments() {
         "{written}"
     );
 }
+
+#[test]
+fn a_portal_and_a_web_mirror_are_ranked_together_and_the_portal_comes_back() {
+    let dir = test_dir("web_mixed");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let disk = random_file(&www, "disk.img", 24 << 20, 9);
+    let want = std::fs::read(&disk).unwrap();
+    let mut tgtd = Tgtd::start(
+        "web_mixed",
+        &[TargetSpec::new(IQN, vec![LunSpec::disk(&disk)])],
+    );
+    let nginx = Nginx::start("web_mixed", &www);
+    let catalog = dir.path().join("catalog.toml");
+    let out = run_bounded(
+        isomount()
+            .arg("publish")
+            .arg(&disk)
+            .args(["--name", "disk", "--target", IQN, "--lun", "1"])
+            .args([
+                "--portal",
+                &tgtd.portal(),
+                "--url",
+                &nginx.url("disk.img"),
+                "-o",
+            ])
+            .arg(&catalog),
+        LIMIT,
+    );
+    assert!(out.status.success(), "publish: {}", text(&out.stderr));
+    let mnt = Mountpoint::new(dir.path(), "mnt");
+    let out = run_bounded(
+        isomount()
+            .arg("--catalog")
+            .arg(&catalog)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["--read-timeout", "60", "mount", "disk"])
+            .arg(&mnt.path),
+        LIMIT,
+    );
+    assert!(out.status.success(), "mount: {}", text(&out.stderr));
+    let image = std::fs::File::open(mnt.path.join("disk.img")).unwrap();
+    // Reads at scattered offsets, so no read-ahead runs behind them.
+    let check = |at: u64| {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        image.read_exact_at(&mut buf, at).unwrap();
+        assert!(
+            buf == want[at as usize..at as usize + 4096],
+            "bytes at {at}"
+        );
+    };
+    let source = || read(&mnt.path.join("info/source"));
+    check(20 << 20);
+    assert_eq!(source(), "iscsi\n");
+    tgtd.kill();
+    check(2 << 20);
+    assert_eq!(source(), "http\n", "the web mirror took over");
+    assert!(nginx.served().iter().any(|s| s.status == 206));
+    // Once the portal answers again it is preferred again (after its rest is over).
+    tgtd.restart();
+    let mut at = 23 << 20;
+    while source() != "iscsi\n" {
+        assert!(at > 4 << 20, "the portal was not used again");
+        check(at);
+        at -= 256 << 10;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(image);
+    let out = run_bounded(isomount().arg("unmount").arg(&mnt.path), LIMIT);
+    assert!(out.status.success(), "unmount: {}", text(&out.stderr));
+}
