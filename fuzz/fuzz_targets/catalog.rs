@@ -12,7 +12,9 @@ fuzz_target!(|data: &[u8]| {
     match parse(text, &origin) {
         Ok(entries) => {
             for e in entries {
-                assert!(!e.name.is_empty() && e.size > 0 && !e.portals.is_empty());
+                assert!(!e.name.is_empty() && e.size > 0);
+                assert!(!e.portals().is_empty() || !e.urls.is_empty());
+                assert!(e.urls.is_empty() || e.manifest.is_some());
             }
         }
         Err(err) => assert!(err.to_string().starts_with("/fuzz/catalog.toml:")),

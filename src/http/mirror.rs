@@ -301,8 +301,16 @@ impl WebMirror {
                     if e.fault() == Fault::Stopped {
                         mirror.stop(&e);
                     }
-                    for w in group {
-                        let _ = w.tx.send(Err(e.clone()));
+                    // One broken answer is one fault, however many reads it carried.
+                    for (k, w) in group.into_iter().enumerate() {
+                        let err = match e.fault() {
+                            Fault::Protocol if k > 0 => HttpError::Shared {
+                                url: mirror.label.clone(),
+                                detail: e.to_string(),
+                            },
+                            _ => e.clone(),
+                        };
+                        let _ = w.tx.send(Err(err));
                     }
                 }
                 drop(slot);
