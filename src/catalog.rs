@@ -5,6 +5,11 @@
 //! the file, the line and the key. Catalogs come from `--catalog` (a file, a folder of `*.toml`,
 //! or an https URL whose last good copy is kept for offline use) or the default search path
 //! `$ISOMOUNT_CATALOGS`, `$XDG_CONFIG_HOME/isomount/catalogs/`, `/etc/isomount/catalogs/`.
+//!
+//! Signed catalogs (`crate::signature`): when publisher keys are trusted (`--pubkey FILE`, or
+//! `*.pub` files in a catalog folder that is read), every catalog must come with a good
+//! signature, `CATALOG.minisig` beside it (or at URL.minisig). A catalog that fails is left out
+//! with one warning naming it and the reason, and a name that is then not found says so.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +18,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::iscsi::DigestOffer;
+use crate::signature::{
+    signature_path, Freshness, KeyError, Refusal, SeenVersions, Trust, TrustedKeys,
+};
 
 /// Largest catalog or manifest fetched over https.
 const MAX_DOWNLOAD: u64 = 256 << 20;
@@ -40,10 +48,12 @@ pub enum CatalogError {
         name: String,
         first: String,
     },
-    #[error("no image named `{name}` in the catalogs{}", suggest(.suggestions))]
+    #[error("no image named `{name}` in the catalogs{}{}", suggest(.suggestions), refused_note(.refused))]
     NotFound {
         name: String,
         suggestions: Vec<String>,
+        /// Catalogs left out, each "SOURCE: reason".
+        refused: Vec<String>,
     },
     #[error("no catalogs found (searched {0}); pass --catalog or set ISOMOUNT_CATALOGS")]
     NoCatalogs(String),
@@ -51,6 +61,16 @@ pub enum CatalogError {
     PlainHttp(String),
     #[error("fetching {url}: {message}")]
     Fetch { url: String, message: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+fn refused_note(refused: &[String]) -> String {
+    if refused.is_empty() {
+        String::new()
+    } else {
+        format!(" (refused: {})", refused.join("; "))
+    }
 }
 
 fn suggest(names: &[String]) -> String {
@@ -133,6 +153,9 @@ pub struct Entry {
     pub manifest: Option<ManifestRef>,
     /// "file:line" of the entry, for messages.
     pub origin: String,
+    /// Whether its catalog may still be used to fetch (an expired signed catalog's images are
+    /// read from the cache alone during the grace period).
+    pub freshness: Freshness,
 }
 
 impl Entry {
@@ -155,6 +178,8 @@ impl Entry {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub entries: Vec<Entry>,
+    /// Catalogs left out because their signature was refused, each "SOURCE: reason".
+    pub refused: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -376,6 +401,7 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
                 size,
                 manifest,
                 origin: format!("{file}:{entry_line}"),
+                freshness: Freshness::Fresh,
             });
             continue;
         };
@@ -457,6 +483,7 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
             size,
             manifest,
             origin: format!("{file}:{entry_line}"),
+            freshness: Freshness::Fresh,
         });
     }
     Ok(out)
@@ -579,21 +606,29 @@ pub fn fetch_kept(url: &str, keep: Option<&Path>, offline: bool) -> Result<Vec<u
 }
 
 fn download(url: &str) -> Result<Vec<u8>, String> {
+    download_if_there(url)?.ok_or_else(|| "HTTP status 404 Not Found".to_string())
+}
+
+/// The body at `url`, or `None` when the server says there is nothing there (404, 410).
+fn download_if_there(url: &str) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
     let mut builder = reqwest::blocking::Client::builder()
         .https_only(true)
         .timeout(DOWNLOAD_TIMEOUT);
-    // The same extra roots as web mirrors (`ISOMOUNT_CA_FILE`).
-    let ca_file = crate::http::WebOptions::from_env().ca_file;
+    // Catalogs and manifests trust the same extra CAs as web mirrors (`ISOMOUNT_CA_FILE`).
+    let ca_file = crate::http::client::WebOptions::from_env().ca_file;
     for cert in crate::http::client::extra_roots(ca_file.as_deref()).map_err(|e| e.to_string())? {
         builder = builder.add_root_certificate(cert);
     }
     let client = builder.build().map_err(|e| e.to_string())?;
-    let response = client
-        .get(url)
-        .send()
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| e.to_string())?;
+    let response = client.get(url).send().map_err(|e| e.to_string())?;
+    if matches!(
+        response.status(),
+        reqwest::StatusCode::NOT_FOUND | reqwest::StatusCode::GONE
+    ) {
+        return Ok(None);
+    }
+    let response = response.error_for_status().map_err(|e| e.to_string())?;
     let mut body = Vec::new();
     response
         .take(MAX_DOWNLOAD + 1)
@@ -602,26 +637,41 @@ fn download(url: &str) -> Result<Vec<u8>, String> {
     if body.len() as u64 > MAX_DOWNLOAD {
         return Err(format!("larger than {MAX_DOWNLOAD} bytes"));
     }
-    Ok(body)
+    Ok(Some(body))
 }
 
 /// Write `bytes` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_all(&[(path, bytes)])
+}
+
+/// Write several files, each through a temporary file that is written and fsynced first; the
+/// renames come last, one right after the other, so a reader sees the old set or the new one
+/// but for the moment between two renames (a catalog and its signature).
+pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp.{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
+    let mut staged = Vec::with_capacity(files.len());
+    for &(path, bytes) in files {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            std::process::id()
+        ));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        staged.push((tmp, path, dir));
+    }
+    for (tmp, path, _) in &staged {
+        std::fs::rename(tmp, path)?;
+    }
+    for (_, _, dir) in &staged {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
     }
     Ok(())
 }
@@ -643,25 +693,57 @@ pub fn default_search_path() -> Vec<PathBuf> {
     out
 }
 
+/// Where catalogs are read from.
+enum Source {
+    Path(PathBuf),
+    Url(String),
+}
+
+/// A catalog's bytes and its signature's text, as read or fetched.
+struct Copy {
+    text: Vec<u8>,
+    signature: Option<String>,
+}
+
+/// What came of checking one catalog's signature and parsing it.
+enum Verdict {
+    Accepted(Vec<Entry>),
+    Refused(Refusal),
+}
+
+/// The `*.pub` files in `dir`, in name order.
+fn keys_in(dir: &Path) -> Vec<PathBuf> {
+    let mut keys: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pub") && p.is_file())
+        .collect();
+    keys.sort();
+    keys
+}
+
 impl Catalog {
     /// Load `--catalog` arguments (each must exist) or, when there are none, the default search
-    /// path (missing folders are skipped). `keep_dir` holds copies of https catalogs.
+    /// path (missing folders are skipped), checking signatures against `pubkeys` and the `*.pub`
+    /// files of the folders read. `keep_dir` (the cache directory) holds copies of https catalogs
+    /// and the newest catalog versions seen.
     pub fn load(
         explicit: &[String],
+        pubkeys: &[PathBuf],
         keep_dir: Option<&Path>,
         offline: bool,
     ) -> Result<Catalog, CatalogError> {
-        let mut catalog = Catalog::default();
+        let mut sources = Vec::new();
         if explicit.is_empty() {
             let path = default_search_path();
-            let mut found = false;
-            for p in &path {
-                if p.exists() {
-                    found = true;
-                    catalog.add_path(p)?;
-                }
-            }
-            if !found {
+            sources.extend(
+                path.iter()
+                    .filter(|p| p.exists())
+                    .cloned()
+                    .map(Source::Path),
+            );
+            if sources.is_empty() {
                 let searched: Vec<String> = path.iter().map(|p| p.display().to_string()).collect();
                 return Err(CatalogError::NoCatalogs(searched.join(", ")));
             }
@@ -670,33 +752,34 @@ impl Catalog {
             if arg.starts_with("http://") {
                 return Err(CatalogError::PlainHttp(arg.clone()));
             }
-            if arg.starts_with("https://") {
-                let url = reqwest::Url::parse(arg).map_err(|e| CatalogError::Fetch {
-                    url: arg.clone(),
-                    message: e.to_string(),
-                })?;
-                let keep = keep_dir.map(|d| {
-                    d.join("catalogs").join(format!(
-                        "{}.toml",
-                        &hex::encode(crate::manifest::sha256(arg.as_bytes()))[..16]
-                    ))
-                });
-                let bytes = fetch_kept(arg, keep.as_deref(), offline)?;
-                let text = String::from_utf8(bytes).map_err(|_| CatalogError::Invalid {
-                    file: arg.clone(),
-                    line: 1,
-                    key: "-".into(),
-                    message: "not UTF-8 text".into(),
-                })?;
-                catalog.add(parse(&text, &Origin::Url(url))?)?;
+            sources.push(if arg.starts_with("https://") {
+                Source::Url(arg.clone())
             } else {
-                catalog.add_path(Path::new(arg))?;
+                Source::Path(PathBuf::from(arg))
+            });
+        }
+        let mut key_files = pubkeys.to_vec();
+        for source in &sources {
+            if let Source::Path(dir) = source {
+                key_files.extend(keys_in(dir));
+            }
+        }
+        let trust = Trust {
+            keys: TrustedKeys::load(&key_files)?,
+            seen: keep_dir.map(SeenVersions::in_cache),
+            now: std::time::SystemTime::now(),
+        };
+        let mut catalog = Catalog::default();
+        for source in &sources {
+            match source {
+                Source::Path(path) => catalog.add_path(path, &trust)?,
+                Source::Url(url) => catalog.add_url(url, keep_dir, offline, &trust)?,
             }
         }
         Ok(catalog)
     }
 
-    fn add_path(&mut self, path: &Path) -> Result<(), CatalogError> {
+    fn add_path(&mut self, path: &Path, trust: &Trust) -> Result<(), CatalogError> {
         let io = |source| CatalogError::Io {
             path: path.display().to_string(),
             source,
@@ -709,20 +792,130 @@ impl Catalog {
                 .collect();
             files.sort();
             for f in files {
-                self.add_file(&f)?;
+                self.add_file(&f, trust)?;
             }
             Ok(())
         } else {
-            self.add_file(path)
+            self.add_file(path, trust)
         }
     }
 
-    fn add_file(&mut self, path: &Path) -> Result<(), CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Io {
-            path: path.display().to_string(),
-            source,
+    fn add_file(&mut self, path: &Path, trust: &Trust) -> Result<(), CatalogError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| CatalogError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        };
+        let text = read(path)?;
+        let signature = if trust.keys.is_empty() {
+            None
+        } else {
+            let sig_path = signature_path(path);
+            match std::fs::read(&sig_path) {
+                Ok(bytes) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(_) => Some(String::from_utf8_lossy(&read(&sig_path)?).into_owned()),
+            }
+        };
+        let found_as = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let copy = Copy { text, signature };
+        let origin = Origin::File(path.to_path_buf());
+        match check(trust, &origin, found_as.as_deref().unwrap_or(""), &copy)? {
+            Verdict::Accepted(entries) => self.add(entries),
+            Verdict::Refused(refusal) => {
+                self.refuse(&origin.label(), &refusal);
+                Ok(())
+            }
+        }
+    }
+
+    /// An https catalog (and its signature, when keys are trusted). The last copy that passed
+    /// is kept under `keep_dir` and used offline, when the fetch fails, or when what is fetched
+    /// now is refused (a rollback served by a mirror leaves the newer kept copy in use).
+    fn add_url(
+        &mut self,
+        arg: &str,
+        keep_dir: Option<&Path>,
+        offline: bool,
+        trust: &Trust,
+    ) -> Result<(), CatalogError> {
+        let url = reqwest::Url::parse(arg).map_err(|e| CatalogError::Fetch {
+            url: arg.to_string(),
+            message: e.to_string(),
         })?;
-        self.add(parse(&text, &Origin::File(path.to_path_buf()))?)
+        let origin = Origin::Url(url.clone());
+        let found_as = url
+            .path_segments()
+            .and_then(|mut s| s.next_back())
+            .unwrap_or("")
+            .to_string();
+        let keep = keep_dir.map(|d| {
+            d.join("catalogs").join(format!(
+                "{}.toml",
+                &hex::encode(crate::manifest::sha256(arg.as_bytes()))[..16]
+            ))
+        });
+        let keep_sig = keep.as_deref().map(signature_path);
+        let kept = || {
+            let text = std::fs::read(keep.as_ref()?).ok()?;
+            let signature = keep_sig
+                .as_ref()
+                .and_then(|p| std::fs::read_to_string(p).ok());
+            Some(Copy { text, signature })
+        };
+        let fetched = if offline {
+            Err("offline and no copy kept".to_string())
+        } else {
+            download(arg).and_then(|text| {
+                let signature = if trust.keys.is_empty() {
+                    None
+                } else {
+                    download_if_there(&format!("{arg}.minisig"))?
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                };
+                Ok(Copy { text, signature })
+            })
+        };
+        let from_kept = |why: String| -> Result<(Copy, Verdict), CatalogError> {
+            let copy = kept().ok_or_else(|| CatalogError::Fetch {
+                url: arg.to_string(),
+                message: why.clone(),
+            })?;
+            if !offline {
+                tracing::warn!("{arg}: {why}; using the copy kept from before");
+            }
+            let verdict = check(trust, &origin, &found_as, &copy)?;
+            Ok((copy, verdict))
+        };
+        let verdict = match fetched {
+            Ok(copy) => match check(trust, &origin, &found_as, &copy)? {
+                Verdict::Accepted(entries) => {
+                    if let (Some(keep), Some(keep_sig)) = (&keep, &keep_sig) {
+                        keep_copy(arg, keep, keep_sig, &copy);
+                    }
+                    Verdict::Accepted(entries)
+                }
+                Verdict::Refused(refusal) if kept().is_some() => {
+                    from_kept(format!("what it serves now is refused ({refusal})"))?.1
+                }
+                refused => refused,
+            },
+            Err(message) if offline => from_kept(message)?.1,
+            Err(message) => from_kept(format!("fetching failed ({message})"))?.1,
+        };
+        match verdict {
+            Verdict::Accepted(entries) => self.add(entries),
+            Verdict::Refused(refusal) => {
+                self.refuse(arg, &refusal);
+                Ok(())
+            }
+        }
+    }
+
+    fn refuse(&mut self, source: &str, refusal: &Refusal) {
+        tracing::warn!("{source}: refused: {refusal}");
+        self.refused.push(format!("{source}: {refusal}"));
     }
 
     fn add(&mut self, entries: Vec<Entry>) -> Result<(), CatalogError> {
@@ -766,22 +959,75 @@ impl Catalog {
         Err(CatalogError::NotFound {
             name: name.to_string(),
             suggestions: scored.iter().take(3).map(|(_, n)| n.to_string()).collect(),
+            refused: self.refused.clone(),
         })
+    }
+}
+
+/// Check a catalog's signature (when keys are trusted), then parse it; every entry carries the
+/// catalog's freshness.
+fn check(
+    trust: &Trust,
+    origin: &Origin,
+    found_as: &str,
+    copy: &Copy,
+) -> Result<Verdict, CatalogError> {
+    let label = origin.label();
+    let freshness = match trust.check(&label, found_as, &copy.text, copy.signature.as_deref()) {
+        Ok(freshness) => freshness,
+        Err(refusal) => return Ok(Verdict::Refused(refusal)),
+    };
+    let text = std::str::from_utf8(&copy.text).map_err(|_| CatalogError::Invalid {
+        file: label.clone(),
+        line: 1,
+        key: "-".into(),
+        message: "not UTF-8 text".into(),
+    })?;
+    let mut entries = parse(text, origin)?;
+    for entry in &mut entries {
+        entry.freshness = freshness;
+    }
+    Ok(Verdict::Accepted(entries))
+}
+
+/// Keep a fetched catalog that passed, with its signature (or none), for later offline use.
+fn keep_copy(url: &str, keep: &Path, keep_sig: &Path, copy: &Copy) {
+    let kept = match &copy.signature {
+        Some(sig) => write_atomic_all(&[(keep, &copy.text), (keep_sig, sig.as_bytes())]),
+        None => {
+            write_atomic(keep, &copy.text).and_then(|()| match std::fs::remove_file(keep_sig) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            })
+        }
+    };
+    if let Err(e) = kept {
+        tracing::warn!("could not keep a copy of {url} at {}: {e}", keep.display());
     }
 }
 
 /// Add or replace the entry `entry.name` in the catalog file at `path` (created when missing),
 /// keeping the file's comments and other entries.
 pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogError> {
-    use toml_edit::{ArrayOfTables, DocumentMut, Item};
-    let io = |source| CatalogError::Io {
+    let out = with_entry(path, entry)?;
+    write_atomic(path, out.as_bytes()).map_err(|source| CatalogError::Io {
         path: path.display().to_string(),
         source,
-    };
+    })
+}
+
+/// The text [`upsert_entry`] would write, without writing it.
+pub fn with_entry(path: &Path, entry: &PublishedEntry) -> Result<String, CatalogError> {
+    use toml_edit::{ArrayOfTables, DocumentMut, Item};
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(io(e)),
+        Err(source) => {
+            return Err(CatalogError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+        }
     };
     parse(&text, &Origin::File(path.to_path_buf()))?;
     let mut doc: DocumentMut =
@@ -824,7 +1070,7 @@ pub fn upsert_entry(path: &Path, entry: &PublishedEntry) -> Result<(), CatalogEr
     }
     let out = doc.to_string();
     parse(&out, &Origin::File(path.to_path_buf()))?;
-    write_atomic(path, out.as_bytes()).map_err(io)
+    Ok(out)
 }
 
 /// The keys of an `[[image]]` table that `publish` writes.
@@ -1050,6 +1296,7 @@ manifest_sha256 = "{PIN}"
     fn unknown_names_get_suggestions() {
         let catalog = Catalog {
             entries: parse(&good(), &origin()).unwrap(),
+            refused: Vec::new(),
         };
         let err = catalog.find("netbsd-5").unwrap_err().to_string();
         assert!(err.contains("did you mean `netbsd-5.0`"), "{err}");
@@ -1063,10 +1310,10 @@ manifest_sha256 = "{PIN}"
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.toml"), good()).unwrap();
         std::fs::write(dir.path().join("ignored.txt"), "junk").unwrap();
-        let c = Catalog::load(&[dir.path().display().to_string()], None, true).unwrap();
+        let c = Catalog::load(&[dir.path().display().to_string()], &[], None, true).unwrap();
         assert_eq!(c.entries.len(), 3);
         std::fs::write(dir.path().join("b.toml"), good()).unwrap();
-        let err = Catalog::load(&[dir.path().display().to_string()], None, true)
+        let err = Catalog::load(&[dir.path().display().to_string()], &[], None, true)
             .unwrap_err()
             .to_string();
         assert!(
@@ -1078,9 +1325,11 @@ manifest_sha256 = "{PIN}"
 
     #[test]
     fn plain_http_catalogs_are_refused() {
-        let err = Catalog::load(&["http://127.0.0.1:1/c.toml".into()], None, false).unwrap_err();
+        let err =
+            Catalog::load(&["http://127.0.0.1:1/c.toml".into()], &[], None, false).unwrap_err();
         assert!(matches!(err, CatalogError::PlainHttp(_)));
-        let err = Catalog::load(&["https://127.0.0.1:1/c.toml".into()], None, true).unwrap_err();
+        let err =
+            Catalog::load(&["https://127.0.0.1:1/c.toml".into()], &[], None, true).unwrap_err();
         assert!(
             err.to_string().contains("offline and no copy kept"),
             "{err}"

@@ -33,6 +33,10 @@ pub struct GlobalOpts {
     /// Catalog file, folder of *.toml, or https URL (repeatable; replaces the search path)
     #[arg(long = "catalog", global = true, value_name = "PATH")]
     pub catalogs: Vec<String>,
+    /// Trust catalogs signed by this minisign public key (repeatable; *.pub files in catalog
+    /// folders count too). Once a key is trusted, unsigned catalogs are refused
+    #[arg(long = "pubkey", global = true, value_name = "FILE")]
+    pub pubkeys: Vec<PathBuf>,
     /// Cache directory (default $XDG_CACHE_HOME/isomount)
     #[arg(long, global = true, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -83,8 +87,10 @@ pub enum Command {
     /// Inspect and manage the cache
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
-    /// Write an image's manifest and its catalog entry
+    /// Write an image's manifest and its catalog entry (or a whole tree's), signed if asked
     Publish(commands::publish::PublishArgs),
+    /// Make a minisign key pair for signing catalogs (publish --sign)
+    Keygen(commands::keygen::KeygenArgs),
     /// Serve image files as read-only iSCSI LUNs
     Serve(commands::serve::ServeArgs),
     /// Serve the bundled sample image on loopback and mount it
@@ -156,7 +162,7 @@ fn classify(args: &[OsString], names: &[String]) -> (FirstWord, usize) {
     let takes_value = |s: &str| {
         matches!(
             s,
-            "--catalog" | "--cache-dir" | "--cache-size" | "--read-timeout" | "-o"
+            "--catalog" | "--pubkey" | "--cache-dir" | "--cache-size" | "--read-timeout" | "-o"
         )
     };
     let mut i = 1;

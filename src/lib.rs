@@ -16,6 +16,7 @@ pub mod iscsi;
 pub mod iso9660;
 pub mod manifest;
 pub mod scsi;
+pub mod signature;
 pub mod source;
 pub mod target;
 pub mod tree;

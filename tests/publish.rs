@@ -257,3 +257,65 @@ fn publish_root_refuses_bad_arguments_clearly() {
     );
     assert!(!catalog.exists());
 }
+
+#[test]
+fn publish_root_signs_the_tree_catalog_and_renews_only_the_signature() {
+    let dir = test_dir("publish_root_sign");
+    let root = dir.path().join("tree");
+    make_tree(&root, 3);
+    let key = dir.path().join("publisher.key");
+    assert!(isomount()
+        .arg("keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .unwrap()
+        .status
+        .success());
+    let catalog = dir.path().join("www/mirror.toml");
+    let sign = ["--sign", key.to_str().unwrap(), "--expires", "7d"];
+    let first = text(&publish_root(&root, &catalog, &sign).stderr);
+    assert!(first.contains("signed "), "{first}");
+    let signature = dir.path().join("www/mirror.toml.minisig");
+    let version = |sig: &Path| {
+        isomount::signature::previous_version(&std::fs::read_to_string(sig).unwrap()).unwrap()
+    };
+    let (bytes, modified) = (
+        std::fs::read(&catalog).unwrap(),
+        std::fs::metadata(&catalog).unwrap().modified().unwrap(),
+    );
+    let v1 = version(&signature);
+    publish_root(&root, &catalog, &sign);
+    assert_eq!(std::fs::read(&catalog).unwrap(), bytes);
+    assert_eq!(
+        std::fs::metadata(&catalog).unwrap().modified().unwrap(),
+        modified,
+        "an unchanged catalog is not rewritten, only signed again"
+    );
+    assert!(version(&signature) > v1);
+    let verified = std::process::Command::new("minisign")
+        .arg("-Vm")
+        .arg(&catalog)
+        .arg("-p")
+        .arg(dir.path().join("publisher.key.pub"))
+        .output()
+        .unwrap();
+    assert_ok(&verified, "minisign -V");
+    let list = isomount()
+        .arg("--catalog")
+        .arg(&catalog)
+        .arg("--pubkey")
+        .arg(dir.path().join("publisher.key.pub"))
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert_ok(&list, "list");
+    assert_eq!(
+        text(&list.stdout).lines().count(),
+        4,
+        "{}",
+        text(&list.stderr)
+    );
+}

@@ -4,11 +4,13 @@
 //! own, configured through `tgtadm`; [`FaultProxy`] sits between an initiator and a target and
 //! injects resets, stalls and latency (into any TCP: iSCSI or HTTP); [`Nginx`], [`PythonHttp`],
 //! [`OddServer`] and [`ForwardProxy`] are the web mirrors and the proxy of the HTTP(S) source.
-//! Every wait is bounded and every daemon dies with its owner. Integration tests use it through
+//! [`HostileTarget`] is a scripted target that breaks the protocol on purpose, one way per
+//! instance. Every wait is bounded and every daemon dies with its owner. Integration tests use it through
 //! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target` and
 //! `harness-web` binaries.
 
 mod fixtures;
+mod hostile;
 mod istgt;
 mod ports;
 mod process;
@@ -17,6 +19,7 @@ mod tgtd;
 mod web;
 
 pub use fixtures::{iso_from_dir, random_file, test_dir, IsoFlavour};
+pub use hostile::{HostileTarget, Misbehaviour, HOSTILE_IQN};
 pub use istgt::Istgt;
 pub use ports::free_tcp_port;
 pub use process::logs_root;

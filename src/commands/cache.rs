@@ -73,8 +73,13 @@ fn verify(global: &GlobalOpts, cache: &Cache) -> anyhow::Result<ExitCode> {
     let catalog = std::cell::OnceCell::new();
     let fresh = |pin: &str| -> Result<(Vec<u8>, String), String> {
         let loaded = catalog.get_or_init(|| {
-            Catalog::load(&global.catalogs, Some(cache.root()), global.offline)
-                .map_err(|e| format!("cannot load the catalogs: {e}"))
+            Catalog::load(
+                &global.catalogs,
+                &global.pubkeys,
+                Some(cache.root()),
+                global.offline,
+            )
+            .map_err(|e| format!("cannot load the catalogs: {e}"))
         });
         let mref = loaded
             .as_ref()

@@ -6,21 +6,40 @@ use std::process::ExitCode;
 use indicatif::HumanBytes;
 
 use crate::cache::Cache;
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Entry, ManifestLocation};
 use crate::cli::GlobalOpts;
 use crate::image::identity::entry_identity;
+use crate::manifest::Manifest;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {}
 
 pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
     let cache = Cache::from_options(global.cache_dir.as_deref(), global.cache_size.as_deref())?;
-    let catalog = Catalog::load(&global.catalogs, Some(cache.root()), global.offline)?;
+    let catalog = Catalog::load(
+        &global.catalogs,
+        &global.pubkeys,
+        Some(cache.root()),
+        global.offline,
+    )?;
     let stores = cache.stores();
+    let mut faults = 0usize;
     let rows: Vec<[String; 4]> = catalog
         .entries
         .iter()
         .map(|e| {
+            if let Err(fault) = check_manifest(&cache, e) {
+                faults += 1;
+                eprintln!("isomount: {}: `{}`: {fault}", e.origin, e.name);
+                let mut name = e.name.clone();
+                name.push_str(" (manifest refused)");
+                return [
+                    name,
+                    HumanBytes(e.size).to_string(),
+                    "-".to_string(),
+                    mirrors(e),
+                ];
+            }
             let cached = entry_identity(&cache, e)
                 .and_then(|id| {
                     let dir = cache.store_dir(&id);
@@ -58,6 +77,10 @@ pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
             w2 = widths[2]
         );
     }
+    if faults > 0 {
+        eprintln!("isomount: {faults} catalog entr(ies) cannot be used as published");
+        return Ok(ExitCode::FAILURE);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -72,4 +95,23 @@ fn mirrors(entry: &crate::catalog::Entry) -> String {
         kinds.push(format!("web {}", urls.join(", ")));
     }
     kinds.join("; ")
+}
+
+/// Whether the entry's manifest, where it can be read without the network (a file, or the kept
+/// copy of an https one), matches the catalog's pin and size.
+fn check_manifest(cache: &Cache, entry: &Entry) -> Result<(), String> {
+    let Some(mref) = &entry.manifest else {
+        return Ok(());
+    };
+    let bytes = match mref.read(&cache.kept_manifest(&mref.sha256), true) {
+        Ok(bytes) => bytes,
+        // An https manifest never fetched yet is checked when it is first used.
+        Err(_) if matches!(mref.location, ManifestLocation::Url(_)) => return Ok(()),
+        Err(e) => return Err(format!("manifest {}: {e}", mref.describe())),
+    };
+    let manifest = Manifest::parse_pinned(&bytes, &mref.sha256)
+        .map_err(|e| format!("manifest {}: {e}", mref.describe()))?;
+    manifest
+        .check_size(entry.size)
+        .map_err(|e| format!("manifest {}: {e}", mref.describe()))
 }

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod discover;
 pub mod fetch;
 pub mod info;
+pub mod keygen;
 pub mod list;
 pub mod mount;
 pub mod publish;
@@ -28,6 +29,7 @@ pub fn dispatch(global: &GlobalOpts, command: Command) -> anyhow::Result<ExitCod
         Command::Discover(args) => discover::run(global, args),
         Command::Cache(cmd) => cache::run(global, cmd),
         Command::Publish(args) => publish::run(global, args),
+        Command::Keygen(args) => keygen::run(global, args),
         Command::Serve(args) => serve::run(global, args),
         Command::Demo(args) => demo::run(global, args),
         Command::Completions(args) => crate::cli::print_completions(args.shell),

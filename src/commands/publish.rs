@@ -4,11 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Context;
 
 use crate::catalog::{self, PublishedEntry};
 use crate::cli::GlobalOpts;
+use crate::iscsi::lun::{list_luns, LunSummary};
+use crate::iscsi::{ConnectOptions, IscsiError};
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use crate::signature::{self, SigningKey};
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -21,9 +26,10 @@ pub struct PublishArgs {
     /// Target IQN serving the image on the portals
     #[arg(long, conflicts_with = "root")]
     pub target: Option<String>,
-    /// LUN number on the target
-    #[arg(long, default_value_t = 1)]
-    pub lun: u64,
+    /// LUN number on the target [default: the LUN of the image's size, asked of the first
+    /// portal that answers (REPORT LUNS); 0, the LUN `isomount serve` exports, when none does]
+    #[arg(long)]
+    pub lun: Option<u64>,
     /// iSCSI portal HOST:PORT (repeatable; mirrors in order)
     #[arg(long = "portal", value_name = "HOST:PORT")]
     pub portals: Vec<String>,
@@ -45,6 +51,76 @@ pub struct PublishArgs {
     pub chunk_size: u32,
     #[command(flatten)]
     pub tree: super::publish_tree::TreeArgs,
+    #[command(flatten)]
+    pub sign: SignArgs,
+}
+
+/// The options that sign the catalog publish writes.
+#[derive(Debug, clap::Args)]
+pub struct SignArgs {
+    /// Sign the catalog with this minisign secret key (from `isomount keygen`): writes
+    /// CATALOG.minisig, carrying the catalog's version and expiry
+    #[arg(long = "sign", value_name = "KEY", requires = "output")]
+    pub key: Option<PathBuf>,
+    /// With --sign: how long the signature holds, a duration (30d, 12h) or an RFC 3339 time
+    #[arg(long, value_name = "WHEN", default_value = signature::DEFAULT_VALIDITY)]
+    pub expires: String,
+    /// With --sign: the secret key's passphrase is this file's first line (else
+    /// ISOMOUNT_PASSPHRASE)
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// A catalog signer, made before any hashing starts so that a bad key or passphrase fails first.
+pub struct Signer {
+    key: SigningKey,
+    expires: std::time::SystemTime,
+}
+
+impl SignArgs {
+    pub fn signer(&self) -> anyhow::Result<Option<Signer>> {
+        let Some(path) = &self.key else {
+            return Ok(None);
+        };
+        let expires = signature::parse_expiry(&self.expires, std::time::SystemTime::now())
+            .map_err(anyhow::Error::msg)?;
+        let passphrase = signature::passphrase(self.passphrase_file.as_deref())?;
+        let key = SigningKey::load(path, passphrase)?;
+        Ok(Some(Signer { key, expires }))
+    }
+}
+
+impl Signer {
+    /// Write the catalog at `path` (unless `unchanged`) and its signature, one rename after the
+    /// other. The version grows past that of the signature it replaces.
+    pub fn write(&self, path: &Path, text: &[u8], unchanged: bool) -> anyhow::Result<()> {
+        let sig_path = signature::signature_path(path);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let previous = std::fs::read_to_string(&sig_path)
+            .ok()
+            .and_then(|t| signature::previous_version(&t));
+        let now = std::time::SystemTime::now();
+        let claim = signature::next_claim(&name, previous, now, self.expires);
+        let sig = self.key.sign(text, &claim)?;
+        let files: Vec<(&Path, &[u8])> = if unchanged {
+            vec![(&sig_path, sig.as_bytes())]
+        } else {
+            vec![(path, text), (&sig_path, sig.as_bytes())]
+        };
+        catalog::write_atomic_all(&files)
+            .with_context(|| format!("while writing {}", sig_path.display()))?;
+        eprintln!(
+            "signed {} with key {}: version {}, expires {}",
+            path.display(),
+            self.key.id(),
+            claim.version,
+            humantime::format_rfc3339_seconds(claim.expires)
+        );
+        Ok(())
+    }
 }
 
 pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -63,6 +139,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     for url in &urls {
         catalog::check_mirror_url(url).map_err(|e| anyhow::anyhow!("--url: {e}"))?;
     }
+    let signer = args.sign.signer()?;
     let file =
         std::fs::File::open(image).with_context(|| format!("while opening {}", image.display()))?;
     let manifest = Manifest::build(
@@ -91,11 +168,16 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             .display()
             .to_string(),
     };
+    let lun = match (args.lun, &target) {
+        (Some(lun), _) => lun,
+        (None, Some(target)) => ask_lun(target, &portals, manifest.image_size())?,
+        (None, None) => 0,
+    };
     let entry = PublishedEntry {
         name: name.clone(),
         description: args.description.clone(),
         target,
-        lun: args.lun,
+        lun,
         portals,
         urls,
         size: manifest.image_size(),
@@ -104,8 +186,13 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     };
     match &args.output {
         Some(out) => {
-            catalog::upsert_entry(out, &entry)
+            let text = catalog::with_entry(out, &entry)
                 .with_context(|| format!("while updating {}", out.display()))?;
+            match &signer {
+                Some(signer) => signer.write(out, text.as_bytes(), false)?,
+                None => catalog::write_atomic(out, text.as_bytes())
+                    .with_context(|| format!("while writing {}", out.display()))?,
+            }
             eprintln!(
                 "published {} ({} bytes, {} chunks of {}) in {}",
                 name,
@@ -140,6 +227,83 @@ pub fn mirrors(args: &PublishArgs) -> anyhow::Result<(Vec<String>, Vec<String>)>
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     Ok((portals, args.urls.clone()))
+}
+
+/// How long `publish` waits for one portal to say which LUN holds the image.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The LUN of `target` whose capacity is `size`, asked of the first portal that answers (REPORT
+/// LUNS, then READ CAPACITY of each); 0, the LUN `isomount serve` exports, when none answers. An
+/// answer that rules the entry out (no such target, authentication, no LUN of that size, several)
+/// is an error naming which.
+fn ask_lun(target: &str, portals: &[String], size: u64) -> anyhow::Result<u64> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let mut silent = Vec::new();
+        for given in portals {
+            let portal = catalog::normalize_portal(given).unwrap_or_else(|| given.clone());
+            let opts = ConnectOptions::new(vec![portal.clone()], target, 0);
+            let luns = match tokio::time::timeout(ASK_TIMEOUT, list_luns(&opts)).await {
+                Ok(Ok(luns)) => luns,
+                Ok(Err(e @ (IscsiError::Connect { .. } | IscsiError::Closed))) => {
+                    silent.push(e.to_string());
+                    continue;
+                }
+                Ok(Err(e)) => anyhow::bail!(
+                    "asking {portal} which LUN of {target} holds the image: {e} \
+                     (pass --lun N to publish without asking)"
+                ),
+                Err(_) => {
+                    silent.push(format!("{portal}: no answer within {ASK_TIMEOUT:?}"));
+                    continue;
+                }
+            };
+            let describe = |l: &LunSummary| match l.capacity.and_then(|c| c.bytes()) {
+                Some(bytes) => format!("LUN {}: {bytes} bytes", l.lun),
+                None => format!(
+                    "LUN {}: {}",
+                    l.lun,
+                    crate::scsi::device_type_name(l.device_type)
+                ),
+            };
+            let fits: Vec<u64> = luns
+                .iter()
+                .filter(|l| l.capacity.and_then(|c| c.bytes()) == Some(size))
+                .map(|l| l.lun)
+                .collect();
+            return match fits[..] {
+                [lun] => {
+                    eprintln!("LUN {lun} (the LUN of {target} at {portal} that is {size} bytes)");
+                    Ok(lun)
+                }
+                [] => {
+                    let all: Vec<String> = luns.iter().map(describe).collect();
+                    anyhow::bail!(
+                        "target {target} at {portal} has no LUN of the image's size, {size} bytes \
+                         ({}); pass --lun N to publish anyway",
+                        if all.is_empty() {
+                            "it reports no LUNs".to_string()
+                        } else {
+                            all.join("; ")
+                        }
+                    )
+                }
+                _ => {
+                    let all: Vec<String> = fits.iter().map(u64::to_string).collect();
+                    anyhow::bail!(
+                        "LUNs {} of {target} at {portal} are all {size} bytes; pass --lun N",
+                        all.join(", ")
+                    )
+                }
+            };
+        }
+        eprintln!(
+            "LUN 0, the LUN `isomount serve` exports: no portal answered to ask ({}); \
+             pass --lun N to choose",
+            silent.join("; ")
+        );
+        Ok(0)
+    })
 }
 
 fn tempfile_in(beside: &Path) -> anyhow::Result<PathBuf> {

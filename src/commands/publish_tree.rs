@@ -161,6 +161,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let (Some(root), Some(out)) = (&args.tree.root, &args.output) else {
         anyhow::bail!("publish --root needs -o CATALOG");
     };
+    let signer = args.sign.signer()?;
     let (portals, url_roots) = super::publish::mirrors(&args)?;
     let url_roots = url_roots
         .iter()
@@ -276,7 +277,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             name: image.names.name.clone(),
             description: None,
             target: (!portals.is_empty()).then(|| image.names.target.clone()),
-            lun: args.lun,
+            lun: args.lun.unwrap_or(0),
             portals: portals.clone(),
             urls: url_roots
                 .iter()
@@ -309,9 +310,12 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
 
     let header = "Written by `isomount publish --root`: edits are overwritten by the next run.";
     let text = catalog::render(out, header, &entries)?;
-    if std::fs::read(out).ok().as_deref() != Some(text.as_bytes()) {
-        catalog::write_atomic(out, text.as_bytes())
-            .with_context(|| format!("while writing {}", out.display()))?;
+    let unchanged = std::fs::read(out).ok().as_deref() == Some(text.as_bytes());
+    match &signer {
+        Some(signer) => signer.write(out, text.as_bytes(), unchanged)?,
+        None if unchanged => {}
+        None => catalog::write_atomic(out, text.as_bytes())
+            .with_context(|| format!("while writing {}", out.display()))?,
     }
     let mut removed = 0usize;
     let current: BTreeSet<&str> = state.image.iter().map(|r| r.name.as_str()).collect();

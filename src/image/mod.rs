@@ -83,8 +83,14 @@ pub enum ImageError {
         chunk: u64,
         detail: String,
     },
-    #[error("{image}: bytes {start}..{end} are not cached and isomount is offline")]
-    Offline { image: String, start: u64, end: u64 },
+    /// `start..end` is the first missing stretch of the read; `more` counts the others.
+    #[error("{image}: bytes {start}..{end}{} are not cached and isomount is offline", more_ranges(*.more))]
+    Offline {
+        image: String,
+        start: u64,
+        end: u64,
+        more: usize,
+    },
     #[error("{image}: bytes {start}..{end} are not cached and no portal is reachable: {reason}")]
     Unavailable {
         image: String,
@@ -109,6 +115,14 @@ pub enum ImageError {
     },
 }
 
+fn more_ranges(more: usize) -> String {
+    match more {
+        0 => String::new(),
+        1 => " and one more range".to_string(),
+        n => format!(" and {n} more ranges"),
+    }
+}
+
 impl ImageError {
     /// The errno a file system reports for this error.
     pub fn errno(&self) -> i32 {
@@ -116,6 +130,7 @@ impl ImageError {
     }
 }
 
+/// Everything needed to build an [`Image`].
 pub struct ImageSpec {
     pub name: String,
     pub size: u64,
@@ -242,6 +257,21 @@ impl Image {
                 }
             }
         });
+        if let Some(store) = &store {
+            if tracing::enabled!(tracing::Level::INFO) {
+                let present = store
+                    .records()
+                    .map(|r| r.iter().filter(|r| r.present()).count())
+                    .unwrap_or(0);
+                tracing::info!(
+                    "{}: cache store {}: {present} of {} chunks of {} bytes present",
+                    spec.name,
+                    store.dir().display(),
+                    geometry.chunks(),
+                    geometry.chunk_size
+                );
+            }
+        }
         let caching = Arc::new(AtomicBool::new(store.is_some()));
         let writer = store.as_ref().and_then(|store| {
             writer::Writer::start(writer::Target {
@@ -451,6 +481,12 @@ impl Image {
             .filter(|(_, p)| p.is_none())
             .map(|(i, _)| i)
             .collect();
+        tracing::debug!(
+            "{}: bytes {offset}..{end}: {} of {} chunks cached, fetching the rest",
+            self.name,
+            parts.len() - missing.len(),
+            parts.len()
+        );
         if !missing.is_empty() {
             let fetched = self
                 .obtain(&missing, offset, end, deadline)
@@ -778,10 +814,18 @@ impl Image {
         deadline: Instant,
     ) -> Result<Vec<(u64, Bytes)>, ImageError> {
         if self.offline {
+            // Name what is missing, not the whole read: the first missing stretch, and how many
+            // others there are.
+            let runs = self.runs(chunks, u64::MAX);
+            let cs = u64::from(self.geometry.chunk_size);
+            let (first, count) = runs.first().copied().unwrap_or((start / cs, 1));
+            let from = (first * cs).max(start);
+            let to = ((first + count) * cs).min(end).max(from);
             return Err(ImageError::Offline {
                 image: self.name.clone(),
-                start,
-                end,
+                start: from,
+                end: to,
+                more: runs.len().saturating_sub(1),
             });
         }
         let runs = self.runs(chunks, MAX_RUN_BYTES);
@@ -916,11 +960,17 @@ impl Image {
         }
         match self.sources.connect_any().await {
             Ok(()) => true,
-            Err(errors) => {
+            Err(failed) => {
                 if !self.warned_unreachable.swap(true, Ordering::Relaxed) {
+                    let what = if failed.answered {
+                        "no portal serves it"
+                    } else {
+                        "no portal reachable"
+                    };
                     tracing::warn!(
-                        "{}: no portal reachable ({errors}); serving cached chunks only",
-                        self.name
+                        "{}: {what} ({}); serving cached chunks only",
+                        self.name,
+                        failed.reasons
                     );
                 }
                 false

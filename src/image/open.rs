@@ -11,6 +11,7 @@ use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestRef};
 use crate::cli::GlobalOpts;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use crate::signature::Freshness;
 use crate::source::http::WebClient;
 use crate::source::iscsi::{self, IscsiSource};
 use crate::source::{BlockSource, SourceIdentity};
@@ -29,14 +30,17 @@ pub async fn open(global: &GlobalOpts, name_or_url: &str) -> anyhow::Result<Arc<
     if name_or_url.starts_with("iscsi://") {
         return open_url(global.offline, read_timeout, cache, name_or_url).await;
     }
-    let catalogs = global.catalogs.clone();
+    let (catalogs, pubkeys) = (global.catalogs.clone(), global.pubkeys.clone());
     let root = cache.root().to_path_buf();
     let offline = global.offline;
-    let catalog =
-        tokio::task::spawn_blocking(move || Catalog::load(&catalogs, Some(&root), offline))
-            .await
-            .context("while loading catalogs")??;
+    let catalog = tokio::task::spawn_blocking(move || {
+        Catalog::load(&catalogs, &pubkeys, Some(&root), offline)
+    })
+    .await
+    .context("while loading catalogs")??;
     let entry = catalog.find(name_or_url)?.clone();
+    // An expired signed catalog, in its grace period, still names what is cached; nothing more.
+    let offline = offline || matches!(entry.freshness, Freshness::InGrace { .. });
     open_entry(offline, read_timeout, cache, entry).await
 }
 
@@ -58,7 +62,14 @@ fn load_manifest(
     let bytes = mref
         .read(&cache.kept_manifest(&mref.sha256), offline)
         .with_context(|| format!("while reading the manifest of `{}`", entry.name))?;
-    pinned(bytes).with_context(|| format!("manifest of `{}` refused", entry.name))
+    pinned(bytes).with_context(|| {
+        format!(
+            "{}: manifest of `{}` ({}) refused",
+            entry.origin,
+            entry.name,
+            mref.describe()
+        )
+    })
 }
 
 async fn open_entry(
@@ -72,9 +83,12 @@ async fn open_entry(
             let (c, e, m) = (cache.clone(), entry.clone(), mref.clone());
             let (manifest, bytes) =
                 tokio::task::spawn_blocking(move || load_manifest(&c, &e, &m, offline)).await??;
-            manifest
-                .check_size(entry.size)
-                .with_context(|| format!("manifest of `{}` refused (catalog size)", entry.name))?;
+            manifest.check_size(entry.size).with_context(|| {
+                format!(
+                    "{}: manifest of `{}` refused (catalog size)",
+                    entry.origin, entry.name
+                )
+            })?;
             Some((manifest, bytes, mref.sha256.clone()))
         }
         None => None,

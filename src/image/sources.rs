@@ -105,6 +105,14 @@ impl Run {
     }
 }
 
+/// No source could be connected to: why each failed, and whether any of them answered (and
+/// ruled itself out: no such LUN, authentication, another size) rather than not answering.
+#[derive(Debug)]
+pub struct NoneConnected {
+    pub reasons: String,
+    pub answered: bool,
+}
+
 /// Why a fetch failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchError {
@@ -451,6 +459,11 @@ impl Sources {
         }
         let counted = match fault {
             Fault::Source(SourceError::Network(e) | SourceError::Io(e)) => {
+                tracing::info!(
+                    "{}: {}: {e}; passing it over for a while",
+                    self.image,
+                    self.list[i].describe()
+                );
                 states[i].health = Self::rest(&states[i].health, now, e.clone());
                 return;
             }
@@ -531,36 +544,43 @@ impl Sources {
         Ok(())
     }
 
-    /// Connect to the first source that answers and is this image (when the image is opened).
-    /// Err lists why each failed.
-    pub async fn connect_any(&self) -> Result<(), String> {
+    /// Connect to the first source that answers and is this image (when the image is opened);
+    /// each one passed over is named in a warning.
+    pub async fn connect_any(&self) -> Result<(), NoneConnected> {
         let mut errors = Vec::new();
+        let mut answered = false;
         let mut tried = Vec::new();
         while let Pick::Source(i) = self.pick(Instant::now(), &tried) {
             tried.push(i);
-            let opened = tokio::time::timeout(CONNECT_TIMEOUT, self.list[i].open()).await;
+            let source = &self.list[i];
+            let opened = tokio::time::timeout(CONNECT_TIMEOUT, source.open()).await;
             let result = match opened {
                 Ok(Ok(id)) => self.check_identity(i, &id),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(SourceError::Network("connect timed out".into())),
             };
-            match result {
+            let err = match result {
                 Ok(()) => {
-                    let mut states = self.states();
-                    states[i].health = Health::Ready;
-                    self.preferred.store(i, Ordering::Relaxed);
+                    tracing::info!("{}: connected to {}", self.image, source.describe());
+                    self.succeeded_to_connect(i);
                     return Ok(());
                 }
-                Err(e) => {
-                    let text = e.to_string();
-                    if text.contains(&self.list[i].describe()) {
-                        errors.push(text);
-                    } else {
-                        errors.push(format!("{}: {text}", self.list[i].describe()));
-                    }
-                    self.failed(i, &Fault::Source(e));
-                }
+                Err(e) => e,
+            };
+            // A source that answered and ruled itself out, rather than one that did not answer.
+            answered |= !matches!(err, SourceError::Network(_));
+            let text = err.to_string();
+            let text = if text.contains(&source.describe()) {
+                text
+            } else {
+                format!("{}: {text}", source.describe())
+            };
+            if tried.len() < self.list.len() {
+                // Passed over, not given up: a later fetch may come back to it.
+                tracing::warn!("{}: {text}; trying the next portal", self.image);
             }
+            errors.push(text);
+            self.failed(i, &Fault::Source(err));
         }
         if errors.is_empty() {
             errors.push(if self.list.is_empty() {
@@ -569,7 +589,15 @@ impl Sources {
                 self.all_dropped()
             });
         }
-        Err(errors.join("; "))
+        Err(NoneConnected {
+            reasons: errors.join("; "),
+            answered,
+        })
+    }
+
+    fn succeeded_to_connect(&self, i: usize) {
+        self.states()[i].health = Health::Ready;
+        self.preferred.store(i, Ordering::Relaxed);
     }
 
     /// Fetch `run` from the best source, verifying each chunk as it lands; fail over, hedge and

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::login::{Chap, DigestOffer, LoginConfig};
-use super::session::{Conn, LoginFailure, Seq};
+use super::session::Seq;
+use super::transport::{Conn, LoginFailure};
 use super::IscsiError;
 
 /// A target and the portals it is reachable at (`host:port`, TPGT removed).

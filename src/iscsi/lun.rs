@@ -1,4 +1,4 @@
-//! One LUN of one target as a [`BlockSource`]: connect (portals in order, redirects followed),
+//! One LUN of one target: connect (portals in order, redirects followed),
 //! probe what the LUN is (TEST UNIT READY until UNIT ATTENTIONs are drained, INQUIRY and VPD
 //! 0x00/0x80/0x83, READ CAPACITY(16) falling back to (10); MMC devices use (10) only), then read
 //! with READ(10)/(12)/(16) as the device takes them, clamped to the capacity.
@@ -6,7 +6,6 @@
 //! Recovery (RFC 7143 §6.2.1 session reinstatement is not used: ErrorRecoveryLevel 0 with a new
 //! session, same ISID, TSIH 0) reconnects through [`Connector`], which checks the LUN's identity.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,18 +13,23 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::login::{Chap, DigestOffer, LoginConfig};
-use super::session::{
-    CommandOutcome, CommandSpec, Conn, Driver, LoginFailure, Reconnect, Request, Seq, Shared,
-    Timing,
-};
+use super::login::{Chap, DigestOffer, LoginConfig, LoginError};
+use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
+use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
 use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
 
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
 pub const DEFAULT_MAX_READ: u32 = 1 << 20;
+
+/// Longest wait for a portal to accept a connection and complete login. A mirror that accepts
+/// and then says nothing is passed over for the next one this soon (it may be tried again later).
+pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The default bound on one read, reconnects included.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// How to reach a LUN. [`ConnectOptions::new`] fills in defaults.
 #[derive(Debug, Clone)]
@@ -40,8 +44,12 @@ pub struct ConnectOptions {
     pub digest: DigestOffer,
     /// Fail outstanding reads when the target stays away this long.
     pub give_up_after: Duration,
+    /// No read waits longer than this in all, reconnects included.
+    pub read_timeout: Duration,
     /// Bound on connecting, logging in and each setup exchange.
     pub timeout: Duration,
+    /// Bound on connecting and completing login, together ([`LOGIN_TIMEOUT`]).
+    pub login_timeout: Duration,
     /// Ping an idle link after this long.
     pub nop_interval: Duration,
     /// Declare a link dead when nothing arrives for this long while we wait for the target.
@@ -64,7 +72,9 @@ impl ConnectOptions {
             initiator_name: super::default_initiator_name(),
             digest: super::digest_from_env(),
             give_up_after: Duration::from_secs(60),
+            read_timeout: DEFAULT_READ_TIMEOUT,
             timeout: Duration::from_secs(10),
+            login_timeout: LOGIN_TIMEOUT,
             nop_interval: Duration::from_secs(3),
             stall_timeout: Duration::from_secs(8),
             queue_depth: 64,
@@ -144,7 +154,6 @@ impl Probe {
 struct Connector {
     opts: ConnectOptions,
     isid: [u8; 6],
-    current: AtomicUsize,
     first: Mutex<Option<Probe>>,
 }
 
@@ -160,6 +169,10 @@ impl Connector {
     fn login_error(&self, portal: &str, failure: LoginFailure) -> IscsiError {
         match failure {
             LoginFailure::Io(e) => e,
+            LoginFailure::Refused(LoginError::Protocol(reason)) => IscsiError::Protocol {
+                portal: portal.to_string(),
+                reason: format!("during login: {reason}"),
+            },
             LoginFailure::Refused(source) => IscsiError::Login {
                 target: self.opts.target.clone(),
                 portal: portal.to_string(),
@@ -168,35 +181,57 @@ impl Connector {
         }
     }
 
-    /// Connect and log in, following redirects.
+    /// Connect and log in, following redirects; each portal gets `login_timeout` for both.
     async fn login(
         &self,
         portal: &str,
     ) -> Result<(Conn, Seq, super::login::LoginOutcome), IscsiError> {
         let mut address = portal.to_string();
         for _ in 0..4 {
-            let mut conn = Conn::connect(&address, self.opts.timeout).await?;
-            let cfg = LoginConfig {
-                initiator_name: self.opts.initiator_name.clone(),
-                target: Some(self.opts.target.clone()),
-                isid: self.isid,
-                tsih: 0,
-                cid: 0,
-                chap: self.opts.chap.clone(),
-                digest: self.opts.digest,
-                max_recv_data_segment_length: 262_144,
-                max_burst_length: 16_776_192,
+            tracing::info!(
+                "connecting to {address} for {} LUN {}",
+                self.opts.target,
+                self.opts.lun
+            );
+            if let Some(chap) = &self.opts.chap {
+                let mutual = if chap.target_user.is_some() {
+                    " (mutual)"
+                } else {
+                    ""
+                };
+                tracing::info!("{address}: CHAP as user `{}`{mutual}", chap.user);
+            }
+            let bound = self.opts.login_timeout;
+            let attempt = tokio::time::timeout(bound, self.login_once(&address)).await;
+            let outcome = match attempt {
+                Ok(outcome) => outcome?,
+                Err(_) => {
+                    return Err(IscsiError::Connect {
+                        portal: address,
+                        reason: format!("no login within {} s", bound.as_secs_f32()),
+                    })
+                }
             };
-            match conn.login(cfg, 0).await {
-                Ok(Ok(outcome)) => {
+            match outcome {
+                (conn, Ok(outcome)) => {
                     let seq = Seq::new(&outcome, 1);
+                    let params: Vec<String> = outcome
+                        .params
+                        .describe()
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    tracing::info!(
+                        "logged in to {} at {address}; negotiated {}",
+                        self.opts.target,
+                        params.join(", ")
+                    );
                     return Ok((conn, seq, outcome));
                 }
-                Ok(Err(redirect)) => {
+                (_, Err(redirect)) => {
                     tracing::info!("{address} redirects us to {redirect}");
                     address = redirect;
                 }
-                Err(failure) => return Err(self.login_error(&address, failure)),
             }
         }
         Err(IscsiError::Protocol {
@@ -205,9 +240,60 @@ impl Connector {
         })
     }
 
+    /// One connection and login exchange at `address`: the session, or where it redirects us.
+    async fn login_once(
+        &self,
+        address: &str,
+    ) -> Result<(Conn, Result<super::login::LoginOutcome, String>), IscsiError> {
+        let mut conn = Conn::connect(address, self.opts.timeout).await?;
+        let cfg = LoginConfig {
+            initiator_name: self.opts.initiator_name.clone(),
+            target: Some(self.opts.target.clone()),
+            isid: self.isid,
+            tsih: 0,
+            cid: 0,
+            chap: self.opts.chap.clone(),
+            digest: self.opts.digest,
+            max_recv_data_segment_length: 262_144,
+            max_burst_length: 16_776_192,
+        };
+        match conn.login(cfg, 0).await {
+            Ok(result) => Ok((conn, result)),
+            Err(failure) => Err(self.login_error(address, failure)),
+        }
+    }
+
     async fn establish(&self, portal: &str) -> Result<Established, IscsiError> {
         let (mut conn, mut seq, outcome) = self.login(portal).await?;
-        let probe = probe(&mut conn, &mut seq, self.opts.lun).await?;
+        let probe = match probe(&mut conn, &mut seq, self.opts.lun).await {
+            Ok(probe) => probe,
+            Err(ProbeError::NoSuchLun) => {
+                // Say what the target does have: a wrong LUN is a mistake in the catalog.
+                let available =
+                    setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096)
+                        .await
+                        .ok()
+                        .and_then(|data| scsi::parse_report_luns(&data).ok());
+                conn.logout(&mut seq).await;
+                return Err(IscsiError::NoSuchLun {
+                    target: self.opts.target.clone(),
+                    portal: portal.to_string(),
+                    lun: self.opts.lun,
+                    available,
+                });
+            }
+            Err(ProbeError::Failed(e)) => return Err(e),
+        };
+        let info = &probe.inquiry;
+        tracing::info!(
+            "{portal}: LUN {} is {} {} ({}), {} blocks of {} bytes",
+            self.opts.lun,
+            info.vendor,
+            info.product,
+            scsi::device_type_name(info.device_type),
+            probe.capacity.blocks,
+            probe.capacity.block_size
+        );
         Ok(Established {
             conn,
             seq,
@@ -234,7 +320,6 @@ pub async fn list_luns(opts: &ConnectOptions) -> Result<Vec<LunSummary>, IscsiEr
     let connector = Connector {
         opts: opts.clone(),
         isid: random_isid(),
-        current: AtomicUsize::new(0),
         first: Mutex::new(None),
     };
     let portal = opts.portals.first().ok_or(IscsiError::Closed)?;
@@ -269,26 +354,17 @@ fn random_isid() -> [u8; 6] {
 
 #[async_trait]
 impl Reconnect for Connector {
-    async fn reconnect(&self, attempt: u32) -> Result<(Conn, Seq, Params), (IscsiError, bool)> {
-        let n = self.opts.portals.len().max(1);
-        let index = (self.current.load(Ordering::Relaxed) + 1 + attempt as usize) % n;
-        let portal = self.opts.portals[index].clone();
-        // A restarting target may refuse logins for a moment (target not configured yet): every
-        // failure to log in is retried until `give_up_after`.
-        let est = self.establish(&portal).await.map_err(|e| (e, false))?;
+    /// Log in at `portal` and check that the LUN is the one first probed.
+    async fn reconnect(&self, portal: &str) -> Result<(Conn, Seq, Params), IscsiError> {
+        let est = self.establish(portal).await?;
         if let Some(first) = &*lock(&self.first) {
             if let Err(reason) = first.same_lun(&est.probe) {
-                return Err((
-                    IscsiError::IdentityChanged {
-                        portal: portal.clone(),
-                        reason,
-                    },
-                    true,
-                ));
+                return Err(IscsiError::IdentityChanged {
+                    portal: portal.to_string(),
+                    reason,
+                });
             }
         }
-        self.current.store(index, Ordering::Relaxed);
-        tracing::info!("reconnected to {portal}");
         Ok((est.conn, est.seq, est.params))
     }
 }
@@ -309,7 +385,12 @@ async fn setup_command(
         lun: scsi::lun_to_wire(lun),
         cdb,
         read_len,
+        expect: DataLength::AtMost,
     };
+    tracing::debug!(
+        "LUN {lun}: command opcode {:#04x}, {read_len} bytes in",
+        cdb[0]
+    );
     let mut last = None;
     for attempt in 0..10u32 {
         let outcome = conn.command(seq, &spec).await?;
@@ -360,13 +441,34 @@ fn check(outcome: &CommandOutcome) -> Result<(), Verdict> {
     }
 }
 
-async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, IscsiError> {
+/// Why a probe failed: the LUN does not exist, or anything else.
+enum ProbeError {
+    NoSuchLun,
+    Failed(IscsiError),
+}
+
+impl<E: Into<IscsiError>> From<E> for ProbeError {
+    fn from(e: E) -> Self {
+        ProbeError::Failed(e.into())
+    }
+}
+
+/// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.6, ASC 0x25).
+fn lun_not_supported(e: &IscsiError) -> bool {
+    matches!(e, IscsiError::Scsi(s)
+        if s.sense().is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25))
+}
+
+async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, ProbeError> {
     // TEST UNIT READY drains the UNIT ATTENTIONs a new session starts with.
-    setup_command(conn, seq, lun, scsi::test_unit_ready(), 0).await?;
+    match setup_command(conn, seq, lun, scsi::test_unit_ready(), 0).await {
+        Err(e) if lun_not_supported(&e) => return Err(ProbeError::NoSuchLun),
+        other => other?,
+    };
     let data = setup_command(conn, seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
     let inquiry = scsi::parse_inquiry(&data)?;
     if inquiry.qualifier != 0 || inquiry.device_type == 0x1f {
-        return Err(IscsiError::NoSuchLun { lun });
+        return Err(ProbeError::NoSuchLun);
     }
     let pages = match setup_command(conn, seq, lun, scsi::inquiry(true, 0x00, 255), 255).await {
         Ok(data) => scsi::parse_supported_pages(&data).unwrap_or_default(),
@@ -390,7 +492,7 @@ async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, IscsiE
         match setup_command(conn, seq, lun, scsi::read_capacity16(32), 32).await {
             Ok(data) => scsi::parse_read_capacity16(&data)?,
             Err(IscsiError::Scsi(_)) => read_capacity10(conn, seq, lun).await?,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     };
     Ok(Probe {
@@ -437,7 +539,6 @@ impl IscsiLun {
         let connector = Arc::new(Connector {
             opts: opts.clone(),
             isid: random_isid(),
-            current: AtomicUsize::new(0),
             first: Mutex::new(None),
         });
         let mut last = None;
@@ -445,8 +546,7 @@ impl IscsiLun {
         for (index, portal) in opts.portals.iter().enumerate() {
             match connector.establish(portal).await {
                 Ok(est) => {
-                    connector.current.store(index, Ordering::Relaxed);
-                    established = Some((portal.clone(), est));
+                    established = Some((index, est));
                     break;
                 }
                 Err(e) => {
@@ -457,9 +557,10 @@ impl IscsiLun {
                 }
             }
         }
-        let Some((portal, est)) = established else {
+        let Some((current, est)) = established else {
             return Err(last.unwrap_or(IscsiError::Closed));
         };
+        let portal = opts.portals[current].clone();
         *lock(&connector.first) = Some(est.probe.clone());
         let probe = est.probe;
         let capacity = probe.capacity.bytes().unwrap_or(0);
@@ -493,9 +594,18 @@ impl IscsiLun {
             nop_interval: opts.nop_interval,
             stall_timeout: opts.stall_timeout,
             give_up_after: opts.give_up_after,
+            read_timeout: opts.read_timeout,
             queue_depth: opts.queue_depth.max(1),
         };
-        let tx = Driver::spawn(est.conn, est.seq, timing, connector, shared.clone());
+        let tx = Driver::spawn(
+            est.conn,
+            est.seq,
+            opts.portals.clone(),
+            current,
+            timing,
+            connector,
+            shared.clone(),
+        );
         Ok(Arc::new(IscsiLun {
             tx,
             shared,
@@ -556,6 +666,7 @@ impl IscsiLun {
             lun: self.lun_wire,
             cdb,
             read_len,
+            expect: DataLength::AtMost,
         };
         let rx = self.submit(spec.clone()).await?;
         self.finish(&spec, rx).await
@@ -603,10 +714,16 @@ impl IscsiLun {
         while at < end {
             let n = (end - at).min(u64::from(self.max_read_blocks)) as u32;
             let cdb = scsi::read(self.read_kind, at, n).ok_or(IscsiError::OutOfRange)?;
+            tracing::debug!(
+                "LUN {}: READ opcode {:#04x}, LBA {at}, {n} blocks",
+                self.info.lun,
+                cdb[0]
+            );
             specs.push(CommandSpec {
                 lun: self.lun_wire,
                 cdb,
                 read_len: n * self.info.block_size,
+                expect: DataLength::Exactly,
             });
             at += u64::from(n);
         }

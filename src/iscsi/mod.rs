@@ -3,7 +3,8 @@
 //! - [`pdu`], [`digest`], [`text`]: the wire codec, no I/O (§11, §6, §13).
 //! - [`reader`]: the one PDU read loop, shared with the target.
 //! - [`login`]: login and CHAP as a state machine, no I/O (§6.3, §12.1.3).
-//! - [`session`]: the full-feature phase and recovery (§4.2, §7.1.4.1).
+//! - [`session`]: the full-feature phase and recovery as a state machine, no I/O (§4.2, §7.1.4.1);
+//!   [`transport`] drives it (and the login and setup exchanges) over tokio.
 //! - [`lun`]: one LUN: connect, probe, read, reconnect; [`discovery`]: SendTargets.
 //! - [`url`] parses `iscsi://user%secret@host:port/target/lun?digest=crc32c` (user, secret, port
 //!   and query optional).
@@ -23,6 +24,7 @@ pub mod pdu;
 pub mod reader;
 pub mod session;
 pub mod text;
+pub mod transport;
 pub mod url;
 
 pub use discovery::{discover, DiscoveredTarget};
@@ -43,14 +45,26 @@ pub enum IscsiError {
         portal: String,
         reason: String,
     },
+    /// The target broke the protocol or contradicted a command.
     #[error("{portal}: {reason}")]
     Protocol { portal: String, reason: String },
-    #[error("the target has no LUN {lun}")]
-    NoSuchLun { lun: u64 },
+    /// The connection failed after it was made (reset, closed, silent).
+    #[error("connection to {portal} lost: {reason}")]
+    Lost { portal: String, reason: String },
+    #[error("target {target} at {portal} has no LUN {lun}{}", luns_it_has(.available))]
+    NoSuchLun {
+        target: String,
+        portal: String,
+        lun: u64,
+        /// What REPORT LUNS lists, when it answered.
+        available: Option<Vec<u64>>,
+    },
     #[error("after reconnecting to {portal}, the LUN is not the same one: {reason}")]
     IdentityChanged { portal: String, reason: String },
     #[error("target unreachable for {secs}s, giving up: {last}")]
     GaveUp { secs: u64, last: String },
+    #[error("no answer within {secs}s")]
+    TimedOut { secs: u64 },
     #[error("target rejected the command (reason {reason:#04x})")]
     Rejected { reason: u8 },
     #[error("read past the end of the LUN")]
@@ -61,6 +75,17 @@ pub enum IscsiError {
     Closed,
     #[error(transparent)]
     Scsi(#[from] ScsiError),
+}
+
+fn luns_it_has(available: &Option<Vec<u64>>) -> String {
+    match available.as_deref() {
+        None => String::new(),
+        Some([]) => " (it reports no LUNs)".to_string(),
+        Some(luns) => {
+            let list: Vec<String> = luns.iter().map(u64::to_string).collect();
+            format!(" (it has LUN {})", list.join(", "))
+        }
+    }
 }
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.

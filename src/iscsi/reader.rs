@@ -95,22 +95,29 @@ impl PduReader {
             if let Some(pdu) = self.buffered()? {
                 return Ok(Some(pdu));
             }
-            let (room, allocation) = match self.buffering {
-                Buffering::Streaming => {
-                    let room = self.framing.max_recv_data as usize + 4096;
-                    (room, (4 << 20).max(2 * room))
-                }
-                Buffering::Frugal => (1024, 16 * 1024),
-            };
-            if self.buf.capacity() - self.buf.len() < room {
-                self.buf.reserve(allocation);
+            if self.fill(reader).await? == 0 {
+                return Ok(None);
             }
-            if reader.read_buf(&mut self.buf).await? == 0 {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(ReadError::Truncated);
+        }
+    }
+
+    /// One read from the stream into the buffer (cancel safe): the bytes received, 0 when the
+    /// peer closed the connection between PDUs. Take the PDUs with [`PduReader::buffered`].
+    pub async fn fill<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> Result<usize, ReadError> {
+        let (room, allocation) = match self.buffering {
+            Buffering::Streaming => {
+                let room = self.framing.max_recv_data as usize + 4096;
+                (room, (4 << 20).max(2 * room))
             }
+            Buffering::Frugal => (1024, 16 * 1024),
+        };
+        if self.buf.capacity() - self.buf.len() < room {
+            self.buf.reserve(allocation);
+        }
+        match reader.read_buf(&mut self.buf).await? {
+            0 if self.buf.is_empty() => Ok(0),
+            0 => Err(ReadError::Truncated),
+            n => Ok(n),
         }
     }
 }

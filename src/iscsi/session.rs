@@ -1,29 +1,38 @@
-//! The full-feature phase (RFC 7143 §4.2, §11): one connection per session, many SCSI commands
-//! outstanding inside the target's CmdSN window (§4.2.2.1, serial arithmetic per RFC 1982),
-//! Data-In reassembly (§11.7) with status in the last Data-In or a SCSI Response (§11.4), NOP-In
-//! answered and NOP-Out pings on an idle link (§11.18–§11.19), Asynchronous Messages (§11.9),
-//! Reject (§11.17), Logout (§11.14) and session recovery at ErrorRecoveryLevel 0 (§7.1.4.1):
-//! reconnect with backoff, log in again with the same ISID and TSIH 0, check that the LUN is the
-//! same one, and reissue every outstanding command.
+//! The full-feature phase (RFC 7143 §4.2, §11) as a state machine without I/O: one connection
+//! per session, many SCSI commands outstanding inside the target's CmdSN window (§4.2.2.1, serial
+//! arithmetic per RFC 1982), Data-In reassembly (§11.7) with status in the last Data-In or a SCSI
+//! Response (§11.4), NOP-In answered and NOP-Out pings on an idle link (§11.18–§11.19),
+//! Asynchronous Messages (§11.9), Reject (§11.17), Logout (§11.14), and session recovery at
+//! ErrorRecoveryLevel 0 (§7.1.4.1): reconnect, log in again with the same ISID and TSIH 0, and
+//! reissue every outstanding command.
 //!
-//! One driver task owns the connection's state. It reads the socket itself (reads are cancel
-//! safe) and hands finished commands their data; a writer task sends the encoded PDUs it queues.
+//! [`Machine`] takes the time and events in (`handle_*`: a request, a PDU, bytes arriving, a
+//! connection made or lost, a timer) and gives out PDUs to send, connections to open or close
+//! and its next deadline (`poll_*`); commands complete through the reply each request carries.
+//! `transport` drives it over tokio; unit tests drive it with byte fixtures and a simulated clock.
+//!
+//! ## Faults
+//! Every way a connection ends is a [`Fault`]. A network fault (reset, refused, a stall with
+//! nothing arriving, a target restart or logout request) keeps the session reconnecting, next
+//! portal first, until `give_up_after` of absence. A protocol fault (a PDU against RFC 7143 or
+//! the negotiated limits, a response contradicting its command, an unknown ITT, a reserved
+//! opcode, a Reject of our valid PDU, Data-In that makes no progress for `stall_timeout` while
+//! bytes keep coming) counts against the portal: after [`MAX_PROTOCOL_FAULTS`] the portal is
+//! dropped and the next one tried; with every portal dropped, outstanding and later commands fail
+//! at once with one message naming the portal and the violation. No command waits longer than
+//! `read_timeout` in all.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
+use tokio::sync::oneshot;
 
-use super::login::{Login, LoginConfig, LoginError, LoginOutcome, LoginStep};
+use super::login::LoginOutcome;
 use super::pdu::{
     self, Bhs, DataIn, Framing, LogoutRequest, NopOut, Pdu, ScsiCommand, RESERVED_TAG,
 };
+use super::reader::ReadError;
 use super::text::Params;
 use super::IscsiError;
 use crate::scsi::Cdb;
@@ -106,7 +115,7 @@ pub struct CommandOutcome {
 
 /// Data-In segments of one command, joined in order without copying when there is only one.
 #[derive(Debug, Default)]
-enum Assembly {
+pub(super) enum Assembly {
     #[default]
     Empty,
     One(Bytes),
@@ -162,16 +171,26 @@ impl Assembly {
     }
 }
 
+/// How much data a command must return with GOOD status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataLength {
+    /// All `read_len` bytes (a READ): less with GOOD status contradicts the command.
+    Exactly,
+    /// Up to `read_len` bytes (INQUIRY and the like return what they have).
+    AtMost,
+}
+
 /// A command as the caller asked for it.
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
     pub lun: u64,
     pub cdb: Cdb,
     pub read_len: u32,
+    pub expect: DataLength,
 }
 
 impl CommandSpec {
-    fn pdu(&self, itt: u32, seq: &Seq) -> Pdu {
+    pub(super) fn pdu(&self, itt: u32, seq: &Seq) -> Pdu {
         Pdu::new(Bhs::ScsiCommand(ScsiCommand {
             immediate: false,
             fin: true,
@@ -189,13 +208,13 @@ impl CommandSpec {
 }
 
 /// What a received PDU did to a command in progress.
-enum Progress {
+pub(super) enum Progress {
     More,
     Done(CommandOutcome),
 }
 
 /// Apply a Data-In or SCSI Response to a command's assembly.
-fn progress(pdu: Pdu, read_len: u32, data: &mut Assembly) -> Result<Progress, String> {
+pub(super) fn progress(pdu: Pdu, read_len: u32, data: &mut Assembly) -> Result<Progress, String> {
     match pdu.bhs {
         Bhs::DataIn(DataIn {
             buffer_offset,
@@ -230,258 +249,7 @@ fn progress(pdu: Pdu, read_len: u32, data: &mut Assembly) -> Result<Progress, St
     }
 }
 
-/// A TCP connection in the login or setup phase: one request at a time.
-pub struct Conn {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    pub framing: Framing,
-    pub portal: String,
-    timeout: Duration,
-}
-
-// Socket buffers are left to the kernel's autotuning: setting SO_RCVBUF would cap the window at
-// net.core.rmem_max (208 KiB on many systems), far below what a 20 ms link needs.
-
-impl Conn {
-    /// Connect to `host:port` (IPv6 in brackets), bounded by `timeout`.
-    pub async fn connect(portal: &str, timeout: Duration) -> Result<Self, IscsiError> {
-        let fail = |reason: String| IscsiError::Connect {
-            portal: portal.to_string(),
-            reason,
-        };
-        let (host, port) = super::url::split_host_port(portal).map_err(fail)?;
-        let addrs: Vec<_> = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port)))
-            .await
-            .map_err(|_| fail("name lookup timed out".into()))?
-            .map_err(|e| fail(e.to_string()))?
-            .collect();
-        let mut last = "no address".to_string();
-        for addr in addrs {
-            let socket = if addr.is_ipv4() {
-                tokio::net::TcpSocket::new_v4()
-            } else {
-                tokio::net::TcpSocket::new_v6()
-            }
-            .map_err(|e| fail(e.to_string()))?;
-            match tokio::time::timeout(timeout, socket.connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    return Ok(Self {
-                        stream,
-                        rbuf: BytesMut::with_capacity(64 * 1024),
-                        framing: Framing::default(),
-                        portal: portal.to_string(),
-                        timeout,
-                    });
-                }
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "connection timed out".into(),
-            }
-        }
-        Err(fail(last))
-    }
-
-    fn protocol(&self, reason: impl Into<String>) -> IscsiError {
-        IscsiError::Protocol {
-            portal: self.portal.clone(),
-            reason: reason.into(),
-        }
-    }
-
-    pub async fn send(&mut self, pdu: &Pdu) -> Result<(), IscsiError> {
-        let bytes = pdu.to_bytes(&self.framing);
-        tokio::time::timeout(self.timeout, self.stream.write_all(&bytes))
-            .await
-            .map_err(|_| self.protocol("timed out sending"))?
-            .map_err(|e| self.protocol(format!("connection lost: {e}")))
-    }
-
-    pub async fn recv(&mut self) -> Result<Pdu, IscsiError> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match pdu::decode(&mut self.rbuf, &self.framing) {
-                Ok(Some(pdu)) => return Ok(pdu),
-                Ok(None) => {}
-                Err(e) => return Err(self.protocol(e.to_string())),
-            }
-            self.rbuf.reserve(64 * 1024);
-            let n = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf))
-                .await
-                .map_err(|_| self.protocol("no response from target"))?
-                .map_err(|e| self.protocol(format!("connection lost: {e}")))?;
-            if n == 0 {
-                return Err(self.protocol("connection closed by target"));
-            }
-        }
-    }
-
-    /// Run a login to completion. A redirect comes back as `Ok(Err(address))`.
-    pub async fn login(
-        &mut self,
-        cfg: LoginConfig,
-        itt: u32,
-    ) -> Result<Result<LoginOutcome, String>, LoginFailure> {
-        let (mut login, first) = Login::start(cfg, itt, 1);
-        self.send(&first).await.map_err(LoginFailure::Io)?;
-        loop {
-            let pdu = self.recv().await.map_err(LoginFailure::Io)?;
-            match login.receive(pdu).map_err(LoginFailure::Refused)? {
-                LoginStep::Send(next) => self.send(&next).await.map_err(LoginFailure::Io)?,
-                LoginStep::Redirect(address) => return Ok(Err(address)),
-                LoginStep::Done(outcome) => {
-                    self.framing = framing_for(&outcome.params);
-                    return Ok(Ok(outcome));
-                }
-            }
-        }
-    }
-
-    /// Run one SCSI command and wait for its end, answering target NOP-Ins meanwhile.
-    pub async fn command(
-        &mut self,
-        seq: &mut Seq,
-        spec: &CommandSpec,
-    ) -> Result<CommandOutcome, IscsiError> {
-        let itt = seq.itt();
-        let pdu = spec.pdu(itt, seq);
-        seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
-        self.send(&pdu).await?;
-        let mut data = Assembly::Empty;
-        for _ in 0..100_000 {
-            let pdu = self.recv().await?;
-            note_sequence(seq, &pdu.bhs);
-            match &pdu.bhs {
-                Bhs::DataIn(d) if d.itt == itt => {}
-                Bhs::ScsiResponse(r) if r.itt == itt => {}
-                Bhs::NopIn(nop) if nop.ttt != RESERVED_TAG => {
-                    let reply = nop_reply(nop, seq);
-                    self.send(&reply).await?;
-                    continue;
-                }
-                Bhs::Reject(r) => {
-                    return Err(
-                        self.protocol(format!("target rejected a PDU (reason {:#04x})", r.reason))
-                    )
-                }
-                Bhs::AsyncMessage(_) | Bhs::NopIn(_) => continue,
-                other => return Err(self.protocol(format!("unexpected {:?}", other.opcode()))),
-            }
-            match progress(pdu, spec.read_len, &mut data).map_err(|e| self.protocol(e))? {
-                Progress::More => {}
-                Progress::Done(outcome) => return Ok(outcome),
-            }
-        }
-        Err(self.protocol("command never completed"))
-    }
-
-    /// A Text Request exchange (used by SendTargets), following continuations.
-    pub async fn text(
-        &mut self,
-        seq: &mut Seq,
-        keys: &[(&str, &str)],
-    ) -> Result<Vec<(String, String)>, IscsiError> {
-        let itt = seq.itt();
-        let mut buffer = super::text::TextBuffer::default();
-        let mut request = Pdu::with_data(
-            Bhs::TextRequest(pdu::TextRequest {
-                immediate: false,
-                fin: true,
-                cont: false,
-                lun: 0,
-                itt,
-                ttt: RESERVED_TAG,
-                cmd_sn: seq.cmd_sn,
-                exp_stat_sn: seq.exp_stat_sn,
-            }),
-            super::text::encode(keys),
-        );
-        for _ in 0..1024 {
-            self.send(&request).await?;
-            let pdu = loop {
-                let pdu = self.recv().await?;
-                note_sequence(seq, &pdu.bhs);
-                match &pdu.bhs {
-                    Bhs::TextResponse(r) if r.itt == itt => break pdu,
-                    Bhs::NopIn(nop) if nop.ttt != RESERVED_TAG => {
-                        let reply = nop_reply(nop, seq);
-                        self.send(&reply).await?;
-                    }
-                    Bhs::Reject(r) => {
-                        return Err(self.protocol(format!(
-                            "target rejected the text request (reason {:#04x})",
-                            r.reason
-                        )))
-                    }
-                    Bhs::AsyncMessage(_) | Bhs::NopIn(_) => {}
-                    other => return Err(self.protocol(format!("unexpected {:?}", other.opcode()))),
-                }
-            };
-            let Bhs::TextResponse(resp) = &pdu.bhs else {
-                unreachable!("matched above")
-            };
-            buffer
-                .push(&pdu.data)
-                .map_err(|e| self.protocol(e.to_string()))?;
-            if resp.fin && !resp.cont {
-                seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
-                return buffer.take().map_err(|e| self.protocol(e.to_string()));
-            }
-            seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
-            request = Pdu::new(Bhs::TextRequest(pdu::TextRequest {
-                immediate: false,
-                fin: true,
-                cont: false,
-                lun: 0,
-                itt,
-                ttt: resp.ttt,
-                cmd_sn: seq.cmd_sn,
-                exp_stat_sn: seq.exp_stat_sn,
-            }));
-        }
-        Err(self.protocol("text response never ended"))
-    }
-
-    /// Close the session politely; errors are of no interest at this point.
-    pub async fn logout(&mut self, seq: &mut Seq) {
-        let itt = seq.itt();
-        let request = logout_request(itt, seq);
-        if self.send(&request).await.is_ok() {
-            for _ in 0..64 {
-                match self.recv().await {
-                    Ok(Pdu {
-                        bhs: Bhs::LogoutResponse(_),
-                        ..
-                    })
-                    | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        }
-        let _ = self.stream.shutdown().await;
-    }
-
-    fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf, BytesMut, Framing) {
-        let (r, w) = self.stream.into_split();
-        (r, w, self.rbuf, self.framing)
-    }
-}
-
-/// Why a login did not happen.
-#[derive(Debug)]
-pub enum LoginFailure {
-    Io(IscsiError),
-    Refused(LoginError),
-}
-
-pub fn framing_for(params: &Params) -> Framing {
-    Framing {
-        header_digest: params.header_digest == super::text::Digest::Crc32c,
-        data_digest: params.data_digest == super::text::Digest::Crc32c,
-        max_recv_data: params.max_recv_data_segment_length,
-    }
-}
-
-fn logout_request(itt: u32, seq: &Seq) -> Pdu {
+pub(super) fn logout_request(itt: u32, seq: &Seq) -> Pdu {
     Pdu::new(Bhs::LogoutRequest(LogoutRequest {
         immediate: true,
         reason: 0,
@@ -492,7 +260,7 @@ fn logout_request(itt: u32, seq: &Seq) -> Pdu {
     }))
 }
 
-fn nop_reply(nop: &pdu::NopIn, seq: &Seq) -> Pdu {
+pub(super) fn nop_reply(nop: &pdu::NopIn, seq: &Seq) -> Pdu {
     Pdu::new(Bhs::NopOut(NopOut {
         immediate: true,
         lun: nop.lun,
@@ -504,7 +272,7 @@ fn nop_reply(nop: &pdu::NopIn, seq: &Seq) -> Pdu {
 }
 
 /// Track StatSN and the CmdSN window from any target PDU.
-fn note_sequence(seq: &mut Seq, bhs: &Bhs) {
+pub(super) fn note_sequence(seq: &mut Seq, bhs: &Bhs) {
     let (stat_sn, exp, max) = match bhs {
         Bhs::ScsiResponse(p) => (Some(p.stat_sn), p.exp_cmd_sn, p.max_cmd_sn),
         Bhs::DataIn(p) => (p.status.map(|_| p.stat_sn), p.exp_cmd_sn, p.max_cmd_sn),
@@ -527,473 +295,812 @@ fn note_sequence(seq: &mut Seq, bhs: &Bhs) {
     seq.update_window(exp, max);
 }
 
-/// How the session reaches its target again after a loss: connect, log in, check identity.
-/// Implemented by the LUN layer, which knows what "the same LUN" means.
-#[async_trait::async_trait]
-pub trait Reconnect: Send + Sync + 'static {
-    /// A fresh logged-in, verified connection, or an error. `Err(fatal=true)` stops retrying.
-    async fn reconnect(&self, attempt: u32) -> Result<(Conn, Seq, Params), (IscsiError, bool)>;
+/// `host:port`-free framing of a logged-in connection: digests and our data segment limit.
+pub fn framing_for(params: &Params) -> Framing {
+    Framing {
+        header_digest: params.header_digest == super::text::Digest::Crc32c,
+        data_digest: params.data_digest == super::text::Digest::Crc32c,
+        max_recv_data: params.max_recv_data_segment_length,
+    }
 }
 
-/// Timing of the session driver.
+/// Protocol faults a portal may commit before it is dropped for this session.
+pub const MAX_PROTOCOL_FAULTS: u32 = 3;
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// First wait after a failed reconnect attempt.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long a shutdown waits for outstanding commands before logging out anyway.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+
+/// Timing of the session.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     /// Send a NOP-Out ping when nothing has arrived for this long.
     pub nop_interval: Duration,
-    /// Declare the connection dead when nothing has arrived for this long while we wait.
+    /// A connection is dead when nothing arrives for this long while we wait for the target,
+    /// and faulty when bytes arrive but no command makes progress for this long.
     pub stall_timeout: Duration,
-    /// Stop reconnecting after this long and fail what is outstanding.
+    /// Stop reconnecting after this long away and fail what is outstanding.
     pub give_up_after: Duration,
+    /// No command waits longer than this in all, reconnects included.
+    pub read_timeout: Duration,
     /// Most commands in flight at once (also bounded by the CmdSN window).
     pub queue_depth: usize,
 }
 
-/// A request to the session driver.
-pub enum Request {
-    Command(
-        CommandSpec,
-        oneshot::Sender<Result<CommandOutcome, IscsiError>>,
-    ),
-    Logout(oneshot::Sender<()>),
+/// Why a connection ended, by whose fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The link failed or the target went away for a while: reconnect; not held against it.
+    Network(String),
+    /// The target broke RFC 7143 or the negotiated limits, or contradicted a command: counted
+    /// against the portal.
+    Protocol(String),
+}
+
+impl Fault {
+    /// How a failed connect, login or setup counts.
+    pub fn of(err: &IscsiError) -> Option<Fault> {
+        match err {
+            IscsiError::Protocol { reason, .. } => Some(Fault::Protocol(reason.clone())),
+            IscsiError::IdentityChanged { .. } | IscsiError::NoSuchLun { .. } => None,
+            other => Some(Fault::Network(other.to_string())),
+        }
+    }
+}
+
+/// Where a finished (or failed) command's result goes.
+pub type Reply = oneshot::Sender<Result<CommandOutcome, IscsiError>>;
+
+/// What the machine asks of its transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Connect to this portal, log in and check the LUN; report with `handle_connected` or
+    /// `handle_connect_failed`.
+    Connect { portal: String },
+    /// Close the current connection (what follows is already decided).
+    Close,
+    /// The session is over: logged out, every reply answered.
+    Finished,
 }
 
 struct Task {
     order: u64,
     spec: CommandSpec,
-    reply: oneshot::Sender<Result<CommandOutcome, IscsiError>>,
+    /// `None` once the caller has had its answer (timed out): the task only absorbs the
+    /// target's Data-In until it ends.
+    reply: Option<Reply>,
+    deadline: Instant,
     data: Assembly,
 }
 
-/// Shared, observable facts of the running session.
+impl Task {
+    fn answer(&mut self, result: Result<CommandOutcome, IscsiError>) {
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// One portal's standing in this session.
 #[derive(Debug)]
-pub struct Shared {
-    pub portal: Mutex<String>,
-    pub params: Mutex<Params>,
+struct Portal {
+    address: String,
+    protocol_faults: u32,
+    /// The violation that dropped it.
+    dropped: Option<String>,
 }
 
-/// Why one connection ended.
-enum Ended {
-    Lost(String),
-    /// Reconnect after this delay (logout request, target announced drop).
+/// Our NOP-Out ping on an idle link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ping {
+    Idle,
+    Sent { itt: u32 },
+}
+
+/// What follows a logout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AfterLogout {
+    /// The target asked for it: log in again after this delay.
     Rejoin(Duration),
-    Shutdown,
+    /// We are shutting down.
+    Finish,
 }
 
-/// The driver: owns connections and outstanding tasks.
-pub struct Driver {
-    rx: mpsc::Receiver<Request>,
+/// The full-feature phase of a live connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Commands flow.
+    Running,
+    /// No new commands; Logout goes out once nothing is in flight or at `deadline`.
+    Draining {
+        deadline: Instant,
+        then: AfterLogout,
+    },
+    /// Logout sent; waiting for its response.
+    LoggingOut { itt: u32, then: AfterLogout },
+}
+
+/// A logged-in connection.
+struct Connection {
+    seq: Seq,
+    phase: Phase,
+    ping: Ping,
+    /// When bytes last arrived.
+    last_rx: Instant,
+    /// When a command last made progress (or waiting for one began).
+    last_progress: Instant,
+}
+
+/// Where the session stands.
+enum Link {
+    Up(Connection),
+    /// Between connections: connect to `portal` at `at`; away since `since`.
+    Down {
+        portal: usize,
+        at: Instant,
+        since: Instant,
+        backoff: Duration,
+        connecting: bool,
+    },
+    /// Reconnecting failed for `give_up_after` (or the LUN changed): outstanding commands were
+    /// failed; the next request tries again.
+    Resting,
+    /// Every portal was dropped for protocol faults: every command fails at once with this.
+    Failed(IscsiError),
+    /// Logged out for good.
+    Closed,
+}
+
+/// What one PDU did to the connection.
+enum Dispatched {
+    Continue,
+    /// The connection ends (not by a violation); reconnect after the delay.
+    End(Fault, Duration),
+    /// Our logout is answered; the session is over.
+    LoggedOut,
+}
+
+/// The session state machine. See the module documentation.
+pub struct Machine {
+    timing: Timing,
+    portals: Vec<Portal>,
+    current: usize,
+    link: Link,
     pending: VecDeque<Task>,
     inflight: HashMap<u32, Task>,
     next_order: u64,
-    timing: Timing,
-    reconnect: Arc<dyn Reconnect>,
-    shared: Arc<Shared>,
-    logout_waiters: Vec<oneshot::Sender<()>>,
+    next_itt: u32,
+    transmit: VecDeque<Pdu>,
+    actions: VecDeque<Action>,
+    shutdown_waiters: Vec<oneshot::Sender<()>>,
 }
 
-impl Driver {
-    pub fn spawn(
-        conn: Conn,
-        seq: Seq,
+impl Machine {
+    /// A machine whose first connection to `portals[current]` is already logged in.
+    pub fn new(
         timing: Timing,
-        reconnect: Arc<dyn Reconnect>,
-        shared: Arc<Shared>,
-    ) -> mpsc::Sender<Request> {
-        let (tx, rx) = mpsc::channel(1024);
-        let driver = Driver {
-            rx,
+        portals: Vec<String>,
+        current: usize,
+        seq: Seq,
+        now: Instant,
+    ) -> Self {
+        let mut machine = Self {
+            timing,
+            portals: portals
+                .into_iter()
+                .map(|address| Portal {
+                    address,
+                    protocol_faults: 0,
+                    dropped: None,
+                })
+                .collect(),
+            current,
+            link: Link::Resting,
             pending: VecDeque::new(),
             inflight: HashMap::new(),
             next_order: 0,
-            timing,
-            reconnect,
-            shared,
-            logout_waiters: Vec::new(),
+            next_itt: 1,
+            transmit: VecDeque::new(),
+            actions: VecDeque::new(),
+            shutdown_waiters: Vec::new(),
         };
-        tokio::spawn(driver.run(conn, seq));
-        tx
+        machine.handle_connected(now, seq);
+        machine
     }
 
-    async fn run(mut self, conn: Conn, seq: Seq) {
-        let mut current = Some((conn, seq));
-        loop {
-            let (conn, seq) = match current.take() {
-                Some(c) => c,
-                None => match self.recover(Duration::ZERO).await {
-                    Some(c) => c,
-                    None => return,
-                },
-            };
-            match self.serve(conn, seq).await {
-                Ended::Shutdown => {
-                    for waiter in self.logout_waiters.drain(..) {
-                        let _ = waiter.send(());
-                    }
-                    return;
-                }
-                Ended::Lost(reason) => {
-                    tracing::warn!("connection lost: {reason}; reconnecting");
-                    self.requeue_inflight();
-                }
-                Ended::Rejoin(delay) => {
-                    tracing::info!("target asked us to log out; logging in again");
-                    self.requeue_inflight();
-                    match self.recover(delay).await {
-                        Some(c) => current = Some(c),
-                        None => return,
-                    }
-                }
+    /// The portal in use (or being connected to).
+    pub fn portal(&self) -> &str {
+        &self.portals[self.current].address
+    }
+
+    /// Whether the transport should take more requests now (backpressure: commands wait in the
+    /// channel, not here, while the window is full).
+    pub fn wants_requests(&self) -> bool {
+        match &self.link {
+            Link::Up(conn) => {
+                conn.phase == Phase::Running
+                    && self.pending.is_empty()
+                    && conn.seq.window_open()
+                    && self.inflight.len() < self.timing.queue_depth
             }
+            Link::Down { .. } => self.pending.len() < self.timing.queue_depth,
+            Link::Resting | Link::Failed(_) | Link::Closed => true,
         }
     }
 
-    fn requeue_inflight(&mut self) {
-        let mut tasks: Vec<Task> = self.inflight.drain().map(|(_, t)| t).collect();
-        tasks.sort_by_key(|t| t.order);
-        for mut task in tasks.into_iter().rev() {
-            task.data = Assembly::Empty;
-            self.pending.push_front(task);
-        }
-    }
-
-    fn fail_all(&mut self, err: &IscsiError) {
-        for task in self
-            .pending
-            .drain(..)
-            .chain(self.inflight.drain().map(|(_, t)| t))
-        {
-            let _ = task.reply.send(Err(err.clone()));
-        }
-    }
-
-    /// Reconnect with backoff until it works or `give_up_after` passes. On giving up, fail what
-    /// is outstanding, then wait for the next request before trying again. `None`: shut down.
-    async fn recover(&mut self, first_delay: Duration) -> Option<(Conn, Seq)> {
-        let mut delay = first_delay;
-        loop {
-            let started = Instant::now();
-            let mut attempt = 0u32;
-            let mut backoff = Duration::from_millis(100);
-            let err = loop {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                    delay = Duration::ZERO;
-                }
-                match self.reconnect.reconnect(attempt).await {
-                    Ok((conn, seq, params)) => {
-                        *lock(&self.shared.portal) = conn.portal.clone();
-                        *lock(&self.shared.params) = params;
-                        return Some((conn, seq));
-                    }
-                    Err((err, true)) => break err,
-                    Err((err, false)) => {
-                        tracing::warn!("reconnect attempt {attempt} failed: {err}");
-                        let elapsed = started.elapsed();
-                        if elapsed >= self.timing.give_up_after {
-                            break IscsiError::GaveUp {
-                                secs: self.timing.give_up_after.as_secs(),
-                                last: err.to_string(),
-                            };
-                        }
-                        tokio::time::sleep(backoff.min(self.timing.give_up_after - elapsed)).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                        attempt += 1;
-                    }
-                }
-            };
-            self.fail_all(&err);
-            // Wait for work (or the end) before trying again.
-            match self.rx.recv().await {
-                None => return None,
-                Some(Request::Logout(done)) => {
-                    let _ = done.send(());
-                    return None;
-                }
-                Some(Request::Command(spec, reply)) => self.enqueue(spec, reply),
+    /// A command to run.
+    pub fn handle_request(&mut self, now: Instant, spec: CommandSpec, reply: Reply) {
+        match &self.link {
+            Link::Failed(err) => {
+                let _ = reply.send(Err(err.clone()));
+                return;
             }
+            Link::Closed => {
+                let _ = reply.send(Err(IscsiError::Closed));
+                return;
+            }
+            Link::Resting => self.reconnect_now(now),
+            Link::Up(_) | Link::Down { .. } => {}
         }
-    }
-
-    fn enqueue(
-        &mut self,
-        spec: CommandSpec,
-        reply: oneshot::Sender<Result<CommandOutcome, IscsiError>>,
-    ) {
         self.pending.push_back(Task {
             order: self.next_order,
             spec,
-            reply,
+            reply: Some(reply),
+            deadline: now + self.timing.read_timeout,
             data: Assembly::Empty,
         });
         self.next_order += 1;
+        self.pump(now);
     }
 
-    async fn serve(&mut self, conn: Conn, mut seq: Seq) -> Ended {
-        let portal = conn.portal.clone();
-        let (mut reader, writer, mut rbuf, framing) = conn.into_split();
-        // PDUs to send, written straight from this task: no hand-off on the command path.
-        let mut wbuf = BytesMut::new();
-        let mut last_rx = Instant::now();
-        let mut ping: Option<u32> = None;
-        // Some(deadline) while draining for a target-requested logout.
-        let mut draining: Option<Instant> = None;
-        let mut logout_itt: Option<u32> = None;
-        let mut shutting_down = false;
-        let mut rejoin_delay =
-            Duration::from_secs(u64::from(lock(&self.shared.params).default_time2wait));
-        let tick = self.timing.nop_interval.min(self.timing.stall_timeout) / 2;
-        let mut ticker = tokio::time::interval(tick.max(Duration::from_millis(50)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let ended = loop {
-            // Send what the window allows.
-            while draining.is_none()
-                && !shutting_down
-                && seq.window_open()
-                && self.inflight.len() < self.timing.queue_depth
-            {
-                let Some(task) = self.pending.pop_front() else {
-                    break;
-                };
-                if task.reply.is_closed() {
-                    continue;
+    /// Log out and finish, waiting a little for outstanding commands; `done` is told at the end.
+    pub fn handle_shutdown(&mut self, now: Instant, done: Option<oneshot::Sender<()>>) {
+        self.shutdown_waiters.extend(done);
+        match &mut self.link {
+            Link::Up(conn) => match conn.phase {
+                Phase::LoggingOut { ref mut then, .. } | Phase::Draining { ref mut then, .. } => {
+                    *then = AfterLogout::Finish
                 }
-                let itt = seq.itt();
-                task.spec.pdu(itt, &seq).encode(&framing, &mut wbuf);
-                seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
-                self.inflight.insert(itt, task);
-            }
-            if let Some(deadline) = draining {
-                if logout_itt.is_none() && (self.inflight.is_empty() || Instant::now() >= deadline)
-                {
-                    let itt = seq.itt();
-                    logout_request(itt, &seq).encode(&framing, &mut wbuf);
-                    logout_itt = Some(itt);
-                }
-            }
-            let can_take = draining.is_none()
-                && !shutting_down
-                && self.pending.is_empty()
-                && seq.window_open()
-                && self.inflight.len() < self.timing.queue_depth;
-            let drain_deadline = draining.unwrap_or_else(|| Instant::now() + tick);
-            if let Err(e) = flush(&writer, &mut wbuf) {
-                break Ended::Lost(format!("connection lost while sending: {e}"));
-            }
-            // Data segments are split off this buffer without copying. Room for a whole PDU
-            // ahead, in big allocations, means a PDU that straddles two reads is rarely moved.
-            let room = framing.max_recv_data as usize + 4096;
-            if rbuf.capacity() - rbuf.len() < room {
-                rbuf.reserve((4 << 20).max(2 * room));
-            }
-            tokio::select! {
-                read = reader.read_buf(&mut rbuf) => {
-                    match read {
-                        Ok(0) => break Ended::Lost("connection closed by target".into()),
-                        Err(e) => break Ended::Lost(format!("connection lost: {e}")),
-                        Ok(_) => last_rx = Instant::now(),
-                    }
-                    let mut result = None;
-                    for _ in 0..10_000 {
-                        let pdu = match pdu::decode(&mut rbuf, &framing) {
-                            Ok(Some(pdu)) => pdu,
-                            Ok(None) => break,
-                            Err(e) => {
-                                result = Some(Ended::Lost(format!("bad PDU from {portal}: {e}")));
-                                break;
-                            }
-                        };
-                        note_sequence(&mut seq, &pdu.bhs);
-                        match self.dispatch(pdu, &mut seq, &mut ping, (&framing, &mut wbuf), &mut draining, logout_itt) {
-                            Dispatch::Continue => {}
-                            Dispatch::LoggedOut(t2w) => {
-                                result = Some(if shutting_down {
-                                    Ended::Shutdown
-                                } else {
-                                    Ended::Rejoin(t2w.max(rejoin_delay))
-                                });
-                                break;
-                            }
-                            Dispatch::Drop(delay) => {
-                                rejoin_delay = delay;
-                                result = Some(Ended::Rejoin(delay));
-                                break;
-                            }
-                            Dispatch::Fatal(reason) => {
-                                result = Some(Ended::Lost(reason));
-                                break;
-                            }
-                        }
-                    }
-                    if let Some(r) = result {
-                        break r;
+                Phase::Running => {
+                    conn.phase = Phase::Draining {
+                        deadline: now + SHUTDOWN_DRAIN,
+                        then: AfterLogout::Finish,
                     }
                 }
-                request = self.rx.recv(), if can_take => {
-                    match request {
-                        Some(Request::Command(spec, reply)) => {
-                            self.enqueue(spec, reply);
-                            // Take what else is queued, up to what could be sent now.
-                            while self.pending.len() < self.timing.queue_depth {
-                                match self.rx.try_recv() {
-                                    Ok(Request::Command(spec, reply)) => self.enqueue(spec, reply),
-                                    Ok(Request::Logout(done)) => {
-                                        self.logout_waiters.push(done);
-                                        shutting_down = true;
-                                        draining = Some(Instant::now() + Duration::from_secs(5));
-                                        break;
-                                    }
-                                    Err(_) => break,
-                                }
-                            }
-                        }
-                        Some(Request::Logout(done)) => {
-                            self.logout_waiters.push(done);
-                            shutting_down = true;
-                            draining = Some(Instant::now() + Duration::from_secs(5));
-                        }
-                        None => {
-                            shutting_down = true;
-                            draining = Some(Instant::now() + Duration::from_secs(5));
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(drain_deadline), if logout_itt.is_none() && draining.is_some() => {}
-                writable = writer.writable(), if !wbuf.is_empty() => {
-                    if let Err(e) = writable {
-                        break Ended::Lost(format!("connection lost while sending: {e}"));
-                    }
-                }
-                _ = ticker.tick() => {
-                    let idle = last_rx.elapsed();
-                    let waiting = !self.inflight.is_empty() || ping.is_some() || logout_itt.is_some();
-                    if waiting && idle >= self.timing.stall_timeout {
-                        if shutting_down {
-                            break Ended::Shutdown;
-                        }
-                        break Ended::Lost(format!("no response from {portal} for {}s", idle.as_secs()));
-                    }
-                    if ping.is_none() && idle >= self.timing.nop_interval {
-                        let itt = seq.itt();
-                        Pdu::new(Bhs::NopOut(NopOut {
-                            immediate: true,
-                            lun: 0,
-                            itt,
-                            ttt: RESERVED_TAG,
-                            cmd_sn: seq.cmd_sn,
-                            exp_stat_sn: seq.exp_stat_sn,
-                        }))
-                        .encode(&framing, &mut wbuf);
-                        ping = Some(itt);
-                    }
-                }
+            },
+            _ => self.finish(),
+        }
+        self.pump(now);
+    }
+
+    /// A new connection is logged in (and the LUN checked).
+    pub fn handle_connected(&mut self, now: Instant, seq: Seq) {
+        if let Link::Down { portal, .. } = self.link {
+            self.current = portal;
+        }
+        self.link = Link::Up(Connection {
+            seq,
+            phase: Phase::Running,
+            ping: Ping::Idle,
+            last_rx: now,
+            last_progress: now,
+        });
+        self.pump(now);
+    }
+
+    /// Connecting, logging in or checking the LUN failed.
+    pub fn handle_connect_failed(&mut self, now: Instant, err: IscsiError) {
+        let Link::Down {
+            portal,
+            since,
+            backoff,
+            ..
+        } = self.link
+        else {
+            return;
+        };
+        tracing::warn!("reconnecting to {}: {err}", self.portals[portal].address);
+        let Some(fault) = Fault::of(&err) else {
+            self.rest(err);
+            return;
+        };
+        let next = match &fault {
+            Fault::Protocol(reason) => match self.count_protocol_fault(portal, reason) {
+                Some(next) => next,
+                None => return,
+            },
+            Fault::Network(_) => self.next_portal(portal),
+        };
+        if now.duration_since(since) >= self.timing.give_up_after {
+            self.rest(IscsiError::GaveUp {
+                secs: self.timing.give_up_after.as_secs(),
+                last: err.to_string(),
+            });
+            return;
+        }
+        self.link = Link::Down {
+            portal: next,
+            at: now + backoff,
+            since,
+            backoff: (backoff * 2).min(MAX_BACKOFF),
+            connecting: false,
+        };
+    }
+
+    /// Bytes arrived on the connection (whole PDUs or not).
+    pub fn handle_bytes(&mut self, now: Instant) {
+        if let Link::Up(conn) = &mut self.link {
+            conn.last_rx = now;
+        }
+    }
+
+    /// The connection could not be read: closed, reset, or bytes that are not a PDU.
+    pub fn handle_read_error(&mut self, now: Instant, err: ReadError) {
+        let fault = match err {
+            ReadError::Io(e) => Fault::Network(format!("connection lost: {e}")),
+            ReadError::Truncated => Fault::Network("connection closed by the target".into()),
+            ReadError::Malformed(e) | ReadError::Dropped { error: e, .. } => {
+                Fault::Protocol(e.to_string())
             }
         };
-        ended
+        self.connection_ended(now, fault, Duration::ZERO);
     }
 
-    fn dispatch(
-        &mut self,
-        pdu: Pdu,
-        seq: &mut Seq,
-        ping: &mut Option<u32>,
-        (framing, out): (&Framing, &mut BytesMut),
-        draining: &mut Option<Instant>,
-        logout_itt: Option<u32>,
-    ) -> Dispatch {
+    /// The target closed the connection between PDUs.
+    pub fn handle_closed(&mut self, now: Instant) {
+        let fault = Fault::Network("connection closed by the target".into());
+        self.connection_ended(now, fault, Duration::ZERO);
+    }
+
+    /// Sending failed.
+    pub fn handle_send_error(&mut self, now: Instant, err: std::io::Error) {
+        let fault = Fault::Network(format!("connection lost while sending: {err}"));
+        self.connection_ended(now, fault, Duration::ZERO);
+    }
+
+    /// A PDU from the target.
+    pub fn handle_pdu(&mut self, now: Instant, pdu: Pdu) {
+        let Link::Up(conn) = &mut self.link else {
+            return;
+        };
+        note_sequence(&mut conn.seq, &pdu.bhs);
+        match self.dispatch(now, pdu) {
+            Ok(Dispatched::Continue) => {}
+            Ok(Dispatched::End(fault, delay)) => self.connection_ended(now, fault, delay),
+            Ok(Dispatched::LoggedOut) => {
+                self.actions.push_back(Action::Close);
+                self.finish();
+            }
+            Err(violation) => {
+                self.connection_ended(now, Fault::Protocol(violation), Duration::ZERO)
+            }
+        }
+        self.pump(now);
+    }
+
+    /// Time has passed: deadlines of commands, pings, stalls, reconnects.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.expire(now);
+        let timing = self.timing;
+        let mut ended = None;
+        match &mut self.link {
+            Link::Up(conn) => {
+                let waiting = !self.inflight.is_empty()
+                    || conn.ping != Ping::Idle
+                    || matches!(conn.phase, Phase::LoggingOut { .. });
+                let silent = now.duration_since(conn.last_rx);
+                let stuck = now.duration_since(conn.last_progress);
+                if waiting && silent >= timing.stall_timeout {
+                    ended = Some(Fault::Network(format!(
+                        "no response from {} for {}s",
+                        self.portals[self.current].address,
+                        silent.as_secs()
+                    )));
+                } else if !self.inflight.is_empty() && stuck >= timing.stall_timeout {
+                    ended = Some(Fault::Protocol(format!(
+                        "no Data-In progress for {}s while the target kept sending",
+                        stuck.as_secs()
+                    )));
+                } else if conn.ping == Ping::Idle && silent >= timing.nop_interval {
+                    let itt = take_itt(&mut self.next_itt);
+                    self.transmit.push_back(Pdu::new(Bhs::NopOut(NopOut {
+                        immediate: true,
+                        lun: 0,
+                        itt,
+                        ttt: RESERVED_TAG,
+                        cmd_sn: conn.seq.cmd_sn,
+                        exp_stat_sn: conn.seq.exp_stat_sn,
+                    })));
+                    conn.ping = Ping::Sent { itt };
+                }
+            }
+            _ => self.poll_connect(now),
+        }
+        if let Some(fault) = ended {
+            let finishing = matches!(
+                &self.link,
+                Link::Up(Connection {
+                    phase: Phase::LoggingOut {
+                        then: AfterLogout::Finish,
+                        ..
+                    } | Phase::Draining {
+                        then: AfterLogout::Finish,
+                        ..
+                    },
+                    ..
+                })
+            );
+            if finishing {
+                self.actions.push_back(Action::Close);
+                self.finish();
+            } else {
+                self.connection_ended(now, fault, Duration::ZERO);
+            }
+        }
+        self.pump(now);
+    }
+
+    /// The next PDU to send.
+    pub fn poll_transmit(&mut self) -> Option<Pdu> {
+        self.transmit.pop_front()
+    }
+
+    /// The next thing the transport must do.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When `handle_timeout` is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let tasks = self
+            .pending
+            .iter()
+            .chain(self.inflight.values())
+            .filter(|t| t.reply.is_some())
+            .map(|t| t.deadline)
+            .min();
+        let link = match &self.link {
+            Link::Up(conn) => {
+                let mut due = conn.last_rx + self.timing.stall_timeout;
+                if conn.ping == Ping::Idle {
+                    due = due.min(conn.last_rx + self.timing.nop_interval);
+                }
+                if !self.inflight.is_empty() {
+                    due = due.min(conn.last_progress + self.timing.stall_timeout);
+                }
+                if let Phase::Draining { deadline, .. } = conn.phase {
+                    due = due.min(deadline);
+                }
+                Some(due)
+            }
+            Link::Down {
+                at,
+                connecting: false,
+                ..
+            } => Some(*at),
+            _ => None,
+        };
+        match (tasks, link) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Apply one target PDU; `Err`: a protocol violation.
+    fn dispatch(&mut self, now: Instant, pdu: Pdu) -> Result<Dispatched, String> {
+        let Link::Up(conn) = &mut self.link else {
+            return Ok(Dispatched::Continue);
+        };
+        let drain = |conn: &mut Connection, deadline: Instant| {
+            if conn.phase == Phase::Running {
+                conn.phase = Phase::Draining {
+                    deadline,
+                    then: AfterLogout::Rejoin(Duration::ZERO),
+                };
+            }
+        };
         match &pdu.bhs {
             Bhs::DataIn(DataIn { itt, .. }) | Bhs::ScsiResponse(pdu::ScsiResponse { itt, .. }) => {
                 let itt = *itt;
                 let Some(task) = self.inflight.get_mut(&itt) else {
-                    return Dispatch::Fatal(format!("response for unknown task {itt:#x}"));
+                    return Err(format!("response for ITT {itt:#x}, which was never issued"));
                 };
-                match progress(pdu, task.spec.read_len, &mut task.data) {
-                    Ok(Progress::More) => {}
-                    Ok(Progress::Done(outcome)) => {
-                        if let Some(task) = self.inflight.remove(&itt) {
-                            let _ = task.reply.send(Ok(outcome));
-                        }
+                conn.last_progress = now;
+                if let Progress::Done(outcome) = progress(pdu, task.spec.read_len, &mut task.data)?
+                {
+                    let short = outcome.status == crate::scsi::status::GOOD
+                        && task.spec.expect == DataLength::Exactly
+                        && outcome.data.len() != task.spec.read_len as usize;
+                    if short {
+                        return Err(format!(
+                            "GOOD status with {} of the {} bytes read",
+                            outcome.data.len(),
+                            task.spec.read_len
+                        ));
                     }
-                    Err(reason) => return Dispatch::Fatal(reason),
+                    if let Some(mut task) = self.inflight.remove(&itt) {
+                        task.answer(Ok(outcome));
+                    }
                 }
             }
             Bhs::NopIn(nop) => {
                 if nop.ttt != RESERVED_TAG {
-                    nop_reply(nop, seq).encode(framing, out);
+                    self.transmit.push_back(nop_reply(nop, &conn.seq));
                 }
-                if Some(nop.itt) == *ping {
-                    *ping = None;
+                match conn.ping {
+                    Ping::Sent { itt } if itt == nop.itt => conn.ping = Ping::Idle,
+                    _ if nop.itt == RESERVED_TAG => {}
+                    _ => return Err(format!("NOP-In for ITT {:#x}, never issued", nop.itt)),
                 }
             }
             Bhs::AsyncMessage(msg) => match msg.event {
+                // The target asks for a logout within Parameter3 seconds.
                 1 => {
-                    if draining.is_none() {
-                        let within = Duration::from_secs(u64::from(msg.parameter3).max(1));
-                        *draining = Some(Instant::now() + within / 2);
-                    }
+                    let within = Duration::from_secs(u64::from(msg.parameter3).max(1));
+                    drain(conn, now + within / 2);
                 }
+                // The target will drop the connection (or all of them): rejoin after Time2Wait.
                 2 | 3 => {
-                    return Dispatch::Drop(Duration::from_secs(u64::from(msg.parameter2)));
+                    let wait = Duration::from_secs(u64::from(msg.parameter2));
+                    return Ok(Dispatched::End(
+                        Fault::Network("the target dropped the connection".into()),
+                        wait,
+                    ));
                 }
-                4 => {
-                    if draining.is_none() {
-                        *draining = Some(Instant::now() + Duration::from_secs(1));
-                    }
-                }
-                _ => tracing::debug!("asynchronous event {} ignored", msg.event),
+                // Renegotiation requested: log out and in again.
+                4 => drain(conn, now + Duration::from_secs(1)),
+                event => tracing::debug!("asynchronous event {event} ignored"),
             },
-            Bhs::LogoutResponse(resp) if Some(resp.itt) == logout_itt => {
-                return Dispatch::LoggedOut(Duration::from_secs(u64::from(resp.time2wait)));
+            Bhs::LogoutResponse(resp) => {
+                let Phase::LoggingOut { itt, then } = conn.phase else {
+                    return Err(format!(
+                        "Logout Response for ITT {:#x}, never issued",
+                        resp.itt
+                    ));
+                };
+                if resp.itt != itt {
+                    return Err(format!(
+                        "Logout Response for ITT {:#x}, never issued",
+                        resp.itt
+                    ));
+                }
+                return Ok(match then {
+                    AfterLogout::Finish => Dispatched::LoggedOut,
+                    AfterLogout::Rejoin(delay) => Dispatched::End(
+                        Fault::Network("the target asked us to log out".into()),
+                        delay.max(Duration::from_secs(u64::from(resp.time2wait))),
+                    ),
+                });
             }
             Bhs::Reject(reject) => {
-                let rejected_itt = pdu
+                let rejected = pdu
                     .data
                     .get(16..20)
                     .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                match rejected_itt.and_then(|itt| self.inflight.remove(&itt).map(|t| (itt, t))) {
-                    Some((_, task)) => {
-                        let _ = task.reply.send(Err(IscsiError::Rejected {
-                            reason: reject.reason,
-                        }));
-                    }
-                    None if rejected_itt.is_some() && rejected_itt == *ping => *ping = None,
-                    None => {
-                        tracing::debug!("target rejected a PDU (reason {:#04x})", reject.reason)
+                match (rejected, conn.ping) {
+                    (Some(itt), Ping::Sent { itt: ping }) if itt == ping => conn.ping = Ping::Idle,
+                    _ => {
+                        return Err(format!(
+                            "the target rejected our valid PDU (reason {:#04x})",
+                            reject.reason
+                        ))
                     }
                 }
             }
-            Bhs::R2t(_) => return Dispatch::Fatal("R2T for a read-only session".into()),
+            Bhs::Unknown(u) => return Err(format!("reserved opcode {:#04x}", u.opcode)),
             other => {
-                tracing::debug!("ignored {:?} in full-feature phase", other.opcode());
+                return Err(format!(
+                    "unexpected {:?} in the full-feature phase",
+                    other.opcode()
+                ))
             }
         }
-        Dispatch::Continue
+        Ok(Dispatched::Continue)
+    }
+
+    /// Send what the window allows; send the logout a drain is waiting for.
+    fn pump(&mut self, now: Instant) {
+        self.expire(now);
+        let Link::Up(conn) = &mut self.link else {
+            return;
+        };
+        if conn.phase == Phase::Running {
+            while conn.seq.window_open() && self.inflight.len() < self.timing.queue_depth {
+                let Some(task) = self.pending.pop_front() else {
+                    break;
+                };
+                if task.reply.as_ref().is_none_or(|r| r.is_closed()) {
+                    continue;
+                }
+                if self.inflight.is_empty() {
+                    conn.last_progress = now;
+                }
+                let itt = take_itt(&mut self.next_itt);
+                self.transmit.push_back(task.spec.pdu(itt, &conn.seq));
+                conn.seq.cmd_sn = conn.seq.cmd_sn.wrapping_add(1);
+                self.inflight.insert(itt, task);
+            }
+        }
+        if let Phase::Draining { deadline, then } = conn.phase {
+            if self.inflight.is_empty() || now >= deadline {
+                let itt = take_itt(&mut self.next_itt);
+                self.transmit.push_back(logout_request(itt, &conn.seq));
+                conn.phase = Phase::LoggingOut { itt, then };
+            }
+        }
+    }
+
+    /// Answer commands whose time is up.
+    fn expire(&mut self, now: Instant) {
+        let timed_out = |secs| IscsiError::TimedOut { secs };
+        let secs = self.timing.read_timeout.as_secs();
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for mut task in self.pending.drain(..) {
+            if now >= task.deadline {
+                task.answer(Err(timed_out(secs)));
+            } else {
+                kept.push_back(task);
+            }
+        }
+        self.pending = kept;
+        // In flight, the task stays to absorb its Data-In; only its caller is answered.
+        for task in self.inflight.values_mut() {
+            if now >= task.deadline {
+                task.answer(Err(timed_out(secs)));
+            }
+        }
+    }
+
+    /// The connection is over: requeue what was in flight and decide what comes next.
+    fn connection_ended(&mut self, now: Instant, fault: Fault, delay: Duration) {
+        if !matches!(self.link, Link::Up(_)) {
+            return;
+        }
+        self.actions.push_back(Action::Close);
+        let mut tasks: Vec<Task> = self.inflight.drain().map(|(_, t)| t).collect();
+        tasks.sort_by_key(|t| t.order);
+        for mut task in tasks.into_iter().rev() {
+            if task.reply.is_some() {
+                task.data = Assembly::Empty;
+                self.pending.push_front(task);
+            }
+        }
+        let portal = self.current;
+        let next = match &fault {
+            Fault::Protocol(reason) => {
+                tracing::info!(
+                    "{}: protocol violation: {reason}; reconnecting",
+                    self.portals[portal].address
+                );
+                match self.count_protocol_fault(portal, reason) {
+                    Some(next) => next,
+                    None => return,
+                }
+            }
+            Fault::Network(reason) => {
+                tracing::warn!("{}: {reason}; reconnecting", self.portals[portal].address);
+                if delay.is_zero() {
+                    self.next_portal(portal)
+                } else {
+                    portal
+                }
+            }
+        };
+        self.link = Link::Down {
+            portal: next,
+            at: now + delay,
+            since: now,
+            backoff: FIRST_BACKOFF,
+            connecting: false,
+        };
+        self.poll_connect(now);
+    }
+
+    /// Count a protocol fault; the portal to try next, or `None` when every portal is dropped
+    /// (everything outstanding has then failed).
+    fn count_protocol_fault(&mut self, portal: usize, reason: &str) -> Option<usize> {
+        let p = &mut self.portals[portal];
+        p.protocol_faults += 1;
+        if p.protocol_faults < MAX_PROTOCOL_FAULTS {
+            return Some(portal);
+        }
+        tracing::info!(
+            "{}: dropped after {} protocol faults, the last: {reason}",
+            p.address,
+            p.protocol_faults
+        );
+        p.dropped = Some(reason.to_string());
+        match self.portals.iter().position(|p| p.dropped.is_none()) {
+            Some(_) => Some(self.next_portal(portal)),
+            None => {
+                let err = IscsiError::Protocol {
+                    portal: self.portals[portal].address.clone(),
+                    reason: format!(
+                        "{reason} (dropped after {MAX_PROTOCOL_FAULTS} protocol faults)"
+                    ),
+                };
+                self.fail_all(&err);
+                self.link = Link::Failed(err);
+                None
+            }
+        }
+    }
+
+    /// The next portal after `from` that is not dropped (`from` itself if it is the only one).
+    fn next_portal(&self, from: usize) -> usize {
+        let n = self.portals.len();
+        (1..=n)
+            .map(|i| (from + i) % n)
+            .find(|&i| self.portals[i].dropped.is_none())
+            .unwrap_or(from)
+    }
+
+    /// Ask the transport for a connection when one is due.
+    fn poll_connect(&mut self, now: Instant) {
+        if let Link::Down {
+            portal,
+            at,
+            ref mut connecting,
+            ..
+        } = self.link
+        {
+            if !*connecting && now >= at {
+                *connecting = true;
+                self.actions.push_back(Action::Connect {
+                    portal: self.portals[portal].address.clone(),
+                });
+            }
+        }
+    }
+
+    /// Start reconnecting now (after resting).
+    fn reconnect_now(&mut self, now: Instant) {
+        let portal = self.next_portal(self.current);
+        self.link = Link::Down {
+            portal,
+            at: now,
+            since: now,
+            backoff: FIRST_BACKOFF,
+            connecting: false,
+        };
+        self.poll_connect(now);
+    }
+
+    /// Fail what is outstanding and wait for the next request before trying again.
+    fn rest(&mut self, err: IscsiError) {
+        self.fail_all(&err);
+        self.link = Link::Resting;
+    }
+
+    fn fail_all(&mut self, err: &IscsiError) {
+        for mut task in self.pending.drain(..) {
+            task.answer(Err(err.clone()));
+        }
+        for (_, mut task) in self.inflight.drain() {
+            task.answer(Err(err.clone()));
+        }
+    }
+
+    fn finish(&mut self) {
+        self.fail_all(&IscsiError::Closed);
+        self.link = Link::Closed;
+        self.actions.push_back(Action::Finished);
+        for waiter in self.shutdown_waiters.drain(..) {
+            let _ = waiter.send(());
+        }
     }
 }
 
-enum Dispatch {
-    Continue,
-    LoggedOut(Duration),
-    Drop(Duration),
-    Fatal(String),
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Write what the socket takes now without waiting; the rest stays queued for `writable()`.
-fn flush(writer: &OwnedWriteHalf, wbuf: &mut BytesMut) -> std::io::Result<()> {
-    while !wbuf.is_empty() {
-        match writer.try_write(wbuf) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                let _ = wbuf.split_to(n);
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) => return Err(e),
+fn take_itt(next: &mut u32) -> u32 {
+    loop {
+        let itt = *next;
+        *next = next.wrapping_add(1);
+        if itt != RESERVED_TAG {
+            return itt;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1103,200 +1210,412 @@ mod tests {
         assert_eq!(crate::scsi::parse_sense(&out.sense).unwrap().asc, 0x29);
     }
 
-    /// A scripted target on a loopback socket: drives the real driver through a NOP-In, an
-    /// asynchronous logout request, a hostile PDU, and reconnects, and checks what it sends.
-    mod scripted {
+    /// The machine driven through every fault with a simulated clock: no sockets.
+    mod machine {
         use super::*;
-        use crate::iscsi::pdu::{AsyncMessage, LogoutResponse, NopIn};
-        use tokio::net::TcpListener;
+        use crate::iscsi::pdu::{AsyncMessage, LogoutResponse, NopIn, PduError, R2t, Reject};
+        use tokio::sync::oneshot::error::TryRecvError;
 
-        struct Fake {
-            portal: String,
-        }
+        type Outcome = oneshot::Receiver<Result<CommandOutcome, IscsiError>>;
 
-        #[async_trait::async_trait]
-        impl Reconnect for Fake {
-            async fn reconnect(
-                &self,
-                _attempt: u32,
-            ) -> Result<(Conn, Seq, Params), (IscsiError, bool)> {
-                let conn = Conn::connect(&self.portal, Duration::from_secs(5))
-                    .await
-                    .map_err(|e| (e, false))?;
-                Ok((conn, test_seq(), Params::default()))
+        const S: Duration = Duration::from_secs(1);
+
+        fn timing() -> Timing {
+            Timing {
+                nop_interval: 3 * S,
+                stall_timeout: 8 * S,
+                give_up_after: 60 * S,
+                read_timeout: 90 * S,
+                queue_depth: 8,
             }
         }
 
-        fn test_seq() -> Seq {
-            Seq {
-                cmd_sn: 1,
-                exp_cmd_sn: 1,
-                max_cmd_sn: 64,
-                exp_stat_sn: 1,
-                next_itt: 1,
-            }
+        fn machine(portals: &[&str], timing: Timing, t0: Instant) -> Machine {
+            let portals = portals.iter().map(|p| p.to_string()).collect();
+            Machine::new(timing, portals, 0, seq(1, 64), t0)
         }
 
-        struct Peer {
-            stream: TcpStream,
-            buf: BytesMut,
+        fn read(m: &mut Machine, now: Instant, len: u32) -> Outcome {
+            let (tx, rx) = oneshot::channel();
+            let spec = CommandSpec {
+                lun: 0,
+                cdb: crate::scsi::read(crate::scsi::ReadKind::Disk, 0, len / 512).unwrap(),
+                read_len: len,
+                expect: DataLength::Exactly,
+            };
+            m.handle_request(now, spec, tx);
+            rx
         }
 
-        impl Peer {
-            async fn accept(listener: &TcpListener) -> Peer {
-                let (stream, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
-                    .await
-                    .expect("initiator reconnects")
-                    .unwrap();
-                Peer {
-                    stream,
-                    buf: BytesMut::new(),
-                }
-            }
-
-            async fn recv(&mut self) -> Pdu {
-                let framing = Framing::default();
-                loop {
-                    if let Some(pdu) = pdu::decode(&mut self.buf, &framing).unwrap() {
-                        return pdu;
-                    }
-                    self.buf.reserve(4096);
-                    let n = tokio::time::timeout(
-                        Duration::from_secs(10),
-                        self.stream.read_buf(&mut self.buf),
-                    )
-                    .await
-                    .expect("initiator sends")
-                    .unwrap();
-                    assert!(n > 0, "initiator closed the connection");
-                }
-            }
-
-            async fn send(&mut self, pdu: Pdu) {
-                let bytes = pdu.to_bytes(&Framing::default());
-                self.stream.write_all(&bytes).await.unwrap();
-            }
-
-            async fn send_raw(&mut self, bytes: &[u8]) {
-                self.stream.write_all(bytes).await.unwrap();
-            }
+        fn sent(m: &mut Machine) -> Vec<Bhs> {
+            std::iter::from_fn(|| m.poll_transmit())
+                .map(|p| p.bhs)
+                .collect()
         }
 
-        fn data_in_done(itt: u32, data: &'static [u8]) -> Pdu {
+        fn actions(m: &mut Machine) -> Vec<Action> {
+            std::iter::from_fn(|| m.poll_action()).collect()
+        }
+
+        /// The ITT of the one SCSI command sent.
+        fn command_itt(m: &mut Machine) -> u32 {
+            let cmds: Vec<u32> = sent(m)
+                .into_iter()
+                .filter_map(|b| match b {
+                    Bhs::ScsiCommand(c) => Some(c.itt),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(cmds.len(), 1, "{cmds:?}");
+            cmds[0]
+        }
+
+        fn data(itt: u32, offset: u32, bytes: Vec<u8>, status: Option<u8>) -> Pdu {
             Pdu::with_data(
                 Bhs::DataIn(DataIn {
-                    fin: true,
-                    status: Some(0),
+                    fin: status.is_some(),
+                    status,
                     itt,
-                    ttt: RESERVED_TAG,
-                    stat_sn: 1,
-                    exp_cmd_sn: 2,
+                    buffer_offset: offset,
+                    exp_cmd_sn: 1,
                     max_cmd_sn: 64,
                     ..DataIn::default()
                 }),
-                Bytes::from_static(data),
+                Bytes::from(bytes),
             )
         }
 
-        #[tokio::test]
-        async fn nop_async_logout_hostile_pdu_and_reissue() {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let portal = listener.local_addr().unwrap().to_string();
-            let conn = Conn::connect(&portal, Duration::from_secs(5))
-                .await
-                .unwrap();
-            let mut peer = Peer::accept(&listener).await;
+        fn connect_to(portal: &str) -> Action {
+            Action::Connect {
+                portal: portal.to_string(),
+            }
+        }
+
+        #[test]
+        fn a_read_is_reassembled_from_its_data_in() {
+            let t0 = Instant::now();
+            let mut m = machine(&["a"], timing(), t0);
+            let mut rx = read(&mut m, t0, 1024);
+            let itt = command_itt(&mut m);
+            m.handle_pdu(t0, data(itt, 0, vec![1; 512], None));
+            assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+            m.handle_pdu(t0, data(itt, 512, vec![2; 512], Some(0)));
+            let out = rx.try_recv().unwrap().unwrap();
+            assert_eq!(out.data.len(), 1024);
+            assert_eq!((out.data[0], out.data[1023]), (1, 2));
+            assert!(actions(&mut m).is_empty());
+        }
+
+        #[test]
+        fn an_idle_link_is_pinged_and_a_silent_one_is_a_network_fault() {
+            let t0 = Instant::now();
+            let mut m = machine(&["a", "b"], timing(), t0);
+            assert_eq!(m.poll_timeout(), Some(t0 + 3 * S));
+            m.handle_timeout(t0 + 3 * S);
+            let ping = match sent(&mut m).as_slice() {
+                [Bhs::NopOut(nop)] => nop.clone(),
+                other => panic!("{other:?}"),
+            };
+            assert!(ping.immediate && ping.ttt == RESERVED_TAG);
+            // The target's own ping is echoed with its TTT; its answer to ours clears our ping.
+            let nop_in = |itt, ttt| {
+                Pdu::new(Bhs::NopIn(NopIn {
+                    itt,
+                    ttt,
+                    lun: 7,
+                    ..NopIn::default()
+                }))
+            };
+            m.handle_pdu(t0 + 4 * S, nop_in(RESERVED_TAG, 0x55));
+            m.handle_pdu(t0 + 4 * S, nop_in(ping.itt, RESERVED_TAG));
+            match sent(&mut m).as_slice() {
+                [Bhs::NopOut(echo)] => assert_eq!((echo.ttt, echo.lun), (0x55, 7)),
+                other => panic!("{other:?}"),
+            }
+            // A read, then silence: a network fault, so the next portal is tried.
+            m.handle_bytes(t0 + 4 * S);
+            let mut rx = read(&mut m, t0 + 4 * S, 512);
+            let itt = command_itt(&mut m);
+            m.handle_timeout(t0 + 7 * S);
+            assert!(matches!(sent(&mut m).as_slice(), [Bhs::NopOut(_)]));
+            m.handle_timeout(t0 + 12 * S);
+            assert_eq!(actions(&mut m), [Action::Close, connect_to("b")]);
+            // Reissued on the new connection, with a new ITT, and answered there.
+            m.handle_connected(t0 + 13 * S, seq(10, 20));
+            let again = command_itt(&mut m);
+            assert_ne!(again, itt);
+            m.handle_pdu(t0 + 13 * S, data(again, 0, vec![9; 512], Some(0)));
+            assert_eq!(rx.try_recv().unwrap().unwrap().data[0], 9);
+            assert_eq!(m.portal(), "b");
+        }
+
+        /// Each protocol violation, as the machine meets it on a connection with a 4 KiB read
+        /// in flight (ITT `itt`).
+        /// Commits a violation on a machine at a time, with the read in flight as this ITT.
+        type Commit = Box<dyn Fn(&mut Machine, Instant, u32)>;
+
+        fn violations() -> Vec<(&'static str, Commit)> {
+            let pdu = |f: fn(u32) -> Pdu| -> Commit {
+                Box::new(move |m, now, itt| m.handle_pdu(now, f(itt)))
+            };
+            vec![
+                (
+                    "Data-In past the expected 4096 bytes",
+                    pdu(|itt| data(itt, 0, vec![0; 8192], Some(0))),
+                ),
+                (
+                    "never issued",
+                    pdu(|itt| data(itt + 1000, 0, vec![0; 512], None)),
+                ),
+                (
+                    "reserved opcode 0x1c",
+                    pdu(|_| {
+                        let mut raw = [0u8; pdu::BHS_LEN];
+                        raw[0] = 0x1c;
+                        Pdu::new(Bhs::from_bytes(&raw).unwrap())
+                    }),
+                ),
+                (
+                    "rejected our valid PDU",
+                    pdu(|itt| {
+                        let mut header = Bhs::ScsiCommand(ScsiCommand {
+                            itt,
+                            ..ScsiCommand::default()
+                        })
+                        .to_bytes()
+                        .to_vec();
+                        header.truncate(pdu::BHS_LEN);
+                        Pdu::with_data(
+                            Bhs::Reject(Reject {
+                                reason: 9,
+                                ..Reject::default()
+                            }),
+                            Bytes::from(header),
+                        )
+                    }),
+                ),
+                (
+                    "unexpected R2t",
+                    pdu(|itt| {
+                        Pdu::new(Bhs::R2t(R2t {
+                            itt,
+                            ..R2t::default()
+                        }))
+                    }),
+                ),
+                (
+                    "GOOD status with 0 of the 4096 bytes read",
+                    pdu(|itt| data(itt, 0, Vec::new(), Some(0))),
+                ),
+                (
+                    "exceeds the negotiated limit",
+                    Box::new(|m, now, _| {
+                        let e = PduError::DataTooLong {
+                            len: 1 << 20,
+                            max: 262_144,
+                        };
+                        m.handle_read_error(now, ReadError::Malformed(e))
+                    }),
+                ),
+                (
+                    "malformed PDU",
+                    Box::new(|m, now, _| {
+                        // Random bytes: whatever the codec makes of them is not a PDU.
+                        let e = PduError::Malformed("reserved login stage 2");
+                        m.handle_read_error(now, ReadError::Malformed(e))
+                    }),
+                ),
+                (
+                    "no Data-In progress",
+                    Box::new(|m, now, _| {
+                        // One byte a second, never a whole PDU.
+                        for s in 1..=9 {
+                            m.handle_bytes(now + s * S);
+                            m.handle_timeout(now + s * S);
+                        }
+                    }),
+                ),
+            ]
+        }
+
+        #[test]
+        fn protocol_faults_drop_a_portal_after_three_then_every_read_fails_at_once() {
+            for (violation, commit) in violations() {
+                let t0 = Instant::now();
+                let mut m = machine(&["a", "b"], timing(), t0);
+                let mut rx = read(&mut m, t0, 4096);
+                let mut now = t0;
+                for (round, portal) in ["a", "a", "a", "b", "b", "b"].into_iter().enumerate() {
+                    let itt = command_itt(&mut m);
+                    commit(&mut m, now, itt);
+                    let acts = actions(&mut m);
+                    assert_eq!(acts.first(), Some(&Action::Close), "{violation}: {acts:?}");
+                    now += 10 * S;
+                    if round == 5 {
+                        assert_eq!(acts.len(), 1, "{violation}: {acts:?}");
+                        break;
+                    }
+                    // Retried on the same portal until it is dropped, then on the next.
+                    let next = if round == 2 { "b" } else { portal };
+                    assert_eq!(acts[1..], [connect_to(next)], "{violation} round {round}");
+                    m.handle_connected(now, seq(1, 64));
+                }
+                let err = rx.try_recv().unwrap().unwrap_err();
+                let text = err.to_string();
+                assert!(text.starts_with("b: "), "{violation}: {text}");
+                assert!(text.contains(violation), "{violation}: {text}");
+                assert!(matches!(err, IscsiError::Protocol { .. }));
+                // Later reads fail at once, with the same line.
+                let mut later = read(&mut m, now, 512);
+                assert_eq!(later.try_recv().unwrap().unwrap_err().to_string(), text);
+                assert!(sent(&mut m).is_empty() && actions(&mut m).is_empty());
+            }
+        }
+
+        #[test]
+        fn network_faults_are_not_counted() {
+            let t0 = Instant::now();
+            let mut m = machine(&["a"], timing(), t0);
+            let mut rx = read(&mut m, t0, 512);
+            let mut now = t0;
+            for _ in 0..10 {
+                command_itt(&mut m);
+                let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+                m.handle_read_error(now, ReadError::Io(reset));
+                assert_eq!(actions(&mut m), [Action::Close, connect_to("a")]);
+                now += S;
+                m.handle_connected(now, seq(1, 64));
+            }
+            let itt = command_itt(&mut m);
+            m.handle_pdu(now, data(itt, 0, vec![3; 512], Some(0)));
+            assert!(rx.try_recv().unwrap().is_ok());
+        }
+
+        #[test]
+        fn a_logout_request_drains_logs_out_and_rejoins_after_time2wait() {
+            let t0 = Instant::now();
+            let mut m = machine(&["a"], timing(), t0);
+            let mut rx = read(&mut m, t0, 512);
+            let itt = command_itt(&mut m);
+            m.handle_pdu(
+                t0,
+                Pdu::new(Bhs::AsyncMessage(AsyncMessage {
+                    event: 1,
+                    parameter3: 10,
+                    exp_cmd_sn: 2,
+                    max_cmd_sn: 64,
+                    ..AsyncMessage::default()
+                })),
+            );
+            // No new command goes out while draining; the logout waits for the read in flight.
+            let mut queued = read(&mut m, t0, 512);
+            assert!(sent(&mut m).is_empty());
+            m.handle_pdu(t0 + S, data(itt, 0, vec![1; 512], Some(0)));
+            assert!(rx.try_recv().unwrap().is_ok());
+            let logout = match sent(&mut m).as_slice() {
+                [Bhs::LogoutRequest(l)] => l.clone(),
+                other => panic!("{other:?}"),
+            };
+            m.handle_pdu(
+                t0 + S,
+                Pdu::new(Bhs::LogoutResponse(LogoutResponse {
+                    itt: logout.itt,
+                    time2wait: 2,
+                    ..LogoutResponse::default()
+                })),
+            );
+            assert_eq!(actions(&mut m), [Action::Close]);
+            assert_eq!(m.poll_timeout().map(|t| t - t0), Some(3 * S));
+            m.handle_timeout(t0 + 3 * S);
+            assert_eq!(actions(&mut m), [connect_to("a")]);
+            m.handle_connected(t0 + 3 * S, seq(5, 64));
+            let again = command_itt(&mut m);
+            m.handle_pdu(t0 + 3 * S, data(again, 0, vec![2; 512], Some(0)));
+            assert!(queued.try_recv().unwrap().is_ok());
+        }
+
+        /// A machine on portal "a" whose connection closed at `t0` with a read in flight.
+        fn lost_with_a_read(timing: Timing, t0: Instant) -> (Machine, Outcome) {
+            let mut m = machine(&["a"], timing, t0);
+            let rx = read(&mut m, t0, 512);
+            command_itt(&mut m);
+            m.handle_closed(t0);
+            (m, rx)
+        }
+
+        /// The target's port refuses every connection the machine asks for.
+        fn refuse_connects(m: &mut Machine, now: Instant) {
+            for action in actions(m) {
+                if let Action::Connect { portal } = action {
+                    let reason = "refused".to_string();
+                    m.handle_connect_failed(now, IscsiError::Connect { portal, reason });
+                }
+            }
+        }
+
+        #[test]
+        fn no_read_waits_longer_than_the_read_timeout() {
+            let t0 = Instant::now();
             let timing = Timing {
-                nop_interval: Duration::from_secs(30),
-                stall_timeout: Duration::from_secs(30),
-                give_up_after: Duration::from_secs(30),
-                queue_depth: 8,
+                read_timeout: 5 * S,
+                ..timing()
             };
-            let shared = Arc::new(Shared {
-                portal: Mutex::new(portal.clone()),
-                params: Mutex::new(Params::default()),
-            });
-            let fake = Arc::new(Fake {
-                portal: portal.clone(),
-            });
-            let tx = Driver::spawn(conn, test_seq(), timing, fake, shared);
-            let (reply_tx, reply_rx) = oneshot::channel();
-            let spec = CommandSpec {
-                lun: 1 << 48,
-                cdb: crate::scsi::read(crate::scsi::ReadKind::Disk, 7, 1).unwrap(),
-                read_len: 4,
-            };
-            tx.send(Request::Command(spec, reply_tx))
-                .await
-                .ok()
-                .unwrap();
+            let (mut m, mut rx) = lost_with_a_read(timing, t0);
+            let mut now = t0;
+            while now < t0 + 5 * S {
+                refuse_connects(&mut m, now);
+                assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
+                now = m.poll_timeout().unwrap();
+                m.handle_timeout(now);
+            }
+            assert!(matches!(
+                rx.try_recv().unwrap().unwrap_err(),
+                IscsiError::TimedOut { secs: 5 }
+            ));
+        }
 
-            // Connection 1: the command arrives; a target ping must be echoed.
-            let Bhs::ScsiCommand(cmd) = peer.recv().await.bhs else {
-                panic!("expected the read")
+        #[test]
+        fn giving_up_fails_what_is_outstanding_and_the_next_read_tries_again() {
+            let t0 = Instant::now();
+            let timing = Timing {
+                give_up_after: 3 * S,
+                ..timing()
             };
-            assert_eq!(cmd.cdb[0], 0x28);
-            assert!(cmd.read && cmd.fin);
-            peer.send(Pdu::new(Bhs::NopIn(NopIn {
-                lun: 5,
-                itt: RESERVED_TAG,
-                ttt: 0x1234,
-                stat_sn: 1,
-                exp_cmd_sn: 2,
-                max_cmd_sn: 64,
-            })))
-            .await;
-            let Bhs::NopOut(nop) = peer.recv().await.bhs else {
-                panic!("expected a NOP-Out echo")
-            };
-            assert_eq!((nop.ttt, nop.lun, nop.itt), (0x1234, 5, RESERVED_TAG));
-            assert!(nop.immediate);
+            let (mut m, mut rx) = lost_with_a_read(timing, t0);
+            let mut now = t0;
+            for _ in 0..100 {
+                if rx.try_recv().is_ok() {
+                    break;
+                }
+                refuse_connects(&mut m, now);
+                now = m.poll_timeout().unwrap_or(now);
+                m.handle_timeout(now);
+            }
+            assert!(now >= t0 + 3 * S);
+            let _later = read(&mut m, now, 512);
+            assert_eq!(actions(&mut m), [connect_to("a")]);
+        }
 
-            // The target asks for a logout within 2 s; the initiator logs out.
-            peer.send(Pdu::new(Bhs::AsyncMessage(AsyncMessage {
-                stat_sn: 1,
-                exp_cmd_sn: 2,
-                max_cmd_sn: 64,
-                event: 1,
-                parameter3: 2,
-                ..AsyncMessage::default()
-            })))
-            .await;
-            let Bhs::LogoutRequest(logout) = peer.recv().await.bhs else {
-                panic!("expected a logout")
+        #[test]
+        fn shutdown_logs_out_and_finishes() {
+            let t0 = Instant::now();
+            let mut m = machine(&["a"], timing(), t0);
+            let (done, mut told) = oneshot::channel();
+            m.handle_shutdown(t0, Some(done));
+            let Some(Bhs::LogoutRequest(logout)) = sent(&mut m).pop() else {
+                panic!("no logout")
             };
-            peer.send(Pdu::new(Bhs::LogoutResponse(LogoutResponse {
-                itt: logout.itt,
-                stat_sn: 2,
-                exp_cmd_sn: 2,
-                max_cmd_sn: 64,
-                ..LogoutResponse::default()
-            })))
-            .await;
-
-            // Connection 2: the read is reissued; the target answers with a hostile length.
-            let mut peer = Peer::accept(&listener).await;
-            let Bhs::ScsiCommand(again) = peer.recv().await.bhs else {
-                panic!("expected the reissued read")
-            };
-            assert_eq!(again.cdb, cmd.cdb);
-            let mut hostile = Bhs::DataIn(DataIn::default()).to_bytes();
-            hostile[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
-            peer.send_raw(&hostile).await;
-
-            // Connection 3: reissued once more, answered properly.
-            let mut peer = Peer::accept(&listener).await;
-            let Bhs::ScsiCommand(third) = peer.recv().await.bhs else {
-                panic!("expected the read a third time")
-            };
-            peer.send(data_in_done(third.itt, b"data")).await;
-            let outcome = tokio::time::timeout(Duration::from_secs(10), reply_rx)
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
-            assert_eq!(outcome.status, 0);
-            assert_eq!(&outcome.data[..], b"data");
+            m.handle_pdu(
+                t0,
+                Pdu::new(Bhs::LogoutResponse(LogoutResponse {
+                    itt: logout.itt,
+                    ..LogoutResponse::default()
+                })),
+            );
+            assert_eq!(actions(&mut m), [Action::Close, Action::Finished]);
+            assert!(told.try_recv().is_ok());
+            let mut late = read(&mut m, t0, 512);
+            assert!(matches!(late.try_recv().unwrap(), Err(IscsiError::Closed)));
         }
     }
 }

@@ -27,8 +27,9 @@ pub fn classify(err: &IscsiError) -> SourceError {
     let text = err.to_string();
     match err {
         IscsiError::Connect { .. }
-        | IscsiError::Login { .. }
+        | IscsiError::Lost { .. }
         | IscsiError::GaveUp { .. }
+        | IscsiError::TimedOut { .. }
         | IscsiError::Closed => SourceError::Network(text),
         IscsiError::Protocol { .. }
         | IscsiError::Rejected { .. }
@@ -40,7 +41,11 @@ pub fn classify(err: &IscsiError) -> SourceError {
             SourceError::Unusable(text)
         }
         IscsiError::OutOfRange => SourceError::OutOfRange(text),
-        IscsiError::Scsi(ScsiError::Status { .. }) => SourceError::Io(text),
+        // A target that answered and refused (authentication, no such target) may be restarting:
+        // retried later, like a network fault, but it answered.
+        IscsiError::Login { .. } | IscsiError::Scsi(ScsiError::Status { .. }) => {
+            SourceError::Io(text)
+        }
     }
 }
 
@@ -262,6 +267,14 @@ mod tests {
             ),
             (IscsiError::Closed, "network"),
             (
+                IscsiError::Lost {
+                    portal: portal(),
+                    reason: "reset".into(),
+                },
+                "network",
+            ),
+            (IscsiError::TimedOut { secs: 8 }, "network"),
+            (
                 IscsiError::Protocol {
                     portal: portal(),
                     reason: "unknown ITT".into(),
@@ -280,7 +293,23 @@ mod tests {
                 IscsiError::Scsi(ScsiError::Malformed("bad".into())),
                 "protocol",
             ),
-            (IscsiError::NoSuchLun { lun: 3 }, "unusable"),
+            (
+                IscsiError::NoSuchLun {
+                    target: "iqn.x".into(),
+                    portal: portal(),
+                    lun: 3,
+                    available: Some(vec![0, 1]),
+                },
+                "unusable",
+            ),
+            (
+                IscsiError::Login {
+                    target: "iqn.x".into(),
+                    portal: portal(),
+                    reason: "authentication failure".into(),
+                },
+                "io",
+            ),
             (
                 IscsiError::IdentityChanged {
                     portal: portal(),
