@@ -55,7 +55,7 @@ read -r PORTAL LUN <"$WORK/target.out" || { echo "bench: tgtd did not start" >&2
 # peer and for us alike. A mirror's long-running target is the warm one.
 timeout -s INT 2 iscsi-perf -m 8 -b 4096 "iscsi://$PORTAL/$IQN/$LUN" >/dev/null 2>&1 || true
 
-"$BIN/faultproxy" "$PORTAL" --latency-ms "$LATENCY_MS" >"$WORK/proxy.out" &
+"$BIN/faultproxy" "$PORTAL" --latency-ms "$LATENCY_MS" --counts "$WORK/proxy.counts" >"$WORK/proxy.out" &
 PIDS+=($!)
 for _ in $(seq 100); do [ -s "$WORK/proxy.out" ] && break; sleep 0.1; done
 read -r SLOW_PORTAL <"$WORK/proxy.out" || { echo "bench: faultproxy did not start" >&2; exit 1; }
@@ -195,7 +195,51 @@ measure_web_mount_cold() {
 }
 measure_file_again() { cat "$1" >/dev/null; dd_mibs "$1"; }
 
+# Connecting through the proxy: "MS ROUND_TRIPS" for one run of a command, its whole run timed
+# and its round trips counted by the proxy (connections and turns of request and response).
+proxy_round_trips() { awk '{ print $1 + $2 }' "$WORK/proxy.counts"; }
+connect_cost() {
+    local start end before after
+    sleep 0.05                            # the counts file is rewritten every 10 ms
+    before=$(proxy_round_trips)
+    start=$(date +%s.%N)
+    "$@" >/dev/null 2>"$WORK/connect.err" || { cat "$WORK/connect.err" >&2; return 1; }
+    end=$(date +%s.%N)
+    sleep 0.05
+    after=$(proxy_round_trips)
+    awk -v s="$start" -v e="$end" -v n=$((after - before)) 'BEGIN { printf "%.1f %d\n", (e - s) * 1000, n }'
+}
+# libiscsi's iscsi-inq: login, INQUIRY, logout.
+measure_connect_inq() { connect_cost iscsi-inq "iscsi://$SLOW_PORTAL/$IQN/$LUN"; }
+# `isomount NAME MNT` until it returns with the mount usable, from an empty cache; then unmounted.
+measure_connect_mount() {
+    rm -rf "$WORK/cache-connect"
+    connect_cost "$BIN/isomount" --catalog "$WORK/catalog-slow.toml" --cache-dir "$WORK/cache-connect" \
+        bench "$MNT" && grep '^connect:' "$MNT/info/stats" >"$WORK/connect.stats"
+    unmount_bench
+}
+
 # --- reporting ---------------------------------------------------------------------------------
+
+# publish --root (issue 11): a tree of 16 images hashed over every core, beside sha256sum run over
+# every core (xargs -P), the files in the page cache: both are bound by hashing.
+mkdir "$WORK/tree"
+split -n 16 -d --additional-suffix=.img "$WORK/disk.img" "$WORK/tree/part-"
+cat "$WORK/tree"/*.img >/dev/null
+seconds_to_mibs() { awk -v s="$1" -v e="$2" -v m="$SIZE_MIB" 'BEGIN { printf "%.0f\n", m / (e - s) }'; }
+measure_sha256sum_tree() {
+    local start
+    start=$(date +%s.%N)
+    find "$1" -name '*.img' -print0 | xargs -0 -P "$(nproc)" -n 1 sha256sum >/dev/null
+    seconds_to_mibs "$start" "$(date +%s.%N)"
+}
+measure_publish_tree() {
+    local start
+    start=$(date +%s.%N)
+    "$BIN/isomount" -q publish --root "$1" --portal 127.0.0.1 -o "$WORK/tree-catalog/mirror.toml" \
+        --rehash 2>/dev/null
+    seconds_to_mibs "$start" "$(date +%s.%N)"
+}
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
@@ -230,6 +274,8 @@ row "target: tgtd vs serve, iscsi-perf" measure_iscsi_perf "iscsi://$PORTAL/$IQN
     -- measure_iscsi_perf "$SERVE_URL"
 row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORTAL/$IQN/$LUN" \
     -- measure_iscsi_perf_small "$SERVE_URL"
+row "publish --root: sha256sum -P vs" measure_sha256sum_tree "$WORK/tree" \
+    -- measure_publish_tree "$WORK/tree"
 if [ "$(id -u)" = 0 ]; then
     mkdir -p "$MNT"
     "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \
@@ -252,4 +298,25 @@ if [ "$(id -u)" = 0 ]; then
         -- measure_cat_name_cached "$WORK/cache-cat"
 else
     echo "mount rows skipped: they need root (drop_caches)"
+fi
+
+# connect_row LABEL FUNCTION: medians of the ms and round-trip columns of RUNS runs
+connect_row() {
+    local label=$1 runs
+    if [ -n "${ONLY:-}" ] && ! grep -Eq "$ONLY" <<<"$label"; then return 0; fi
+    runs=$(for i in $(seq "$RUNS"); do "$2"; done)
+    printf '%-42s %10s %12s\n' "$label" "$(awk '{ print $1 }' <<<"$runs" | median)" \
+        "$(awk '{ print $2 }' <<<"$runs" | median)"
+}
+
+if [ "$(id -u)" = 0 ]; then
+    echo
+    echo "connecting through the proxy (+${LATENCY_MS} ms each way, round trip $((2 * LATENCY_MS)) ms), median of $RUNS runs"
+    printf '%-42s %10s %12s\n' "row" "ms" "round trips"
+    sed "s|\"$PORTAL\"|\"$SLOW_PORTAL\"|" "$WORK/catalog.toml" >"$WORK/catalog-slow.toml"
+    connect_row "iscsi-inq (login, INQUIRY, logout)" measure_connect_inq
+    connect_row "isomount NAME MNT, until usable" measure_connect_mount
+    [ -s "$WORK/connect.stats" ] && echo "last mount's info/stats: $(cat "$WORK/connect.stats")"
+else
+    echo "connect rows skipped: they mount (root)"
 fi

@@ -15,6 +15,7 @@ pub mod iobuf;
 pub mod iscsi;
 pub mod iso9660;
 pub mod manifest;
+pub mod platform;
 pub mod scsi;
 pub mod signature;
 pub mod source;

@@ -57,6 +57,8 @@ pub enum ManifestError {
     Version(u16),
     #[error("manifest header checksum mismatch")]
     HeaderChecksum,
+    #[error("manifest header has non-zero reserved bytes")]
+    Reserved,
     #[error("manifest chunk size {0} is not a power of two between 4 KiB and 64 MiB")]
     ChunkSize(u32),
     #[error("manifest image size is zero")]
@@ -245,6 +247,15 @@ impl Manifest {
         if be32(32) != crc32c::crc32c(&bytes[..32]) {
             return Err(ManifestError::HeaderChecksum);
         }
+        // Refused rather than ignored: the pin is the sha256 of the whole file, so a manifest
+        // accepted here must serialize back to the same bytes.
+        if bytes[10..12]
+            .iter()
+            .chain(&bytes[36..HEADER_LEN])
+            .any(|&b| b != 0)
+        {
+            return Err(ManifestError::Reserved);
+        }
         let chunk_size = be32(12);
         if !valid_chunk_size(chunk_size) {
             return Err(ManifestError::ChunkSize(chunk_size));
@@ -421,5 +432,21 @@ mod tests {
         let crc = crc32c::crc32c(&bad[..32]);
         bad[32..36].copy_from_slice(&crc.to_be_bytes());
         assert_eq!(Manifest::parse(&bad), Err(ManifestError::ChunkSize(1000)));
+    }
+
+    /// Found by the `manifest` fuzz target: a header with a byte set in its reserved tail (not
+    /// covered by the header CRC32C) was accepted, and re-serialized to other bytes than the
+    /// pinned file's.
+    #[test]
+    fn non_zero_reserved_bytes_are_refused() {
+        let (_, m) = sample();
+        let mut bad = m.to_bytes();
+        bad[62] = 0x0c;
+        assert_eq!(Manifest::parse(&bad), Err(ManifestError::Reserved));
+        let mut bad = m.to_bytes();
+        bad[11] = 1;
+        let crc = crc32c::crc32c(&bad[..32]);
+        bad[32..36].copy_from_slice(&crc.to_be_bytes());
+        assert_eq!(Manifest::parse(&bad), Err(ManifestError::Reserved));
     }
 }

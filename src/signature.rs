@@ -418,9 +418,27 @@ impl SeenVersions {
     }
 }
 
-/// A passphrase for a secret key: from a file (its first line) or [`PASSPHRASE_ENV`].
+/// Refuse a file of secrets that group or others may read.
+fn check_private(path: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::Exposed {
+            path: path.display().to_string(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// A passphrase for a secret key: from a file (its first line; mode 0600) or [`PASSPHRASE_ENV`].
 pub fn passphrase(file: Option<&Path>) -> Result<Option<String>, KeyError> {
     if let Some(file) = file {
+        check_private(file)?;
         let text = std::fs::read_to_string(file).map_err(|source| KeyError::Io {
             path: file.display().to_string(),
             source,
@@ -521,16 +539,8 @@ impl SigningKey {
     /// Read a minisign secret key (`isomount keygen`'s or `minisign -G`'s). It must not be
     /// readable by group or others; an encrypted one needs `passphrase`.
     pub fn load(path: &Path, passphrase: Option<String>) -> Result<SigningKey, KeyError> {
-        use std::os::unix::fs::PermissionsExt;
         let label = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Io {
-            path: label.clone(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyError::Exposed { path: label, mode });
-        }
+        check_private(path)?;
         let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
             path: label.clone(),
             source,
@@ -539,22 +549,29 @@ impl SigningKey {
             path: label.clone(),
             what: "secret key",
         };
+        // The second line is the key itself, base64; its KDF field says whether it is encrypted.
+        let raw = text
+            .lines()
+            .nth(1)
+            .and_then(|line| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(line.trim())
+                    .ok()
+            })
+            .and_then(|bytes| minisign::SecretKey::from_bytes(&bytes).ok())
+            .ok_or_else(not_a_key)?;
         let boxed = minisign::SecretKeyBox::from_string(&text).map_err(|_| not_a_key())?;
-        let secret = match minisign::SecretKey::from_unencrypted_box(boxed.clone()) {
-            Ok(secret) => secret,
-            Err(e) if e.to_string().contains("encrypted") => {
-                let Some(passphrase) = passphrase else {
-                    return Err(KeyError::NeedsPassphrase(label));
-                };
-                minisign::SecretKey::from_box(boxed, Some(passphrase)).map_err(|e| {
-                    if e.to_string().contains("password") {
-                        KeyError::WrongPassphrase(label.clone())
-                    } else {
-                        not_a_key()
-                    }
-                })?
-            }
-            Err(_) => return Err(not_a_key()),
+        let secret = if raw.is_encrypted() {
+            let Some(passphrase) = passphrase else {
+                return Err(KeyError::NeedsPassphrase(label));
+            };
+            minisign::SecretKey::from_box(boxed, Some(passphrase)).map_err(|e| match e.kind() {
+                minisign::ErrorKind::Verify => KeyError::WrongPassphrase(label.clone()),
+                _ => not_a_key(),
+            })?
+        } else {
+            minisign::SecretKey::from_unencrypted_box(boxed).map_err(|_| not_a_key())?
         };
         let id = key_id(secret.keynum());
         Ok(SigningKey { secret, id })
@@ -815,6 +832,14 @@ mod tests {
         std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = SigningKey::load(&secret, None).err().unwrap();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+
+        let damaged = dir.path().join("damaged");
+        keygen(&damaged, None, false).unwrap();
+        std::fs::write(&damaged, "untrusted comment: x\nbm90IGEga2V5\n").unwrap();
+        assert!(matches!(
+            SigningKey::load(&damaged, None),
+            Err(KeyError::Format { .. })
+        ));
 
         let locked = dir.path().join("locked");
         keygen(&locked, Some("correct horse".into()), false).unwrap();

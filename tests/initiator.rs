@@ -373,6 +373,69 @@ mod library {
         }
     }
 
+    /// Connecting costs the TCP handshake, one login exchange and one flight of probe commands
+    /// (round trips counted by the proxy as turns of request and response), and the first bytes
+    /// asked for come in that flight, a CD LUN's 2048-byte blocks included (its READ is bounded
+    /// by the transfer length); reads of them then send nothing. tgtd opens its CmdSN window
+    /// to two commands at login, so the probe takes two flights there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connecting_takes_three_round_trips_and_brings_the_first_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = random_file(dir.path(), "disk.img", 3 * MIB, 43);
+        let cd = random_file(dir.path(), "cd.iso", 2 * MIB, 44);
+        let tgtd = Tgtd::start(
+            "connecting_takes_three_round_trips_and_brings_the_first_bytes",
+            &[TargetSpec::new(
+                PLAIN,
+                vec![LunSpec::disk(&disk), LunSpec::cd(&cd)],
+            )],
+        );
+        let scripted = HostileTarget::start(
+            std::fs::read(&disk).unwrap(),
+            3 * MIB,
+            Misbehaviour::Overrun,
+        );
+        const FIRST: usize = 256 << 10;
+        for (portal, target, lun_no, file, round_trips) in [
+            (scripted.portal(), HOSTILE_IQN, 0u64, &disk, 3),
+            (tgtd.portal(), PLAIN, 1, &disk, 4),
+            (tgtd.portal(), PLAIN, 2, &cd, 4),
+        ] {
+            let proxy = FaultProxy::start(&portal, Faults::default());
+            let turns = || proxy.connections() + proxy.client_turns();
+            let want = std::fs::read(file).unwrap();
+            let mut opts = quick(proxy.portal(), Duration::from_secs(10));
+            opts.target = target.to_string();
+            opts.lun = lun_no;
+            opts.nop_interval = Duration::from_secs(60);
+            opts.first_read = Some(FIRST as u32);
+            let lun = IscsiLun::connect(opts).await.unwrap();
+            assert_eq!(turns(), round_trips, "{target} LUN {lun_no}: connecting");
+            assert_eq!(lun.info().connect.round_trips, round_trips as u32);
+            for (offset, len) in [(4096usize, 4096usize), (1000, 70_000), (0, FIRST)] {
+                let got = lun.read_at(offset as u64, len).await.unwrap();
+                assert!(
+                    got[..] == want[offset..offset + len],
+                    "{target} LUN {lun_no} at {offset}"
+                );
+            }
+            assert_eq!(
+                turns(),
+                round_trips,
+                "{target} LUN {lun_no}: the first bytes"
+            );
+            // Once read to their end they are let go: the next read goes to the target.
+            let got = lun.read_at(0, 4096).await.unwrap();
+            assert!(got[..] == want[..4096]);
+            assert_eq!(
+                turns(),
+                round_trips + 1,
+                "{target} LUN {lun_no}: a later read"
+            );
+            lun.logout().await;
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn reads_continue_through_a_stall_longer_than_the_timeouts() {
         let dir = tempfile::tempdir().unwrap();

@@ -318,4 +318,12 @@ fn publish_root_signs_the_tree_catalog_and_renews_only_the_signature() {
         "{}",
         text(&list.stderr)
     );
+
+    // Published again unsigned after a change, the old signature is said not to match.
+    random_file(&root, "new.iso", 4096, 99);
+    let unsigned = text(&publish_root(&root, &catalog, &[]).stderr);
+    assert!(
+        unsigned.contains("mirror.toml.minisig no longer matches"),
+        "{unsigned}"
+    );
 }

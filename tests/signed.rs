@@ -400,23 +400,27 @@ fn signatures_made_by_the_minisign_tool_are_accepted() {
         b"correct horse\ncorrect horse\n",
     );
     let ekey_arg = ekey.to_str().unwrap().to_string();
-    let refused = isomount()
-        .arg("publish")
-        .arg(&p.image)
-        .args([
-            "--name",
-            "img",
-            "--target",
-            IQN,
-            "--portal",
-            "127.0.0.1:9",
-            "-o",
-        ])
-        .arg(p.catalog())
-        .args(["--sign", &ekey_arg])
-        .env_remove("ISOMOUNT_PASSPHRASE")
-        .output()
-        .unwrap();
+    let publish = |extra: &[&str]| {
+        isomount()
+            .arg("publish")
+            .arg(&p.image)
+            .args([
+                "--name",
+                "img",
+                "--target",
+                IQN,
+                "--portal",
+                "127.0.0.1:9",
+                "-o",
+            ])
+            .arg(p.catalog())
+            .args(["--sign", &ekey_arg])
+            .args(extra)
+            .env_remove("ISOMOUNT_PASSPHRASE")
+            .output()
+            .unwrap()
+    };
+    let refused = publish(&[]);
     assert!(!refused.status.success());
     assert!(
         text(&refused.stderr).contains("is protected by a passphrase: give --passphrase-file"),
@@ -425,14 +429,24 @@ fn signatures_made_by_the_minisign_tool_are_accepted() {
     );
     let pass = dir.join("passphrase");
     std::fs::write(&pass, "correct horse\n").unwrap();
-    p.publish(
-        "127.0.0.1:9",
-        &[
-            "--sign",
-            &ekey_arg,
-            "--passphrase-file",
-            pass.to_str().unwrap(),
-        ],
+    let pass_arg = pass.to_str().unwrap();
+    let exposed = publish(&["--passphrase-file", pass_arg]);
+    assert!(
+        !exposed.status.success(),
+        "a passphrase file others can read"
+    );
+    assert!(
+        text(&exposed.stderr).contains("chmod 600"),
+        "{}",
+        text(&exposed.stderr)
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pass, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    assert_ok(
+        &publish(&["--passphrase-file", pass_arg]),
+        "publish --sign with --passphrase-file",
     );
     minisign(&[
         "-V",

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 type SpawnJob = (Command, mpsc::Sender<io::Result<Child>>);
 
-/// Spawns `cmd` so that the kernel SIGKILLs it when this process dies, even by SIGKILL.
+/// Spawns `cmd` so that the kernel SIGKILLs it when this process dies, even by SIGKILL, where
+/// the system can ([`crate::platform::die_with_parent`]).
 ///
-/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, and test threads come
-/// and go, so every child is forked by one spawner thread that lives as long as the process.
+/// The parent-death signal fires when the *thread* that forked the child exits, and test threads
+/// come and go, so every child is forked by one spawner thread that lives as long as the process.
 pub(crate) fn spawn_tied(cmd: Command) -> io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnJob>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -24,14 +25,9 @@ pub(crate) fn spawn_tied(cmd: Command) -> io::Result<Child> {
             .name("harness-spawner".into())
             .spawn(move || {
                 for (mut cmd, reply) in rx {
-                    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+                    // SAFETY: die_with_parent makes async-signal-safe calls only.
                     unsafe {
-                        cmd.pre_exec(|| {
-                            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                                return Err(io::Error::last_os_error());
-                            }
-                            Ok(())
-                        });
+                        cmd.pre_exec(crate::platform::die_with_parent);
                     }
                     let _ = reply.send(cmd.spawn());
                 }

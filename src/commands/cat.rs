@@ -38,7 +38,9 @@ pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let lun = IscsiLun::connect(ConnectOptions::from_url(&url))
+        let mut opts = ConnectOptions::from_url(&url);
+        opts.read_timeout = global.read_timeout();
+        let lun = IscsiLun::connect(opts)
             .await
             .with_context(|| format!("while connecting to {url}"))?;
         // One READ per chunk: each comes back as a single Data-In segment, never copied.

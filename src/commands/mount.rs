@@ -8,9 +8,8 @@
 //! `-o` takes mount(8)-style options so that `mount -t fuse.isomount NAME DIR` works (mount(8)
 //! runs `mount.fuse3`, which runs `isomount NAME DIR -o OPTIONS`).
 
-use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -22,8 +21,9 @@ use fuser::{MountOption, SessionACL};
 
 use crate::cli::GlobalOpts;
 use crate::fs::fuse::FuseAdapter;
-use crate::fs::{fusermount, holds_iso9660, ImageReadAt, ImageView, Tree};
+use crate::fs::{holds_iso9660, ImageReadAt, ImageView, Tree};
 use crate::iso9660::IsoFs;
+use crate::platform;
 
 #[derive(Debug, clap::Args)]
 pub struct MountArgs {
@@ -52,8 +52,6 @@ pub struct UnmountArgs {
 const READY_DEADLINE: Duration = Duration::from_secs(300);
 /// How long an unmount waits for the FUSE threads to finish.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
-/// FUSE worker threads reading /dev/fuse (each hands reads to tokio and goes back for more).
-const FUSE_THREADS: usize = 4;
 
 /// `-o` options, validated: what goes to the kernel/fusermount and what isomount itself uses.
 #[derive(Debug, Default, PartialEq)]
@@ -176,7 +174,7 @@ impl MountConfig {
     }
 
     fn fuser_config(&self, image: &str) -> fuser::Config {
-        let mut options = vec![MountOption::RO, MountOption::NoDev, MountOption::NoSuid];
+        let mut options = platform::fixed_mount_options();
         if !self
             .kernel
             .iter()
@@ -184,20 +182,21 @@ impl MountConfig {
         {
             options.push(MountOption::FSName(format!("isomount:{image}")));
         }
-        // As a kernel option (not fuser's Subtype, which only fusermount sees), so /proc/mounts
-        // says fuse.isomount whichever way the mount is made.
+        // As a kernel option (not fuser's Subtype, which only fusermount sees), so the mount
+        // table says fuse.isomount whichever way the mount is made.
         if !self.kernel.iter().any(|o| match o {
             MountOption::CUSTOM(custom) => custom.starts_with("subtype="),
             _ => false,
         }) {
-            options.push(MountOption::CUSTOM("subtype=isomount".to_string()));
+            options.extend(platform::subtype_option("isomount"));
         }
         options.extend(self.kernel.iter().cloned());
+        let session = platform::fuse_session();
         let mut config = fuser::Config::default();
         config.mount_options = options;
         config.acl = self.acl;
-        config.n_threads = Some(FUSE_THREADS);
-        config.clone_fd = true;
+        config.n_threads = Some(session.threads);
+        config.clone_fd = session.clone_fd;
         config
     }
 }
@@ -234,53 +233,12 @@ fn file_stem(image: &str) -> String {
     }
 }
 
-/// Octal escapes of /proc/self/mountinfo (`\040` for a space) undone.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    out
-}
-
-/// The filesystem type mounted at `path`, if anything is. OS-specific (Linux's
-/// /proc/self/mountinfo): one of the functions that belong in the platform module.
-pub(crate) fn mounted_at(path: &Path) -> Option<String> {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    table.lines().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let point = fields.get(4)?;
-        if unescape_mountinfo(point) != path.as_os_str().as_bytes() {
-            return None;
-        }
-        let dash = fields.iter().position(|f| *f == "-")?;
-        Some(fields.get(dash + 1)?.to_string())
+/// Unmount `path`, with the error saying where.
+fn unmount_at(path: &Path, busy: platform::Busy) -> anyhow::Result<()> {
+    platform::unmount(path, busy).map_err(|err| {
+        let reason = err.to_string();
+        anyhow::anyhow!("unmounting {} failed: {}", path.display(), reason.trim())
     })
-}
-
-/// Whether a mount at `path` lost its daemon: the kernel then answers every request it cannot
-/// serve from its caches with ENOTCONN ("Transport endpoint is not connected"). The root's
-/// attributes may still be cached, so the probe lists the directory.
-fn is_stale(path: &Path) -> bool {
-    std::fs::metadata(path)
-        .and_then(|_| std::fs::read_dir(path).map(drop))
-        .is_err_and(|err| err.raw_os_error() == Some(libc::ENOTCONN))
 }
 
 /// `path` made absolute with its parent resolved: a stale mountpoint cannot itself be resolved.
@@ -296,63 +254,17 @@ fn resolve_parent(path: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// How [`unmount_at`] treats a mount that is in use or whose daemon is gone.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Unmount {
-    /// Fails while a file in it is open.
-    Plain,
-    /// Detached from the tree at once (needed for a stale mount); open files close in their time.
-    Lazy,
-}
-
-/// Unmount `path`: `umount2(2)` as root, `fusermount3 -u` otherwise. OS-specific: belongs in
-/// the platform module.
-fn unmount_at(path: &Path, how: Unmount) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-        let flags = match how {
-            Unmount::Plain => 0,
-            Unmount::Lazy => libc::MNT_DETACH,
-        };
-        // SAFETY: c_path is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c_path.as_ptr(), flags) } != 0 {
-            let err = std::io::Error::last_os_error();
-            bail!("unmounting {} failed: {err}", path.display());
-        }
-        return Ok(());
-    }
-    let mut helper = std::process::Command::new("fusermount3");
-    helper.arg("-u");
-    if how == Unmount::Lazy {
-        helper.arg("-z");
-    }
-    let output = helper
-        .arg("--")
-        .arg(OsString::from(path.as_os_str()))
-        .output()
-        .context("while running fusermount3")?;
-    if !output.status.success() {
-        bail!(
-            "unmounting {} failed: {}",
-            path.display(),
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
 /// A stale mount at `path` (its daemon gone): cleared when it is an isomount mount, else an
 /// error saying how to clear it.
 fn clear_stale(path: &Path) -> anyhow::Result<()> {
     let at = resolve_parent(path)?;
-    match mounted_at(&at) {
-        Some(kind) if kind == "fuse.isomount" => {
+    match platform::mounted_at(&at) {
+        Some(kind) if platform::is_isomount_type(&kind) => {
             tracing::warn!(
                 "{}: a stale isomount mount (its daemon is gone); clearing it",
                 at.display()
             );
-            unmount_at(&at, Unmount::Lazy)
+            unmount_at(&at, platform::Busy::GoAnyway)
         }
         kind => bail!(
             "{} is a stale mount{} whose daemon is gone (Transport endpoint is not connected); \
@@ -368,7 +280,7 @@ fn clear_stale(path: &Path) -> anyhow::Result<()> {
 /// The mountpoint, made absolute, after the checks mount(8) users expect. A stale isomount
 /// mount there is cleared first.
 fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<PathBuf> {
-    if is_stale(path) {
+    if platform::is_stale_mount(path) {
         clear_stale(path)?;
     }
     let meta = std::fs::metadata(path).map_err(|err| match err.kind() {
@@ -386,7 +298,7 @@ fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<PathBuf> {
     let path = path
         .canonicalize()
         .with_context(|| format!("while resolving {}", path.display()))?;
-    if let Some(kind) = mounted_at(&path) {
+    if let Some(kind) = platform::mounted_at(&path) {
         bail!("{} is already mounted ({kind})", path.display());
     }
     // SAFETY: geteuid has no preconditions.
@@ -461,6 +373,7 @@ fn detach_stdio(log: Option<&Path>) -> anyhow::Result<()> {
 }
 
 pub fn run(global: &GlobalOpts, mut args: MountArgs) -> anyhow::Result<ExitCode> {
+    platform::can_mount().map_err(anyhow::Error::msg)?;
     if args.local_file {
         args.image = std::path::absolute(&args.image)?
             .to_string_lossy()
@@ -476,7 +389,7 @@ pub fn run(global: &GlobalOpts, mut args: MountArgs) -> anyhow::Result<ExitCode>
         serve(&global, &args, &config, &mountpoint, Ready::Foreground)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let (read_end, write_end) = pipe()?;
+    let (read_end, write_end) = platform::pipe().context("while creating a pipe")?;
     // SAFETY: no thread has been started yet (the runtime is built after this point), so the
     // child may run arbitrary code.
     match unsafe { libc::fork() } {
@@ -515,16 +428,6 @@ fn absolute_paths(mut global: GlobalOpts) -> GlobalOpts {
         .cache_dir
         .map(|dir| std::path::absolute(&dir).unwrap_or(dir));
     global
-}
-
-fn pipe() -> anyhow::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("while creating a pipe");
-    }
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// The parent's side: wait (bounded) for the child's "ready" or error line.
@@ -607,7 +510,7 @@ fn serve(
             result
         })
         .context("while starting the FUSE session")?;
-    raise_readahead(mountpoint);
+    platform::raise_readahead(mountpoint, crate::fs::fuse::READ_AHEAD);
     if let Err(err) = ready.ok() {
         let _ = unmounter.unmount();
         return Err(err);
@@ -631,22 +534,6 @@ fn serve(
     }
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
-}
-
-/// Widen the kernel's read-ahead: the INIT reply cannot raise it past the kernel's default
-/// (128 KiB), but root may through the mount's bdi. Sequential readers then keep many 1 MiB
-/// requests in flight instead of one 128 KiB request. Best effort.
-fn raise_readahead(mountpoint: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::metadata(mountpoint) else {
-        return;
-    };
-    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
-    let knob = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
-    let kib = crate::fs::fuse::READ_AHEAD / 1024;
-    if let Err(err) = std::fs::write(&knob, kib.to_string()) {
-        tracing::debug!("read-ahead stays at the kernel default ({knob}: {err})");
-    }
 }
 
 type Mounted = (fuser::Session<FuseAdapter>, Unmounter);
@@ -702,25 +589,25 @@ fn mount(
     };
     let fuser_config = config.fuser_config(&args.image);
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if unsafe { libc::geteuid() } == 0 || !platform::mounts_through_helper() {
         let mut session =
             fuser::Session::new(adapter, mountpoint, &fuser_config).map_err(failed)?;
         let unmounter = Unmounter::Kernel(session.unmount_callable(), mountpoint.to_path_buf());
         return Ok((session, unmounter));
     }
-    let fd =
-        fusermount::mount(mountpoint, &config.fusermount_options(&args.image)).map_err(failed)?;
+    let fd = platform::helper_mount(mountpoint, &config.fusermount_options(&args.image))
+        .map_err(failed)?;
     let session = fuser::Session::from_fd(adapter, fd, config.acl, fuser_config);
     match session {
         Ok(session) => Ok((session, Unmounter::Helper(mountpoint.to_path_buf()))),
         Err(err) => {
-            let _ = fusermount::unmount(mountpoint);
+            let _ = platform::helper_unmount(mountpoint);
             Err(failed(err))
         }
     }
 }
 
-/// How this mount is undone: by `umount(2)` through fuser (root) or by the helper (users).
+/// How this mount is undone: by `umount(2)` through fuser or by the helper.
 enum Unmounter {
     Kernel(fuser::SessionUnmounter, PathBuf),
     Helper(PathBuf),
@@ -729,20 +616,14 @@ enum Unmounter {
 impl Unmounter {
     fn unmount(&mut self) -> std::io::Result<()> {
         match self {
-            // A file still open makes umount(2) fail with EBUSY: detach the mount instead (as
-            // libfuse does), so it is gone from the tree and the open files close in their time.
+            // A file still open makes umount(2) fail with EBUSY.
             Unmounter::Kernel(unmounter, mountpoint) => unmounter.unmount().or_else(|err| {
                 if err.raw_os_error() != Some(libc::EBUSY) {
                     return Err(err);
                 }
-                let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())?;
-                // SAFETY: path is a valid NUL-terminated string.
-                match unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } {
-                    0 => Ok(()),
-                    _ => Err(std::io::Error::last_os_error()),
-                }
+                platform::unmount_busy(mountpoint)
             }),
-            Unmounter::Helper(mountpoint) => fusermount::unmount(mountpoint),
+            Unmounter::Helper(mountpoint) => platform::helper_unmount(mountpoint),
         }
     }
 }
@@ -799,7 +680,7 @@ async fn wait_for_end(mut stop: StopSignals, done: tokio::sync::oneshot::Receive
 }
 
 pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCode> {
-    let stale = is_stale(&args.mountpoint);
+    let stale = platform::is_stale_mount(&args.mountpoint);
     let path = if stale {
         resolve_parent(&args.mountpoint)?
     } else {
@@ -807,7 +688,7 @@ pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCo
             .canonicalize()
             .with_context(|| format!("while resolving {}", args.mountpoint.display()))?
     };
-    if mounted_at(&path).is_none() {
+    if platform::mounted_at(&path).is_none() {
         bail!("{} is not mounted", path.display());
     }
     if stale {
@@ -815,9 +696,9 @@ pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCo
             "{}: stale (its daemon is gone); detaching it",
             path.display()
         );
-        unmount_at(&path, Unmount::Lazy)?;
+        unmount_at(&path, platform::Busy::GoAnyway)?;
     } else {
-        unmount_at(&path, Unmount::Plain)?;
+        unmount_at(&path, platform::Busy::Refuse)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -890,12 +771,6 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_escapes_are_undone() {
-        assert_eq!(unescape_mountinfo("/mnt/a\\040b"), b"/mnt/a b");
-        assert_eq!(unescape_mountinfo("/mnt/\\13"), b"/mnt/\\13");
-    }
-
-    #[test]
     fn mountpoint_problems_are_clear() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing");
@@ -907,7 +782,7 @@ mod tests {
         assert!(check_mountpoint(dir.path(), true).is_ok());
         let err = check_mountpoint(&dir.path().join("f"), false).unwrap_err();
         assert!(err.to_string().contains("not a directory"), "{err}");
-        let err = check_mountpoint(Path::new("/proc"), true).unwrap_err();
-        assert!(err.to_string().contains("already mounted (proc)"), "{err}");
+        let err = check_mountpoint(Path::new("/"), true).unwrap_err();
+        assert!(err.to_string().contains("/ is already mounted ("), "{err}");
     }
 }

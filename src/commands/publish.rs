@@ -90,10 +90,37 @@ impl SignArgs {
     }
 }
 
+/// Write the catalog at `path` (unless `unchanged`), and its signature when `signer` is given.
+/// Unsigned, a signature left beside a changed catalog no longer matches it: that is said.
+pub fn write_catalog(
+    signer: Option<&Signer>,
+    path: &Path,
+    text: &[u8],
+    unchanged: bool,
+) -> anyhow::Result<()> {
+    if let Some(signer) = signer {
+        return signer.write(path, text, unchanged);
+    }
+    if unchanged {
+        return Ok(());
+    }
+    catalog::write_atomic(path, text)
+        .with_context(|| format!("while writing {}", path.display()))?;
+    let stale = signature::signature_path(path);
+    if stale.exists() {
+        tracing::warn!(
+            "{} no longer matches {}: sign it again with --sign KEY, or remove it",
+            stale.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
 impl Signer {
     /// Write the catalog at `path` (unless `unchanged`) and its signature, one rename after the
     /// other. The version grows past that of the signature it replaces.
-    pub fn write(&self, path: &Path, text: &[u8], unchanged: bool) -> anyhow::Result<()> {
+    fn write(&self, path: &Path, text: &[u8], unchanged: bool) -> anyhow::Result<()> {
         let sig_path = signature::signature_path(path);
         let name = path
             .file_name()
@@ -188,11 +215,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
         Some(out) => {
             let text = catalog::with_entry(out, &entry)
                 .with_context(|| format!("while updating {}", out.display()))?;
-            match &signer {
-                Some(signer) => signer.write(out, text.as_bytes(), false)?,
-                None => catalog::write_atomic(out, text.as_bytes())
-                    .with_context(|| format!("while writing {}", out.display()))?,
-            }
+            write_catalog(signer.as_ref(), out, text.as_bytes(), false)?;
             eprintln!(
                 "published {} ({} bytes, {} chunks of {}) in {}",
                 name,

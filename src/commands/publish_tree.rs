@@ -311,12 +311,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let header = "Written by `isomount publish --root`: edits are overwritten by the next run.";
     let text = catalog::render(out, header, &entries)?;
     let unchanged = std::fs::read(out).ok().as_deref() == Some(text.as_bytes());
-    match &signer {
-        Some(signer) => signer.write(out, text.as_bytes(), unchanged)?,
-        None if unchanged => {}
-        None => catalog::write_atomic(out, text.as_bytes())
-            .with_context(|| format!("while writing {}", out.display()))?,
-    }
+    super::publish::write_catalog(signer.as_ref(), out, text.as_bytes(), unchanged)?;
     let mut removed = 0usize;
     let current: BTreeSet<&str> = state.image.iter().map(|r| r.name.as_str()).collect();
     for gone in old

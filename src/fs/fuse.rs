@@ -111,10 +111,12 @@ impl Filesystem for FuseAdapter {
             let _ = config.set_max_write(limit);
         }
         let _ = config.set_max_background(MAX_BACKGROUND);
+        let session = crate::platform::fuse_session();
         // Registering a backing file takes CAP_SYS_ADMIN: ask for passthrough only as root.
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if root
+            && session.passthrough
             && config
                 .add_capabilities(fuser::InitFlags::FUSE_PASSTHROUGH)
                 .is_ok()
@@ -124,10 +126,12 @@ impl Filesystem for FuseAdapter {
             }
         }
         let _ = config.set_congestion_threshold(MAX_BACKGROUND * 3 / 4);
-        let wanted = fuser::InitFlags::FUSE_ASYNC_READ
+        let mut wanted = fuser::InitFlags::FUSE_ASYNC_READ
             | fuser::InitFlags::FUSE_PARALLEL_DIROPS
-            | fuser::InitFlags::FUSE_CACHE_SYMLINKS
-            | fuser::InitFlags::FUSE_MAX_PAGES;
+            | fuser::InitFlags::FUSE_CACHE_SYMLINKS;
+        if session.max_pages {
+            wanted |= fuser::InitFlags::FUSE_MAX_PAGES;
+        }
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }

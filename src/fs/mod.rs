@@ -19,7 +19,6 @@
 //! the image core (its read timeout), not here.
 
 pub mod fuse;
-pub mod fusermount;
 
 use std::ffi::{OsStr, OsString};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -376,11 +376,16 @@ impl Image {
             .map_or_else(|| "none".into(), |s| s.describe())
     }
 
-    /// Counters for `info/stats`.
+    /// Counters for `info/stats`, and what connecting to the current mirror took.
     pub fn stats(&self) -> String {
         let s = &self.stats;
+        let connect = self
+            .facts()
+            .into_iter()
+            .find(|(k, _)| k == "connect")
+            .map_or_else(|| "-".to_string(), |(_, v)| v);
         format!(
-            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nsource: {}\ncaching: {}\npassthrough: {}\n",
+            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nsource: {}\nconnect: {connect}\ncaching: {}\npassthrough: {}\n",
             s.hits.load(Ordering::Relaxed),
             s.misses.load(Ordering::Relaxed),
             self.sources.bytes_fetched(),

@@ -18,6 +18,12 @@ use crate::source::{BlockSource, SourceIdentity};
 
 use super::identity::{lun_identity, offline_lun_identity, serial_of};
 
+/// Bytes from the start of an image that a mirror reads while connecting, in the round trip of
+/// its probe: an ISO's volume descriptors (from 32 KiB) and, on images as xorriso makes them, its
+/// path tables and root directory, which a mount reads before it is usable; `cat` and `fetch`
+/// start there too. The image core still asks for them and verifies them like any fetch.
+pub const FIRST_READ: u32 = 256 << 10;
+
 /// Open `name_or_url`: a catalog name (with its pinned manifest) or an iscsi:// URL (no
 /// manifest: chunk hashes are recorded on first fetch). Unless `--offline`, connects to the
 /// first answering portal; when none answers, warns once and serves what is cached.
@@ -97,13 +103,17 @@ async fn open_entry(
     let mut facts = Vec::new();
     if let Some(iscsi) = &entry.iscsi {
         sources.extend(iscsi.portals.iter().map(|p| {
-            Arc::new(IscsiSource::new(
-                p,
-                &iscsi.target,
-                iscsi.lun,
-                iscsi.chap.clone(),
-                iscsi.digest,
-            )) as Arc<dyn BlockSource>
+            Arc::new(
+                IscsiSource::new(
+                    p,
+                    &iscsi.target,
+                    iscsi.lun,
+                    iscsi.chap.clone(),
+                    iscsi.digest,
+                )
+                .reading_first(FIRST_READ)
+                .bounding_reads(read_timeout),
+            ) as Arc<dyn BlockSource>
         }));
         facts.push(("target".to_string(), iscsi.target.clone()));
         facts.push(("lun".to_string(), iscsi.lun.to_string()));
@@ -199,7 +209,9 @@ async fn open_url(
 ) -> anyhow::Result<Arc<Image>> {
     let parsed = iscsi::parse_url(url)?;
     let label = iscsi::url_label(&parsed);
-    let source = IscsiSource::from_url(&parsed);
+    let source = IscsiSource::from_url(&parsed)
+        .reading_first(FIRST_READ)
+        .bounding_reads(read_timeout);
     let identity = if offline {
         offline_lun_identity(&cache, &parsed.target, parsed.lun, None)
             .with_context(|| format!("{label} is not in the cache (offline)"))?

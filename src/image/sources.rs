@@ -425,12 +425,25 @@ impl Sources {
         }
     }
 
+    /// Drop source `i` for this image. A warning when others remain to fail over to; the last
+    /// one's drop is told by the reads that fail for it, in one line each.
     fn drop_source(&self, states: &mut [State], i: usize, reason: String) {
-        tracing::warn!(
-            "{}: dropping source {} for this image: {reason}",
-            self.image,
-            self.list[i].describe()
-        );
+        let others = states
+            .iter()
+            .enumerate()
+            .any(|(j, s)| j != i && !matches!(s.health, Health::Dropped { .. }));
+        let source = self.list[i].describe();
+        if others {
+            tracing::warn!(
+                "{}: dropping source {source} for this image: {reason}",
+                self.image
+            );
+        } else {
+            tracing::info!(
+                "{}: dropping source {source} for this image: {reason}",
+                self.image
+            );
+        }
         states[i].health = Health::Dropped { reason };
         self.drops.send_modify(|n| *n += 1);
     }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::login::{Chap, DigestOffer, LoginConfig};
+use super::login::{Chap, DigestOffer, LoginConfig, Opening};
 use super::session::Seq;
 use super::transport::{Conn, LoginFailure};
 use super::IscsiError;
@@ -64,10 +64,11 @@ pub async fn discover(
         digest: DigestOffer::Either,
         max_recv_data_segment_length: 262_144,
         max_burst_length: 262_144,
+        opening: Opening::Staged,
     };
     let outcome = match conn.login(cfg, 0).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(redirect)) => {
+        Ok(outcome) => outcome,
+        Err(LoginFailure::Redirect(redirect)) => {
             return Err(IscsiError::Protocol {
                 portal: portal.to_string(),
                 reason: format!("discovery redirected to {redirect}"),

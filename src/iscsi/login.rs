@@ -2,6 +2,12 @@
 //! (§12.1.3, RFC 1994: MD5, one-way and mutual), the operational stage's negotiation (§13), and
 //! redirection (status class 1, §11.13.5).
 //!
+//! Without CHAP the login opens in the operational stage with every key offered and asks for the
+//! full feature phase at once (CSG=1, NSG=3, T=1: §6.3 lets operational negotiation start with
+//! the first Login Request when no security is proposed), so most targets finish the login in one
+//! exchange. [`Opening::Staged`] goes through the security stage first, as CHAP must, for a
+//! target that refuses the short way.
+//!
 //! No I/O: [`Login::start`] gives the first Login Request; [`Login::receive`] takes each Login
 //! Response and says what to send next, or that the login is done or redirected.
 
@@ -110,6 +116,19 @@ pub struct LoginConfig {
     pub max_recv_data_segment_length: u32,
     /// The MaxBurstLength we offer.
     pub max_burst_length: u32,
+    /// How the first Login Request opens the login (CHAP always takes the security stage).
+    pub opening: Opening,
+}
+
+/// Which stage the first Login Request is in (RFC 7143 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Opening {
+    /// Straight to the operational stage with every key offered, asking for the full feature
+    /// phase: one exchange when the target agrees.
+    #[default]
+    Direct,
+    /// The security stage first (AuthMethod), then the operational stage: two exchanges.
+    Staged,
 }
 
 /// Which header and data digests we offer (§13.1: a list, most preferred first). The default
@@ -174,6 +193,8 @@ pub struct LoginOutcome {
     pub exp_stat_sn: u32,
     pub max_cmd_sn: u32,
     pub target_alias: Option<String>,
+    /// Login Request/Response exchanges it took.
+    pub exchanges: u32,
 }
 
 enum ChapState {
@@ -227,11 +248,8 @@ impl Login {
             keys.push(("TargetName".into(), target.clone()));
         }
         let chap = cfg.chap.is_some();
-        keys.push((
-            "AuthMethod".into(),
-            if chap { "CHAP" } else { "None" }.to_string(),
-        ));
-        let login = Self {
+        let direct = !chap && cfg.opening == Opening::Direct;
+        let mut login = Self {
             params: Params {
                 max_recv_data_segment_length: cfg.max_recv_data_segment_length,
                 ..Params::default()
@@ -245,6 +263,17 @@ impl Login {
             rounds: 0,
             target_alias: None,
         };
+        if direct {
+            let offer = login.operational_offer();
+            keys.extend(offer.iter().cloned());
+            let pdu = login.request(Stage::Operational, Stage::FullFeature, true, &keys);
+            login.state = State::Operational { offered: offer };
+            return (login, pdu);
+        }
+        keys.push((
+            "AuthMethod".into(),
+            if chap { "CHAP" } else { "None" }.to_string(),
+        ));
         let pdu = login.request(Stage::Security, Stage::Operational, !chap, &keys);
         (login, pdu)
     }
@@ -424,6 +453,7 @@ impl Login {
                     exp_stat_sn: self.exp_stat_sn,
                     max_cmd_sn,
                     target_alias: self.target_alias.clone(),
+                    exchanges: self.rounds,
                 }))
             }
             Stage::Operational => {
@@ -644,6 +674,7 @@ mod tests {
             digest: DigestOffer::Either,
             max_recv_data_segment_length: 262_144,
             max_burst_length: 16_776_192,
+            opening: Opening::Staged,
         }
     }
 
@@ -768,6 +799,112 @@ mod tests {
         assert_eq!(done.params.max_recv_data_segment_length, 262_144);
         assert_eq!(done.params.max_burst_length, 262_144);
         assert!(!done.params.immediate_data);
+    }
+
+    /// Without CHAP the first request is already in the operational stage with every key, and
+    /// asks for the full feature phase: one exchange when the target agrees (RFC 7143 §6.3).
+    #[test]
+    fn a_direct_login_takes_one_exchange() {
+        let direct = LoginConfig {
+            opening: Opening::Direct,
+            ..cfg(None)
+        };
+        let (mut login, first) = Login::start(direct.clone(), 1, 1);
+        let Bhs::LoginRequest(req) = &first.bhs else {
+            panic!()
+        };
+        assert!(req.transit);
+        assert_eq!((req.csg, req.nsg), (Stage::Operational, Stage::FullFeature));
+        assert_eq!(value(&first, "AuthMethod"), None);
+        assert_eq!(
+            value(&first, "TargetName").as_deref(),
+            Some("iqn.2026-11.org.example:disk")
+        );
+        assert_eq!(
+            value(&first, "HeaderDigest").as_deref(),
+            Some("None,CRC32C")
+        );
+        assert_eq!(value(&first, "MaxBurstLength").as_deref(), Some("16776192"));
+        let step = login
+            .receive(response(
+                true,
+                Stage::Operational,
+                Stage::FullFeature,
+                3,
+                &[
+                    ("TargetPortalGroupTag", "1"),
+                    ("HeaderDigest", "CRC32C"),
+                    ("DataDigest", "None"),
+                    ("MaxRecvDataSegmentLength", "65536"),
+                    ("MaxBurstLength", "262144"),
+                ],
+            ))
+            .unwrap();
+        let LoginStep::Done(done) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(done.exchanges, 1);
+        assert_eq!((done.tsih, done.exp_stat_sn), (5, 4));
+        assert_eq!(done.params.header_digest.as_str(), "CRC32C");
+        assert_eq!(done.params.max_xmit_data_segment_length, 65536);
+        assert_eq!(done.params.max_burst_length, 262_144);
+
+        // A target that proposes a key of its own stays in the stage: answered, then done.
+        let (mut login, _) = Login::start(direct.clone(), 1, 1);
+        let step = login
+            .receive(response(
+                false,
+                Stage::Operational,
+                Stage::Operational,
+                3,
+                &[("OFMarker", "Yes")],
+            ))
+            .unwrap();
+        let LoginStep::Send(answer) = step else {
+            panic!("{step:?}")
+        };
+        assert_eq!(value(&answer, "OFMarker").as_deref(), Some("No"));
+        let step = login
+            .receive(response(
+                true,
+                Stage::Operational,
+                Stage::FullFeature,
+                4,
+                &[],
+            ))
+            .unwrap();
+        assert!(matches!(
+            step,
+            LoginStep::Done(LoginOutcome { exchanges: 2, .. })
+        ));
+
+        // CHAP needs the security stage whatever the opening says.
+        let chap = Chap {
+            user: "u".into(),
+            secret: Secret::new("s"),
+            target_user: None,
+            target_secret: None,
+        };
+        let (_, first) = Login::start(
+            LoginConfig {
+                chap: Some(chap),
+                ..direct.clone()
+            },
+            1,
+            1,
+        );
+        let Bhs::LoginRequest(req) = &first.bhs else {
+            panic!()
+        };
+        assert_eq!(req.csg, Stage::Security);
+        assert_eq!(value(&first, "AuthMethod").as_deref(), Some("CHAP"));
+
+        // A target that wants CHAP refuses the direct login: named as such.
+        let (mut login, _) = Login::start(direct, 1, 1);
+        assert_eq!(
+            login.receive(status(2, 1, &[])).unwrap_err(),
+            LoginError::ChapRequired
+        );
     }
 
     /// The digest offer goes out as a list the target picks from (§13.1), and its answer counts.

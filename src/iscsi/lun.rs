@@ -1,7 +1,16 @@
 //! One LUN of one target: connect (portals in order, redirects followed),
-//! probe what the LUN is (TEST UNIT READY until UNIT ATTENTIONs are drained, INQUIRY and VPD
-//! 0x00/0x80/0x83, READ CAPACITY(16) falling back to (10); MMC devices use (10) only), then read
-//! with READ(10)/(12)/(16) as the device takes them, clamped to the capacity.
+//! probe what the LUN is, then read with READ(10)/(12)/(16) as the device takes them, clamped to
+//! the capacity.
+//!
+//! Connecting takes few round trips: the TCP handshake, one login exchange without CHAP (see
+//! [`super::login`]), and one flight of probe commands sent together: TEST UNIT READY (to drain
+//! the UNIT ATTENTIONs a new session starts with; commands that meet one are sent again), INQUIRY,
+//! VPD 0x80 and 0x83 (a page the device lacks is answered with CHECK CONDITION and left out),
+//! READ CAPACITY(10) and (16) (MMC devices use (10) only), and, when the caller names them
+//! ([`ConnectOptions::first_read`]), the LUN's first bytes. That READ goes out before the block
+//! size is known: it counts 512-byte blocks and bounds the transfer by its Expected Data
+//! Transfer Length, so a device with larger blocks sends just those bytes and reports the rest
+//! as residual overflow (RFC 7143 §11.4.5.1). Reads of that range are then answered from it.
 //!
 //! Recovery (RFC 7143 §6.2.1 session reinstatement is not used: ErrorRecoveryLevel 0 with a new
 //! session, same ISID, TSIH 0) reconnects through [`Connector`], which checks the LUN's identity.
@@ -13,7 +22,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::login::{Chap, DigestOffer, LoginConfig, LoginError};
+use super::login::{Chap, DigestOffer, LoginConfig, LoginError, LoginOutcome, Opening};
 use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
@@ -27,6 +36,13 @@ pub const DEFAULT_MAX_READ: u32 = 1 << 20;
 /// Longest wait for a portal to accept a connection and complete login. A mirror that accepts
 /// and then says nothing is passed over for the next one this soon (it may be tried again later).
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ping a link this long idle (or half the stall timeout, when that is shorter).
+pub const DEFAULT_NOP_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Give a connection up when nothing arrives for this long while we wait for the target, or
+/// when bytes arrive but no command makes progress ([`super::stall_timeout_from_env`]).
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// The default bound on one read, reconnects included.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
@@ -58,12 +74,17 @@ pub struct ConnectOptions {
     pub queue_depth: usize,
     /// Largest READ we issue (also bounded by the negotiated MaxBurstLength).
     pub max_read: u32,
+    /// Bytes from the start of the LUN to read while connecting, in the probe's round trip:
+    /// what the caller reads first (an ISO's volume descriptors and root directory).
+    pub first_read: Option<u32>,
 }
 
 impl ConnectOptions {
     /// Defaults: our initiator name, no CHAP (or libiscsi's environment variables), digests as
-    /// `ISOMOUNT_DIGEST` says (else the target's choice), give up after 60 s.
+    /// `ISOMOUNT_DIGEST` says (else the target's choice), the stall timeout as
+    /// `ISOMOUNT_STALL_TIMEOUT` says (else 8 s), give up after 60 s.
     pub fn new(portals: Vec<String>, target: impl Into<String>, lun: u64) -> Self {
+        let stall_timeout = super::stall_timeout_from_env().unwrap_or(DEFAULT_STALL_TIMEOUT);
         Self {
             portals,
             target: target.into(),
@@ -75,10 +96,11 @@ impl ConnectOptions {
             read_timeout: DEFAULT_READ_TIMEOUT,
             timeout: Duration::from_secs(10),
             login_timeout: LOGIN_TIMEOUT,
-            nop_interval: Duration::from_secs(3),
-            stall_timeout: Duration::from_secs(8),
+            nop_interval: DEFAULT_NOP_INTERVAL.min(stall_timeout / 2),
+            stall_timeout,
             queue_depth: 64,
             max_read: DEFAULT_MAX_READ,
+            first_read: None,
         }
     }
 
@@ -112,6 +134,24 @@ pub struct LunInfo {
     pub target_alias: Option<String>,
     /// Negotiated parameters, `(key, value)`.
     pub parameters: Vec<(String, String)>,
+    /// What connecting took: TCP, login and probe.
+    pub connect: ConnectCost,
+}
+
+/// What connecting to a LUN took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ConnectCost {
+    pub time: Duration,
+    /// Request/response exchanges: TCP handshakes, login exchanges, flights of probe commands
+    /// (those of attempts that were redirected or refused included).
+    pub round_trips: u32,
+}
+
+impl std::fmt::Display for ConnectCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.time.as_secs_f64() * 1000.0;
+        write!(f, "{ms:.1} ms, {} round trips", self.round_trips)
+    }
 }
 
 impl LunInfo {
@@ -163,7 +203,22 @@ struct Established {
     params: Params,
     probe: Probe,
     target_alias: Option<String>,
+    /// The LUN's first bytes, when asked for and read whole.
+    first_bytes: Option<Bytes>,
+    /// Round trips in all, those of redirected or refused attempts included.
+    round_trips: u32,
 }
+
+/// A logged-in connection, and the round trips of attempts before it.
+struct LoggedIn {
+    conn: Conn,
+    seq: Seq,
+    outcome: LoginOutcome,
+    spent: u32,
+}
+
+/// Most login redirects followed.
+const MAX_REDIRECTS: u32 = 4;
 
 impl Connector {
     fn login_error(&self, portal: &str, failure: LoginFailure) -> IscsiError {
@@ -178,16 +233,22 @@ impl Connector {
                 portal: portal.to_string(),
                 reason: source.to_string(),
             },
+            LoginFailure::Redirect(_) => IscsiError::Protocol {
+                portal: portal.to_string(),
+                reason: "too many login redirects".into(),
+            },
         }
     }
 
-    /// Connect and log in, following redirects; each portal gets `login_timeout` for both.
-    async fn login(
-        &self,
-        portal: &str,
-    ) -> Result<(Conn, Seq, super::login::LoginOutcome), IscsiError> {
+    /// Connect and log in, following redirects; each portal gets `login_timeout` for both. The
+    /// login goes straight to the operational stage; a target that refuses that (an initiator
+    /// error) is logged in to again through the security stage.
+    async fn login(&self, portal: &str) -> Result<LoggedIn, IscsiError> {
         let mut address = portal.to_string();
-        for _ in 0..4 {
+        let mut opening = Opening::Direct;
+        let mut redirects = 0;
+        let mut spent = 0;
+        loop {
             tracing::info!(
                 "connecting to {address} for {} LUN {}",
                 self.opts.target,
@@ -202,18 +263,17 @@ impl Connector {
                 tracing::info!("{address}: CHAP as user `{}`{mutual}", chap.user);
             }
             let bound = self.opts.login_timeout;
-            let attempt = tokio::time::timeout(bound, self.login_once(&address)).await;
-            let outcome = match attempt {
-                Ok(outcome) => outcome?,
-                Err(_) => {
-                    return Err(IscsiError::Connect {
-                        portal: address,
-                        reason: format!("no login within {} s", bound.as_secs_f32()),
-                    })
-                }
+            let attempt = tokio::time::timeout(bound, self.login_once(&address, opening)).await;
+            let Ok(attempt) = attempt else {
+                return Err(IscsiError::Connect {
+                    portal: address,
+                    reason: format!("no login within {} s", bound.as_secs_f32()),
+                });
             };
-            match outcome {
-                (conn, Ok(outcome)) => {
+            let (conn, result) = attempt?;
+            spent += conn.exchanges();
+            match result {
+                Ok(outcome) => {
                     let seq = Seq::new(&outcome, 1);
                     let params: Vec<String> = outcome
                         .params
@@ -226,25 +286,42 @@ impl Connector {
                         self.opts.target,
                         params.join(", ")
                     );
-                    return Ok((conn, seq, outcome));
+                    return Ok(LoggedIn {
+                        spent: spent - conn.exchanges(),
+                        conn,
+                        seq,
+                        outcome,
+                    });
                 }
-                (_, Err(redirect)) => {
-                    tracing::info!("{address} redirects us to {redirect}");
-                    address = redirect;
+                Err(LoginFailure::Redirect(to)) if redirects < MAX_REDIRECTS => {
+                    tracing::info!("{address} redirects us to {to}");
+                    redirects += 1;
+                    address = to;
                 }
+                Err(failure @ LoginFailure::Redirect(_)) => {
+                    return Err(self.login_error(portal, failure))
+                }
+                Err(LoginFailure::Refused(e @ LoginError::Initiator { .. }))
+                    if opening == Opening::Direct && self.opts.chap.is_none() =>
+                {
+                    tracing::info!(
+                        "{address} refused a login that skips the security stage ({e}); \
+                         logging in through it"
+                    );
+                    opening = Opening::Staged;
+                }
+                Err(failure) => return Err(self.login_error(&address, failure)),
             }
         }
-        Err(IscsiError::Protocol {
-            portal: portal.to_string(),
-            reason: "too many login redirects".into(),
-        })
     }
 
-    /// One connection and login exchange at `address`: the session, or where it redirects us.
+    /// One connection and login exchange at `address`: the connection, and the session or why
+    /// there is none (a redirect among them).
     async fn login_once(
         &self,
         address: &str,
-    ) -> Result<(Conn, Result<super::login::LoginOutcome, String>), IscsiError> {
+        opening: Opening,
+    ) -> Result<(Conn, Result<LoginOutcome, LoginFailure>), IscsiError> {
         let mut conn = Conn::connect(address, self.opts.timeout).await?;
         let cfg = LoginConfig {
             initiator_name: self.opts.initiator_name.clone(),
@@ -256,17 +333,26 @@ impl Connector {
             digest: self.opts.digest,
             max_recv_data_segment_length: 262_144,
             max_burst_length: 16_776_192,
+            opening,
         };
-        match conn.login(cfg, 0).await {
-            Ok(result) => Ok((conn, result)),
-            Err(failure) => Err(self.login_error(address, failure)),
-        }
+        let result = match conn.login(cfg, 0).await {
+            Err(LoginFailure::Io(e)) => return Err(e),
+            other => other,
+        };
+        Ok((conn, result))
     }
 
     async fn establish(&self, portal: &str) -> Result<Established, IscsiError> {
-        let (mut conn, mut seq, outcome) = self.login(portal).await?;
-        let probe = match probe(&mut conn, &mut seq, self.opts.lun).await {
-            Ok(probe) => probe,
+        let LoggedIn {
+            mut conn,
+            mut seq,
+            outcome,
+            spent,
+        } = self.login(portal).await?;
+        let first_read = self.opts.first_read;
+        let (probe, first_bytes) = match probe(&mut conn, &mut seq, self.opts.lun, first_read).await
+        {
+            Ok(probed) => probed,
             Err(ProbeError::NoSuchLun) => {
                 // Say what the target does have: a wrong LUN is a mistake in the catalog.
                 let available =
@@ -295,11 +381,13 @@ impl Connector {
             probe.capacity.block_size
         );
         Ok(Established {
+            round_trips: spent + conn.exchanges(),
             conn,
             seq,
             params: outcome.params,
             probe,
             target_alias: outcome.target_alias,
+            first_bytes,
         })
     }
 }
@@ -323,7 +411,9 @@ pub async fn list_luns(opts: &ConnectOptions) -> Result<Vec<LunSummary>, IscsiEr
         first: Mutex::new(None),
     };
     let portal = opts.portals.first().ok_or(IscsiError::Closed)?;
-    let (mut conn, mut seq, _) = connector.login(portal).await?;
+    let LoggedIn {
+        mut conn, mut seq, ..
+    } = connector.login(portal).await?;
     let data = setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096).await?;
     let mut out = Vec::new();
     for lun in scsi::parse_report_luns(&data)?.into_iter().take(256) {
@@ -381,31 +471,86 @@ async fn setup_command(
     cdb: scsi::Cdb,
     read_len: u32,
 ) -> Result<Bytes, IscsiError> {
-    let spec = CommandSpec {
-        lun: scsi::lun_to_wire(lun),
-        cdb,
-        read_len,
-        expect: DataLength::AtMost,
-    };
-    tracing::debug!(
-        "LUN {lun}: command opcode {:#04x}, {read_len} bytes in",
-        cdb[0]
-    );
-    let mut last = None;
-    for attempt in 0..10u32 {
-        let outcome = conn.command(seq, &spec).await?;
-        match check(&outcome) {
-            Ok(()) => return Ok(outcome.data),
-            Err(Verdict::Retry(e)) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt))).await;
-            }
-            Err(Verdict::Fail(e)) => return Err(e.into()),
+    let mut results = setup_commands(conn, seq, lun, &[(cdb, read_len)]).await?;
+    Ok(results
+        .pop()
+        .unwrap_or(Err(ScsiError::Malformed("no outcome".into())))?)
+}
+
+/// Run commands on a setup connection all at once (one flight as far as the CmdSN window
+/// allows). One that meets a UNIT ATTENTION is sent again at once with the next flight (a TEST
+/// UNIT READY is there to take it and is not); those that meet NOT READY or a busy status are
+/// sent again after a pause, a few times. Each command's own outcome comes back: its data, or
+/// the SCSI status it ended with; the connection failing fails them all.
+async fn setup_commands(
+    conn: &mut Conn,
+    seq: &mut Seq,
+    lun: u64,
+    commands: &[(scsi::Cdb, u32)],
+) -> Result<Vec<Result<Bytes, ScsiError>>, IscsiError> {
+    const ATTEMPTS: u32 = 10;
+    let mut results: Vec<Result<Bytes, ScsiError>> = commands
+        .iter()
+        .map(|_| Err(ScsiError::Malformed("command kept failing".into())))
+        .collect();
+    let mut sent = vec![0u32; commands.len()];
+    let mut waiting: Vec<usize> = (0..commands.len()).collect();
+    for round in 0..u64::from(ATTEMPTS) {
+        if waiting.is_empty() {
+            break;
         }
+        if round > 1 {
+            tokio::time::sleep(Duration::from_millis(20 * (round - 1))).await;
+        }
+        let specs: Vec<CommandSpec> = waiting
+            .iter()
+            .map(|&at| {
+                let (cdb, read_len) = commands[at];
+                tracing::debug!(
+                    "LUN {lun}: command opcode {:#04x}, {read_len} bytes in",
+                    cdb[0]
+                );
+                CommandSpec {
+                    lun: scsi::lun_to_wire(lun),
+                    cdb,
+                    read_len,
+                    expect: DataLength::AtMost,
+                }
+            })
+            .collect();
+        let resend = |index: usize, outcome: &CommandOutcome| {
+            let at = waiting[index];
+            sent[at] += 1;
+            let (cdb, _) = commands[at];
+            unit_attention(outcome) && cdb[0] != TEST_UNIT_READY && sent[at] < ATTEMPTS
+        };
+        let outcomes = conn.commands(seq, &specs, resend).await?;
+        let mut again = Vec::new();
+        for (&at, outcome) in waiting.iter().zip(outcomes) {
+            let taken = commands[at].0[0] == TEST_UNIT_READY && unit_attention(&outcome);
+            results[at] = match check(&outcome) {
+                _ if taken => Ok(outcome.data),
+                Ok(()) => Ok(outcome.data),
+                Err(Verdict::Retry(e)) => {
+                    again.push(at);
+                    Err(e)
+                }
+                Err(Verdict::Fail(e)) => Err(e),
+            };
+        }
+        waiting = again;
     }
-    Err(last
-        .unwrap_or(ScsiError::Malformed("command kept failing".into()))
-        .into())
+    Ok(results)
+}
+
+/// The opcode of TEST UNIT READY (SPC-4 §6.47).
+const TEST_UNIT_READY: u8 = 0x00;
+
+/// CHECK CONDITION with UNIT ATTENTION: reported once, so the same command sent again meets it no
+/// more (SAM-5 §5.14).
+fn unit_attention(outcome: &CommandOutcome) -> bool {
+    outcome.status == status::CHECK_CONDITION
+        && scsi::parse_sense(&outcome.sense).is_ok_and(|s| s.key == sense_key::UNIT_ATTENTION)
 }
 
 enum Verdict {
@@ -454,58 +599,76 @@ impl<E: Into<IscsiError>> From<E> for ProbeError {
 }
 
 /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.6, ASC 0x25).
-fn lun_not_supported(e: &IscsiError) -> bool {
-    matches!(e, IscsiError::Scsi(s)
-        if s.sense().is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25))
+fn lun_not_supported(e: &ScsiError) -> bool {
+    e.sense()
+        .is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25)
 }
 
-async fn probe(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Probe, ProbeError> {
-    // TEST UNIT READY drains the UNIT ATTENTIONs a new session starts with.
-    match setup_command(conn, seq, lun, scsi::test_unit_ready(), 0).await {
+/// What the LUN is, from one flight of commands (see the module documentation), and its first
+/// `first_read` bytes when asked for and read whole.
+async fn probe(
+    conn: &mut Conn,
+    seq: &mut Seq,
+    lun: u64,
+    first_read: Option<u32>,
+) -> Result<(Probe, Option<Bytes>), ProbeError> {
+    let mut commands = vec![
+        (scsi::test_unit_ready(), 0),
+        (scsi::inquiry(false, 0, 96), 96),
+        (scsi::inquiry(true, 0x80, 255), 255),
+        (scsi::inquiry(true, 0x83, 1024), 1024),
+        (scsi::read_capacity10(), 8),
+        (scsi::read_capacity16(32), 32),
+    ];
+    let first_read = first_read
+        .filter(|&len| len > 0)
+        .and_then(|len| Some((scsi::read(ReadKind::Mmc, 0, len.div_ceil(512))?, len)));
+    commands.extend(first_read);
+    let mut results = setup_commands(conn, seq, lun, &commands).await?.into_iter();
+    let mut next = || {
+        results
+            .next()
+            .unwrap_or(Err(ScsiError::Malformed("no outcome".into())))
+    };
+    let (ready, inquiry, serial, device_id) = (next(), next(), next(), next());
+    let (capacity10, capacity16, first_bytes) = (next(), next(), next());
+    match ready {
         Err(e) if lun_not_supported(&e) => return Err(ProbeError::NoSuchLun),
         other => other?,
     };
-    let data = setup_command(conn, seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
-    let inquiry = scsi::parse_inquiry(&data)?;
+    let inquiry = scsi::parse_inquiry(&inquiry?)?;
     if inquiry.qualifier != 0 || inquiry.device_type == 0x1f {
         return Err(ProbeError::NoSuchLun);
     }
-    let pages = match setup_command(conn, seq, lun, scsi::inquiry(true, 0x00, 255), 255).await {
-        Ok(data) => scsi::parse_supported_pages(&data).unwrap_or_default(),
-        Err(_) => Vec::new(),
+    let serial = match serial {
+        Ok(data) => Some(scsi::parse_serial(&data)?).filter(|s| !s.is_empty()),
+        Err(_) => None,
     };
-    let serial = if pages.contains(&0x80) {
-        let data = setup_command(conn, seq, lun, scsi::inquiry(true, 0x80, 255), 255).await?;
-        Some(scsi::parse_serial(&data)?).filter(|s| !s.is_empty())
-    } else {
-        None
+    let device_id = match device_id {
+        Ok(data) => Some(scsi::parse_device_id(&data)?),
+        Err(_) => None,
     };
-    let device_id = if pages.contains(&0x83) {
-        let data = setup_command(conn, seq, lun, scsi::inquiry(true, 0x83, 1024), 1024).await?;
-        Some(scsi::parse_device_id(&data)?)
-    } else {
-        None
+    let capacity = match (inquiry.device_type == scsi::TYPE_MMC, capacity16) {
+        (false, Ok(data)) => scsi::parse_read_capacity16(&data)?,
+        _ => scsi::parse_read_capacity10(&capacity10?)?,
     };
-    let capacity = if inquiry.device_type == scsi::TYPE_MMC {
-        read_capacity10(conn, seq, lun).await?
-    } else {
-        match setup_command(conn, seq, lun, scsi::read_capacity16(32), 32).await {
-            Ok(data) => scsi::parse_read_capacity16(&data)?,
-            Err(IscsiError::Scsi(_)) => read_capacity10(conn, seq, lun).await?,
-            Err(e) => return Err(e.into()),
+    // Kept only when it is all of what was asked, within the LUN.
+    let first_bytes = match (first_read, first_bytes) {
+        (Some((_, len)), Ok(data))
+            if data.len() == len as usize
+                && capacity.bytes().is_some_and(|size| size >= u64::from(len)) =>
+        {
+            Some(data)
         }
+        _ => None,
     };
-    Ok(Probe {
+    let probe = Probe {
         inquiry,
         serial,
         device_id,
         capacity,
-    })
-}
-
-async fn read_capacity10(conn: &mut Conn, seq: &mut Seq, lun: u64) -> Result<Capacity, IscsiError> {
-    let data = setup_command(conn, seq, lun, scsi::read_capacity10(), 8).await?;
-    Ok(scsi::parse_read_capacity10(&data)?)
+    };
+    Ok((probe, first_bytes))
 }
 
 /// A LUN read over one iSCSI session. Many reads may run at once.
@@ -516,6 +679,9 @@ pub struct IscsiLun {
     read_kind: ReadKind,
     lun_wire: u64,
     max_read_blocks: u32,
+    /// The LUN's first bytes, read while connecting; reads within them are answered from here
+    /// until one reaches their end.
+    first_bytes: Mutex<Option<Bytes>>,
 }
 
 impl std::fmt::Debug for IscsiLun {
@@ -536,6 +702,7 @@ impl IscsiLun {
                 reason: "no portal given".into(),
             });
         }
+        let started = std::time::Instant::now();
         let connector = Arc::new(Connector {
             opts: opts.clone(),
             isid: random_isid(),
@@ -585,7 +752,12 @@ impl IscsiLun {
             portal: portal.clone(),
             target_alias: est.target_alias,
             parameters: Vec::new(),
+            connect: ConnectCost {
+                time: started.elapsed(),
+                round_trips: est.round_trips,
+            },
         };
+        tracing::info!("{portal}: connected in {}", info.connect);
         let shared = Arc::new(Shared {
             portal: Mutex::new(portal),
             params: Mutex::new(est.params),
@@ -616,6 +788,7 @@ impl IscsiLun {
             },
             lun_wire: scsi::lun_to_wire(opts.lun),
             max_read_blocks: burst / block_size,
+            first_bytes: Mutex::new(est.first_bytes),
             info,
         }))
     }
@@ -771,6 +944,12 @@ impl IscsiLun {
         if len == 0 {
             return Ok(Vec::new());
         }
+        let head = self.held_first_bytes(offset, len);
+        let (offset, len) = match &head {
+            Some(head) if head.len() == len => return Ok(vec![head.clone()]),
+            Some(head) => (offset + head.len() as u64, len - head.len()),
+            None => (offset, len),
+        };
         let end = offset + len as u64;
         let bs = u64::from(self.info.block_size);
         let first = offset / bs;
@@ -785,6 +964,23 @@ impl IscsiLun {
             skip = 0;
         }
         pieces.retain(|p| !p.is_empty());
+        pieces.splice(0..0, head);
         Ok(pieces)
+    }
+
+    /// The part of `len` bytes at `offset` that the first bytes read while connecting hold, from
+    /// `offset` on; they are let go once a read reaches their end.
+    fn held_first_bytes(&self, offset: u64, len: usize) -> Option<Bytes> {
+        let mut held = lock(&self.first_bytes);
+        let bytes = held.as_ref()?;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|&at| at < bytes.len())?;
+        let end = start.saturating_add(len).min(bytes.len());
+        let piece = bytes.slice(start..end);
+        if end == bytes.len() {
+            *held = None;
+        }
+        Some(piece)
     }
 }

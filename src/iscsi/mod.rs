@@ -90,8 +90,7 @@ fn luns_it_has(available: &Option<Vec<u64>>) -> String {
 
 /// Our initiator name: `iqn.2024-01.org.isomount:` and the host name.
 pub fn default_initiator_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
+    let host = crate::platform::host_name()
         .map(|h| {
             h.trim()
                 .chars()
@@ -102,6 +101,23 @@ pub fn default_initiator_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "initiator".to_string());
     format!("iqn.2024-01.org.isomount:{host}")
+}
+
+/// `ISOMOUNT_STALL_TIMEOUT=SECONDS` (a decimal number, 0.1 to 3600): how long a connection may
+/// stay silent while we wait for the target, or send bytes without any command making progress,
+/// before it is given up (8 s unless set). Tests shorten it; an unusable value is ignored with a
+/// warning.
+pub fn stall_timeout_from_env() -> Option<std::time::Duration> {
+    let text = std::env::var("ISOMOUNT_STALL_TIMEOUT").ok()?;
+    let secs = text
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| (0.1..=3600.0).contains(s));
+    if secs.is_none() {
+        tracing::warn!("ISOMOUNT_STALL_TIMEOUT=`{text}` ignored: seconds from 0.1 to 3600");
+    }
+    secs.map(std::time::Duration::from_secs_f64)
 }
 
 /// `ISOMOUNT_DIGEST=crc32c` prefers CRC32C digests, `none` refuses them; unset (or any other

@@ -4,6 +4,7 @@
 //! [`PduReader`], writes what the machine transmits, opens new connections when it asks
 //! (through [`Reconnect`]) and wakes it at its deadlines.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,9 @@ use super::IscsiError;
 
 /// Most Text Request/Response exchanges of one text negotiation (continuations included).
 const MAX_TEXT_EXCHANGES: usize = 64;
+/// Most PDUs one batch of setup commands may take (Data-In segments, NOP-Ins) before the
+/// target is held to be stuck.
+const MAX_SETUP_PDUS: usize = 100_000;
 
 /// A TCP connection in the login or setup phase: one request at a time.
 pub struct Conn {
@@ -34,6 +38,7 @@ pub struct Conn {
     pdus: PduReader,
     pub portal: String,
     timeout: Duration,
+    exchanges: u32,
 }
 
 // Socket buffers are left to the kernel's autotuning: setting SO_RCVBUF would cap the window at
@@ -68,6 +73,7 @@ impl Conn {
                         pdus: PduReader::new(Framing::default(), Buffering::Streaming),
                         portal: portal.to_string(),
                         timeout,
+                        exchanges: 1,
                     });
                 }
                 Ok(Err(e)) => last = e.to_string(),
@@ -93,10 +99,20 @@ impl Conn {
 
     pub async fn send(&mut self, pdu: &Pdu) -> Result<(), IscsiError> {
         let bytes = pdu.to_bytes(&self.pdus.framing());
-        tokio::time::timeout(self.timeout, self.stream.write_all(&bytes))
+        self.write(&bytes).await
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), IscsiError> {
+        tokio::time::timeout(self.timeout, self.stream.write_all(bytes))
             .await
             .map_err(|_| self.lost("timed out sending"))?
             .map_err(|e| self.lost(e.to_string()))
+    }
+
+    /// Request/response exchanges on this connection so far, its TCP handshake included: login
+    /// requests, and flights of commands sent together.
+    pub fn exchanges(&self) -> u32 {
+        self.exchanges
     }
 
     pub async fn recv(&mut self) -> Result<Pdu, IscsiError> {
@@ -109,13 +125,12 @@ impl Conn {
         }
     }
 
-    /// Run a login to completion, within the connection's timeout in all. A redirect comes back
-    /// as `Ok(Err(address))`.
+    /// Run a login to completion, within the connection's timeout in all.
     pub async fn login(
         &mut self,
         cfg: LoginConfig,
         itt: u32,
-    ) -> Result<Result<LoginOutcome, String>, LoginFailure> {
+    ) -> Result<LoginOutcome, LoginFailure> {
         let limit = self.timeout;
         tokio::time::timeout(limit, self.login_exchanges(cfg, itt))
             .await
@@ -131,17 +146,21 @@ impl Conn {
         &mut self,
         cfg: LoginConfig,
         itt: u32,
-    ) -> Result<Result<LoginOutcome, String>, LoginFailure> {
+    ) -> Result<LoginOutcome, LoginFailure> {
         let (mut login, first) = Login::start(cfg, itt, 1);
+        self.exchanges += 1;
         self.send(&first).await.map_err(LoginFailure::Io)?;
         loop {
             let pdu = self.recv().await.map_err(LoginFailure::Io)?;
             match login.receive(pdu).map_err(LoginFailure::Refused)? {
-                LoginStep::Send(next) => self.send(&next).await.map_err(LoginFailure::Io)?,
-                LoginStep::Redirect(address) => return Ok(Err(address)),
+                LoginStep::Send(next) => {
+                    self.exchanges += 1;
+                    self.send(&next).await.map_err(LoginFailure::Io)?
+                }
+                LoginStep::Redirect(address) => return Err(LoginFailure::Redirect(address)),
                 LoginStep::Done(outcome) => {
                     self.pdus.set_framing(framing_for(&outcome.params));
-                    return Ok(Ok(outcome));
+                    return Ok(outcome);
                 }
             }
         }
@@ -153,17 +172,51 @@ impl Conn {
         seq: &mut Seq,
         spec: &CommandSpec,
     ) -> Result<CommandOutcome, IscsiError> {
-        let itt = seq.itt();
-        let pdu = spec.pdu(itt, seq);
-        seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
-        self.send(&pdu).await?;
-        let mut data = Assembly::Empty;
-        for _ in 0..100_000 {
+        let mut outcomes = self
+            .commands(seq, std::slice::from_ref(spec), |_, _| false)
+            .await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| self.protocol("command never completed"))
+    }
+
+    /// Run several SCSI commands at once (pipelined: sent together as far as the CmdSN window
+    /// allows) and wait for every one to end, answering target NOP-Ins meanwhile. A command
+    /// whose outcome `again(index, outcome)` declines is sent again at once, with the next
+    /// flight. The outcomes are in the order of `specs`.
+    pub async fn commands(
+        &mut self,
+        seq: &mut Seq,
+        specs: &[CommandSpec],
+        mut again: impl FnMut(usize, &CommandOutcome) -> bool,
+    ) -> Result<Vec<CommandOutcome>, IscsiError> {
+        let mut unsent: VecDeque<usize> = (0..specs.len()).collect();
+        // (ITT, index in `specs`, Data-In so far) of each command in flight.
+        let mut in_flight: Vec<(u32, usize, Assembly)> = Vec::with_capacity(specs.len());
+        let mut outcomes: Vec<Option<CommandOutcome>> = specs.iter().map(|_| None).collect();
+        for _ in 0..MAX_SETUP_PDUS {
+            let mut flight = BytesMut::new();
+            while seq.window_open() {
+                let Some(at) = unsent.pop_front() else { break };
+                let itt = seq.itt();
+                specs[at]
+                    .pdu(itt, seq)
+                    .encode(&self.pdus.framing(), &mut flight);
+                seq.cmd_sn = seq.cmd_sn.wrapping_add(1);
+                in_flight.push((itt, at, Assembly::Empty));
+            }
+            if !flight.is_empty() {
+                self.exchanges += 1;
+                self.write(&flight).await?;
+            }
+            if in_flight.is_empty() && unsent.is_empty() {
+                return Ok(outcomes.into_iter().flatten().collect());
+            }
             let pdu = self.recv().await?;
             note_sequence(seq, &pdu.bhs);
-            match &pdu.bhs {
-                Bhs::DataIn(d) if d.itt == itt => {}
-                Bhs::ScsiResponse(r) if r.itt == itt => {}
+            let itt = match &pdu.bhs {
+                Bhs::DataIn(d) => d.itt,
+                Bhs::ScsiResponse(r) => r.itt,
                 Bhs::NopIn(nop) if nop.ttt != RESERVED_TAG => {
                     let reply = nop_reply(nop, seq);
                     self.send(&reply).await?;
@@ -176,13 +229,27 @@ impl Conn {
                 }
                 Bhs::AsyncMessage(_) | Bhs::NopIn(_) => continue,
                 other => return Err(self.protocol(format!("unexpected {:?}", other.opcode()))),
-            }
-            match progress(pdu, spec.read_len, &mut data).map_err(|e| self.protocol(e))? {
+            };
+            let Some(slot) = in_flight.iter().position(|(t, _, _)| *t == itt) else {
+                return Err(
+                    self.protocol(format!("response for ITT {itt:#x}, which was never issued"))
+                );
+            };
+            let (_, at, data) = &mut in_flight[slot];
+            let at = *at;
+            match progress(pdu, specs[at].read_len, data).map_err(|e| self.protocol(e))? {
                 Progress::More => {}
-                Progress::Done(outcome) => return Ok(outcome),
+                Progress::Done(outcome) => {
+                    in_flight.swap_remove(slot);
+                    if again(at, &outcome) {
+                        unsent.push_back(at);
+                    } else {
+                        outcomes[at] = Some(outcome);
+                    }
+                }
             }
         }
-        Err(self.protocol("command never completed"))
+        Err(self.protocol("commands never completed"))
     }
 
     /// A Text Request exchange (used by SendTargets), following continuations.
@@ -282,6 +349,8 @@ impl Conn {
 pub enum LoginFailure {
     Io(IscsiError),
     Refused(LoginError),
+    /// Log in at this address instead.
+    Redirect(String),
 }
 
 /// How the session reaches its target again after a loss: connect, log in, check identity.
@@ -540,6 +609,7 @@ mod tests {
                     exp_stat_sn: 1,
                     max_cmd_sn: 64,
                     target_alias: None,
+                    exchanges: 1,
                 },
                 1,
             )

@@ -68,6 +68,11 @@ pub fn split_host_port(text: &str) -> Result<(String, u16), String> {
     if host.is_empty() {
         return Err("missing host".into());
     }
+    // Brackets only ever enclose an IPv6 address: a host with more of them would print as a
+    // portal that does not parse back.
+    if host.contains(['[', ']']) {
+        return Err(format!("bad host {host:?}"));
+    }
     let port = match port {
         None => DEFAULT_PORT,
         Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
@@ -251,5 +256,15 @@ mod tests {
         assert_eq!(split_host_port("[::1]:99").unwrap(), ("::1".into(), 99));
         assert_eq!(split_host_port("::1").unwrap(), ("::1".into(), 3260));
         assert!(split_host_port(":1").is_err());
+    }
+
+    /// Found by the `url` fuzz target: hosts with stray brackets were accepted and printed as
+    /// portals that did not parse back (`[a]:b:1]:3260`).
+    #[test]
+    fn stray_brackets_in_hosts_are_refused() {
+        for bad in ["a]:b:1", "[[a]", "iscsi://[::1]/t", "x]"] {
+            assert!(split_host_port(bad).is_err(), "{bad}");
+        }
+        assert!("iscsi://a]:b:1/t/0".parse::<IscsiUrl>().is_err());
     }
 }

@@ -18,7 +18,7 @@
 //! extent is already the child of another directory is reported as a loop.
 
 mod record;
-mod susp;
+pub mod susp;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};

@@ -57,6 +57,10 @@ pub struct IscsiSource {
     chap: ChapSource,
     /// The catalog's or URL's digest choice; `None` leaves it to `ISOMOUNT_DIGEST`.
     digest: Option<DigestOffer>,
+    /// Bytes from the start of the LUN to read while connecting (`ConnectOptions::first_read`).
+    first_read: Option<u32>,
+    /// The session's bound on one read, reconnects included (`--read-timeout`).
+    read_timeout: Duration,
     /// The live session; None before the first read and after the session gave up.
     session: tokio::sync::Mutex<Option<Arc<IscsiLun>>>,
     /// The last session, for `facts` (which must not wait).
@@ -144,9 +148,24 @@ impl IscsiSource {
             lun,
             chap,
             digest,
+            first_read: None,
+            read_timeout: crate::iscsi::lun::DEFAULT_READ_TIMEOUT,
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(None),
         }
+    }
+
+    /// Read the LUN's first `bytes` while connecting, in the probe's round trip: what the image
+    /// core asks for first. It still asks, and verifies them like any fetch.
+    pub fn reading_first(mut self, bytes: u32) -> IscsiSource {
+        self.first_read = Some(bytes);
+        self
+    }
+
+    /// No read of the session waits longer than `limit`, reconnects included.
+    pub fn bounding_reads(mut self, limit: Duration) -> IscsiSource {
+        self.read_timeout = limit;
+        self
     }
 
     /// The live session, logging in when there is none.
@@ -166,6 +185,8 @@ impl IscsiSource {
             opts.digest = digest;
         }
         opts.give_up_after = GIVE_UP_AFTER;
+        opts.first_read = self.first_read;
+        opts.read_timeout = self.read_timeout;
         let lun = IscsiLun::connect(opts).await.map_err(|e| classify(&e))?;
         *session = Some(lun.clone());
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(lun.clone());
@@ -239,6 +260,7 @@ impl BlockSource for IscsiSource {
             ("product".into(), info.product.clone()),
             ("serial".into(), info.serial.clone().unwrap_or_default()),
             ("block-size".into(), info.block_size.to_string()),
+            ("connect".into(), info.connect.to_string()),
         ]
     }
 }

@@ -1,8 +1,11 @@
-//! `faultproxy UPSTREAM [--latency-ms N] [--reset-every BYTES] [--stall-after BYTES --stall-ms N]`
+//! `faultproxy UPSTREAM [--latency-ms N] [--reset-every BYTES] [--stall-after BYTES --stall-ms N]
+//! [--counts FILE]`
 //!
 //! Runs the harness's fault-injecting TCP proxy for scripts (`scripts/bench.sh`): prints the
 //! portal it listens on (`127.0.0.1:PORT`) as its first line of stdout, then forwards until it
-//! is killed.
+//! is killed. With `--counts FILE` it keeps FILE holding `CONNECTIONS TURNS` (connections
+//! accepted, turns of request and response: together the round trips made through it), rewritten
+//! every 10 ms.
 
 use std::io::Write;
 use std::time::Duration;
@@ -10,16 +13,26 @@ use std::time::Duration;
 use isomount_harness::{FaultProxy, Faults};
 
 const USAGE: &str = "usage: faultproxy HOST:PORT [--latency-ms N] [--reset-every BYTES] \
-                     [--stall-after BYTES --stall-ms N]";
+                     [--stall-after BYTES --stall-ms N] [--counts FILE]";
 
 fn main() {
     match parse(std::env::args().skip(1)) {
-        Ok((upstream, faults)) => {
+        Ok((upstream, faults, counts)) => {
             let proxy = FaultProxy::start(&upstream, faults);
             println!("{}", proxy.portal());
             let _ = std::io::stdout().flush();
             loop {
-                std::thread::park();
+                match &counts {
+                    Some(path) => {
+                        let line = format!("{} {}\n", proxy.connections(), proxy.client_turns());
+                        let next = path.with_extension("new");
+                        if std::fs::write(&next, line).is_ok() {
+                            let _ = std::fs::rename(&next, path);
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    None => std::thread::park(),
+                }
             }
         }
         Err(msg) => {
@@ -29,8 +42,11 @@ fn main() {
     }
 }
 
-fn parse(mut args: impl Iterator<Item = String>) -> Result<(String, Faults), String> {
+type Parsed = (String, Faults, Option<std::path::PathBuf>);
+
+fn parse(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {
     let mut upstream = None;
+    let mut counts = None;
     let mut faults = Faults::default();
     let mut stall_after = None;
     let mut stall_ms = None;
@@ -48,6 +64,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<(String, Faults), Str
             "--reset-every" => faults.reset_every = Some(number("--reset-every")?),
             "--stall-after" => stall_after = Some(number("--stall-after")?),
             "--stall-ms" => stall_ms = Some(number("--stall-ms")?),
+            "--counts" => counts = Some(args.next().ok_or("--counts needs a file")?.into()),
             "-h" | "--help" => return Err("help".into()),
             other if other.starts_with('-') => return Err(format!("unknown option {other}")),
             other if upstream.is_none() => upstream = Some(other.to_string()),
@@ -61,5 +78,5 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<(String, Faults), Str
         (None, None) => {}
         _ => return Err("--stall-after and --stall-ms go together".into()),
     }
-    Ok((upstream.ok_or("no upstream HOST:PORT")?, faults))
+    Ok((upstream.ok_or("no upstream HOST:PORT")?, faults, counts))
 }

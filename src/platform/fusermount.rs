@@ -14,7 +14,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const HELPER: &str = "fusermount3";
+use super::Busy;
+
+pub const HELPER: &str = "fusermount3";
 
 /// How long the helper may take to hand over the descriptor.
 const HELPER_DEADLINE: Duration = Duration::from_secs(30);
@@ -129,13 +131,19 @@ fn receive_fd(socket: &UnixStream) -> io::Result<OwnedFd> {
     }
 }
 
-/// Unmount (lazily, so a busy mount still goes) through the helper.
-pub fn unmount(mountpoint: &Path) -> io::Result<()> {
-    let output = Command::new(HELPER)
-        .args(["-u", "-z", "--"])
+/// Unmount through the helper; [`Busy::GoAnyway`] detaches a mount whose files are open.
+pub fn unmount(mountpoint: &Path, busy: Busy) -> io::Result<()> {
+    let mut command = Command::new(HELPER);
+    command.arg("-u");
+    if busy == Busy::GoAnyway {
+        command.arg("-z");
+    }
+    let output = command
+        .arg("--")
         .arg(OsString::from(mountpoint.as_os_str()))
         .stdin(Stdio::null())
-        .output()?;
+        .output()
+        .map_err(|err| io::Error::new(err.kind(), format!("cannot run {HELPER}: {err}")))?;
     if output.status.success() {
         Ok(())
     } else {
