@@ -350,7 +350,8 @@ impl Connector {
             outcome,
             spent,
         } = self.login(portal).await?;
-        let first_read = self.opts.first_read;
+        // The first bytes only for the first connection; a reconnect has no use for them.
+        let first_read = self.opts.first_read.filter(|_| lock(&self.first).is_none());
         let (probe, first_bytes) = match probe(&mut conn, &mut seq, self.opts.lun, first_read).await
         {
             Ok(probed) => probed,
