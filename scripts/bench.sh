@@ -107,7 +107,7 @@ dd_mibs() {
     end=$(date +%s.%N)
     awk -v b="$(stat -c %s "$1")" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
 }
-mount_bench() { "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$1" bench "$MNT"; }
+mount_bench() { "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$1" mount bench "$MNT"; }
 unmount_bench() { "$BIN/isomount" unmount "$MNT"; }
 # Cold: empty cache, empty page cache; every byte comes over iSCSI and is verified.
 measure_mount_cold() {
@@ -165,7 +165,7 @@ measure_connect_inq() { connect_cost iscsi-inq "iscsi://$SLOW_PORTAL/$IQN/$LUN";
 # `isomount NAME MNT` until it returns with the mount usable, from an empty cache; then unmounted.
 measure_connect_mount() {
     rm -rf "$WORK/cache-connect"
-    connect_cost "$BIN/isomount" --catalog "$WORK/catalog-slow.toml" --cache-dir "$WORK/cache-connect" \
+    connect_cost "$BIN/isomount" --catalog "$WORK/catalog-slow.toml" --cache-dir "$WORK/cache-connect" mount \
         bench "$MNT" && grep '^connect:' "$MNT/info/stats" >"$WORK/connect.stats"
     unmount_bench
 }
