@@ -195,7 +195,7 @@ impl Origin {
     }
 }
 
-fn line_of(text: &str, at: usize) -> usize {
+pub(crate) fn line_of(text: &str, at: usize) -> usize {
     text.as_bytes()[..at.min(text.len())]
         .iter()
         .filter(|&&b| b == b'\n')
@@ -204,7 +204,7 @@ fn line_of(text: &str, at: usize) -> usize {
 }
 
 /// The key a TOML error is about: named in the message, else the `key =` on its line.
-fn key_of(text: &str, at: usize, message: &str) -> String {
+pub(crate) fn key_of(text: &str, at: usize, message: &str) -> String {
     if let Some(rest) = message.split("field `").nth(1) {
         if let Some(key) = rest.split('`').next() {
             return key.to_string();

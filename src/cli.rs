@@ -88,11 +88,11 @@ pub enum Command {
     #[command(subcommand)]
     Cache(commands::cache::CacheCommand),
     /// Write an image's manifest and its catalog entry (or a whole tree's), signed if asked
-    Publish(commands::publish::PublishArgs),
+    Publish(Box<commands::publish::PublishArgs>),
     /// Make a minisign key pair for signing catalogs (publish --sign)
     Keygen(commands::keygen::KeygenArgs),
     /// Serve image files as read-only iSCSI LUNs
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Serve the bundled sample image on loopback and mount it
     Demo(commands::demo::DemoArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)

@@ -4,68 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use isomount::iscsi::pdu::{
-    self, Bhs, Framing, LoginRequest, Pdu, ScsiCommand, Stage, TextRequest,
-};
-use isomount::iscsi::text;
+use common::initiator::{connect_from, read10, RawInitiator};
+use common::serve::{Serve, PREFIX};
+use isomount::iscsi::pdu::Bhs;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
-
-const PREFIX: &str = "iqn.2026-01.org.isomount.serve";
-
-/// A running `isomount serve`; killed on drop.
-struct Serve {
-    child: Child,
-    portal: String,
-    /// Kept open: serve writes its target list after the first line.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Serve {
-    fn start(images: &[&Path], extra: &[&str]) -> Serve {
-        let mut cmd = common::isomount();
-        cmd.arg("serve")
-            .args(images)
-            .args(["--listen", "127.0.0.1:0"]);
-        cmd.args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        let mut child = cmd.spawn().expect("spawn isomount serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut first = String::new();
-        let mut stdout = BufReader::new(stdout);
-        stdout
-            .read_line(&mut first)
-            .expect("read the listening line");
-        let portal = first
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_string();
-        Serve {
-            child,
-            portal,
-            _stdout: stdout,
-        }
-    }
-
-    fn url(&self, stem: &str) -> String {
-        format!("iscsi://{}/{PREFIX}:{stem}/0", self.portal)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().expect("run tool");
@@ -269,172 +215,22 @@ fn a_world_readable_secret_file_is_refused() {
 
 // ---- a raw client on the shared codec ----
 
-struct Raw {
-    stream: TcpStream,
-    buf: BytesMut,
-    framing: Framing,
-    cmd_sn: u32,
-    itt: u32,
+async fn raw_from(portal: &str, source: &str) -> RawInitiator {
+    RawInitiator::new(connect_from(portal, source).await.unwrap())
 }
 
-async fn connect_from(portal: &str, source: &str) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    socket.connect(portal.parse().unwrap()).await.unwrap()
-}
-
-impl Raw {
-    fn new(stream: TcpStream) -> Raw {
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-            framing: Framing::default(),
-            cmd_sn: 1,
-            itt: 1,
-        }
-    }
-
-    async fn send(&mut self, pdu: Pdu) {
-        let bytes = pdu.to_bytes(&self.framing);
-        self.stream.write_all(&bytes).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Pdu> {
-        let framing = Framing {
-            max_recv_data: 1 << 20,
-            ..self.framing
-        };
-        loop {
-            if let Some(pdu) = pdu::decode(&mut self.buf, &framing).unwrap() {
-                return Some(pdu);
-            }
-            let n =
-                tokio::time::timeout(Duration::from_secs(20), self.stream.read_buf(&mut self.buf))
-                    .await
-                    .expect("target answered in time")
-                    .unwrap();
-            if n == 0 {
-                return None;
-            }
-        }
-    }
-
-    /// Log in (operational stage straight to full feature); returns (class, detail).
-    async fn login(&mut self, pairs: &[(&str, &str)]) -> (u8, u8) {
-        let req = LoginRequest {
-            transit: true,
-            cont: false,
-            csg: Stage::Operational,
-            nsg: Stage::FullFeature,
-            version_max: 0,
-            version_min: 0,
-            isid: [0x80, 0, 0, 0, 0, 1],
-            tsih: 0,
-            itt: 0,
-            cid: 0,
-            cmd_sn: self.cmd_sn,
-            exp_stat_sn: 0,
-        };
-        self.send(Pdu::with_data(Bhs::LoginRequest(req), text::encode(pairs)))
-            .await;
-        let pdu = self.recv().await.expect("login response");
-        let Bhs::LoginResponse(resp) = pdu.bhs else {
-            panic!("expected a login response, got {:?}", pdu.bhs)
-        };
-        if resp.status_class == 0 {
-            let answers = text::parse(&pdu.data).unwrap();
-            let on = |k: &str| answers.iter().any(|(key, v)| key == k && v == "CRC32C");
-            self.framing.header_digest = on("HeaderDigest");
-            self.framing.data_digest = on("DataDigest");
-        }
-        (resp.status_class, resp.status_detail)
-    }
-
-    async fn login_normal(&mut self, target: &str, digests: bool) -> (u8, u8) {
-        let digest = if digests { "CRC32C" } else { "None" };
-        self.login(&[
-            ("InitiatorName", "iqn.2026-01.test:raw"),
-            ("SessionType", "Normal"),
-            ("TargetName", target),
-            ("HeaderDigest", digest),
-            ("DataDigest", digest),
-            ("MaxRecvDataSegmentLength", "8192"),
-            ("MaxBurstLength", "65536"),
-        ])
-        .await
-    }
-
-    fn next(&mut self) -> (u32, u32) {
-        let ids = (self.itt, self.cmd_sn);
-        self.itt += 1;
-        self.cmd_sn += 1;
-        ids
-    }
-
-    /// One SCSI command; returns (status, data, sense).
-    async fn command(&mut self, cdb: &[u8], expected: u32) -> (u8, Vec<u8>, Bytes) {
-        let (itt, cmd_sn) = self.next();
-        let mut full = [0u8; 16];
-        full[..cdb.len()].copy_from_slice(cdb);
-        let cmd = ScsiCommand {
-            fin: true,
-            read: expected > 0,
-            attr: 1,
-            itt,
-            expected_length: expected,
-            cmd_sn,
-            cdb: full,
-            ..Default::default()
-        };
-        self.send(Pdu::new(Bhs::ScsiCommand(cmd))).await;
-        let mut data = Vec::new();
-        let mut next_sn = 0;
-        loop {
-            let pdu = self.recv().await.expect("command answer");
-            match pdu.bhs {
-                Bhs::DataIn(d) => {
-                    assert_eq!(d.itt, itt);
-                    assert_eq!(d.data_sn, next_sn, "DataSN in order");
-                    assert_eq!(d.buffer_offset as usize, data.len(), "offsets in order");
-                    assert!(
-                        pdu.data.len() <= 8192,
-                        "Data-In within our MaxRecvDataSegmentLength"
-                    );
-                    next_sn += 1;
-                    data.extend_from_slice(&pdu.data);
-                    if let Some(status) = d.status {
-                        assert!(d.fin, "status only in the final PDU");
-                        return (status, data, Bytes::new());
-                    }
-                }
-                Bhs::ScsiResponse(r) => {
-                    assert_eq!(r.itt, itt);
-                    let (sense, _) = pdu::split_sense(&pdu.data).unwrap();
-                    return (r.status, data, sense);
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-}
-
-fn read10(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut cdb = [0u8; 10];
-    cdb[0] = 0x28;
-    cdb[2..6].copy_from_slice(&lba.to_be_bytes());
-    cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
-    cdb
-}
-
-async fn read_all(raw: &mut Raw, block: u32, size: u64) -> Vec<u8> {
+async fn read_all(raw: &mut RawInitiator, block: u32, size: u64) -> Vec<u8> {
     let blocks = (size / u64::from(block)) as u32;
     let mut out = Vec::with_capacity(size as usize);
     let mut lba = 0u32;
     let mut step = 1u32;
     while lba < blocks {
         let n = step.min(blocks - lba);
-        let (status, data, _) = raw.command(&read10(lba, n as u16), n * block).await;
-        assert_eq!(status, 0);
+        let (done, data) = raw
+            .command(&read10(lba, n as u16), n * block)
+            .await
+            .unwrap();
+        assert_eq!(done.status, 0);
         out.extend_from_slice(&data);
         lba += n;
         step = step % 97 + 13; // varied sizes: some below, some above MaxBurstLength
@@ -451,9 +247,9 @@ async fn raw_reads_are_byte_exact_with_and_without_digests() {
     for (stem, path, block) in [("exact", &disk, 512u32), ("sample", &iso, 2048)] {
         let want = std::fs::read(path).unwrap();
         for digests in [false, true] {
-            let mut raw = Raw::new(connect_from(&serve.portal, "127.0.0.1").await);
+            let mut raw = raw_from(&serve.portal, "127.0.0.1").await;
             let name = format!("{PREFIX}:{stem}");
-            assert_eq!(raw.login_normal(&name, digests).await, (0, 0));
+            assert_eq!(raw.login_normal(&name, digests).await.unwrap(), (0, 0));
             assert_eq!(raw.framing.header_digest, digests);
             let got = read_all(&mut raw, block, want.len() as u64).await;
             assert!(
@@ -470,29 +266,31 @@ async fn residuals_sense_and_write_protection() {
     let disk = common::random_file(dir.path(), "res.img", 1 << 20, 2);
     let want = std::fs::read(&disk).unwrap();
     let serve = Serve::start(&[&disk], &[]);
-    let mut raw = Raw::new(connect_from(&serve.portal, "127.0.0.1").await);
+    let mut raw = raw_from(&serve.portal, "127.0.0.1").await;
     assert_eq!(
-        raw.login_normal(&format!("{PREFIX}:res"), false).await,
+        raw.login_normal(&format!("{PREFIX}:res"), false)
+            .await
+            .unwrap(),
         (0, 0)
     );
     // The initiator expects less than the command transfers: it gets what it asked for.
-    let (status, data, _) = raw.command(&read10(4, 8), 1000).await;
-    assert_eq!(status, 0);
+    let (done, data) = raw.command(&read10(4, 8), 1000).await.unwrap();
+    assert_eq!(done.status, 0);
     assert_eq!(data, &want[2048..3048]);
     // Past the end: CHECK CONDITION, ILLEGAL REQUEST, LBA OUT OF RANGE.
-    let (status, _, sense) = raw.command(&read10(2048, 1), 512).await;
-    assert_eq!(status, 2);
-    assert_eq!((sense[2] & 0x0f, sense[12]), (0x05, 0x21));
+    let (done, _) = raw.command(&read10(2048, 1), 512).await.unwrap();
+    assert_eq!(done.status, 2);
+    assert_eq!(done.sense_code(), Some((0x05, 0x21)));
     // WRITE(10): DATA PROTECT, WRITE PROTECTED.
     let mut write = read10(0, 1);
     write[0] = 0x2a;
-    let (status, _, sense) = raw.command(&write, 0).await;
-    assert_eq!(status, 2);
-    assert_eq!((sense[2] & 0x0f, sense[12]), (0x07, 0x27));
+    let (done, _) = raw.command(&write, 0).await.unwrap();
+    assert_eq!(done.status, 2);
+    assert_eq!(done.sense_code(), Some((0x07, 0x27)));
     // An unknown opcode: INVALID COMMAND OPERATION CODE.
-    let (status, _, sense) = raw.command(&[0xc7, 0, 0, 0, 0, 0], 0).await;
-    assert_eq!(status, 2);
-    assert_eq!((sense[2] & 0x0f, sense[12]), (0x05, 0x20));
+    let (done, _) = raw.command(&[0xc7, 0, 0, 0, 0, 0], 0).await.unwrap();
+    assert_eq!(done.status, 2);
+    assert_eq!(done.sense_code(), Some((0x05, 0x20)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,43 +300,23 @@ async fn masking_hides_targets_from_disallowed_addresses() {
     let serve = Serve::start(&[&disk], &["--allow", "127.0.0.1/32"]);
     let name = format!("{PREFIX}:masked");
 
-    let mut denied = Raw::new(connect_from(&serve.portal, "127.0.0.2").await);
+    let mut denied = raw_from(&serve.portal, "127.0.0.2").await;
     assert_eq!(
-        denied.login_normal(&name, false).await,
+        denied.login_normal(&name, false).await.unwrap(),
         (2, 2),
         "authorization failure for 127.0.0.2"
     );
 
     for (source, visible) in [("127.0.0.2", false), ("127.0.0.1", true)] {
-        let mut raw = Raw::new(connect_from(&serve.portal, source).await);
-        let status = raw
-            .login(&[
-                ("InitiatorName", "iqn.2026-01.test:raw"),
-                ("SessionType", "Discovery"),
-            ])
-            .await;
-        assert_eq!(status, (0, 0));
-        let (itt, cmd_sn) = raw.next();
-        let req = TextRequest {
-            fin: true,
-            itt,
-            ttt: pdu::RESERVED_TAG,
-            cmd_sn,
-            ..Default::default()
-        };
-        raw.send(Pdu::with_data(
-            Bhs::TextRequest(req),
-            text::encode(&[("SendTargets", "All")]),
-        ))
-        .await;
-        let pdu = raw.recv().await.expect("text response");
-        let pairs = text::parse(&pdu.data).unwrap();
+        let mut raw = raw_from(&serve.portal, source).await;
+        assert_eq!(raw.login_discovery().await.unwrap(), (0, 0));
+        let pairs = raw.send_targets("All").await.unwrap();
         let seen = pairs.iter().any(|(k, v)| k == "TargetName" && *v == name);
         assert_eq!(seen, visible, "{source}: {pairs:?}");
     }
 
-    let mut allowed = Raw::new(connect_from(&serve.portal, "127.0.0.1").await);
-    assert_eq!(allowed.login_normal(&name, false).await, (0, 0));
+    let mut allowed = raw_from(&serve.portal, "127.0.0.1").await;
+    assert_eq!(allowed.login_normal(&name, false).await.unwrap(), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,19 +327,19 @@ async fn hostile_pdus_get_reject_and_the_target_lives_on() {
     let name = format!("{PREFIX}:hostile");
 
     // Garbage instead of a login: the connection is closed, nothing else.
-    let mut junk = connect_from(&serve.portal, "127.0.0.1").await;
+    let mut junk = connect_from(&serve.portal, "127.0.0.1").await.unwrap();
     junk.write_all(&[0xffu8; 200]).await.unwrap();
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), junk.read_to_end(&mut sink)).await;
 
     // An unknown opcode in the full feature phase: Reject carrying its header.
-    let mut raw = Raw::new(connect_from(&serve.portal, "127.0.0.1").await);
-    assert_eq!(raw.login_normal(&name, false).await, (0, 0));
+    let mut raw = raw_from(&serve.portal, "127.0.0.1").await;
+    assert_eq!(raw.login_normal(&name, false).await.unwrap(), (0, 0));
     let mut header = [0u8; 48];
     header[0] = 0x1c;
     header[16..20].copy_from_slice(&77u32.to_be_bytes());
     raw.stream.write_all(&header).await.unwrap();
-    let pdu = raw.recv().await.expect("reject");
+    let pdu = raw.recv().await.unwrap().expect("reject");
     let Bhs::Reject(reject) = pdu.bhs else {
         panic!("expected Reject, got {:?}", pdu.bhs)
     };
@@ -569,18 +347,18 @@ async fn hostile_pdus_get_reject_and_the_target_lives_on() {
     assert_eq!(pdu.data.len(), 48);
     assert_eq!(pdu.data[0] & 0x3f, 0x1c);
     // The session still works.
-    let (status, data, _) = raw.command(&read10(0, 1), 512).await;
-    assert_eq!(status, 0);
+    let (done, data) = raw.command(&read10(0, 1), 512).await.unwrap();
+    assert_eq!(done.status, 0);
     assert_eq!(data.len(), 512);
     // A data segment larger than we accept ends the connection, not the target.
     let mut big = [0u8; 48];
     big[0] = 0x01;
     big[5..8].copy_from_slice(&[0xff, 0xff, 0xff]);
     raw.stream.write_all(&big).await.unwrap();
-    assert!(raw.recv().await.is_none(), "connection closed");
+    assert!(raw.recv().await.unwrap().is_none(), "connection closed");
 
-    let mut again = Raw::new(connect_from(&serve.portal, "127.0.0.1").await);
-    assert_eq!(again.login_normal(&name, false).await, (0, 0));
+    let mut again = raw_from(&serve.portal, "127.0.0.1").await;
+    assert_eq!(again.login_normal(&name, false).await.unwrap(), (0, 0));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use isomount::iscsi::pdu::{decode, Bhs, Framing, LoginRequest, Pdu, Stage};
 use isomount::iscsi::text;
 use isomount::target::config::AllowList;
 use isomount::target::scsi::{DeviceType, LogicalUnit};
-use isomount::target::{session, ExportedTarget, MemorySource, Server};
+use isomount::target::{session, ExportedTarget, LunData, MemorySource, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The name of the one target served.
@@ -70,13 +70,14 @@ pub fn serve(data: &[u8]) -> Vec<u8> {
         .expect("runtime");
     runtime.block_on(async {
         let disk = Bytes::from((0..DISK_BYTES).map(|i| i as u8).collect::<Vec<u8>>());
-        let target = ExportedTarget {
-            name: IQN.to_string(),
-            lun: LogicalUnit::new(DeviceType::Disk, disk.len() as u64, "fuzz", "f1", IQN),
-            source: Arc::new(MemorySource::new(disk, 512)),
-            allow: AllowList::default(),
-        };
-        let server = Server::new(vec![target], None);
+        let target = ExportedTarget::new(
+            IQN.to_string(),
+            LogicalUnit::new(DeviceType::Disk, disk.len() as u64, "fuzz", "f1", IQN),
+            LunData::Source(Arc::new(MemorySource::new(disk, 512))),
+            AllowList::default(),
+            None,
+        );
+        let server = Server::new(vec![target], None).expect("one target");
         let (client, conn) = tokio::io::duplex(64 * 1024);
         let peer: SocketAddr = "127.0.0.1:50000".parse().expect("addr");
         let local: SocketAddr = "127.0.0.1:3260".parse().expect("addr");

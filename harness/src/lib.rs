@@ -5,13 +5,17 @@
 //! injects resets, stalls and latency (into any TCP: iSCSI or HTTP); [`Nginx`], [`PythonHttp`],
 //! [`OddServer`] and [`ForwardProxy`] are the web mirrors and the proxy of the HTTP(S) source.
 //! [`HostileTarget`] is a scripted target that breaks the protocol on purpose, one way per
-//! instance. Every wait is bounded and every daemon dies with its owner. Integration tests use it through
-//! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target` and
-//! `harness-web` binaries.
+//! instance. [`initiator::RawInitiator`] is a raw iSCSI initiator on isomount's own codec, and
+//! [`load::Fleet`] thousands of its sessions at once (the `loadclient` binary). Every wait is
+//! bounded and every daemon dies with its owner. Integration tests use it through
+//! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target`,
+//! `harness-web` and `loadclient` binaries.
 
 mod fixtures;
 mod hostile;
+pub mod initiator;
 mod istgt;
+pub mod load;
 mod platform;
 mod ports;
 mod process;

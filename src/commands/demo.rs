@@ -21,7 +21,7 @@ use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 use crate::source::iscsi::IscsiSource;
 use crate::target::config::AllowList;
 use crate::target::scsi::{DeviceType, LogicalUnit};
-use crate::target::{ExportedTarget, MemorySource, Server};
+use crate::target::{ExportedTarget, LunData, MemorySource, Server};
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -159,19 +159,23 @@ async fn start_target() -> anyhow::Result<String> {
         .context("while listening on a loopback port")?;
     let addr = listener.local_addr()?;
     let size = SAMPLE_ISO.len() as u64;
-    let target = ExportedTarget {
-        name: DEMO_IQN.to_string(),
-        lun: LogicalUnit::new(
+    let target = ExportedTarget::new(
+        DEMO_IQN.to_string(),
+        LogicalUnit::new(
             DeviceType::Cd,
             size,
             "sample CD",
             "isomount-demo-1",
             DEMO_IQN,
         ),
-        source: Arc::new(MemorySource::new(Bytes::from_static(SAMPLE_ISO), 2048)),
-        allow: AllowList::parse(&["127.0.0.0/8", "::1/128"])?,
-    };
-    let server = Server::new(vec![target], None);
+        LunData::Source(Arc::new(MemorySource::new(
+            Bytes::from_static(SAMPLE_ISO),
+            2048,
+        ))),
+        AllowList::parse(&["127.0.0.0/8", "::1/128"])?,
+        None,
+    );
+    let server = Server::new(vec![target], None)?;
     tokio::spawn(async move {
         if let Err(e) = server.run(listener).await {
             tracing::error!("demo target stopped: {e}");

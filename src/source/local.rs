@@ -25,12 +25,22 @@ impl FileSource {
     pub fn open(path: &std::path::Path, block_size: u32) -> std::io::Result<Self> {
         let file = std::fs::File::open(path)?;
         let size = file.metadata()?.len();
-        Ok(Self {
+        Ok(Self::from_file(path, file, size, block_size))
+    }
+
+    /// `file`, opened from `path`, whose size the caller has taken.
+    pub fn from_file(
+        path: &std::path::Path,
+        file: std::fs::File,
+        size: u64,
+        block_size: u32,
+    ) -> Self {
+        Self {
             path: path.to_path_buf(),
             file,
             size,
             block_size,
-        })
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -70,14 +80,13 @@ impl Local for FileSource {
     }
 }
 
-/// A file mapped read-only, as [`Bytes`]: slices of it are the page cache itself, so `serve`
-/// answers a READ with one copy (into the socket) where `pread` takes two. The file must not
-/// shrink while mapped (touching a page past its new end kills the process with SIGBUS); publish
-/// a new image by renaming it into place, which leaves the mapped one whole.
-pub fn map_file(path: &std::path::Path) -> std::io::Result<Bytes> {
-    let file = std::fs::File::open(path)?;
+/// An open file mapped read-only, as [`Bytes`]: slices of it are the page cache itself, so
+/// `serve` answers a READ with one copy (into the socket) where `pread` takes two. If the file
+/// shrinks while mapped, touching a page past its new end from user space kills the process
+/// with SIGBUS: `serve` hands mapped bytes only to the kernel (see `target::export`).
+pub fn map_file(file: &std::fs::File) -> std::io::Result<Bytes> {
     // SAFETY: a read-only shared mapping; see above on files that shrink.
-    let map = unsafe { memmap2::Mmap::map(&file)? };
+    let map = unsafe { memmap2::Mmap::map(file)? };
     let _ = map.advise(memmap2::Advice::Sequential);
     Ok(Bytes::from_owner(map))
 }
@@ -186,7 +195,8 @@ mod tests {
         let path = dir.path().join("img");
         let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let mapped = MemorySource::new(map_file(&path).unwrap(), 512);
+        let open = |p: &std::path::Path| std::fs::File::open(p).unwrap();
+        let mapped = MemorySource::new(map_file(&open(&path)).unwrap(), 512);
         let read = FileSource::open(&path, 512).unwrap();
         assert_eq!(mapped.size(), read.size());
         assert_eq!(mapped.open().await.unwrap(), read.open().await.unwrap());
@@ -200,7 +210,7 @@ mod tests {
         assert!(read_all(&mapped, u64::MAX, 1).await.is_err());
         assert!(read_all(&read, 19_999, 2).await.is_err());
         std::fs::write(dir.path().join("empty"), b"").unwrap();
-        let empty = MemorySource::new(map_file(&dir.path().join("empty")).unwrap(), 512);
+        let empty = MemorySource::new(map_file(&open(&dir.path().join("empty"))).unwrap(), 512);
         assert_eq!(empty.size(), 0);
         assert!(read_all(&empty, 0, 1).await.is_err());
     }

@@ -1,16 +1,21 @@
 //! What `isomount serve` exports and to whom: target names, device types, the CIDR allow-list
-//! (LUN masking, as the NetBSD target's `targets` file does) and CHAP credentials.
+//! (LUN masking, as the NetBSD target's `targets` file does), CHAP credentials, and the
+//! `serve --config` file that sets all of these for a tree, per subtree.
 //!
 //! iSCSI names follow RFC 7143 §4.2.7 (the `iqn.` form, lower case after RFC 3722 stringprep
 //! for the ASCII subset we generate).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
 
+use super::live::{Access, Rule};
 use super::scsi::DeviceType;
-use super::TargetError;
+use super::{ChapConfig, Secret, TargetError};
 
 /// The default prefix of generated target names: `iqn.2026-01.org.isomount.serve:STEM`.
 pub const DEFAULT_IQN_PREFIX: &str = "iqn.2026-01.org.isomount.serve";
@@ -96,7 +101,8 @@ fn is_name_char(b: u8) -> bool {
 }
 
 /// `--device-type`: what kind of LUN to present.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeviceChoice {
     Disk,
     Cd,
@@ -148,6 +154,296 @@ pub fn read_secret_file(path: &Path) -> Result<String, TargetError> {
         )));
     }
     Ok(secret)
+}
+
+/// CHAP settings from their four options (or keys): the initiator's user and secret file, and
+/// for mutual CHAP the target's. Secret files are read (and their modes checked) here.
+pub fn chap_config(
+    user: Option<&str>,
+    secret_file: Option<&Path>,
+    target_user: Option<&str>,
+    target_secret_file: Option<&Path>,
+) -> Result<Option<ChapConfig>, TargetError> {
+    let (user, file) = match (user, secret_file) {
+        (None, None) => {
+            if target_user.is_some() || target_secret_file.is_some() {
+                return Err(TargetError::Config(
+                    "mutual CHAP needs the initiator's CHAP user and secret file too".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        (Some(user), Some(file)) => (user, file),
+        _ => {
+            return Err(TargetError::Config(
+                "a CHAP user needs a secret file, and a secret file a user".into(),
+            ))
+        }
+    };
+    let secret = Secret::new(read_secret_file(file)?);
+    let target = match (target_user, target_secret_file) {
+        (Some(name), Some(file)) => {
+            let target_secret = Secret::new(read_secret_file(file)?);
+            if target_secret.expose() == secret.expose() {
+                return Err(TargetError::Config(
+                    "the mutual CHAP secret must differ from the initiator's secret".into(),
+                ));
+            }
+            Some((name.to_string(), target_secret))
+        }
+        (None, None) => None,
+        _ => {
+            return Err(TargetError::Config(
+                "a mutual CHAP user needs a secret file, and a secret file a user".into(),
+            ))
+        }
+    };
+    Ok(Some(ChapConfig {
+        user: user.to_string(),
+        secret,
+        target,
+    }))
+}
+
+/// The `serve --config` file (TOML). Every key is optional, and one given on the command line
+/// wins over the file's; relative paths are relative to the file's folder.
+///
+/// ```toml
+/// root = "/srv/images"                 # serve every image under it, live
+/// patterns = ["*.iso", "*.img"]        # which files are images
+/// listen = "0.0.0.0:3260"
+/// iqn_prefix = "iqn.2009-04.org.example.mirror"
+/// device_type = "auto"                 # or "disk", "cd"
+/// allow = ["0.0.0.0/0", "::/0"]        # who sees the tree (default: everyone)
+/// # chap_user, chap_secret_file, chap_target_user, chap_target_secret_file: CHAP for the tree
+/// rescan_seconds = 60                  # rescan at least this often, whatever inotify says
+/// settle_seconds = 1                   # serve a file once it has been left alone this long
+/// stats_file = "/run/isomount/serve.stats"
+/// stats_seconds = 60                   # how often the stats file and the log line are written
+/// max_connections = 16384
+/// login_timeout_seconds = 15
+///
+/// [[subtree]]                          # rules for the images under ROOT/lab (deepest wins)
+/// path = "lab"
+/// allow = ["10.0.0.0/8"]
+/// chap_user = "lab"
+/// chap_secret_file = "lab.secret"
+/// # anonymous = true                   # no CHAP here, even if the tree has it
+/// ```
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeFile {
+    pub root: Option<Spanned<PathBuf>>,
+    pub patterns: Option<Spanned<Vec<String>>>,
+    pub listen: Option<String>,
+    pub iqn_prefix: Option<Spanned<String>>,
+    pub device_type: Option<DeviceChoice>,
+    pub allow: Option<Spanned<Vec<String>>>,
+    pub chap_user: Option<Spanned<String>>,
+    pub chap_secret_file: Option<Spanned<PathBuf>>,
+    pub chap_target_user: Option<Spanned<String>>,
+    pub chap_target_secret_file: Option<Spanned<PathBuf>>,
+    pub rescan_seconds: Option<Spanned<f64>>,
+    pub settle_seconds: Option<Spanned<f64>>,
+    pub stats_file: Option<PathBuf>,
+    pub stats_seconds: Option<Spanned<f64>>,
+    pub max_connections: Option<Spanned<usize>>,
+    pub login_timeout_seconds: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub subtree: Vec<Spanned<SubtreeFile>>,
+}
+
+/// One `[[subtree]]` of the `serve --config` file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubtreeFile {
+    pub path: Spanned<PathBuf>,
+    pub allow: Option<Spanned<Vec<String>>>,
+    pub chap_user: Option<Spanned<String>>,
+    pub chap_secret_file: Option<Spanned<PathBuf>>,
+    pub chap_target_user: Option<Spanned<String>>,
+    pub chap_target_secret_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub anonymous: bool,
+}
+
+/// A loaded `serve --config` file: its keys, and where it is, for messages and relative paths.
+#[derive(Debug)]
+pub struct LoadedServeFile {
+    pub path: PathBuf,
+    text: String,
+    pub keys: ServeFile,
+}
+
+impl LoadedServeFile {
+    /// Read and parse; an error names the file, the line and the key.
+    pub fn load(path: &Path) -> Result<LoadedServeFile, TargetError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TargetError::Config(format!("{}: {e}", path.display())))?;
+        let keys: ServeFile = toml::from_str(&text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            TargetError::Config(format!(
+                "{}:{}: key `{}`: {}",
+                path.display(),
+                crate::catalog::line_of(&text, at),
+                crate::catalog::key_of(&text, at, e.message()),
+                e.message().trim()
+            ))
+        })?;
+        Ok(LoadedServeFile {
+            path: path.to_path_buf(),
+            text,
+            keys,
+        })
+    }
+
+    /// An error about the value at `span` of key `key`.
+    pub fn invalid(
+        &self,
+        span: std::ops::Range<usize>,
+        key: &str,
+        why: impl std::fmt::Display,
+    ) -> TargetError {
+        TargetError::Config(format!(
+            "{}:{}: key `{key}`: {why}",
+            self.path.display(),
+            crate::catalog::line_of(&self.text, span.start)
+        ))
+    }
+
+    /// A path from the file, relative to the file's folder.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match self.path.parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
+    /// A duration in seconds at `key`, which must be positive (or zero when `zero_ok`).
+    pub fn seconds(
+        &self,
+        value: &Spanned<f64>,
+        key: &str,
+        zero_ok: bool,
+    ) -> Result<std::time::Duration, TargetError> {
+        let v = *value.get_ref();
+        if !v.is_finite() || v < 0.0 || (v == 0.0 && !zero_ok) || v > 1e9 {
+            return Err(self.invalid(
+                value.span(),
+                key,
+                format!("{v} is not a usable number of seconds"),
+            ));
+        }
+        Ok(std::time::Duration::from_secs_f64(v))
+    }
+
+    /// The access rules of the file: the tree's (over `base`, the command line's) and each
+    /// subtree's.
+    pub fn access(&self, base: Rule) -> Result<Access, TargetError> {
+        let k = &self.keys;
+        let mut default = base;
+        if let Some(allow) = &k.allow {
+            default.allow = self.allow_list(allow)?;
+        }
+        if let Some(chap) = self.chap_keys(
+            &k.chap_user,
+            &k.chap_secret_file,
+            &k.chap_target_user,
+            &k.chap_target_secret_file,
+        )? {
+            default.chap = Some(Arc::new(chap));
+        }
+        let mut subtrees: Vec<(PathBuf, Rule)> = Vec::new();
+        // Shallow subtrees first, so a deeper one starts from the rule above it.
+        let mut entries: Vec<&Spanned<SubtreeFile>> = k.subtree.iter().collect();
+        entries.sort_by_key(|e| e.get_ref().path.get_ref().components().count());
+        for entry in entries {
+            let sub = entry.get_ref();
+            let path = sub.path.get_ref();
+            let plain = path
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !plain || path.as_os_str().is_empty() {
+                return Err(self.invalid(
+                    sub.path.span(),
+                    "path",
+                    "a subtree is a relative path inside the root, without `..`",
+                ));
+            }
+            if subtrees.iter().any(|(p, _)| p == path) {
+                return Err(self.invalid(
+                    sub.path.span(),
+                    "path",
+                    "this subtree is already listed",
+                ));
+            }
+            // A subtree starts from the rule of the deepest subtree above it (or the tree's).
+            let above = Access {
+                default: default.clone(),
+                subtrees: subtrees.clone(),
+            };
+            let mut rule = above.for_image(path).clone();
+            if let Some(allow) = &sub.allow {
+                rule.allow = self.allow_list(allow)?;
+            }
+            let chap = self.chap_keys(
+                &sub.chap_user,
+                &sub.chap_secret_file,
+                &sub.chap_target_user,
+                &sub.chap_target_secret_file,
+            )?;
+            match (sub.anonymous, chap) {
+                (true, Some(_)) => {
+                    return Err(self.invalid(
+                        entry.span(),
+                        "anonymous",
+                        "a subtree cannot be anonymous and have CHAP keys",
+                    ))
+                }
+                (true, None) => rule.chap = None,
+                (false, Some(chap)) => rule.chap = Some(Arc::new(chap)),
+                (false, None) => {}
+            }
+            subtrees.push((path.clone(), rule));
+        }
+        Ok(Access { default, subtrees })
+    }
+
+    fn allow_list(&self, allow: &Spanned<Vec<String>>) -> Result<AllowList, TargetError> {
+        AllowList::parse(allow.get_ref()).map_err(|e| self.invalid(allow.span(), "allow", e))
+    }
+
+    fn chap_keys(
+        &self,
+        user: &Option<Spanned<String>>,
+        secret_file: &Option<Spanned<PathBuf>>,
+        target_user: &Option<Spanned<String>>,
+        target_secret_file: &Option<Spanned<PathBuf>>,
+    ) -> Result<Option<ChapConfig>, TargetError> {
+        let span = [
+            user.as_ref().map(|s| s.span()),
+            secret_file.as_ref().map(|s| s.span()),
+            target_user.as_ref().map(|s| s.span()),
+            target_secret_file.as_ref().map(|s| s.span()),
+        ]
+        .into_iter()
+        .flatten()
+        .next();
+        let Some(span) = span else {
+            return Ok(None);
+        };
+        let secret_file = secret_file.as_ref().map(|f| self.resolve(f.get_ref()));
+        let target_secret_file = target_secret_file
+            .as_ref()
+            .map(|f| self.resolve(f.get_ref()));
+        chap_config(
+            user.as_ref().map(|u| u.get_ref().as_str()),
+            secret_file.as_deref(),
+            target_user.as_ref().map(|u| u.get_ref().as_str()),
+            target_secret_file.as_deref(),
+        )
+        .map_err(|e| self.invalid(span, "chap_user", e))
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::{ChapConfig, ExportedTarget};
+use super::{ChapConfig, ExportedTarget, Exports};
 use crate::iscsi::login::chap_response;
 use crate::iscsi::pdu::{Bhs, LoginRequest, LoginResponse, Pdu, Stage};
 use crate::iscsi::text::{self, TextBuffer};
@@ -86,7 +86,8 @@ enum Auth {
 /// One connection's login, from the first Login Request to the full feature phase.
 pub struct Login {
     peer: IpAddr,
-    targets: Vec<Arc<ExportedTarget>>,
+    exports: Arc<Exports>,
+    /// CHAP demanded: the discovery setting, then the target's once it is named.
     chap: Option<Arc<ChapConfig>>,
     stage: Stage,
     auth: Auth,
@@ -104,19 +105,21 @@ pub struct Login {
 }
 
 impl Login {
+    /// `exports` are the targets a normal session may name; `discovery_chap` what a discovery
+    /// session must prove (a normal session proves its target's [`ExportedTarget::chap`]).
     /// `tsih` is the session handle to hand out; `challenge` the random CHAP identifier byte
     /// and challenge to use if CHAP is negotiated.
     pub fn new(
         peer: IpAddr,
-        targets: Vec<Arc<ExportedTarget>>,
-        chap: Option<Arc<ChapConfig>>,
+        exports: Arc<Exports>,
+        discovery_chap: Option<Arc<ChapConfig>>,
         tsih: u16,
         challenge: [u8; 17],
     ) -> Login {
         Login {
             peer,
-            targets,
-            chap,
+            exports,
+            chap: discovery_chap,
             stage: Stage::Security,
             auth: Auth::Start,
             text: TextBuffer::default(),
@@ -299,9 +302,8 @@ impl Login {
                     return Err((status::MISSING_PARAMETER, "TargetName missing"));
                 };
                 let target = self
-                    .targets
-                    .iter()
-                    .find(|t| t.name.eq_ignore_ascii_case(wanted))
+                    .exports
+                    .find(wanted)
                     .ok_or((status::NOT_FOUND, "no such target"))?;
                 if !target.allow.allows(self.peer) {
                     return Err((
@@ -309,6 +311,7 @@ impl Login {
                         "initiator address not allowed",
                     ));
                 }
+                self.chap = target.chap.clone();
                 self.target = Some(target.clone());
                 Ok(())
             }
@@ -498,17 +501,19 @@ mod tests {
     use super::*;
     use crate::target::config::AllowList;
     use crate::target::scsi::{DeviceType, LogicalUnit};
-    use crate::target::{MemorySource, Secret};
+    use crate::target::{LunData, MemorySource, Secret};
 
     const IQN: &str = "iqn.2026-01.test:disk";
 
-    fn target(allow: &[&str]) -> Arc<ExportedTarget> {
-        Arc::new(ExportedTarget {
-            name: IQN.into(),
-            lun: LogicalUnit::new(DeviceType::Disk, 4096, "t", "s", IQN),
-            source: Arc::new(MemorySource::new(Bytes::from(vec![0u8; 4096]), 512)),
-            allow: AllowList::parse(allow).unwrap(),
-        })
+    fn target(allow: &[&str], chap: Option<Arc<ChapConfig>>) -> Arc<ExportedTarget> {
+        let source = MemorySource::new(Bytes::from(vec![0u8; 4096]), 512);
+        Arc::new(ExportedTarget::new(
+            IQN.into(),
+            LogicalUnit::new(DeviceType::Disk, 4096, "t", "s", IQN),
+            LunData::Source(Arc::new(source)),
+            AllowList::parse(allow).unwrap(),
+            chap,
+        ))
     }
 
     fn chap(mutual: bool) -> Option<Arc<ChapConfig>> {
@@ -523,9 +528,10 @@ mod tests {
         let mut challenge = [0u8; 17];
         challenge[0] = 7;
         challenge[1..].copy_from_slice(&[0xab; 16]);
+        let exports = Exports::new(vec![target(allow, chap.clone())]).unwrap();
         Login::new(
             "127.0.0.1".parse().unwrap(),
-            vec![target(allow)],
+            Arc::new(exports),
             chap,
             9,
             challenge,

@@ -21,12 +21,13 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 
+use super::export::Payload;
 use super::login::{Login, Negotiated, Step, CMD_WINDOW, MAX_RECV_DATA};
 use super::scsi::{self, Outcome, Sense};
-use super::{ExportedTarget, Server};
+use super::{Availability, ExportedTarget, Server};
 use crate::iscsi::pdu::{
-    self, Bhs, DataIn, Framing, LogoutResponse, NopIn, Pdu, PduError, Reject, ScsiCommand,
-    ScsiResponse, TaskMgmtResponse, TextResponse, BHS_LEN, RESERVED_TAG,
+    self, AsyncMessage, Bhs, DataIn, Framing, LogoutResponse, NopIn, Pdu, PduError, Reject,
+    ScsiCommand, ScsiResponse, TaskMgmtResponse, TextResponse, BHS_LEN, RESERVED_TAG,
 };
 use crate::iscsi::reader::{Buffering, PduReader, ReadError};
 use crate::iscsi::text;
@@ -35,12 +36,6 @@ use crate::iscsi::text;
 pub const TASKS_PER_SESSION: usize = 32;
 /// Bytes read from the source at a time for one command.
 pub const READ_PIECE: usize = 64 * 1024;
-/// How long a login may take.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Idle time before the target pings the initiator with a NOP-In.
-const NOP_INTERVAL: Duration = Duration::from_secs(15);
-/// How long the initiator has to show life after a ping.
-const NOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long logout waits for running commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes the writer gathers before one write.
@@ -65,8 +60,9 @@ pub async fn serve_connection<S>(
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
     let mut pdus = PduReader::new(Framing::default(), Buffering::Frugal);
+    let limits = *server.limits();
     let negotiated = match tokio::time::timeout(
-        LOGIN_TIMEOUT,
+        limits.login_timeout,
         login(&mut reader, &mut writer, &mut pdus, peer, &server),
     )
     .await
@@ -74,7 +70,10 @@ pub async fn serve_connection<S>(
         Ok(Some(n)) => n,
         Ok(None) => return,
         Err(_) => {
-            tracing::info!("{peer}: login timed out");
+            tracing::info!(
+                "{peer}: login not finished within {:?}: closed",
+                limits.login_timeout
+            );
             return;
         }
     };
@@ -101,7 +100,15 @@ pub async fn serve_connection<S>(
         framing,
         negotiated.stat_sn,
         shared.clone(),
+        limits.nop_timeout,
     ));
+    let registration = Registration::new(
+        &server,
+        SessionHandle {
+            target: negotiated.target.clone(),
+            tx: tx.downgrade(),
+        },
+    );
     let mut session = Session {
         peer,
         local,
@@ -114,17 +121,125 @@ pub async fn serve_connection<S>(
         limits: DataLimits {
             max_xmit: negotiated.max_xmit_data.clamp(512, pdu::MAX_DATA_SEGMENT) as usize,
             max_burst: negotiated.max_burst.max(512) as usize,
+            // Data digests are computed in user space, which must not touch mapped pages.
+            read_for: if negotiated.data_digest {
+                ReadFor::Inspection
+            } else {
+                ReadFor::Sending
+            },
         },
         pending_text: None,
         next_ttt: 1,
     };
     pdus.set_framing(framing);
-    if let Err(why) = session.run(&mut reader, &mut pdus).await {
-        tracing::info!("{peer}: connection closed: {why}");
-    }
+    let ended = session.run(&mut reader, &mut pdus).await;
     session.abort_all();
     drop(session);
-    let _ = writer_task.await;
+    drop(registration);
+    let writer_end = writer_task.await.ok().flatten();
+    // One line per connection: the writer's reason when it was the writer that stopped.
+    match (ended, writer_end) {
+        (Err(End::WriterGone), Some(why)) => tracing::info!("{peer}: connection closed: {why}"),
+        (Err(why), _) => tracing::info!("{peer}: connection closed: {why}"),
+        (Ok(()), _) => {}
+    }
+}
+
+/// Why the writer stopped before the session ended it.
+#[derive(Debug, thiserror::Error)]
+enum WriteEnd {
+    /// EFAULT here is a served file truncated under its mapping (see `target::export`).
+    #[error("write failed: {0}")]
+    Failed(std::io::Error),
+    #[error("the initiator took no responses for {0:?}")]
+    Stalled(Duration),
+}
+
+/// What the server keeps of a session in the full feature phase: its target, and a way to
+/// send it PDUs of the server's own (asynchronous messages) that does not keep it alive.
+pub(super) struct SessionHandle {
+    target: Option<Arc<ExportedTarget>>,
+    tx: mpsc::WeakSender<Outgoing>,
+}
+
+impl SessionHandle {
+    /// `None`: a discovery session.
+    pub(super) fn target(&self) -> Option<&Arc<ExportedTarget>> {
+        self.target.as_ref()
+    }
+
+    /// Ask the initiator to log out within `within` (§11.9.1, AsyncEvent 1, Parameter3 in
+    /// seconds); past that, tell it the connection is dropped (AsyncEvent 2) and close it.
+    pub(super) fn request_logout(&self, within: Duration) {
+        let Some(tx) = self.tx.upgrade() else {
+            return;
+        };
+        let seconds = u16::try_from(within.as_secs().max(1)).unwrap_or(u16::MAX);
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let request = AsyncMessage {
+                event: 1,
+                parameter3: seconds,
+                ..Default::default()
+            };
+            if tx
+                .send(Outgoing::new(Bhs::AsyncMessage(request)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            drop(tx);
+            tokio::time::sleep(within).await;
+            let Some(tx) = weak.upgrade() else {
+                return;
+            };
+            let drop_notice = AsyncMessage {
+                event: 2,
+                parameter2: 0,
+                parameter3: 0,
+                ..Default::default()
+            };
+            let _ = tx
+                .send(Outgoing {
+                    close_after: true,
+                    ..Outgoing::new(Bhs::AsyncMessage(drop_notice))
+                })
+                .await;
+        });
+    }
+}
+
+/// A session's place in the server's registry and its target's session count, for as long as
+/// the session lives.
+struct Registration {
+    server: Arc<Server>,
+    id: u64,
+    target: Option<Arc<ExportedTarget>>,
+}
+
+impl Registration {
+    fn new(server: &Arc<Server>, handle: SessionHandle) -> Registration {
+        let target = handle.target.clone();
+        if let Some(t) = &target {
+            t.stats.session_started();
+        }
+        let id = server.register(handle);
+        Registration {
+            server: server.clone(),
+            id,
+            target,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.server.unregister(self.id);
+        if let Some(t) = &self.target {
+            t.stats.session_ended();
+        }
+    }
 }
 
 /// Read login PDUs and answer them until the full feature phase or a refusal.
@@ -144,8 +259,8 @@ where
     rand::Rng::fill(&mut rand::thread_rng(), &mut challenge[..]);
     let mut login = Login::new(
         peer.ip(),
-        server.targets.clone(),
-        server.chap.clone(),
+        server.exports(),
+        server.discovery_chap.clone(),
         server.next_tsih(),
         challenge,
     );
@@ -188,10 +303,34 @@ struct Shared {
 }
 
 /// A PDU for the writer (which stamps its sequence numbers); `close_after`: the connection ends
-/// once it is written (logout, target reset).
-struct Outgoing {
+/// once it is written (logout, target reset); `mapped`: its data segment is pages of a mapped
+/// file, which only the kernel may read (see `target::export`), so the writer never copies it.
+pub(super) struct Outgoing {
     pdu: Pdu,
     close_after: bool,
+    mapped: bool,
+}
+
+impl Outgoing {
+    fn new(bhs: Bhs) -> Outgoing {
+        Outgoing::with_data(bhs, Bytes::new())
+    }
+
+    fn with_data(bhs: Bhs, data: Bytes) -> Outgoing {
+        Outgoing {
+            pdu: Pdu::with_data(bhs, data),
+            close_after: false,
+            mapped: false,
+        }
+    }
+}
+
+/// How a session reads image bytes: straight from a mapping into the socket, or into memory
+/// that user space may read (to compute data digests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFor {
+    Sending,
+    Inspection,
 }
 
 /// Limits on what we send, from the login.
@@ -199,6 +338,7 @@ struct Outgoing {
 struct DataLimits {
     max_xmit: usize,
     max_burst: usize,
+    read_for: ReadFor,
 }
 
 struct Session {
@@ -242,14 +382,24 @@ impl Session {
         reader: &mut R,
         pdus: &mut PduReader,
     ) -> Result<(), End> {
+        let (nop_interval, nop_timeout) = {
+            let limits = self.server.limits();
+            (limits.nop_interval, limits.nop_timeout)
+        };
         let mut ping_sent: Option<tokio::time::Instant> = None;
         loop {
             let wait = match ping_sent {
-                Some(at) => NOP_TIMEOUT.saturating_sub(at.elapsed()),
-                None => NOP_INTERVAL,
+                Some(at) => nop_timeout.saturating_sub(at.elapsed()),
+                None => nop_interval,
             };
-            let pdu = match tokio::time::timeout(wait, pdus.read(reader)).await {
-                Err(_) if ping_sent.is_some() => return Err(End::NopTimeout(NOP_TIMEOUT)),
+            let read = tokio::select! {
+                read = tokio::time::timeout(wait, pdus.read(reader)) => read,
+                // The writer ended (the initiator stopped taking responses, a write failed):
+                // nothing more can be answered.
+                _ = self.tx.closed() => return Err(End::WriterGone),
+            };
+            let pdu = match read {
+                Err(_) if ping_sent.is_some() => return Err(End::NopTimeout(nop_timeout)),
                 Err(_) => {
                     ping_sent = Some(tokio::time::Instant::now());
                     let ttt = self.take_ttt();
@@ -361,8 +511,8 @@ impl Session {
                 };
                 let cold_reset = tmf.function == 7 && response == 0;
                 self.queue(Outgoing {
-                    pdu: Pdu::new(Bhs::TaskMgmtResponse(resp)),
                     close_after: cold_reset,
+                    ..Outgoing::new(Bhs::TaskMgmtResponse(resp))
                 })
                 .await?;
                 if cold_reset {
@@ -386,8 +536,8 @@ impl Session {
                     ..Default::default()
                 };
                 self.queue(Outgoing {
-                    pdu: Pdu::new(Bhs::LogoutResponse(resp)),
                     close_after: true,
+                    ..Outgoing::new(Bhs::LogoutResponse(resp))
                 })
                 .await?;
                 Err(End::Logout)
@@ -429,7 +579,8 @@ impl Session {
         target: Arc<ExportedTarget>,
     ) -> Result<(), End> {
         // All permits held for this long means the initiator stopped reading responses.
-        let permit = tokio::time::timeout(NOP_TIMEOUT, self.permits.clone().acquire_owned())
+        let nop_timeout = self.server.limits().nop_timeout;
+        let permit = tokio::time::timeout(nop_timeout, self.permits.clone().acquire_owned())
             .await
             .map_err(|_| End::Stalled)?
             .map_err(|_| End::WriterGone)?;
@@ -506,9 +657,8 @@ impl Session {
                     SocketAddr::V4(a) => format!("{}:{},1", a.ip(), a.port()),
                     SocketAddr::V6(a) => format!("[{}]:{},1", a.ip(), a.port()),
                 };
-                let visible = self
-                    .server
-                    .targets
+                let exports = self.server.exports();
+                let visible = exports
                     .iter()
                     .filter(|t| t.allow.allows(self.peer.ip()))
                     .filter(|t| match (&self.target, value.as_str()) {
@@ -550,6 +700,7 @@ impl Session {
         self.queue(Outgoing {
             pdu,
             close_after: false,
+            mapped: false,
         })
         .await
     }
@@ -568,7 +719,10 @@ async fn run_command(
     tx: &mpsc::Sender<Outgoing>,
     limits: DataLimits,
 ) -> Result<(), ()> {
-    let outcome = if cmd.lun == 0 {
+    let outcome = if let Availability::Withdrawn(_) = target.availability() {
+        // The image is gone: its LUN with it.
+        Outcome::Check(Sense::LUN_NOT_SUPPORTED)
+    } else if cmd.lun == 0 {
         target.lun.execute(&cmd.cdb)
     } else {
         scsi::execute_without_lun(&cmd.cdb)
@@ -589,7 +743,7 @@ async fn run_command(
                 return send_status(tx, &cmd, 0, residual, None).await;
             }
             let mut stream = DataInStream::new(&cmd, limits, data.len() as u64);
-            stream.send(tx, data, residual).await
+            stream.send(tx, Payload::Owned(data), residual).await
         }
         Outcome::Compare { offset, len } => {
             if data_out.len() as u64 != len || !cmd.write {
@@ -617,8 +771,11 @@ async fn run_command(
             let mut done = 0u64;
             while done < total {
                 let piece = (total - done).min(READ_PIECE as u64) as usize;
-                match read_padded(target, offset + done, piece).await {
-                    Ok(data) => stream.send(tx, data, residual).await?,
+                match read_padded(target, offset + done, piece, limits.read_for).await {
+                    Ok(data) => {
+                        target.stats.add_bytes_read(data.len() as u64);
+                        stream.send(tx, data, residual).await?
+                    }
                     Err(why) => {
                         tracing::warn!(
                             "{}: read of {piece} bytes at {} failed: {why}",
@@ -680,10 +837,7 @@ async fn send_status(
         ..Default::default()
     };
     let data = sense.map_or_else(Bytes::new, |s| pdu::sense_segment(&s.fixed()));
-    let out = Outgoing {
-        pdu: Pdu::with_data(Bhs::ScsiResponse(resp), data),
-        close_after: false,
-    };
+    let out = Outgoing::with_data(Bhs::ScsiResponse(resp), data);
     tx.send(out).await.map_err(|_| ())
 }
 
@@ -715,7 +869,7 @@ impl DataInStream {
     async fn send(
         &mut self,
         tx: &mpsc::Sender<Outgoing>,
-        mut data: Bytes,
+        mut data: Payload,
         residual: Residual,
     ) -> Result<(), ()> {
         while !data.is_empty() {
@@ -748,9 +902,14 @@ impl DataInStream {
                 ..Default::default()
             };
             self.data_sn = self.data_sn.wrapping_add(1);
+            let (data, mapped) = match chunk {
+                Payload::Owned(b) => (b, false),
+                Payload::Mapped(b) => (b, true),
+            };
             let out = Outgoing {
-                pdu: Pdu::with_data(Bhs::DataIn(bhs), chunk),
+                pdu: Pdu::with_data(Bhs::DataIn(bhs), data),
                 close_after: false,
+                mapped,
             };
             tx.send(out).await.map_err(|_| ())?;
         }
@@ -766,7 +925,8 @@ async fn compare(
 ) -> Result<bool, crate::source::SourceError> {
     for (i, want) in expected.chunks(READ_PIECE).enumerate() {
         let at = offset + (i * READ_PIECE) as u64;
-        if read_padded(target, at, want.len()).await?.as_ref() != want {
+        let got = read_padded(target, at, want.len(), ReadFor::Inspection).await?;
+        if got.bytes().as_ref() != want {
             return Ok(false);
         }
     }
@@ -774,17 +934,21 @@ async fn compare(
 }
 
 /// Read `len` bytes at `offset`; the part past the image's end (a partial last block) is zeros.
+/// Bytes to inspect, and a padded block, are always ordinary memory.
 async fn read_padded(
     target: &ExportedTarget,
     offset: u64,
     len: usize,
-) -> Result<Bytes, crate::source::SourceError> {
+    read_for: ReadFor,
+) -> Result<Payload, crate::source::SourceError> {
     let size = target.lun.size();
     let available = size.saturating_sub(offset).min(len as u64) as usize;
-    let data = if available > 0 {
-        crate::source::read_all(target.source.as_ref(), offset, available).await?
+    let data = if available == 0 {
+        Payload::Owned(Bytes::new())
+    } else if read_for == ReadFor::Sending && available == len {
+        target.data.read_to_send(offset, len).await?
     } else {
-        Bytes::new()
+        Payload::Owned(target.data.read_to_inspect(offset, available).await?)
     };
     if data.len() != available {
         return Err(crate::source::SourceError::Io(format!(
@@ -796,25 +960,30 @@ async fn read_padded(
         return Ok(data);
     }
     let mut padded = BytesMut::with_capacity(len);
-    padded.extend_from_slice(&data);
+    padded.extend_from_slice(data.bytes());
     padded.resize(len, 0);
-    Ok(padded.freeze())
+    Ok(Payload::Owned(padded.freeze()))
 }
 
 /// Stamp sequence numbers in send order, batch PDUs, write them. Headers and small data
-/// segments are gathered into one buffer; large data segments go out as they are (vectored
-/// writes), so read data is not copied again on its way to the socket.
+/// segments are gathered into one buffer; large data segments, and any pages of a mapped file,
+/// go out as they are (vectored writes), so read data is not copied again on its way to the
+/// socket. Each batch must be taken by the initiator within `stall_limit`. An idle writer
+/// holds no buffer.
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
     framing: Framing,
     mut stat_sn: u32,
     shared: Arc<Shared>,
-) {
+    stall_limit: Duration,
+) -> Option<WriteEnd> {
     const COPY_BELOW: usize = 4096;
-    let mut small = BytesMut::with_capacity(64 * 1024);
+    const BATCH_BUFFER: usize = 64 * 1024;
+    let mut small = BytesMut::new();
     let mut segments: VecDeque<Bytes> = VecDeque::new();
     while let Some(first) = rx.recv().await {
+        small.reserve(BATCH_BUFFER);
         let mut close = false;
         let mut queued = 0usize;
         let mut next = Some(first);
@@ -829,7 +998,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let pdu = &out.pdu;
             pdu.encode_header(&framing, &mut small);
             let data_len = pdu.wire_data().len();
-            if data_len >= COPY_BELOW {
+            if data_len >= COPY_BELOW || (out.mapped && data_len > 0) {
                 segments.push_back(small.split().freeze());
                 segments.push_back(pdu.data.slice(..data_len));
             } else {
@@ -848,19 +1017,32 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if !small.is_empty() {
             segments.push_back(small.split().freeze());
         }
-        match tokio::time::timeout(NOP_TIMEOUT, write_all_segments(&mut writer, &mut segments))
+        match tokio::time::timeout(stall_limit, write_all_segments(&mut writer, &mut segments))
             .await
         {
             Ok(Ok(())) => {}
-            _ => return,
+            // Closing our side tells the initiator at once, and a well-behaved one closes its
+            // side, which ends the reader too.
+            Ok(Err(e)) => {
+                let _ = writer.shutdown().await;
+                return Some(WriteEnd::Failed(e));
+            }
+            Err(_) => {
+                let _ = tokio::time::timeout(Duration::from_millis(100), writer.shutdown()).await;
+                return Some(WriteEnd::Stalled(stall_limit));
+            }
         }
         if close {
             let _ = writer.flush().await;
             let _ = writer.shutdown().await;
-            return;
+            return None;
+        }
+        if rx.is_empty() {
+            small = BytesMut::new();
         }
     }
     let _ = writer.shutdown().await;
+    None
 }
 
 /// Write every segment, in order, with as few system calls as the socket allows.

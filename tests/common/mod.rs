@@ -4,6 +4,8 @@
 
 pub use isomount_harness::*;
 
+pub mod serve;
+
 /// The `isomount` binary cargo built for this test run.
 pub fn isomount() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_isomount"))
