@@ -258,15 +258,21 @@ fn ask_lun(target: &str, portals: &[String], size: u64) -> anyhow::Result<u64> {
                     crate::scsi::device_type_name(l.device_type)
                 ),
             };
-            let fits: Vec<u64> = luns
+            let fits: Vec<crate::scsi::Lun> = luns
                 .iter()
                 .filter(|l| l.capacity.and_then(|c| c.bytes()) == Some(size))
                 .map(|l| l.lun)
                 .collect();
             return match fits[..] {
                 [lun] => {
+                    let number = lun.number().with_context(|| {
+                        format!(
+                            "LUN {lun} of {target} at {portal} is {size} bytes, but a catalog \
+                             cannot name it by number"
+                        )
+                    })?;
                     eprintln!("LUN {lun} (the LUN of {target} at {portal} that is {size} bytes)");
-                    Ok(lun)
+                    Ok(number)
                 }
                 [] => {
                     let all: Vec<String> = luns.iter().map(describe).collect();
@@ -281,7 +287,7 @@ fn ask_lun(target: &str, portals: &[String], size: u64) -> anyhow::Result<u64> {
                     )
                 }
                 _ => {
-                    let all: Vec<String> = fits.iter().map(u64::to_string).collect();
+                    let all: Vec<String> = fits.iter().map(ToString::to_string).collect();
                     anyhow::bail!(
                         "LUNs {} of {target} at {portal} are all {size} bytes; pass --lun N",
                         all.join(", ")

@@ -27,7 +27,7 @@ use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
-use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
+use crate::scsi::{self, sense_key, status, Capacity, Inquiry, Lun, ReadKind, ScsiError};
 
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
@@ -352,16 +352,27 @@ impl Connector {
         } = self.login(portal).await?;
         // The first bytes only for the first connection; a reconnect has no use for them.
         let first_read = self.opts.first_read.filter(|_| lock(&self.first).is_none());
-        let (probe, first_bytes) = match probe(&mut conn, &mut seq, self.opts.lun, first_read).await
+        let (probe, first_bytes) = match probe(
+            &mut conn,
+            &mut seq,
+            Lun::from_number(self.opts.lun),
+            first_read,
+        )
+        .await
         {
             Ok(probed) => probed,
             Err(ProbeError::NoSuchLun) => {
                 // Say what the target does have: a wrong LUN is a mistake in the catalog.
-                let available =
-                    setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096)
-                        .await
-                        .ok()
-                        .and_then(|data| scsi::parse_report_luns(&data).ok());
+                let available = setup_command(
+                    &mut conn,
+                    &mut seq,
+                    Lun::from_number(0),
+                    scsi::report_luns(4096),
+                    4096,
+                )
+                .await
+                .ok()
+                .and_then(|data| scsi::parse_report_luns(&data).ok());
                 conn.logout(&mut seq).await;
                 return Err(IscsiError::NoSuchLun {
                     target: self.opts.target.clone(),
@@ -397,7 +408,7 @@ impl Connector {
 /// One LUN as REPORT LUNS and INQUIRY describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunSummary {
-    pub lun: u64,
+    pub lun: Lun,
     pub device_type: u8,
     pub vendor: String,
     pub product: String,
@@ -416,7 +427,14 @@ pub async fn list_luns(opts: &ConnectOptions) -> Result<Vec<LunSummary>, IscsiEr
     let LoggedIn {
         mut conn, mut seq, ..
     } = connector.login(portal).await?;
-    let data = setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096).await?;
+    let data = setup_command(
+        &mut conn,
+        &mut seq,
+        Lun::from_number(0),
+        scsi::report_luns(4096),
+        4096,
+    )
+    .await?;
     let mut out = Vec::new();
     for lun in scsi::parse_report_luns(&data)?.into_iter().take(256) {
         let data = setup_command(&mut conn, &mut seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
@@ -469,7 +487,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn setup_command(
     conn: &mut Conn,
     seq: &mut Seq,
-    lun: u64,
+    lun: Lun,
     cdb: scsi::Cdb,
     read_len: u32,
 ) -> Result<Bytes, IscsiError> {
@@ -487,7 +505,7 @@ async fn setup_command(
 async fn setup_commands(
     conn: &mut Conn,
     seq: &mut Seq,
-    lun: u64,
+    lun: Lun,
     commands: &[(scsi::Cdb, u32)],
 ) -> Result<Vec<Result<Bytes, ScsiError>>, IscsiError> {
     const ATTEMPTS: u32 = 10;
@@ -513,7 +531,7 @@ async fn setup_commands(
                     cdb[0]
                 );
                 CommandSpec {
-                    lun: scsi::lun_to_wire(lun),
+                    lun: lun.to_wire(),
                     cdb,
                     read_len,
                     expect: DataLength::AtMost,
@@ -611,7 +629,7 @@ fn lun_not_supported(e: &ScsiError) -> bool {
 async fn probe(
     conn: &mut Conn,
     seq: &mut Seq,
-    lun: u64,
+    lun: Lun,
     first_read: Option<u32>,
 ) -> Result<(Probe, Option<Bytes>), ProbeError> {
     let mut commands = vec![
@@ -789,7 +807,7 @@ impl IscsiLun {
             } else {
                 ReadKind::Disk
             },
-            lun_wire: scsi::lun_to_wire(opts.lun),
+            lun_wire: Lun::from_number(opts.lun).to_wire(),
             max_read_blocks: burst / block_size,
             first_bytes: Mutex::new(est.first_bytes),
             info,
@@ -872,7 +890,7 @@ impl IscsiLun {
     }
 
     /// REPORT LUNS through this session.
-    pub async fn report_luns(&self) -> Result<Vec<u64>, IscsiError> {
+    pub async fn report_luns(&self) -> Result<Vec<Lun>, IscsiError> {
         let data = self.execute(scsi::report_luns(4096), 4096).await?;
         Ok(scsi::parse_report_luns(&data)?)
     }
