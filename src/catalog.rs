@@ -11,6 +11,7 @@
 //! signature, `CATALOG.minisig` beside it (or at URL.minisig). A catalog that fails is left out
 //! with one warning naming it and the reason, and a name that is then not found says so.
 
+pub use crate::iobuf::{write_atomic, write_atomic_all};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -520,42 +521,6 @@ fn download_if_there(url: &str) -> Result<Option<Vec<u8>>, String> {
         return Err(format!("larger than {MAX_DOWNLOAD} bytes"));
     }
     Ok(Some(body))
-}
-
-/// Write `bytes` to `path` through a temporary file, fsync and rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_all(&[(path, bytes)])
-}
-
-/// Write several files, each through a temporary file that is written and fsynced first; the
-/// renames come last, one right after the other, so a reader sees the old set or the new one
-/// but for the moment between two renames (a catalog and its signature).
-pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut staged = Vec::with_capacity(files.len());
-    for &(path, bytes) in files {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-            std::process::id()
-        ));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        staged.push((tmp, path, dir));
-    }
-    for (tmp, path, _) in &staged {
-        std::fs::rename(tmp, path)?;
-    }
-    for (_, _, dir) in &staged {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// The default search path, in order.

@@ -6,20 +6,20 @@ use indicatif::HumanBytes;
 
 use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestLocation};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::image::identity::entry_identity;
 use crate::manifest::Manifest;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {}
 
-pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
-    let cache = Cache::from_options(global.cache_dir.as_deref(), global.cache_size.as_deref())?;
+pub fn run(config: &Config, _args: ListArgs) -> anyhow::Result<ExitCode> {
+    let cache = config.cache();
     let catalog = Catalog::load(
-        &global.catalogs,
-        &global.pubkeys,
+        &config.catalogs,
+        &config.pubkeys,
         Some(cache.root()),
-        global.offline,
+        config.offline,
     )?;
     let stores = cache.stores();
     let mut faults = 0usize;

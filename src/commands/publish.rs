@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::catalog::{self, PublishedEntry};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::iscsi::lun::{list_luns, LunSummary};
 use crate::iscsi::{ConnectOptions, IscsiError};
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
@@ -146,9 +146,9 @@ impl Signer {
     }
 }
 
-pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
     if args.tree.root.is_some() {
-        return super::publish_tree::run(global, args);
+        return super::publish_tree::run(config, args);
     }
     let (Some(image), Some(name), Some(target)) = (&args.image, &args.name, &args.target) else {
         anyhow::bail!("publish needs IMAGE, --name and --target, or --root DIR");

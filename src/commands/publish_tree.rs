@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::publish::PublishArgs;
 use crate::catalog::{self, PublishedEntry};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::manifest::{self, Manifest};
 use crate::target::config;
 use crate::tree::{self, FileStamp, ImagePatterns, TreeImage};
@@ -137,7 +137,7 @@ struct Hashed {
     recorded: Recorded,
 }
 
-pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let (Some(root), Some(out)) = (&args.tree.root, &args.output) else {
         anyhow::bail!("publish --root needs -o CATALOG");
     };
@@ -151,7 +151,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let say = |line: String| {
-        if !global.quiet {
+        if !config.quiet {
             eprintln!("{line}");
         }
     };
@@ -201,7 +201,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             Plan::Unchanged(..) => None,
         })
         .sum();
-    let bar = progress_bar(total, global.quiet);
+    let bar = progress_bar(total, config.quiet);
     let failures = Mutex::new(Vec::new());
     let hashed: Vec<Option<Hashed>> = images
         .par_iter()

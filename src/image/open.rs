@@ -1,5 +1,6 @@
-//! `image::open`: from a catalog name or an iscsi:// URL to an [`Image`] with its manifest,
-//! mirrors and cache store.
+//! Opening an image: from a catalog name or an iscsi:// URL to an [`ImageSpec`] (manifest,
+//! sources, cache identity) and then an [`Image`] with its cache store ([`named`]); or an image
+//! read from one given source ([`one_source`]). Takes a [`Config`], no command-line types.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use super::sources::CONNECT_TIMEOUT;
 use super::{Image, ImageSpec};
 use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestRef};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 use crate::signature::Freshness;
 use crate::source::iscsi::{self, IscsiSource};
@@ -26,18 +27,15 @@ pub const FIRST_READ: u32 = 256 << 10;
 /// Open `name_or_url`: a catalog name (with its pinned manifest) or an iscsi:// URL (no
 /// manifest: chunk hashes are recorded on first fetch). Unless `--offline`, connects to the
 /// first answering portal; when none answers, warns once and serves what is cached.
-pub async fn open(global: &GlobalOpts, name_or_url: &str) -> anyhow::Result<Arc<Image>> {
-    let cache = Arc::new(Cache::from_options(
-        global.cache_dir.as_deref(),
-        global.cache_size.as_deref(),
-    )?);
-    let read_timeout = global.read_timeout();
+pub async fn named(config: &Config, name_or_url: &str) -> anyhow::Result<Arc<Image>> {
+    let cache = Arc::new(config.cache());
+    let read_timeout = config.read_timeout;
     if name_or_url.starts_with("iscsi://") {
-        return open_url(global.offline, read_timeout, cache, name_or_url).await;
+        return open_url(config.offline, read_timeout, cache, name_or_url).await;
     }
-    let (catalogs, pubkeys) = (global.catalogs.clone(), global.pubkeys.clone());
+    let (catalogs, pubkeys) = (config.catalogs.clone(), config.pubkeys.clone());
     let root = cache.root().to_path_buf();
-    let offline = global.offline;
+    let offline = config.offline;
     let catalog = tokio::task::spawn_blocking(move || {
         Catalog::load(&catalogs, &pubkeys, Some(&root), offline)
     })
@@ -240,7 +238,7 @@ async fn open_url(
 /// An image read from one source with no manifest and no cache (a local file for the mount's
 /// `--local-file` test hook, the demo's LUN): chunk hashes are recorded on first read, as for a
 /// LUN reached by URL.
-pub async fn open_source(
+pub async fn one_source(
     name: &str,
     source: Arc<dyn BlockSource>,
     read_timeout: std::time::Duration,

@@ -27,7 +27,9 @@ use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
-use crate::scsi::{self, sense_key, status, Capacity, Inquiry, Lun, ReadKind, ScsiError};
+use crate::scsi::{
+    self, sense_key, status, vpd, Capacity, Inquiry, Lun, ReadKind, ScsiError, Sense,
+};
 
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
@@ -620,8 +622,9 @@ impl<E: Into<IscsiError>> From<E> for ProbeError {
 
 /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.6, ASC 0x25).
 fn lun_not_supported(e: &ScsiError) -> bool {
+    let unsupported = Sense::LUN_NOT_SUPPORTED;
     e.sense()
-        .is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25)
+        .is_some_and(|s| (s.key, s.asc) == (unsupported.key, unsupported.asc))
 }
 
 /// What the LUN is, from one flight of commands (see the module documentation), and its first
@@ -635,8 +638,8 @@ async fn probe(
     let mut commands = vec![
         (scsi::test_unit_ready(), 0),
         (scsi::inquiry(false, 0, 96), 96),
-        (scsi::inquiry(true, 0x80, 255), 255),
-        (scsi::inquiry(true, 0x83, 1024), 1024),
+        (scsi::inquiry(true, vpd::UNIT_SERIAL_NUMBER, 255), 255),
+        (scsi::inquiry(true, vpd::DEVICE_IDENTIFICATION, 1024), 1024),
         (scsi::read_capacity10(), 8),
         (scsi::read_capacity16(32), 32),
     ];

@@ -1,10 +1,18 @@
-//! SCSI commands the initiator sends and the parsers for what comes back: CDB builders and
-//! response parsers for INQUIRY and its VPD pages 0x00/0x80/0x83 (SPC-4 §6.6, §7.8), REPORT LUNS
+//! The SCSI vocabulary, one for initiator and target: operation codes ([`opcode`]), sense data
+//! ([`sense`]), vital product data pages ([`vpd`]), status codes and device types; and the
+//! initiator's CDB builders and response parsers for INQUIRY (SPC-4 §6.6), REPORT LUNS
 //! (SPC-4 §6.33), TEST UNIT READY, READ CAPACITY(10)/(16) (SBC-3 §5.15–5.16; MMC-6 §6.23),
-//! READ(10)/(12)/(16) (SBC-3 §5.8–5.10; MMC-6 §6.19), fixed and descriptor sense data
-//! (SPC-4 §4.5), and the LUN addressing methods of SAM-5 §4.7.
+//! READ(10)/(12)/(16) (SBC-3 §5.8–5.10; MMC-6 §6.19), and the LUN addressing methods of SAM-5
+//! §4.7. The target's logical unit (`crate::target::scsi`) answers in the same terms.
 //!
 //! No I/O and no knowledge of iSCSI: every parser takes bytes and fails on short or malformed input.
+
+pub mod opcode;
+pub mod sense;
+pub mod vpd;
+
+pub use sense::{parse_sense, sense_key, Sense};
+pub use vpd::{parse_device_id, parse_serial, parse_supported_pages, vpd_payload};
 
 /// SCSI status codes (SAM-5 §5.3).
 pub mod status {
@@ -15,14 +23,8 @@ pub mod status {
     pub const TASK_SET_FULL: u8 = 0x28;
 }
 
-/// Sense keys (SPC-4 §4.5.6).
-pub mod sense_key {
-    pub const NOT_READY: u8 = 0x2;
-    pub const MEDIUM_ERROR: u8 = 0x3;
-    pub const ILLEGAL_REQUEST: u8 = 0x5;
-    pub const UNIT_ATTENTION: u8 = 0x6;
-}
-
+/// Peripheral device type of a direct-access block device (SBC).
+pub const TYPE_DISK: u8 = 0x00;
 /// Peripheral device type of a CD/DVD (MMC) device.
 pub const TYPE_MMC: u8 = 0x05;
 
@@ -61,7 +63,7 @@ pub type Cdb = [u8; 16];
 
 pub fn inquiry(evpd: bool, page: u8, alloc: u16) -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0x12;
+    cdb[0] = opcode::INQUIRY;
     cdb[1] = u8::from(evpd);
     cdb[2] = page;
     cdb[3..5].copy_from_slice(&alloc.to_be_bytes());
@@ -69,26 +71,28 @@ pub fn inquiry(evpd: bool, page: u8, alloc: u16) -> Cdb {
 }
 
 pub fn test_unit_ready() -> Cdb {
-    [0u8; 16]
+    let mut cdb = [0u8; 16];
+    cdb[0] = opcode::TEST_UNIT_READY;
+    cdb
 }
 
 pub fn report_luns(alloc: u32) -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0xa0;
+    cdb[0] = opcode::REPORT_LUNS;
     cdb[6..10].copy_from_slice(&alloc.to_be_bytes());
     cdb
 }
 
 pub fn read_capacity10() -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0x25;
+    cdb[0] = opcode::READ_CAPACITY_10;
     cdb
 }
 
 pub fn read_capacity16(alloc: u32) -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0x9e;
-    cdb[1] = 0x10;
+    cdb[0] = opcode::SERVICE_ACTION_IN_16;
+    cdb[1] = opcode::READ_CAPACITY_16_ACTION;
     cdb[10..14].copy_from_slice(&alloc.to_be_bytes());
     cdb
 }
@@ -109,18 +113,18 @@ pub fn read(kind: ReadKind, lba: u64, blocks: u32) -> Option<Cdb> {
     let lba32 = u32::try_from(lba).ok();
     match (lba32, u16::try_from(blocks)) {
         (Some(lba), Ok(n)) => {
-            cdb[0] = 0x28;
+            cdb[0] = opcode::READ_10;
             cdb[2..6].copy_from_slice(&lba.to_be_bytes());
             cdb[7..9].copy_from_slice(&n.to_be_bytes());
         }
         (Some(lba), Err(_)) if kind == ReadKind::Mmc => {
-            cdb[0] = 0xa8;
+            cdb[0] = opcode::READ_12;
             cdb[2..6].copy_from_slice(&lba.to_be_bytes());
             cdb[6..10].copy_from_slice(&blocks.to_be_bytes());
         }
         _ if kind == ReadKind::Mmc => return None,
         _ => {
-            cdb[0] = 0x88;
+            cdb[0] = opcode::READ_16;
             cdb[2..10].copy_from_slice(&lba.to_be_bytes());
             cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
         }
@@ -139,6 +143,7 @@ pub struct Inquiry {
     pub revision: String,
 }
 
+/// A fixed-width ASCII field as text: trimmed of spaces and NULs, control characters dropped.
 fn ascii(field: &[u8]) -> String {
     String::from_utf8_lossy(field)
         .trim_matches(|c: char| c == ' ' || c == '\0')
@@ -157,49 +162,6 @@ pub fn parse_inquiry(data: &[u8]) -> Result<Inquiry, ScsiError> {
         product: ascii(&data[16..32]),
         revision: ascii(&data[32..36]),
     })
-}
-
-/// The payload of a VPD page (after its 4-byte header), checked against the page code.
-pub fn vpd_payload(page: u8, data: &[u8]) -> Result<&[u8], ScsiError> {
-    need("VPD page", data, 4)?;
-    if data[1] != page {
-        return Err(ScsiError::Malformed(format!(
-            "asked for VPD page {page:#04x}, got {:#04x}",
-            data[1]
-        )));
-    }
-    let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
-    Ok(&data[4..data.len().min(4 + len)])
-}
-
-/// VPD 0x00: the pages supported.
-pub fn parse_supported_pages(data: &[u8]) -> Result<Vec<u8>, ScsiError> {
-    Ok(vpd_payload(0x00, data)?.to_vec())
-}
-
-/// VPD 0x80: unit serial number, trimmed.
-pub fn parse_serial(data: &[u8]) -> Result<String, ScsiError> {
-    Ok(ascii(vpd_payload(0x80, data)?))
-}
-
-/// VPD 0x83: the designation descriptors, raw (each: 4-byte header + identifier), checked to be
-/// well formed.
-pub fn parse_device_id(data: &[u8]) -> Result<Vec<u8>, ScsiError> {
-    let payload = vpd_payload(0x83, data)?;
-    let mut at = 0usize;
-    while at < payload.len() {
-        let header = payload
-            .get(at..at + 4)
-            .ok_or_else(|| ScsiError::Malformed("truncated designation descriptor".into()))?;
-        let end = at + 4 + usize::from(header[3]);
-        if end > payload.len() {
-            return Err(ScsiError::Malformed(
-                "designation descriptor past the page end".into(),
-            ));
-        }
-        at = end;
-    }
-    Ok(payload.to_vec())
 }
 
 /// Capacity: number of blocks and block length.
@@ -360,62 +322,6 @@ impl std::fmt::Display for Lun {
             Some(number) => write!(f, "{number} ({addressing})"),
             None => write!(f, "{addressing}"),
         }
-    }
-}
-
-/// The parts of sense data that decide what to do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sense {
-    pub key: u8,
-    pub asc: u8,
-    pub ascq: u8,
-}
-
-impl std::fmt::Display for Sense {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.key {
-            0x0 => "NO SENSE",
-            0x1 => "RECOVERED ERROR",
-            0x2 => "NOT READY",
-            0x3 => "MEDIUM ERROR",
-            0x4 => "HARDWARE ERROR",
-            0x5 => "ILLEGAL REQUEST",
-            0x6 => "UNIT ATTENTION",
-            0x7 => "DATA PROTECT",
-            0xb => "ABORTED COMMAND",
-            _ => "sense key",
-        };
-        write!(
-            f,
-            "{name} ({:#x}) asc/ascq {:#04x}/{:#04x}",
-            self.key, self.asc, self.ascq
-        )
-    }
-}
-
-/// Parse fixed (0x70/0x71) or descriptor (0x72/0x73) sense data.
-pub fn parse_sense(data: &[u8]) -> Result<Sense, ScsiError> {
-    need("sense data", data, 1)?;
-    match data[0] & 0x7f {
-        0x70 | 0x71 => {
-            need("fixed sense data", data, 14)?;
-            Ok(Sense {
-                key: data[2] & 0x0f,
-                asc: data[12],
-                ascq: data[13],
-            })
-        }
-        0x72 | 0x73 => {
-            need("descriptor sense data", data, 4)?;
-            Ok(Sense {
-                key: data[1] & 0x0f,
-                asc: data[2],
-                ascq: data[3],
-            })
-        }
-        code => Err(ScsiError::Malformed(format!(
-            "unknown sense response code {code:#04x}"
-        ))),
     }
 }
 
