@@ -1,4 +1,5 @@
-//! `isomount list`: every catalog entry with its size, portals and how much of it is cached.
+//! `isomount list`: every catalog entry with its size, how much of it is cached, and its mirrors
+//! by kind (`iscsi` portals, `web` URLs).
 
 use std::process::ExitCode;
 
@@ -36,7 +37,7 @@ pub fn run(config: &Config, _args: ListArgs) -> anyhow::Result<ExitCode> {
                     name,
                     HumanBytes(e.size).to_string(),
                     "-".to_string(),
-                    e.portals.join(", "),
+                    mirrors(e),
                 ];
             }
             let cached = entry_identity(&cache, e)
@@ -53,11 +54,11 @@ pub fn run(config: &Config, _args: ListArgs) -> anyhow::Result<ExitCode> {
                 e.name.clone(),
                 HumanBytes(e.size).to_string(),
                 format!("{} ({percent}%)", HumanBytes(cached)),
-                e.portals.join(", "),
+                mirrors(e),
             ]
         })
         .collect();
-    let header = ["NAME", "SIZE", "CACHED", "PORTALS"].map(String::from);
+    let header = ["NAME", "SIZE", "CACHED", "MIRRORS"].map(String::from);
     let mut widths = [0usize; 3];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
@@ -81,6 +82,19 @@ pub fn run(config: &Config, _args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `iscsi HOST:PORT, …; web URL, …`: each kind of mirror the entry has, in order of preference.
+fn mirrors(entry: &crate::catalog::Entry) -> String {
+    let mut kinds = Vec::new();
+    if !entry.portals().is_empty() {
+        kinds.push(format!("iscsi {}", entry.portals().join(", ")));
+    }
+    let urls = entry.mirrors().split_off(entry.portals().len());
+    if !urls.is_empty() {
+        kinds.push(format!("web {}", urls.join(", ")));
+    }
+    kinds.join("; ")
 }
 
 /// Whether the entry's manifest, where it can be read without the network (a file, or the kept
