@@ -198,9 +198,10 @@ fn write_catalog(dir: &Path, portal: &str) -> anyhow::Result<PathBuf> {
     let entry = PublishedEntry {
         name: DEMO_NAME.to_string(),
         description: Some("isomount sample CD (isomount demo)".to_string()),
-        target: DEMO_IQN.to_string(),
+        target: Some(DEMO_IQN.to_string()),
         lun: 0,
         portals: vec![portal.to_string()],
+        urls: Vec::new(),
         size: SAMPLE_ISO.len() as u64,
         manifest: "sample.manifest".to_string(),
         manifest_sha256: manifest.pin(),

@@ -66,6 +66,26 @@ pub struct TreeArgs {
     pub rehash: bool,
 }
 
+/// `--url` with `--root`: the URL of the tree's root, as a base that paths are appended to.
+fn tree_url(url: &str) -> Result<reqwest::Url, String> {
+    catalog::check_mirror_url(url)?;
+    let mut base = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    base.set_query(None);
+    base.set_fragment(None);
+    Ok(base)
+}
+
+/// The URL of the image at `relative` under the tree whose root is at `root`: each path component
+/// appended, percent-encoded.
+fn image_url(root: &reqwest::Url, relative: &Path) -> String {
+    let mut url = root.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty();
+        segments.extend(relative.iter().map(|c| c.to_string_lossy()));
+    }
+    url.to_string()
+}
+
 /// A file modified less than this long before it was hashed may change again within the same
 /// timestamp tick without its mtime moving: it is hashed again on the next run.
 const SETTLE: Duration = Duration::from_secs(2);
@@ -142,13 +162,10 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("publish --root needs -o CATALOG");
     };
     let signer = args.sign.signer()?;
-    let portals = args
-        .portals
+    let (portals, url_roots) = super::publish::mirrors(&args)?;
+    let url_roots = url_roots
         .iter()
-        .map(|p| {
-            catalog::normalize_portal(p)
-                .with_context(|| format!("--portal `{p}`: not HOST[:PORT] or [IPv6][:PORT]"))
-        })
+        .map(|u| tree_url(u).map_err(|e| anyhow::anyhow!("--url: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let say = |line: String| {
         if !config.quiet {
@@ -259,9 +276,13 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
         entries.push(PublishedEntry {
             name: image.names.name.clone(),
             description: None,
-            target: image.names.target.clone(),
+            target: (!portals.is_empty()).then(|| image.names.target.clone()),
             lun: args.lun.unwrap_or(0),
             portals: portals.clone(),
+            urls: url_roots
+                .iter()
+                .map(|root| image_url(root, &image.relative))
+                .collect(),
             size,
             manifest: manifest_file(&image.names.name),
             manifest_sha256: recorded.manifest_sha256.clone(),

@@ -172,6 +172,7 @@ impl Image {
                 .unwrap_or_else(|| "none (chunk hashes recorded on first fetch)".into()),
         ));
         out.push(("portal".into(), self.current_portal()));
+        out.push(("source".into(), self.current_kind()));
         if !self.offline {
             if let Some(source) = self.sources().preferred() {
                 for (k, v) in source.facts() {
@@ -182,6 +183,16 @@ impl Image {
             }
         }
         out
+    }
+
+    /// The kind of the source in use ("iscsi", "http"), "offline" or "none".
+    fn current_kind(&self) -> String {
+        if self.offline {
+            return "offline".into();
+        }
+        self.sources()
+            .preferred()
+            .map_or_else(|| "none".into(), |s| s.kind().to_string())
     }
 
     fn current_portal(&self) -> String {
@@ -209,13 +220,14 @@ impl Image {
             .find(|(k, _)| k == "connect")
             .map_or_else(|| "-".to_string(), |(_, v)| v);
         format!(
-            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nconnect: {connect}\ncaching: {}\npassthrough: {}\n",
+            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nsource: {}\nconnect: {connect}\ncaching: {}\npassthrough: {}\n",
             self.cached.hits(),
             self.fetcher.misses(),
             self.sources().bytes_fetched(),
             self.errors.load(Ordering::Relaxed),
             self.reference.failures(),
             self.current_portal(),
+            self.current_kind(),
             if self.cached.caching() { "on" } else { "off" },
             if self.pinned() { "on (the kernel reads the verified cache directly)" } else { "off" },
         )

@@ -13,6 +13,7 @@ use crate::catalog::{Catalog, Entry, ManifestRef};
 use crate::config::Config;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 use crate::signature::Freshness;
+use crate::source::http::WebClient;
 use crate::source::iscsi::{self, IscsiSource};
 use crate::source::{BlockSource, SourceIdentity};
 
@@ -64,7 +65,7 @@ fn load_manifest(
     }
     let bytes = mref
         .read(&cache.kept_manifest(&mref.sha256), offline)
-        .with_context(|| format!("while reading the manifest of `{}`", entry.name))?;
+        .with_context(|| format!("{}: manifest of `{}`", entry.origin, entry.name))?;
     pinned(bytes).with_context(|| {
         format!(
             "{}: manifest of `{}` ({}) refused",
@@ -96,27 +97,34 @@ async fn open_entry(
         }
         None => None,
     };
-    let sources: Vec<Arc<dyn BlockSource>> = entry
-        .portals
-        .iter()
-        .map(|p| {
+    let mut sources: Vec<Arc<dyn BlockSource>> = Vec::new();
+    let mut facts = Vec::new();
+    if let Some(iscsi) = &entry.iscsi {
+        sources.extend(iscsi.portals.iter().map(|p| {
             Arc::new(
                 IscsiSource::new(
                     p,
-                    &entry.target,
-                    entry.lun,
-                    entry.chap.clone(),
-                    entry.digest,
+                    &iscsi.target,
+                    iscsi.lun,
+                    iscsi.chap.clone(),
+                    iscsi.digest,
                 )
                 .reading_first(FIRST_READ)
                 .bounding_reads(read_timeout),
             ) as Arc<dyn BlockSource>
-        })
-        .collect();
-    let mut facts = vec![
-        ("target".to_string(), entry.target.clone()),
-        ("lun".to_string(), entry.lun.to_string()),
-    ];
+        }));
+        facts.push(("target".to_string(), iscsi.target.clone()));
+        facts.push(("lun".to_string(), iscsi.lun.to_string()));
+    }
+    if !entry.urls.is_empty() {
+        let web = WebClient::from_env().context("while setting up web mirrors")?;
+        for url in &entry.urls {
+            let source = web
+                .source(url, entry.size)
+                .with_context(|| format!("web mirror of `{}`", entry.name))?;
+            sources.push(Arc::new(source));
+        }
+    }
     if let Some(d) = &entry.description {
         facts.push(("description".into(), d.clone()));
     }
@@ -135,19 +143,21 @@ async fn open_entry(
             expect_serial: None,
         },
         None => {
+            // The catalog gives web mirrors only with a manifest: this image has a LUN.
+            let (target, lun) = match &entry.iscsi {
+                Some(iscsi) => (iscsi.target.as_str(), iscsi.lun),
+                None => anyhow::bail!("`{}` has neither a manifest nor portals", entry.name),
+            };
             let identity = if offline {
-                offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
+                offline_lun_identity(&cache, target, lun, Some(entry.size))
             } else {
                 match probe(&sources).await {
-                    Some(id) => Some(lun_identity(&entry.target, entry.lun, &id)),
-                    None => {
-                        offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
-                    }
+                    Some(id) => Some(lun_identity(target, lun, &id)),
+                    None => offline_lun_identity(&cache, target, lun, Some(entry.size)),
                 }
             };
-            let identity = identity.unwrap_or_else(|| {
-                format!("lun:{} {} {} ? ?", entry.target, entry.lun, entry.size)
-            });
+            let identity =
+                identity.unwrap_or_else(|| format!("lun:{target} {lun} {} ? ?", entry.size));
             ImageSpec {
                 name: entry.name.clone(),
                 size: entry.size,

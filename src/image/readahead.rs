@@ -1,7 +1,9 @@
-//! Read-ahead: a reader that goes on where its last read ended gets a window of chunks fetched
-//! ahead of it, doubling with each sequential read up to [`MAX_READAHEAD`]; one window is
-//! fetched at a time, in the background (by the image, `Image::after_read`), and what it brings
-//! lands in memory first.
+//! Read-ahead: a reader that goes on where its last read ended, having read at least two chunks'
+//! worth back to back, gets a window of chunks fetched ahead of it, doubling with each
+//! sequential read up to [`MAX_READAHEAD`]; one window is fetched at a time, in the background
+//! (by the image, `Image::after_read`), and what it brings lands in memory first. A few small
+//! reads that happen to follow each other (an ISO's directories, read one after another) are not
+//! a stream: reading ahead of them would cost a small file of `files/` half a MiB on the wire.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -12,6 +14,8 @@ pub const MAX_READAHEAD: u64 = 8 << 20;
 struct Sequential {
     /// Where the last read ended.
     next: u64,
+    /// Bytes read back to back up to `next`.
+    streamed: u64,
     window: u64,
     /// What is fetched (or being fetched) up to.
     ahead_until: u64,
@@ -31,6 +35,7 @@ impl Default for ReadAhead {
             busy: AtomicBool::new(false),
             sequential: Mutex::new(Sequential {
                 next: u64::MAX,
+                streamed: 0,
                 window: 0,
                 ahead_until: 0,
             }),
@@ -59,7 +64,8 @@ impl ReadAhead {
         let mut s = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
         let sequential = offset == s.next;
         s.next = end;
-        if !sequential {
+        s.streamed = (end - offset).saturating_add(if sequential { s.streamed } else { 0 });
+        if !sequential || s.streamed < 2 * chunk_size {
             s.window = 0;
             s.ahead_until = end;
             return None;
@@ -124,5 +130,26 @@ mod tests {
             }
             end += cs;
         }
+    }
+
+    #[test]
+    fn small_reads_that_follow_each_other_are_not_a_stream_until_two_chunks() {
+        let ahead = ReadAhead::default();
+        let cs = 64 << 10;
+        let size = 1 << 30;
+        // An ISO's directory sectors, read one after another.
+        let mut at = 43_008;
+        for _ in 0..20 {
+            assert_eq!(ahead.window_after(at, at + 2048, cs, size), None, "at {at}");
+            at += 2048;
+        }
+        // Read on: two chunks' worth back to back is a stream.
+        let mut streamed = 20 * 2048;
+        while streamed + 16_384 < 2 * cs {
+            assert_eq!(ahead.window_after(at, at + 16_384, cs, size), None);
+            at += 16_384;
+            streamed += 16_384;
+        }
+        assert!(ahead.window_after(at, at + 16_384, cs, size).is_some());
     }
 }
