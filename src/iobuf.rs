@@ -315,9 +315,17 @@ mod tests {
         let owner = Bytes::from_owner(POOL.lend(first));
         let slice = owner.slice(10..20);
         drop(owner);
-        assert_eq!(POOL.kept_bytes(), 0, "a slice keeps the buffer out of the pool");
+        assert_eq!(
+            POOL.kept_bytes(),
+            0,
+            "a slice keeps the buffer out of the pool"
+        );
         drop(slice);
-        assert_eq!(POOL.kept_bytes(), 256 << 10, "back when the last slice goes");
+        assert_eq!(
+            POOL.kept_bytes(),
+            256 << 10,
+            "back when the last slice goes"
+        );
         let again = POOL.take(150_000).unwrap();
         assert_eq!(again.ptr, at, "the kept buffer of that class is reused");
         assert_eq!(again.len(), 0, "handed out empty");
@@ -325,7 +333,11 @@ mod tests {
         assert_ne!(other.ptr, at);
         drop(POOL.lend(again));
         drop(POOL.lend(other));
-        assert_eq!(POOL.kept_bytes(), 256 << 10, "no more than the limit is kept");
+        assert_eq!(
+            POOL.kept_bytes(),
+            256 << 10,
+            "no more than the limit is kept"
+        );
     }
 
     #[test]
