@@ -78,7 +78,7 @@ impl HttpSource {
     }
 
     /// `offset..offset + len` from the first request's bytes, when it lies within them.
-    fn from_first(&self, offset: u64, len: usize) -> Option<Bytes> {
+    fn within_first(&self, offset: u64, len: usize) -> Option<Bytes> {
         let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
         let first = first.as_ref()?;
         let start = usize::try_from(offset).ok()?;
@@ -125,7 +125,7 @@ impl BlockSource for HttpSource {
     }
 
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
-        if let Some(bytes) = self.from_first(offset, len) {
+        if let Some(bytes) = self.within_first(offset, len) {
             return futures_util::stream::once(async move { Ok(bytes) }).boxed();
         }
         let body = self.mirror.read(offset, len as u64);
