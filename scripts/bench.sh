@@ -214,7 +214,7 @@ measure_connect_inq() { connect_cost iscsi-inq "iscsi://$SLOW_PORTAL/$IQN/$LUN";
 # `isomount NAME MNT` until it returns with the mount usable, from an empty cache; then unmounted.
 measure_connect_mount() {
     rm -rf "$WORK/cache-connect"
-    connect_cost "$BIN/isomount" --catalog "$WORK/catalog-slow.toml" --cache-dir "$WORK/cache-connect" \
+    connect_cost "$BIN/isomount" --catalog "$WORK/catalog-slow.toml" --cache-dir "$WORK/cache-connect" mount \
         bench "$MNT" && grep '^connect:' "$MNT/info/stats" >"$WORK/connect.stats"
     unmount_bench
 }

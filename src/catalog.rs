@@ -62,6 +62,9 @@ pub enum CatalogError {
     PlainHttp(String),
     #[error("fetching {url}: {message}")]
     Fetch { url: String, message: String },
+    /// What was fetched (or kept) failed its check, and no copy that passes is at hand.
+    #[error("{url}: {reason}")]
+    Refused { url: String, reason: String },
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -99,16 +102,24 @@ pub struct ManifestRef {
 }
 
 impl ManifestRef {
-    /// The manifest's bytes from where the catalog says it is, not yet checked against the pin.
-    /// For an https URL the last good copy is kept at `kept` and serves offline, or when the
-    /// fetch fails.
+    /// The manifest's bytes from where the catalog says it is: a file's as they are (the caller
+    /// checks them against the pin); an https URL's only when they match the pin. The last copy
+    /// fetched that matches is kept at `kept` and serves offline, or when the fetch fails or
+    /// what is fetched does not match.
     pub fn read(&self, kept: &Path, offline: bool) -> Result<Vec<u8>, CatalogError> {
         match &self.location {
             ManifestLocation::Path(p) => std::fs::read(p).map_err(|source| CatalogError::Io {
                 path: p.display().to_string(),
                 source,
             }),
-            ManifestLocation::Url(u) => fetch_kept(u, Some(kept), offline),
+            ManifestLocation::Url(u) => {
+                let pinned = |bytes: &[u8]| {
+                    crate::manifest::Manifest::parse_pinned(bytes, &self.sha256)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                };
+                fetch_kept(u, Some(kept), offline, &pinned)
+            }
         }
     }
 
@@ -569,41 +580,80 @@ fn resolve(origin: &Origin, reference: &str) -> Result<ManifestLocation, String>
     }
 }
 
-/// Fetch an https URL, keeping the last good copy at `keep` for offline use. Offline, or when
-/// the fetch fails and a copy is kept, the kept copy is used (with a warning in the latter case).
-pub fn fetch_kept(url: &str, keep: Option<&Path>, offline: bool) -> Result<Vec<u8>, CatalogError> {
+/// What a fetched or kept copy must pass before it is used: `Err` says why it does not.
+pub type Check<'a> = &'a dyn Fn(&[u8]) -> Result<(), String>;
+
+/// Fetch an https URL whose content must pass `check`, keeping the last copy that passed at
+/// `keep` for offline use. A download that fails `check` never replaces the kept copy. Offline,
+/// or when the fetch fails or what it brings fails `check`, the kept copy is used when it passes
+/// (with a warning when online).
+pub fn fetch_kept(
+    url: &str,
+    keep: Option<&Path>,
+    offline: bool,
+    check: Check<'_>,
+) -> Result<Vec<u8>, CatalogError> {
     if !url.starts_with("https://") {
         return Err(CatalogError::PlainHttp(url.to_string()));
     }
-    let kept = || keep.and_then(|p| std::fs::read(p).ok());
-    if offline {
-        return kept().ok_or_else(|| CatalogError::Fetch {
-            url: url.to_string(),
-            message: "offline and no copy kept".into(),
-        });
-    }
-    match download(url) {
-        Ok(bytes) => {
-            if let Some(path) = keep {
-                if let Err(e) = write_atomic(path, &bytes) {
-                    tracing::warn!("could not keep a copy of {url} at {}: {e}", path.display());
+    let fault = if offline {
+        Unusable::Unreachable("offline".to_string())
+    } else {
+        match download(url) {
+            Err(message) => Unusable::Unreachable(format!("fetching failed ({message})")),
+            Ok(bytes) => match check(&bytes) {
+                Err(why) => Unusable::Refused(format!("what it serves now is refused ({why})")),
+                Ok(()) => {
+                    if let Some(path) = keep {
+                        if let Err(e) = write_atomic(path, &bytes) {
+                            tracing::warn!(
+                                "could not keep a copy of {url} at {}: {e}",
+                                path.display()
+                            );
+                        }
+                    }
+                    return Ok(bytes);
                 }
-            }
-            Ok(bytes)
+            },
         }
-        Err(message) => match kept() {
-            Some(bytes) => {
-                tracing::warn!(
-                    "fetching {url} failed ({message}); using the copy kept from before"
-                );
-                Ok(bytes)
-            }
-            None => Err(CatalogError::Fetch {
+    };
+    let Some(kept) = keep.and_then(|p| std::fs::read(p).ok()) else {
+        return Err(match fault {
+            Unusable::Unreachable(why) if offline => CatalogError::Fetch {
                 url: url.to_string(),
-                message,
-            }),
-        },
+                message: format!("{why} and no copy kept"),
+            },
+            Unusable::Unreachable(why) => CatalogError::Fetch {
+                url: url.to_string(),
+                message: why,
+            },
+            Unusable::Refused(why) => CatalogError::Refused {
+                url: url.to_string(),
+                reason: format!("{why}, and no copy is kept"),
+            },
+        });
+    };
+    let (Unusable::Unreachable(why) | Unusable::Refused(why)) = fault;
+    match check(&kept) {
+        Ok(()) => {
+            if !offline {
+                tracing::warn!("{url}: {why}; using the copy kept from before");
+            }
+            Ok(kept)
+        }
+        Err(damage) => Err(CatalogError::Refused {
+            url: url.to_string(),
+            reason: format!("{why}, and the copy kept from before is refused ({damage})"),
+        }),
     }
+}
+
+/// Why a fresh copy of an https file cannot be used.
+enum Unusable {
+    /// Not fetched: offline, or the fetch failed.
+    Unreachable(String),
+    /// Fetched, and it failed its check.
+    Refused(String),
 }
 
 fn download(url: &str) -> Result<Vec<u8>, String> {

@@ -49,6 +49,7 @@ pub fn run(config: &Config, args: InfoArgs) -> anyhow::Result<ExitCode> {
         for (key, value) in &info.parameters {
             show(key, value);
         }
+        show("connect", &info.connect.to_string());
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -1,12 +1,13 @@
 //! `isomount list`: every catalog entry with its size, how much of it is cached, and its mirrors
-//! by kind (`iscsi` portals, `web` URLs).
+//! by kind (`iscsi` portals, `web` URLs). It exits non-zero when a catalog is refused (its
+//! signature) or an entry's manifest is, after listing everything else and naming each fault.
 
 use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 
 use crate::cache::Cache;
-use crate::catalog::{Catalog, Entry, ManifestLocation};
+use crate::catalog::{Catalog, CatalogError, Entry, ManifestLocation};
 use crate::config::Config;
 use crate::image::identity::entry_identity;
 use crate::manifest::Manifest;
@@ -77,11 +78,23 @@ pub fn run(config: &Config, _args: ListArgs) -> anyhow::Result<ExitCode> {
             w2 = widths[2]
         );
     }
-    if faults > 0 {
-        eprintln!("isomount: {faults} catalog entr(ies) cannot be used as published");
-        return Ok(ExitCode::FAILURE);
+    for refused in &catalog.refused {
+        eprintln!("isomount: {refused} (refused: its images are not listed)");
     }
-    Ok(ExitCode::SUCCESS)
+    let mut failures = Vec::new();
+    if faults > 0 {
+        failures.push(format!(
+            "{faults} catalog entr(ies) cannot be used as published"
+        ));
+    }
+    if !catalog.refused.is_empty() {
+        failures.push(format!("{} catalog(s) refused", catalog.refused.len()));
+    }
+    if failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("isomount: {}", failures.join("; "));
+    Ok(ExitCode::FAILURE)
 }
 
 /// `iscsi HOST:PORT, …; web URL, …`: each kind of mirror the entry has, in order of preference.
@@ -106,7 +119,9 @@ fn check_manifest(cache: &Cache, entry: &Entry) -> Result<(), String> {
     let bytes = match mref.read(&cache.kept_manifest(&mref.sha256), true) {
         Ok(bytes) => bytes,
         // An https manifest never fetched yet is checked when it is first used.
-        Err(_) if matches!(mref.location, ManifestLocation::Url(_)) => return Ok(()),
+        Err(CatalogError::Fetch { .. }) if matches!(mref.location, ManifestLocation::Url(_)) => {
+            return Ok(())
+        }
         Err(e) => return Err(format!("manifest {}: {e}", mref.describe())),
     };
     let manifest = Manifest::parse_pinned(&bytes, &mref.sha256)

@@ -65,7 +65,7 @@ fn load_manifest(
     }
     let bytes = mref
         .read(&cache.kept_manifest(&mref.sha256), offline)
-        .with_context(|| format!("while reading the manifest of `{}`", entry.name))?;
+        .with_context(|| format!("{}: manifest of `{}`", entry.origin, entry.name))?;
     pinned(bytes).with_context(|| {
         format!(
             "{}: manifest of `{}` ({}) refused",

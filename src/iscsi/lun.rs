@@ -273,7 +273,6 @@ impl Connector {
                 });
             };
             let (conn, result) = attempt?;
-            spent += conn.exchanges();
             match result {
                 Ok(outcome) => {
                     let seq = Seq::new(&outcome, 1);
@@ -289,7 +288,7 @@ impl Connector {
                         params.join(", ")
                     );
                     return Ok(LoggedIn {
-                        spent: spent - conn.exchanges(),
+                        spent,
                         conn,
                         seq,
                         outcome,
@@ -297,6 +296,7 @@ impl Connector {
                 }
                 Err(LoginFailure::Redirect(to)) if redirects < MAX_REDIRECTS => {
                     tracing::info!("{address} redirects us to {to}");
+                    spent += conn.exchanges();
                     redirects += 1;
                     address = to;
                 }
@@ -310,6 +310,7 @@ impl Connector {
                         "{address} refused a login that skips the security stage ({e}); \
                          logging in through it"
                     );
+                    spent += conn.exchanges();
                     opening = Opening::Staged;
                 }
                 Err(failure) => return Err(self.login_error(&address, failure)),
@@ -351,7 +352,8 @@ impl Connector {
             outcome,
             spent,
         } = self.login(portal).await?;
-        let first_read = self.opts.first_read;
+        // The first bytes only for the first connection; a reconnect has no use for them.
+        let first_read = self.opts.first_read.filter(|_| lock(&self.first).is_none());
         let (probe, first_bytes) = match probe(
             &mut conn,
             &mut seq,
@@ -641,9 +643,10 @@ async fn probe(
         (scsi::read_capacity10(), 8),
         (scsi::read_capacity16(32), 32),
     ];
+    // READ(10) up to 32 MiB of 512-byte blocks, which every device type takes.
     let first_read = first_read
-        .filter(|&len| len > 0)
-        .and_then(|len| Some((scsi::read(ReadKind::Mmc, 0, len.div_ceil(512))?, len)));
+        .filter(|&len| len > 0 && len.div_ceil(512) <= u32::from(u16::MAX))
+        .and_then(|len| Some((scsi::read(ReadKind::Disk, 0, len.div_ceil(512))?, len)));
     commands.extend(first_read);
     let mut results = setup_commands(conn, seq, lun, &commands).await?.into_iter();
     let mut next = || {
