@@ -4,8 +4,9 @@
 #   scripts/bench.sh            # RUNS=5 PERF_SECONDS=6 LATENCY_MS=10 SIZE_MIB=256 by default
 #   ONLY='cat NAME' scripts/bench.sh   # only the rows whose label matches this regex
 #
-# Starts tgtd (through the harness) with one disk LUN of SIZE_MIB random bytes on loopback, and a
-# fault proxy adding LATENCY_MS each way in front of it. Each row prints a peer's figure, ours
+# Starts tgtd (through the harness) with one disk LUN of SIZE_MIB random bytes on loopback, nginx
+# serving the same bytes as a file (a web mirror), and a fault proxy adding LATENCY_MS each way in
+# front of each. Each row prints a peer's figure, ours
 # and ours/peer, all in MiB/s (iscsi-perf's unit), each the median of RUNS runs.
 # To add a row: write a measure_* function that prints one MiB/s figure for one run, then call
 # `row "label" measure_peer ARGS -- measure_ours ARGS` in main (see the existing rows).
@@ -32,6 +33,7 @@ PIDS=()
 cleanup() {
     if mountpoint -q "$WORK/mnt" 2>/dev/null; then umount -l "$WORK/mnt" || true; fi
     exec 3>&- 2>/dev/null || true          # harness-target stops tgtd when its stdin closes
+    exec 4>&- 2>/dev/null || true          # harness-web stops nginx when its stdin closes
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$WORK"
@@ -68,6 +70,26 @@ for _ in $(seq 100); do grep -q '^listening on' "$WORK/serve.out" 2>/dev/null &&
 SERVE_PORTAL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
 [ -n "$SERVE_PORTAL" ] || { echo "bench: isomount serve did not start" >&2; exit 1; }
 SERVE_URL="iscsi://$SERVE_PORTAL/iqn.2026-01.org.isomount.serve:disk/0"
+
+# A web mirror (issue 10): nginx serving the same image file over http, and the proxy adding
+# LATENCY_MS each way in front of it.
+mkdir "$WORK/www" && cp "$WORK/disk.img" "$WORK/www/disk.img"
+mkfifo "$WORK/web.in"
+"$BIN/harness-web" nginx "$WORK/www" <"$WORK/web.in" >"$WORK/web.out" &
+PIDS+=($!)
+exec 4>"$WORK/web.in"
+for _ in $(seq 100); do [ -s "$WORK/web.out" ] && break; sleep 0.1; done
+read -r WEB_BASE <"$WORK/web.out" || { echo "bench: nginx did not start" >&2; exit 1; }
+WEB_URL="$WEB_BASE/disk.img"
+"$BIN/faultproxy" "${WEB_BASE#http://}" --latency-ms "$LATENCY_MS" >"$WORK/web-proxy.out" &
+PIDS+=($!)
+for _ in $(seq 100); do [ -s "$WORK/web-proxy.out" ] && break; sleep 0.1; done
+read -r SLOW_WEB <"$WORK/web-proxy.out" || { echo "bench: faultproxy did not start" >&2; exit 1; }
+SLOW_WEB_URL="http://$SLOW_WEB/disk.img"
+for name in web:"$WEB_URL" web-slow:"$SLOW_WEB_URL"; do
+    "$BIN/isomount" publish "$WORK/disk.img" --name "${name%%:*}" --url "${name#*:}" \
+        -o "$WORK/web.toml" >/dev/null 2>"$WORK/publish.err" || { cat "$WORK/publish.err" >&2; exit 1; }
+done
 
 # --- measurements: each prints one MiB/s figure for one run ------------------------------------
 
@@ -107,7 +129,8 @@ dd_mibs() {
     end=$(date +%s.%N)
     awk -v b="$(stat -c %s "$1")" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
 }
-mount_bench() { "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$1" bench "$MNT"; }
+# mount_bench CACHE_DIR [CATALOG NAME]: the LUN's image by default, or a web mirror's.
+mount_bench() { "$BIN/isomount" --catalog "${2:-$WORK/catalog.toml}" --cache-dir "$1" mount "${3:-bench}" "$MNT"; }
 unmount_bench() { "$BIN/isomount" unmount "$MNT"; }
 # Cold: empty cache, empty page cache; every byte comes over iSCSI and is verified.
 measure_mount_cold() {
@@ -144,6 +167,32 @@ cat_name_mibs() {
 measure_cat_name_cold() { rm -rf "$WORK/cache-cat-cold"; cat_name_mibs "$WORK/cache-cat-cold"; }
 measure_cat_name_cached() { drop_caches; cat_name_mibs "$1"; }
 measure_file_cold() { drop_caches; dd_mibs "$1"; }
+
+# Web mirrors: `curl` of the whole file from nginx, and ours cold (empty cache) by catalog name
+# ($1: web or web-slow). The served file is warm for both (nginx serves from the page cache).
+measure_curl() {
+    local start end
+    start=$(date +%s.%N)
+    curl -sf -o /dev/null "$1"
+    end=$(date +%s.%N)
+    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+}
+measure_web_cat_cold() {
+    local start end
+    rm -rf "$WORK/cache-web"
+    start=$(date +%s.%N)
+    "$BIN/isomount" --catalog "$WORK/web.toml" --cache-dir "$WORK/cache-web" cat "$1" >/dev/null
+    end=$(date +%s.%N)
+    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+}
+measure_web_mount_cold() {
+    rm -rf "$WORK/cache-web"
+    mount_bench "$WORK/cache-web" "$WORK/web.toml" "$1"
+    drop_caches
+    cat "$WORK/www/disk.img" >/dev/null        # nginx's copy warm again, as for curl
+    dd_mibs "$MNT/$1.img"
+    unmount_bench
+}
 measure_file_again() { cat "$1" >/dev/null; dd_mibs "$1"; }
 
 # Connecting through the proxy: "MS ROUND_TRIPS" for one run of a command, its whole run timed
@@ -165,7 +214,7 @@ measure_connect_inq() { connect_cost iscsi-inq "iscsi://$SLOW_PORTAL/$IQN/$LUN";
 # `isomount NAME MNT` until it returns with the mount usable, from an empty cache; then unmounted.
 measure_connect_mount() {
     rm -rf "$WORK/cache-connect"
-    connect_cost "$BIN/isomount" --catalog "$WORK/catalog-slow.toml" --cache-dir "$WORK/cache-connect" \
+    connect_cost "$BIN/isomount" --catalog "$WORK/catalog-slow.toml" --cache-dir "$WORK/cache-connect" mount \
         bench "$MNT" && grep '^connect:' "$MNT/info/stats" >"$WORK/connect.stats"
     unmount_bench
 }
@@ -217,6 +266,10 @@ row "loopback: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN"
     -- measure_isomount_cat "iscsi://$PORTAL/$IQN/$LUN"
 row "+${LATENCY_MS}ms/way: iscsi-perf vs cat" measure_iscsi_perf "iscsi://$SLOW_PORTAL/$IQN/$LUN" \
     -- measure_isomount_cat "iscsi://$SLOW_PORTAL/$IQN/$LUN"
+command -v curl >/dev/null || { echo "bench: curl is missing" >&2; exit 1; }
+row "web: curl vs cat NAME" measure_curl "$WEB_URL" -- measure_web_cat_cold web
+row "web +${LATENCY_MS}ms/way: curl vs cat NAME" measure_curl "$SLOW_WEB_URL" \
+    -- measure_web_cat_cold web-slow
 row "target: tgtd vs serve, iscsi-perf" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
     -- measure_iscsi_perf "$SERVE_URL"
 row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORTAL/$IQN/$LUN" \
@@ -235,6 +288,9 @@ if [ "$(id -u)" = 0 ]; then
         -- measure_mount_cached "$WORK/cache-warm"
     row "mount: file vs 2nd read" measure_file_again "$WORK/disk.img" \
         -- measure_mount_again "$WORK/cache-warm"
+    row "web mount: curl vs cold dd" measure_curl "$WEB_URL" -- measure_web_mount_cold web
+    row "web mount +${LATENCY_MS}ms/way: curl vs cold dd" measure_curl "$SLOW_WEB_URL" \
+        -- measure_web_mount_cold web-slow
     row "cat NAME: iscsi-perf vs cold" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
         -- measure_cat_name_cold -
     "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$WORK/cache-cat" -q fetch bench

@@ -11,6 +11,7 @@
 //! signature, `CATALOG.minisig` beside it (or at URL.minisig). A catalog that fails is left out
 //! with one warning naming it and the reason, and a name that is then not found says so.
 
+pub use crate::iobuf::{write_atomic, write_atomic_all};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -61,6 +62,9 @@ pub enum CatalogError {
     PlainHttp(String),
     #[error("fetching {url}: {message}")]
     Fetch { url: String, message: String },
+    /// What was fetched (or kept) failed its check, and no copy that passes is at hand.
+    #[error("{url}: {reason}")]
+    Refused { url: String, reason: String },
     #[error(transparent)]
     Key(#[from] KeyError),
 }
@@ -98,16 +102,24 @@ pub struct ManifestRef {
 }
 
 impl ManifestRef {
-    /// The manifest's bytes from where the catalog says it is, not yet checked against the pin.
-    /// For an https URL the last good copy is kept at `kept` and serves offline, or when the
-    /// fetch fails.
+    /// The manifest's bytes from where the catalog says it is: a file's as they are (the caller
+    /// checks them against the pin); an https URL's only when they match the pin. The last copy
+    /// fetched that matches is kept at `kept` and serves offline, or when the fetch fails or
+    /// what is fetched does not match.
     pub fn read(&self, kept: &Path, offline: bool) -> Result<Vec<u8>, CatalogError> {
         match &self.location {
             ManifestLocation::Path(p) => std::fs::read(p).map_err(|source| CatalogError::Io {
                 path: p.display().to_string(),
                 source,
             }),
-            ManifestLocation::Url(u) => fetch_kept(u, Some(kept), offline),
+            ManifestLocation::Url(u) => {
+                let pinned = |bytes: &[u8]| {
+                    crate::manifest::Manifest::parse_pinned(bytes, &self.sha256)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                };
+                fetch_kept(u, Some(kept), offline, &pinned)
+            }
         }
     }
 
@@ -127,25 +139,51 @@ pub struct ChapRef {
     pub secret_file: PathBuf,
 }
 
-/// One `[[image]]` entry, validated.
+/// An image's iSCSI mirrors: one target and LUN, reached on each portal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub name: String,
-    pub description: Option<String>,
+pub struct IscsiMirrors {
     pub target: String,
     pub lun: u64,
     /// "host:port", mirrors in order of preference.
     pub portals: Vec<String>,
-    pub size: u64,
-    pub manifest: Option<ManifestRef>,
     pub chap: Option<ChapRef>,
     /// `digest = "crc32c"` or `"none"`; unset leaves the choice to the target.
     pub digest: Option<DigestOffer>,
+}
+
+/// One `[[image]]` entry, validated: it has iSCSI mirrors, web mirrors or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub description: Option<String>,
+    /// `target`, `lun`, `portals` (and CHAP, digests): None when the image has only web mirrors.
+    pub iscsi: Option<IscsiMirrors>,
+    /// `urls`: the image file on web mirrors (http or https), in order of preference after the
+    /// portals. An entry with URLs always has a manifest.
+    pub urls: Vec<String>,
+    pub size: u64,
+    pub manifest: Option<ManifestRef>,
     /// "file:line" of the entry, for messages.
     pub origin: String,
     /// Whether its catalog may still be used to fetch (an expired signed catalog's images are
     /// read from the cache alone during the grace period).
     pub freshness: Freshness,
+}
+
+impl Entry {
+    /// The iSCSI portals, none when the image has only web mirrors.
+    pub fn portals(&self) -> &[String] {
+        self.iscsi.as_ref().map_or(&[], |i| &i.portals)
+    }
+
+    /// Every mirror in order of preference: portals, then URLs (without user or query).
+    pub fn mirrors(&self) -> Vec<String> {
+        let urls = self.urls.iter().map(|u| match reqwest::Url::parse(u) {
+            Ok(url) => crate::http::url_label(&url),
+            Err(_) => u.clone(),
+        });
+        self.portals().iter().cloned().chain(urls).collect()
+    }
 }
 
 /// All entries of all catalogs that were loaded.
@@ -168,9 +206,10 @@ struct RawFile {
 struct RawEntry {
     name: Spanned<String>,
     description: Option<String>,
-    target: Spanned<String>,
+    target: Option<Spanned<String>>,
     lun: Option<Spanned<u64>>,
-    portals: Spanned<Vec<String>>,
+    portals: Option<Spanned<Vec<Spanned<String>>>>,
+    urls: Option<Spanned<Vec<Spanned<String>>>>,
     size: Spanned<u64>,
     manifest: Option<Spanned<String>>,
     manifest_sha256: Option<Spanned<String>>,
@@ -257,33 +296,6 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
                 first: first.origin.clone(),
             });
         }
-        let target = raw.target.get_ref().clone();
-        if !valid_iqn(&target) {
-            return Err(invalid(
-                raw.target.span(),
-                "target",
-                format!("`{target}` is not an iSCSI name (iqn., eui. or naa.)"),
-            ));
-        }
-        let lun = raw.lun.as_ref().map_or(0, |l| *l.get_ref());
-        if raw.portals.get_ref().is_empty() {
-            return Err(invalid(
-                raw.portals.span(),
-                "portals",
-                "at least one portal is needed".into(),
-            ));
-        }
-        let mut portals = Vec::new();
-        for p in raw.portals.get_ref() {
-            let portal = normalize_portal(p).ok_or_else(|| {
-                invalid(
-                    raw.portals.span(),
-                    "portals",
-                    format!("`{p}` is not HOST[:PORT] or [IPv6][:PORT]"),
-                )
-            })?;
-            portals.push(portal);
-        }
         let size = *raw.size.get_ref();
         if size == 0 {
             return Err(invalid(
@@ -342,6 +354,104 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
             }
             _ => None,
         };
+        let urls = match &raw.urls {
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(invalid(
+                        list.span(),
+                        "urls",
+                        "at least one URL is needed".into(),
+                    ));
+                }
+                if manifest.is_none() {
+                    return Err(invalid(
+                        list.span(),
+                        "urls",
+                        "web mirrors need a manifest (every chunk from them is checked against it)"
+                            .into(),
+                    ));
+                }
+                let mut urls = Vec::new();
+                for u in list.get_ref() {
+                    check_mirror_url(u.get_ref())
+                        .map_err(|message| invalid(u.span(), "urls", message))?;
+                    urls.push(u.get_ref().clone());
+                }
+                urls
+            }
+            None => Vec::new(),
+        };
+        let Some(portal_list) = &raw.portals else {
+            // Keys that only iSCSI mirrors use, given without any: the error names the first.
+            let iscsi_only = [
+                ("target", raw.target.as_ref().map(Spanned::span)),
+                ("lun", raw.lun.as_ref().map(Spanned::span)),
+                ("chap_user", raw.chap_user.as_ref().map(Spanned::span)),
+                ("digest", raw.digest.as_ref().map(Spanned::span)),
+            ];
+            if let Some((key, Some(span))) = iscsi_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(invalid(
+                    span,
+                    key,
+                    "is for iSCSI portals, and this image has no `portals`".into(),
+                ));
+            }
+            if urls.is_empty() {
+                return Err(CatalogError::Invalid {
+                    file: file.clone(),
+                    line: entry_line,
+                    key: "portals".into(),
+                    message: "an image needs `portals` (iSCSI), `urls` (web mirrors) or both"
+                        .into(),
+                });
+            }
+            out.push(Entry {
+                name,
+                description: raw.description,
+                iscsi: None,
+                urls,
+                size,
+                manifest,
+                origin: format!("{file}:{entry_line}"),
+                freshness: Freshness::Fresh,
+            });
+            continue;
+        };
+        let Some(target) = &raw.target else {
+            return Err(invalid(
+                portal_list.span(),
+                "target",
+                "portals need the target's iSCSI name (`target`)".into(),
+            ));
+        };
+        let target = target.get_ref().clone();
+        if !valid_iqn(&target) {
+            let span = raw.target.as_ref().map_or(0..0, Spanned::span);
+            return Err(invalid(
+                span,
+                "target",
+                format!("`{target}` is not an iSCSI name (iqn., eui. or naa.)"),
+            ));
+        }
+        let lun = raw.lun.as_ref().map_or(0, |l| *l.get_ref());
+        if portal_list.get_ref().is_empty() {
+            return Err(invalid(
+                portal_list.span(),
+                "portals",
+                "at least one portal is needed".into(),
+            ));
+        }
+        let mut portals = Vec::new();
+        for p in portal_list.get_ref() {
+            let portal = normalize_portal(p.get_ref()).ok_or_else(|| {
+                invalid(
+                    p.span(),
+                    "portals",
+                    format!("`{}` is not HOST[:PORT] or [IPv6][:PORT]", p.get_ref()),
+                )
+            })?;
+            portals.push(portal);
+        }
         let chap = match (&raw.chap_user, &raw.chap_secret_file) {
             (Some(u), Some(f)) => {
                 let secret_file = match resolve(origin, f.get_ref()) {
@@ -374,13 +484,16 @@ pub fn parse(text: &str, origin: &Origin) -> Result<Vec<Entry>, CatalogError> {
         out.push(Entry {
             name,
             description: raw.description,
-            target,
-            lun,
-            portals,
+            iscsi: Some(IscsiMirrors {
+                target,
+                lun,
+                portals,
+                chap,
+                digest,
+            }),
+            urls,
             size,
             manifest,
-            chap,
-            digest,
             origin: format!("{file}:{entry_line}"),
             freshness: Freshness::Fresh,
         });
@@ -395,6 +508,23 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
+}
+
+/// A web mirror's URL: http or https (plain http is fine: every chunk is checked against the
+/// pinned manifest, which itself comes from the catalog's folder or over https), with a host,
+/// and no user or password (catalogs are not secret).
+pub fn check_mirror_url(url: &str) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+        return Err(format!("`{url}` is not an http:// or https:// URL"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "`{}` carries a user or password; catalogs are not secret",
+            crate::http::url_label(&parsed)
+        ));
+    }
+    Ok(())
 }
 
 fn valid_iqn(name: &str) -> bool {
@@ -450,41 +580,80 @@ fn resolve(origin: &Origin, reference: &str) -> Result<ManifestLocation, String>
     }
 }
 
-/// Fetch an https URL, keeping the last good copy at `keep` for offline use. Offline, or when
-/// the fetch fails and a copy is kept, the kept copy is used (with a warning in the latter case).
-pub fn fetch_kept(url: &str, keep: Option<&Path>, offline: bool) -> Result<Vec<u8>, CatalogError> {
+/// What a fetched or kept copy must pass before it is used: `Err` says why it does not.
+pub type Check<'a> = &'a dyn Fn(&[u8]) -> Result<(), String>;
+
+/// Fetch an https URL whose content must pass `check`, keeping the last copy that passed at
+/// `keep` for offline use. A download that fails `check` never replaces the kept copy. Offline,
+/// or when the fetch fails or what it brings fails `check`, the kept copy is used when it passes
+/// (with a warning when online).
+pub fn fetch_kept(
+    url: &str,
+    keep: Option<&Path>,
+    offline: bool,
+    check: Check<'_>,
+) -> Result<Vec<u8>, CatalogError> {
     if !url.starts_with("https://") {
         return Err(CatalogError::PlainHttp(url.to_string()));
     }
-    let kept = || keep.and_then(|p| std::fs::read(p).ok());
-    if offline {
-        return kept().ok_or_else(|| CatalogError::Fetch {
-            url: url.to_string(),
-            message: "offline and no copy kept".into(),
-        });
-    }
-    match download(url) {
-        Ok(bytes) => {
-            if let Some(path) = keep {
-                if let Err(e) = write_atomic(path, &bytes) {
-                    tracing::warn!("could not keep a copy of {url} at {}: {e}", path.display());
+    let fault = if offline {
+        Unusable::Unreachable("offline".to_string())
+    } else {
+        match download(url) {
+            Err(message) => Unusable::Unreachable(format!("fetching failed ({message})")),
+            Ok(bytes) => match check(&bytes) {
+                Err(why) => Unusable::Refused(format!("what it serves now is refused ({why})")),
+                Ok(()) => {
+                    if let Some(path) = keep {
+                        if let Err(e) = write_atomic(path, &bytes) {
+                            tracing::warn!(
+                                "could not keep a copy of {url} at {}: {e}",
+                                path.display()
+                            );
+                        }
+                    }
+                    return Ok(bytes);
                 }
-            }
-            Ok(bytes)
+            },
         }
-        Err(message) => match kept() {
-            Some(bytes) => {
-                tracing::warn!(
-                    "fetching {url} failed ({message}); using the copy kept from before"
-                );
-                Ok(bytes)
-            }
-            None => Err(CatalogError::Fetch {
+    };
+    let Some(kept) = keep.and_then(|p| std::fs::read(p).ok()) else {
+        return Err(match fault {
+            Unusable::Unreachable(why) if offline => CatalogError::Fetch {
                 url: url.to_string(),
-                message,
-            }),
-        },
+                message: format!("{why} and no copy kept"),
+            },
+            Unusable::Unreachable(why) => CatalogError::Fetch {
+                url: url.to_string(),
+                message: why,
+            },
+            Unusable::Refused(why) => CatalogError::Refused {
+                url: url.to_string(),
+                reason: format!("{why}, and no copy is kept"),
+            },
+        });
+    };
+    let (Unusable::Unreachable(why) | Unusable::Refused(why)) = fault;
+    match check(&kept) {
+        Ok(()) => {
+            if !offline {
+                tracing::warn!("{url}: {why}; using the copy kept from before");
+            }
+            Ok(kept)
+        }
+        Err(damage) => Err(CatalogError::Refused {
+            url: url.to_string(),
+            reason: format!("{why}, and the copy kept from before is refused ({damage})"),
+        }),
     }
+}
+
+/// Why a fresh copy of an https file cannot be used.
+enum Unusable {
+    /// Not fetched: offline, or the fetch failed.
+    Unreachable(String),
+    /// Fetched, and it failed its check.
+    Refused(String),
 }
 
 fn download(url: &str) -> Result<Vec<u8>, String> {
@@ -520,42 +689,6 @@ fn download_if_there(url: &str) -> Result<Option<Vec<u8>>, String> {
         return Err(format!("larger than {MAX_DOWNLOAD} bytes"));
     }
     Ok(Some(body))
-}
-
-/// Write `bytes` to `path` through a temporary file, fsync and rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_atomic_all(&[(path, bytes)])
-}
-
-/// Write several files, each through a temporary file that is written and fsynced first; the
-/// renames come last, one right after the other, so a reader sees the old set or the new one
-/// but for the moment between two renames (a catalog and its signature).
-pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut staged = Vec::with_capacity(files.len());
-    for &(path, bytes) in files {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-            std::process::id()
-        ));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        staged.push((tmp, path, dir));
-    }
-    for (tmp, path, _) in &staged {
-        std::fs::rename(tmp, path)?;
-    }
-    for (_, _, dir) in &staged {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
 }
 
 /// The default search path, in order.
@@ -937,8 +1070,15 @@ pub fn with_entry(path: &Path, entry: &PublishedEntry) -> Result<String, Catalog
         .position(|t| t.get("name").and_then(|n| n.as_str()) == Some(entry.name.as_str()));
     match existing.and_then(|i| images.get_mut(i)) {
         Some(existing) => {
-            for (k, v) in table.iter() {
-                existing[k] = v.clone();
+            // The keys publish writes are replaced (or removed when it has none); others, such
+            // as CHAP settings, stay.
+            for key in PUBLISHED_KEYS {
+                match table.get(key) {
+                    Some(v) => existing[key] = v.clone(),
+                    None => {
+                        existing.remove(key);
+                    }
+                }
             }
         }
         None => images.push(table),
@@ -948,6 +1088,19 @@ pub fn with_entry(path: &Path, entry: &PublishedEntry) -> Result<String, Catalog
     Ok(out)
 }
 
+/// The keys of an `[[image]]` table that `publish` writes.
+const PUBLISHED_KEYS: [&str; 9] = [
+    "name",
+    "description",
+    "target",
+    "lun",
+    "portals",
+    "urls",
+    "size",
+    "manifest",
+    "manifest_sha256",
+];
+
 /// The `[[image]]` table of a published entry.
 fn entry_table(entry: &PublishedEntry) -> toml_edit::Table {
     use toml_edit::{value, Array, Table};
@@ -956,13 +1109,22 @@ fn entry_table(entry: &PublishedEntry) -> toml_edit::Table {
     if let Some(d) = &entry.description {
         table["description"] = value(d.as_str());
     }
-    table["target"] = value(entry.target.as_str());
-    table["lun"] = value(i64::try_from(entry.lun).unwrap_or(i64::MAX));
-    let mut portals = Array::new();
-    for p in &entry.portals {
-        portals.push(p.as_str());
+    if let Some(target) = &entry.target {
+        table["target"] = value(target.as_str());
+        table["lun"] = value(i64::try_from(entry.lun).unwrap_or(i64::MAX));
+        let mut portals = Array::new();
+        for p in &entry.portals {
+            portals.push(p.as_str());
+        }
+        table["portals"] = value(portals);
     }
-    table["portals"] = value(portals);
+    if !entry.urls.is_empty() {
+        let mut urls = Array::new();
+        for u in &entry.urls {
+            urls.push(u.as_str());
+        }
+        table["urls"] = value(urls);
+    }
     table["size"] = value(i64::try_from(entry.size).unwrap_or(i64::MAX));
     table["manifest"] = value(entry.manifest.as_str());
     table["manifest_sha256"] = value(entry.manifest_sha256.as_str());
@@ -997,9 +1159,12 @@ pub fn render(
 pub struct PublishedEntry {
     pub name: String,
     pub description: Option<String>,
-    pub target: String,
+    /// The iSCSI target on `portals` (with `lun`); None for an image on web mirrors only.
+    pub target: Option<String>,
     pub lun: u64,
     pub portals: Vec<String>,
+    /// Web mirrors of the image file.
+    pub urls: Vec<String>,
     pub size: u64,
     pub manifest: String,
     pub manifest_sha256: String,
@@ -1030,6 +1195,16 @@ target = "iqn.2009-04.org.example:freebsd"
 portals = ["127.0.0.1:3261"]
 size = 4096
 digest = "CRC32C"
+
+[[image]]
+name = "debian-12"
+urls = [
+    "https://cdn.example.org/debian-12.iso",
+    "http://mirror.example.org:8080/pub/debian%2012.iso?x=1",
+]
+size = 8192
+manifest = "https://cdn.example.org/debian-12.manifest"
+manifest_sha256 = "{PIN}"
 "#
         )
     }
@@ -1041,29 +1216,42 @@ digest = "CRC32C"
     #[test]
     fn parses_a_good_catalog() {
         let entries = parse(&good(), &origin()).unwrap();
-        assert_eq!(entries.len(), 2);
+        assert_eq!(entries.len(), 3);
         let e = &entries[0];
+        let iscsi = |i: usize| entries[i].iscsi.as_ref().unwrap();
         assert_eq!(e.name, "netbsd-5.0");
-        assert_eq!(e.lun, 1);
+        assert_eq!(iscsi(0).lun, 1);
         assert_eq!(
-            e.portals,
+            e.portals(),
             ["127.0.0.1:3260", "[::1]:3260", "mirror.example.org:3260"]
         );
+        assert!(e.urls.is_empty());
         assert_eq!(
             e.manifest.as_ref().unwrap().location,
             ManifestLocation::Path(PathBuf::from("/etc/isomount/catalogs/netbsd.manifest"))
         );
         assert_eq!(e.origin, "/etc/isomount/catalogs/main.toml:2");
-        assert_eq!(entries[1].lun, 0);
+        assert_eq!(iscsi(1).lun, 0);
         assert!(entries[1].manifest.is_none());
-        assert_eq!(e.digest, None);
-        assert_eq!(entries[1].digest, Some(DigestOffer::PreferCrc32c));
+        assert_eq!(iscsi(0).digest, None);
+        assert_eq!(iscsi(1).digest, Some(DigestOffer::PreferCrc32c));
+        let web = &entries[2];
+        assert!(web.iscsi.is_none() && web.portals().is_empty());
+        assert_eq!(web.urls.len(), 2);
+        assert_eq!(
+            web.mirrors(),
+            [
+                "https://cdn.example.org/debian-12.iso",
+                "http://mirror.example.org:8080/pub/debian%2012.iso"
+            ]
+        );
     }
 
     /// Each malformed catalog, and the message it must produce.
     #[test]
     fn malformed_catalogs_name_file_line_and_key() {
         let base = "[[image]]\nname = \"a\"\ntarget = \"iqn.2000-01.x:a\"\nportals = [\"h:1\"]\nsize = 10\n";
+        let web = format!("[[image]]\nname = \"a\"\nurls = [\"https://h/a.iso\"]\nsize = 10\nmanifest = \"a.m\"\nmanifest_sha256 = \"{PIN}\"\n");
         let cases: &[(String, &str)] = &[
             (format!("{base}colour = \"red\"\n"), "main.toml:6: key `colour`: unknown field `colour`"),
             (base.replace("size = 10", "size = \"ten\""), "main.toml:5: key `size`: invalid type: string \"ten\", expected u64"),
@@ -1084,6 +1272,16 @@ digest = "CRC32C"
             (format!("{base}lun = 1\nlun = 2\n"), "main.toml:7: key `lun`: duplicate key"),
             (format!("{base}digest = \"md5\"\n"), "main.toml:6: key `digest`: `md5` is not crc32c or none"),
             ("[[image]\n".to_string(), "main.toml:1: key `"),
+            (base.replace("portals = [\"h:1\"]\n", ""), "main.toml:3: key `target`: is for iSCSI portals, and this image has no `portals`"),
+            (base.replace("target = \"iqn.2000-01.x:a\"\n", ""), "main.toml:3: key `target`: portals need the target's iSCSI name"),
+            (web.replace("urls = [\"https://h/a.iso\"]\n", ""), "main.toml:1: key `portals`: an image needs `portals` (iSCSI), `urls` (web mirrors) or both"),
+            (web.replace("[\"https://h/a.iso\"]", "[]"), "main.toml:3: key `urls`: at least one URL is needed"),
+            (web.replace(&format!("manifest = \"a.m\"\nmanifest_sha256 = \"{PIN}\"\n"), ""), "main.toml:3: key `urls`: web mirrors need a manifest"),
+            (web.replace("[\"https://h/a.iso\"]", "[\"https://h/a.iso\",\n  \"ftp://h/a.iso\"]"), "main.toml:4: key `urls`: `ftp://h/a.iso` is not an http:// or https:// URL"),
+            (web.replace("https://h/a.iso", "https://u:pw@h/a.iso"), "main.toml:3: key `urls`: `https://h/a.iso` carries a user or password"),
+            (web.replace("https://h/a.iso", "a.iso"), "main.toml:3: key `urls`: `a.iso` is not a URL"),
+            (format!("{web}lun = 2\n"), "main.toml:7: key `lun`: is for iSCSI portals"),
+            (format!("{web}chap_user = \"u\"\nchap_secret_file = \"/s\"\n"), "main.toml:7: key `chap_user`: is for iSCSI portals"),
             ("[something]\nx = 1\n".to_string(), "main.toml:1: key `something`: unknown field `something`"),
         ];
         for (text, expected) in cases {
@@ -1104,8 +1302,9 @@ digest = "CRC32C"
         let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("catalogs/example.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let entries = parse(&text, &Origin::File(path)).unwrap();
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[1].portals, ["[::1]:3260"]);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[1].portals(), ["[::1]:3260"]);
+        assert!(entries.iter().any(|e| !e.urls.is_empty()));
     }
 
     #[test]
@@ -1127,7 +1326,7 @@ digest = "CRC32C"
         std::fs::write(dir.path().join("a.toml"), good()).unwrap();
         std::fs::write(dir.path().join("ignored.txt"), "junk").unwrap();
         let c = Catalog::load(&[dir.path().display().to_string()], &[], None, true).unwrap();
-        assert_eq!(c.entries.len(), 2);
+        assert_eq!(c.entries.len(), 3);
         std::fs::write(dir.path().join("b.toml"), good()).unwrap();
         let err = Catalog::load(&[dir.path().display().to_string()], &[], None, true)
             .unwrap_err()
@@ -1160,20 +1359,33 @@ digest = "CRC32C"
         let mut e = PublishedEntry {
             name: "new".into(),
             description: None,
-            target: "iqn.2000-01.x:new".into(),
+            target: Some("iqn.2000-01.x:new".into()),
             lun: 1,
             portals: vec!["127.0.0.1:3260".into()],
+            urls: Vec::new(),
             size: 8192,
             manifest: "new.manifest".into(),
             manifest_sha256: PIN.into(),
         };
         upsert_entry(&path, &e).unwrap();
         e.size = 16384;
+        e.urls = vec!["http://127.0.0.1:8080/new.iso".into()];
         upsert_entry(&path, &e).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("# a comment"));
         let entries = parse(&text, &Origin::File(path.clone())).unwrap();
-        assert_eq!(entries.len(), 3);
-        assert_eq!(entries[2].size, 16384);
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[3].size, 16384);
+        assert_eq!(entries[3].portals(), ["127.0.0.1:3260"]);
+        assert_eq!(entries[3].urls, ["http://127.0.0.1:8080/new.iso"]);
+        // Published again with web mirrors only: the iSCSI keys go.
+        e.target = None;
+        e.portals.clear();
+        upsert_entry(&path, &e).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let entries = parse(&text, &Origin::File(path.clone())).unwrap();
+        assert!(entries[3].iscsi.is_none(), "{text}");
+        assert_eq!(entries[3].urls.len(), 1);
+        assert!(!text.contains("iqn.2000-01.x:new"), "{text}");
     }
 }

@@ -1,5 +1,5 @@
-//! Command-line definitions (clap) and dispatch. Raw arguments are parsed here; each command's
-//! module turns them into a validated configuration and does the work.
+//! Command-line definitions (clap) and dispatch. Raw arguments are parsed here and turned into a
+//! validated [`Config`]; each command's module takes it and its own arguments and does the work.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands;
+use crate::config::{CacheLimit, Config, DEFAULT_READ_TIMEOUT};
 
 /// Mount published disk and CD images over iSCSI, verified and cached.
 #[derive(Debug, Parser)]
@@ -59,12 +60,26 @@ pub struct GlobalOpts {
 }
 
 impl GlobalOpts {
-    /// The bound on every read of an image (`--read-timeout`, default 90 s).
-    pub fn read_timeout(&self) -> std::time::Duration {
-        self.read_timeout.map_or(
-            crate::image::DEFAULT_READ_TIMEOUT,
-            std::time::Duration::from_secs,
-        )
+    /// The options as a validated configuration.
+    pub fn config(&self) -> anyhow::Result<Config> {
+        let cache_limit = self
+            .cache_size
+            .as_deref()
+            .map(CacheLimit::parse)
+            .transpose()
+            .context("--cache-size")?;
+        Ok(Config {
+            catalogs: self.catalogs.clone(),
+            pubkeys: self.pubkeys.clone(),
+            cache_dir: self.cache_dir.clone(),
+            cache_limit,
+            offline: self.offline,
+            read_timeout: self
+                .read_timeout
+                .map_or(DEFAULT_READ_TIMEOUT, std::time::Duration::from_secs),
+            verbose: self.verbose,
+            quiet: self.quiet,
+        })
     }
 }
 
@@ -223,12 +238,37 @@ pub fn run() -> ExitCode {
     }
     let cli = Cli::parse_from(with_default_command(args));
     init_logging(&cli.global);
-    match commands::dispatch(&cli.global, cli.command) {
+    let result = cli
+        .global
+        .config()
+        .and_then(|config| dispatch(&config, cli.command));
+    match result {
         Ok(code) => code,
         Err(err) => {
             eprintln!("isomount: {}", commands::one_line(&err));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Run one command.
+fn dispatch(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
+    use commands::*;
+    match command {
+        Command::Mount(args) => mount::run(config, args),
+        Command::Unmount(args) => mount::unmount(args),
+        Command::Cat(args) => cat::run(config, args),
+        Command::Fetch(args) => fetch::run(config, args),
+        Command::List(args) => list::run(config, args),
+        Command::Info(args) => info::run(config, args),
+        Command::Discover(args) => discover::run(args),
+        Command::Cache(cmd) => cache::run(config, cmd),
+        Command::Publish(args) => publish::run(config, *args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Serve(args) => serve::run(config, *args),
+        Command::Demo(args) => demo::run(config, args),
+        Command::Completions(args) => print_completions(args.shell),
+        Command::Man(args) => print_man(args),
     }
 }
 

@@ -1,7 +1,9 @@
-//! Buffers for file I/O: page-aligned (as direct I/O wants), filled by the kernel without being
-//! zeroed first, and handed on as [`Bytes`] without a copy.
+//! File I/O below everything that keeps files: buffers that are page-aligned (as direct I/O
+//! wants), filled by the kernel without being zeroed first and handed on as [`Bytes`] without a
+//! copy; files written whole or not at all ([`write_atomic`]); and advisory locks ([`flock`]).
 
 use std::fs::File;
+use std::path::Path;
 
 use bytes::Bytes;
 
@@ -119,6 +121,68 @@ impl Drop for AlignedBuffer {
         if let Some(layout) = Self::layout(self.capacity) {
             // SAFETY: allocated in `new` with this very layout.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_all(&[(path, bytes)])
+}
+
+/// Write several files, each through a temporary file that is written and fsynced first; the
+/// renames come last, one right after the other, so a reader sees the old set or the new one
+/// but for the moment between two renames (a catalog and its signature).
+pub fn write_atomic_all(files: &[(&Path, &[u8])]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut staged = Vec::with_capacity(files.len());
+    for &(path, bytes) in files {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join(format!(
+            ".{}.tmp.{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+            std::process::id()
+        ));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        staged.push((tmp, path, dir));
+    }
+    for (tmp, path, _) in &staged {
+        std::fs::rename(tmp, path)?;
+    }
+    for (_, _, dir) in &staged {
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}
+
+/// flock(2) on a file: exclusive or shared, blocking or not.
+pub fn flock(file: &File, exclusive: bool, wait: bool) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
+    if !wait {
+        op |= libc::LOCK_NB;
+    }
+    loop {
+        // SAFETY: flock on a valid, owned file descriptor.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
+            _ => return Err(err),
         }
     }
 }

@@ -410,11 +410,11 @@ impl SeenVersions {
             .truncate(false)
             .write(true)
             .open(self.dir.join("lock"))?;
-        crate::cache::store::flock(&lock, true, true)?;
+        crate::iobuf::flock(&lock, true, true)?;
         if self.newest(key, name).is_some_and(|n| n >= version) {
             return Ok(());
         }
-        crate::catalog::write_atomic(&self.file(key, name), format!("{version}\n").as_bytes())
+        crate::iobuf::write_atomic(&self.file(key, name), format!("{version}\n").as_bytes())
     }
 }
 
@@ -511,7 +511,7 @@ pub fn keygen(
     file.write_all(secret_text.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(io(secret))?;
-    crate::catalog::write_atomic(&public, public_text.as_bytes()).map_err(io(&public))?;
+    crate::iobuf::write_atomic(&public, public_text.as_bytes()).map_err(io(&public))?;
     Ok((public, id))
 }
 

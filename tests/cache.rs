@@ -603,3 +603,92 @@ fn cache_verify_repairs_a_damaged_manifest_copy_and_keeps_the_chunks() {
         text(&verify.stderr)
     );
 }
+
+/// An https manifest's kept copy is replaced only by a download that matches the pin: a mirror
+/// serving a damaged manifest leaves the good kept copy in place, and it is used, with a warning.
+#[test]
+fn a_bad_https_manifest_never_replaces_the_good_kept_copy() {
+    let p = Published::new("cache_https_manifest", 2 * MIB, 23);
+    let ca = TestCa::generate();
+    let nginx = Nginx::start_tls("cache_https_manifest", p.dir.path(), &ca);
+    let url = nginx.url("catalog.toml");
+    let run = |cache: &str, args: &[&str]| {
+        isomount()
+            .env("ISOMOUNT_CA_FILE", ca.ca_pem())
+            .arg("--catalog")
+            .arg(&url)
+            .arg("--cache-dir")
+            .arg(p.dir.path().join(cache))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let served = p.dir.path().join("img.manifest");
+    let good = std::fs::read(&served).unwrap();
+    let pin = hex::encode(isomount::manifest::sha256(&good));
+    let kept = p.dir.path().join("cache/manifests").join(&pin);
+
+    let first = run("cache", &["cat", "img"]);
+    assert_ok(&first, "cat with the manifest over https");
+    assert!(first.stdout == p.bytes());
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        good,
+        "the good manifest is kept"
+    );
+
+    // The mirror now serves a damaged manifest; the image's store (and its own copy of the
+    // manifest) is gone, so the manifest is fetched again.
+    let mut damaged = good.clone();
+    damaged[100] ^= 1;
+    std::fs::write(&served, &damaged).unwrap();
+    assert_ok(&run("cache", &["cache", "evict", "img"]), "evict");
+    let again = run("cache", &["cat", "img"]);
+    assert_ok(
+        &again,
+        "cat with a damaged manifest served and a good one kept",
+    );
+    assert!(again.stdout == p.bytes());
+    let warning = text(&again.stderr);
+    assert!(
+        warning.contains(&format!(
+            "{}: what it serves now is refused",
+            nginx.url("img.manifest")
+        )) && warning.contains("does not match the catalog's pin")
+            && warning.contains("using the copy kept from before"),
+        "{warning}"
+    );
+    assert_eq!(
+        std::fs::read(&kept).unwrap(),
+        good,
+        "the kept copy is not replaced"
+    );
+
+    // With no good copy kept, the damaged download is refused and not kept.
+    let fresh = run("fresh-cache", &["cat", "img"]);
+    assert!(!fresh.status.success() && fresh.stdout.is_empty());
+    let err = text(&fresh.stderr);
+    assert!(
+        err.contains(&format!("{url}:1: manifest of `img`: "))
+            && err.contains("what it serves now is refused")
+            && err.contains("does not match the catalog's pin")
+            && err.contains("no copy is kept"),
+        "{err}"
+    );
+    assert!(!p
+        .dir
+        .path()
+        .join("fresh-cache/manifests")
+        .join(&pin)
+        .exists());
+
+    // A kept copy damaged on disk is named by `list`, not passed over as never fetched.
+    flip(&kept, 100);
+    let list = run("cache", &["list"]);
+    let err = text(&list.stderr);
+    assert!(
+        !list.status.success() && err.contains("the copy kept from before is refused"),
+        "{err}"
+    );
+}

@@ -124,6 +124,8 @@ fn info_shows_the_cd_block_size_and_negotiated_parameters() {
     assert_eq!(field("portal"), s.tgtd.portal());
     assert_eq!(field("MaxConnections"), "1");
     assert!(!field("vendor").is_empty());
+    // TCP, one login exchange, the probe in two flights (tgtd's login opens room for two).
+    assert!(field("connect").ends_with(" ms, 4 round trips"), "{text}");
     let disk = run(&["info", &s.tgtd.url(PLAIN, 1)], &[]);
     let disk_text = String::from_utf8_lossy(&disk.stdout);
     assert!(
@@ -683,6 +685,16 @@ fn istgt_discover_info_and_exact_cat_also_through_resets() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("FreeBSD"), "{text}");
     assert!(text.contains(&format!("{} bytes", 48 * MIB)), "{text}");
+    // istgt takes the login straight to the operational stage: at most the probe's flights
+    // follow it (a refused short login would cost a connection and two exchanges more).
+    let connect = text
+        .lines()
+        .find_map(|l| l.strip_prefix("connect"))
+        .unwrap_or_else(|| panic!("no connect in {text}"));
+    assert!(
+        connect.ends_with(", 3 round trips") || connect.ends_with(", 4 round trips"),
+        "{text}"
+    );
     assert_cat_exact(&url, &[], &disk);
     let proxy = FaultProxy::start(
         &istgt.portal,

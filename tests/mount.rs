@@ -12,38 +12,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{iso_from_dir, isomount, random_file, IsoFlavour};
-
-/// Run `cmd`, killing it if it takes longer than `limit`.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    while child.try_wait().expect("wait").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
-}
+use common::{
+    is_mounted, iso_from_dir, isomount, random_file, run_bounded, IsoFlavour, Mountpoint,
+};
 
 /// Whether isomount takes the portable path in this run.
 fn portable() -> bool {
     std::env::var_os("ISOMOUNT_FORCE_PORTABLE").is_some_and(|v| v == "1")
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let want = path.to_str().unwrap();
-    table
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(want))
 }
 
 fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
@@ -51,40 +26,6 @@ fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A mountpoint that is unmounted (lazily, for sure) when dropped.
-struct Mountpoint {
-    path: PathBuf,
-}
-
-impl Mountpoint {
-    fn new(dir: &Path, name: &str) -> Mountpoint {
-        let path = dir.join(name);
-        std::fs::create_dir_all(&path).unwrap();
-        Mountpoint {
-            path: path.canonicalize().unwrap(),
-        }
-    }
-}
-
-impl Drop for Mountpoint {
-    fn drop(&mut self) {
-        if is_mounted(&self.path) {
-            let _ = run_bounded(
-                Command::new("fusermount3")
-                    .args(["-u", "-z", "--"])
-                    .arg(&self.path),
-                Duration::from_secs(10),
-            );
-        }
-        if is_mounted(&self.path) {
-            let _ = run_bounded(
-                Command::new("umount").arg("-l").arg(&self.path),
-                Duration::from_secs(10),
-            );
-        }
     }
 }
 

@@ -421,9 +421,10 @@ fn publish(dir: &Path, name: &str, image: &Path, target: &str, portal: &str) -> 
     let entry = PublishedEntry {
         name: name.into(),
         description: None,
-        target: target.into(),
+        target: Some(target.into()),
         lun: 0,
         portals: vec![portal.into()],
+        urls: Vec::new(),
         size: bytes.len() as u64,
         manifest: format!("{name}.manifest"),
         manifest_sha256: manifest.pin(),

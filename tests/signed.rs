@@ -140,11 +140,11 @@ impl Publisher {
             .unwrap()
     }
 
-    /// `list`: whether `img` is listed, and the warnings.
-    fn listed(&self) -> (bool, String) {
+    /// `list`: whether it succeeded, whether `img` is listed, and the warnings.
+    fn listed(&self) -> (bool, bool, String) {
         let out = self.run(&["list"]);
-        assert_ok(&out, "list");
         (
+            out.status.success(),
             text(&out.stdout).lines().any(|l| l.starts_with("img ")),
             text(&out.stderr),
         )
@@ -157,10 +157,15 @@ impl Publisher {
     }
 }
 
-/// `list` leaves the catalog out and says why, naming it; `cat` fails with the same reason.
+/// `list` leaves the catalog out, says why, naming it, and fails; `cat` fails with the same
+/// reason.
 fn assert_refused(p: &Publisher, reason: &str) {
-    let (listed, warnings) = p.listed();
+    let (succeeded, listed, warnings) = p.listed();
     assert!(!listed, "refused catalog listed anyway ({reason})");
+    assert!(
+        !succeeded && warnings.contains("isomount: 1 catalog(s) refused"),
+        "list succeeded with a refused catalog ({reason}): {warnings}"
+    );
     let source = p.catalog().display().to_string();
     assert!(
         warnings
@@ -229,16 +234,27 @@ fn a_signed_catalog_is_read_and_the_minisign_tool_verifies_it() {
         .arg("list")
         .output()
         .unwrap();
-    assert_ok(&list, "list of the folder");
+    // The good catalog is listed, the refused one named with its reason, and `list` fails.
     let listing = text(&list.stdout);
+    let warnings = text(&list.stderr);
+    assert!(
+        !list.status.success(),
+        "list accepts a refused catalog: {warnings}"
+    );
     assert!(listing.lines().any(|l| l.starts_with("img ")), "{listing}");
     assert!(!listing.contains("local"), "{listing}");
     assert!(
-        text(&list.stderr).contains(
+        warnings.contains(
             "local.toml: refused: not signed (no local.toml.minisig), but publisher keys are trusted"
         ),
-        "{}",
-        text(&list.stderr)
+        "{warnings}"
+    );
+    assert!(
+        warnings.lines().any(|l| l.starts_with("isomount: ")
+            && l.contains("local.toml: not signed (no local.toml.minisig)")
+            && l.ends_with("(refused: its images are not listed)"))
+            && warnings.contains("isomount: 1 catalog(s) refused"),
+        "{warnings}"
     );
 }
 
@@ -246,8 +262,8 @@ fn a_signed_catalog_is_read_and_the_minisign_tool_verifies_it() {
 fn tampered_foreign_unsigned_renamed_and_rolled_back_catalogs_are_refused() {
     let p = Publisher::new("signed_refusals", MIB, 22);
     p.publish_signed("127.0.0.1:9");
-    let (listed, warnings) = p.listed();
-    assert!(listed && warnings.is_empty(), "{warnings}");
+    let (succeeded, listed, warnings) = p.listed();
+    assert!(succeeded && listed && warnings.is_empty(), "{warnings}");
     let good = std::fs::read(p.catalog()).unwrap();
     let good_sig = std::fs::read(p.signature()).unwrap();
     let restore = || {
@@ -303,8 +319,9 @@ fn tampered_foreign_unsigned_renamed_and_rolled_back_catalogs_are_refused() {
         .output()
         .unwrap();
     assert!(
-        text(&out.stderr)
-            .contains("other.toml: refused: signed as `mirror.toml`, found as `other.toml`"),
+        !out.status.success()
+            && text(&out.stderr)
+                .contains("other.toml: refused: signed as `mirror.toml`, found as `other.toml`"),
         "{}",
         text(&out.stderr)
     );
@@ -314,10 +331,10 @@ fn tampered_foreign_unsigned_renamed_and_rolled_back_catalogs_are_refused() {
     p.publish_signed("127.0.0.1:9");
     let new_version = p.version();
     assert!(new_version > old_version);
-    let (listed, _) = p.listed();
+    let (succeeded, listed, warnings) = p.listed();
     assert!(
-        listed,
-        "the newer catalog is read (and its version recorded)"
+        succeeded && listed,
+        "the newer catalog is read (and its version recorded): {warnings}"
     );
     restore();
     assert_refused(
@@ -672,7 +689,7 @@ fn an_https_catalog_keeps_its_signature_beside_the_kept_copy() {
     );
     std::fs::write(&kept_sig, "untrusted comment: x\nnot a signature\n").unwrap();
     let damaged = user(&["--offline"]);
-    assert!(!listed(&damaged));
+    assert!(!listed(&damaged) && !damaged.status.success());
     assert!(
         text(&damaged.stderr).contains("refused: its signature is unreadable"),
         "{}",

@@ -219,6 +219,26 @@ fn bodies_without_content_length_are_counted_and_wrong_answers_classified() {
             m.stopped().is_none(),
             "a protocol fault alone does not stop the mirror"
         );
+        // Reads coalesced into one request share one answer: its fault is counted once. (The
+        // first read goes out alone; the others usually wait for its slot and go out together.)
+        let one_at_a_time = WebOptions {
+            max_in_flight: 1,
+            ..options()
+        };
+        let m = mirror(&odd.url("image.iso"), size, one_at_a_time);
+        let before = odd.requests();
+        let reads: Vec<_> = (0..6u64).map(|i| m.read(i * 8192, 8192)).collect();
+        let mut faults = Vec::new();
+        for r in reads {
+            faults.push(r.all().await.unwrap_err().fault());
+        }
+        let answers = (odd.requests() - before) as usize;
+        let counted = faults.iter().filter(|f| **f == Fault::Protocol).count();
+        assert_eq!(counted, answers, "{faults:?}");
+        assert!(faults
+            .iter()
+            .all(|f| matches!(f, Fault::Protocol | Fault::Network)));
+        assert!(answers < 6, "no read was coalesced: {faults:?}");
 
         let odd = OddServer::start(&file, Quirk::ShortBody);
         let m = mirror(&odd.url("image.iso"), size, options());

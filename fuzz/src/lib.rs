@@ -14,6 +14,7 @@
 pub mod cache_index;
 pub mod catalog;
 pub mod cdb;
+pub mod http_range;
 pub mod iso9660;
 pub mod manifest;
 pub mod mutate;
@@ -98,6 +99,11 @@ pub const TARGETS: &[Target] = &[
         name: "susp",
         run: susp::run,
         accepts: susp::accepts,
+    },
+    Target {
+        name: "http_range",
+        run: http_range::run,
+        accepts: http_range::accepts,
     },
 ];
 

@@ -3,9 +3,8 @@
 //! cheap); none panics, and what they accept is consistent with the bytes.
 
 use isomount::scsi::{
-    lun_from_wire, lun_to_wire, parse_device_id, parse_inquiry, parse_read_capacity10,
-    parse_read_capacity16, parse_report_luns, parse_sense, parse_serial, parse_supported_pages,
-    vpd_payload,
+    parse_device_id, parse_inquiry, parse_read_capacity10, parse_read_capacity16,
+    parse_report_luns, parse_sense, parse_serial, parse_supported_pages, vpd_payload, Lun,
 };
 
 pub fn run(data: &[u8]) {
@@ -46,9 +45,11 @@ pub fn run(data: &[u8]) {
     }
     if let Ok(luns) = parse_report_luns(data) {
         assert!(luns.len() <= (data.len() - 8) / 8);
-        for lun in luns {
-            if lun < 16384 {
-                assert_eq!(lun_from_wire(lun_to_wire(lun)), lun);
+        for (lun, field) in luns.into_iter().zip(data[8..].chunks_exact(8)) {
+            let raw = u64::from_be_bytes(field.try_into().expect("8-byte LUN field"));
+            assert_eq!(lun.to_wire(), raw, "every LUN field round-trips");
+            if let Some(number) = lun.number() {
+                assert_eq!(Lun::from_number(number), lun);
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use bytes::{Bytes, BytesMut};
 use isomount::cache::Geometry;
-use isomount::iscsi::login::{DigestOffer, Login, LoginConfig};
+use isomount::iscsi::login::{DigestOffer, Login, LoginConfig, Opening};
 use isomount::iscsi::pdu::{
     sense_segment, AsyncMessage, Bhs, DataIn, DataOut, LoginResponse, LogoutRequest,
     LogoutResponse, NopIn, NopOut, Pdu, R2t, Reject, ScsiCommand, ScsiResponse, SnackRequest,
@@ -49,6 +49,7 @@ pub fn generated(sample_iso: &[u8]) -> Vec<Seed> {
     all.extend(urls());
     all.extend(catalogs());
     all.extend(system_use_areas());
+    all.extend(http_ranges());
     all.push(seed(
         "iso9660",
         "sample",
@@ -112,6 +113,7 @@ fn login_config(digest: DigestOffer, target: Option<&str>) -> LoginConfig {
         digest,
         max_recv_data_segment_length: 262_144,
         max_burst_length: 262_144,
+        opening: Opening::default(),
     }
 }
 
@@ -763,6 +765,15 @@ manifest = "netbsd-5.0.manifest"
 manifest_sha256 = "6f1c2e0d4b8a9c7e5d3f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d"
 chap_user = "reader"
 chap_secret_file = "/etc/isomount/netbsd.secret"
+digest = "crc32c"
+urls = ["https://cdn.example.org/netbsd-5.0-i386.iso", "http://[2001:db8::2]:8080/a%20b.iso?x=1"]
+
+[[image]]
+name = "web-only"
+urls = ["http://192.0.2.8/web.iso"]
+size = 2048
+manifest = "https://cdn.example.org/web.manifest"
+manifest_sha256 = "6f1c2e0d4b8a9c7e5d3f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4a6b8c0d"
 
 [[image]]
 name = "scratch_disk+1"
@@ -771,6 +782,51 @@ portals = ["[::1]"]
 size = 1
 "#;
     vec![seed("catalog", "all-keys", all_keys.as_bytes())]
+}
+
+/// Answers to range requests: exact 206s (one past 4 GiB, one of unknown complete length), a 200
+/// for the whole file, and answers that are refused (another range, another size, a 200 for a
+/// part, a 416).
+fn http_ranges() -> Vec<Seed> {
+    use crate::http_range::encode;
+    let big = 5u64 << 30;
+    [
+        ("partial", encode(100, 50, 1000, 206, "bytes 100-149/1000")),
+        (
+            "partial-past-4gib",
+            encode(
+                1 << 32,
+                65536,
+                big,
+                206,
+                "bytes 4294967296-4295032831/5368709120",
+            ),
+        ),
+        (
+            "partial-unknown-length",
+            encode(0, 1, 10, 206, "bytes 0-0/*"),
+        ),
+        ("whole", encode(0, 1000, 1000, 200, "bytes 0-999/1000")),
+        (
+            "other-range",
+            encode(100, 50, 1000, 206, "bytes 612-661/1000"),
+        ),
+        (
+            "other-size",
+            encode(100, 50, 1000, 206, "bytes 100-149/999"),
+        ),
+        (
+            "ignores-range",
+            encode(100, 50, 1000, 200, "bytes 0-999/1000"),
+        ),
+        (
+            "not-satisfiable",
+            encode(2000, 50, 3000, 416, "bytes 0-0/1000"),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, bytes)| seed("http_range", name, bytes))
+    .collect()
 }
 
 /// A SUSP entry: signature, length, version 1, body.

@@ -200,6 +200,7 @@ replay_tests!(
     send_targets,
     cdb,
     susp,
+    http_range,
 );
 
 #[test]

@@ -168,12 +168,6 @@ impl Cache {
         }
     }
 
-    /// The cache `--cache-dir` and `--cache-size` describe.
-    pub fn from_options(dir: Option<&Path>, size: Option<&str>) -> Result<Cache, CacheError> {
-        let limit = size.map(parse_size).transpose()?;
-        Ok(Cache::new(default_dir(dir), limit))
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
     }

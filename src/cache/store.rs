@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+pub use crate::iobuf::flock;
 use crate::iobuf::{read_fresh, AlignedBuffer};
 
 use super::CacheError;
@@ -240,32 +241,6 @@ fn io(path: &Path, source: std::io::Error) -> CacheError {
     }
 }
 
-/// flock(2) on a file: exclusive or shared, blocking or not.
-pub fn flock(file: &File, exclusive: bool, wait: bool) -> std::io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    };
-    if !wait {
-        op |= libc::LOCK_NB;
-    }
-    loop {
-        // SAFETY: flock on a valid, owned file descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = std::io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) if !wait => return Ok(false),
-            _ => return Err(err),
-        }
-    }
-}
-
 fn open_lock(dir: &Path) -> Result<File, CacheError> {
     let path = dir.join("lock");
     OpenOptions::new()
@@ -390,10 +365,9 @@ impl Store {
             .map_err(|e| io(&tmp, e))?;
         index.sync_all().map_err(|e| io(&tmp, e))?;
         if let Some(m) = manifest {
-            crate::catalog::write_atomic(&dir.join("manifest"), m).map_err(|e| io(dir, e))?;
+            crate::iobuf::write_atomic(&dir.join("manifest"), m).map_err(|e| io(dir, e))?;
         }
-        crate::catalog::write_atomic(&dir.join("label"), label.as_bytes())
-            .map_err(|e| io(dir, e))?;
+        crate::iobuf::write_atomic(&dir.join("label"), label.as_bytes()).map_err(|e| io(dir, e))?;
         std::fs::rename(&tmp, dir.join("index")).map_err(|e| io(dir, e))?;
         if let Ok(d) = File::open(dir) {
             let _ = d.sync_all();
@@ -712,7 +686,7 @@ impl Store {
     /// Replace the manifest copy (a damaged one, with bytes the caller checked against the pin).
     pub fn replace_manifest(&self, bytes: &[u8]) -> Result<(), CacheError> {
         let path = self.manifest_path();
-        crate::catalog::write_atomic(&path, bytes).map_err(|e| io(&path, e))
+        crate::iobuf::write_atomic(&path, bytes).map_err(|e| io(&path, e))
     }
 }
 

@@ -7,7 +7,7 @@ use indicatif::HumanBytes;
 
 use crate::cache::{Cache, ManifestCopy};
 use crate::catalog::Catalog;
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum CacheCommand {
@@ -22,8 +22,8 @@ pub enum CacheCommand {
     Clear,
 }
 
-pub fn run(global: &GlobalOpts, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
-    let cache = Cache::from_options(global.cache_dir.as_deref(), global.cache_size.as_deref())?;
+pub fn run(config: &Config, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
+    let cache = config.cache();
     match cmd {
         CacheCommand::List => {
             let stores = cache.stores();
@@ -51,7 +51,7 @@ pub fn run(global: &GlobalOpts, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        CacheCommand::Verify => verify(global, &cache),
+        CacheCommand::Verify => verify(config, &cache),
         CacheCommand::Evict { name } => {
             cache
                 .evict(&name)
@@ -69,15 +69,15 @@ pub fn run(global: &GlobalOpts, cmd: CacheCommand) -> anyhow::Result<ExitCode> {
 
 /// `cache verify`: every store's manifest copy against its pin (repaired from the catalog's
 /// source when damaged), then every chunk. Exits non-zero when anything was damaged.
-fn verify(global: &GlobalOpts, cache: &Cache) -> anyhow::Result<ExitCode> {
+fn verify(config: &Config, cache: &Cache) -> anyhow::Result<ExitCode> {
     let catalog = std::cell::OnceCell::new();
     let fresh = |pin: &str| -> Result<(Vec<u8>, String), String> {
         let loaded = catalog.get_or_init(|| {
             Catalog::load(
-                &global.catalogs,
-                &global.pubkeys,
+                &config.catalogs,
+                &config.pubkeys,
                 Some(cache.root()),
-                global.offline,
+                config.offline,
             )
             .map_err(|e| format!("cannot load the catalogs: {e}"))
         });
@@ -90,7 +90,7 @@ fn verify(global: &GlobalOpts, cache: &Cache) -> anyhow::Result<ExitCode> {
             .find(|m| m.sha256.eq_ignore_ascii_case(pin))
             .ok_or("no catalog names a manifest with this pin")?;
         let bytes = mref
-            .read(&cache.kept_manifest(pin), global.offline)
+            .read(&cache.kept_manifest(pin), config.offline)
             .map_err(|e| e.to_string())?;
         Ok((bytes, mref.describe()))
     };

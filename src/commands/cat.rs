@@ -2,7 +2,7 @@
 //! in order; a progress bar on stderr when stderr is a terminal.
 //!
 //! [`pipe`] is independent of where bytes come from: an `iscsi://` URL reads the LUN directly;
-//! catalog names go through the image core.
+//! catalog names go through the image core (the cache and verification).
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 
-use crate::cli::GlobalOpts;
+use crate::config::Config;
+use crate::image::{self, Verified};
 use crate::iscsi::{ConnectOptions, IscsiLun, IscsiUrl};
 
 #[derive(Debug, clap::Args)]
@@ -22,14 +23,19 @@ pub struct CatArgs {
     pub image: String,
 }
 
-/// Bytes per read for sources that have no preferred read size (the image core's callers).
-pub const CHUNK: usize = 1 << 20;
 /// Reads in flight: enough to cover a long round trip (64 × 256 KiB = 16 MiB per RTT).
 pub const DEPTH: usize = 64;
 
-pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
+/// Bytes per read of `cat NAME`: one coalesced READ when cold, one store read when cached.
+const CAT_READ: usize = 2 << 20;
+/// Bytes per read of `cat NAME` when the whole image is cached (one read in flight).
+const CACHED_READ: usize = 8 << 20;
+/// Reads of `cat NAME` in flight.
+const CAT_DEPTH: usize = 16;
+
+pub fn run(config: &Config, args: CatArgs) -> anyhow::Result<ExitCode> {
     if !args.image.starts_with("iscsi://") {
-        return super::fetch::cat_name(global, &args.image);
+        return cat_name(config, &args.image);
     }
     let url: IscsiUrl = args.image.parse()?;
     // One thread runs the session and every read: no cross-thread wake-ups on the data path
@@ -39,14 +45,44 @@ pub fn run(global: &GlobalOpts, args: CatArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     runtime.block_on(async {
         let mut opts = ConnectOptions::from_url(&url);
-        opts.read_timeout = global.read_timeout();
+        opts.read_timeout = config.read_timeout;
         let lun = IscsiLun::connect(opts)
             .await
             .with_context(|| format!("while connecting to {url}"))?;
         // One READ per chunk: each comes back as a single Data-In segment, never copied.
         let chunk = lun.max_read() as usize;
-        let result = cat_lun(lun.clone(), chunk, global.read_timeout()).await;
+        let result = cat_lun(lun.clone(), chunk, config.read_timeout).await;
         lun.logout().await;
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `isomount cat NAME`: the image through the cache and verification, in order, to stdout.
+/// On a failed read what was written is a true prefix of the image.
+fn cat_name(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let runtime = super::runtime()?;
+    runtime.block_on(async {
+        let image = image::open::named(config, name).await?;
+        image.set_read_ahead(false);
+        let reader = image.clone();
+        // A fully cached image is read as one sequential stream: the page cache's read-ahead
+        // then runs ahead of it, which many concurrent reads would defeat (measured: 0.2 s
+        // against 0.26 s for 256 MiB from a virtio disk).
+        let (read, depth) = if image.cached_bytes() == image.size() {
+            (CACHED_READ, 1)
+        } else {
+            (CAT_READ, CAT_DEPTH)
+        };
+        let result = pipe(image.size(), read, depth, move |offset, len| {
+            let image = reader.clone();
+            async move {
+                let parts = image.read_parts(offset, len).await?;
+                Ok(parts.into_iter().map(Verified::into_bytes).collect())
+            }
+        })
+        .await;
+        image.flush().await;
         result?;
         Ok(ExitCode::SUCCESS)
     })

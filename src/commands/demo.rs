@@ -13,9 +13,8 @@ use anyhow::Context;
 use bytes::Bytes;
 
 use crate::catalog::{upsert_entry, PublishedEntry};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::fs::{ImageReadAt, ImageView};
-use crate::image::DEFAULT_READ_TIMEOUT;
 use crate::iso9660::{IsoFs, Kind, ReadAt, ROOT_INO};
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 use crate::source::iscsi::IscsiSource;
@@ -36,7 +35,7 @@ pub const SAMPLE_ISO: &[u8] = include_bytes!("../../fixtures/sample.iso");
 pub const DEMO_NAME: &str = "sample";
 pub const DEMO_IQN: &str = "iqn.2026-01.org.isomount.demo:sample";
 
-pub fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
     let work = WorkDir::create()?;
     let runtime = super::runtime()?;
     // Caught from the start: SIGTERM (timeout, a service manager) and SIGHUP (a closed terminal)
@@ -60,7 +59,7 @@ pub fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<ExitCode> {
     // this one's runtime threads meanwhile. The guard unmounts whatever came up, even when the
     // mount command itself was interrupted.
     let mounted = Mounted(mountpoint.clone());
-    let status = isomount_command(global)
+    let status = isomount_command(config)
         .args(["--catalog"])
         .arg(&catalog)
         .arg("--cache-dir")
@@ -78,7 +77,11 @@ pub fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<ExitCode> {
         println!("mount unavailable; reading the CD over iSCSI from {portal} instead:");
         print!(
             "{}",
-            runtime.block_on(iso_tree_over_iscsi(&portal, runtime.handle().clone()))?
+            runtime.block_on(iso_tree_over_iscsi(
+                &portal,
+                config.read_timeout,
+                runtime.handle().clone()
+            ))?
         );
     }
 
@@ -95,10 +98,11 @@ pub fn run(global: &GlobalOpts, args: DemoArgs) -> anyhow::Result<ExitCode> {
 /// The sample's file tree, read through our initiator from the served LUN.
 async fn iso_tree_over_iscsi(
     portal: &str,
+    read_timeout: std::time::Duration,
     runtime: tokio::runtime::Handle,
 ) -> anyhow::Result<String> {
     let lun = Arc::new(IscsiSource::new(portal, DEMO_IQN, 0, None, None));
-    let view: Arc<dyn ImageView> = crate::image::open_source(DEMO_IQN, lun, DEFAULT_READ_TIMEOUT)
+    let view: Arc<dyn ImageView> = crate::image::open::one_source(DEMO_IQN, lun, read_timeout)
         .await
         .with_context(|| format!("while logging in to {DEMO_IQN} at {portal}"))?;
     let reader: Arc<dyn ReadAt> = Arc::new(ImageReadAt::new(view, runtime));
@@ -194,9 +198,10 @@ fn write_catalog(dir: &Path, portal: &str) -> anyhow::Result<PathBuf> {
     let entry = PublishedEntry {
         name: DEMO_NAME.to_string(),
         description: Some("isomount sample CD (isomount demo)".to_string()),
-        target: DEMO_IQN.to_string(),
+        target: Some(DEMO_IQN.to_string()),
         lun: 0,
         portals: vec![portal.to_string()],
+        urls: Vec::new(),
         size: SAMPLE_ISO.len() as u64,
         manifest: "sample.manifest".to_string(),
         manifest_sha256: manifest.pin(),
@@ -206,13 +211,13 @@ fn write_catalog(dir: &Path, portal: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// This binary with the caller's verbosity.
-fn isomount_command(global: &GlobalOpts) -> Command {
+fn isomount_command(config: &Config) -> Command {
     let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("isomount"));
     let mut cmd = Command::new(exe);
-    if global.quiet {
+    if config.quiet {
         cmd.arg("--quiet");
     }
-    for _ in 0..global.verbose {
+    for _ in 0..config.verbose {
         cmd.arg("-v");
     }
     cmd

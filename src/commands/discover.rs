@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::GlobalOpts;
 use crate::iscsi::{self, lun, url};
 
 #[derive(Debug, clap::Args)]
@@ -17,7 +16,7 @@ pub struct DiscoverArgs {
     pub luns: bool,
 }
 
-pub fn run(_global: &GlobalOpts, args: DiscoverArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     let (host, port) = url::split_host_port(&args.portal)
         .map_err(|reason| anyhow::anyhow!("bad portal {:?}: {reason}", args.portal))?;
     let portal = url::format_portal(&host, port);

@@ -1,5 +1,5 @@
 //! `isomount fetch`: pull a whole image into the cache, with a progress bar; what is cached
-//! already is not fetched again. Also the catalog-name path of `isomount cat`.
+//! already is not fetched again.
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
@@ -9,8 +9,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use indicatif::HumanBytes;
 
-use crate::cli::GlobalOpts;
-use crate::image::{self, Image, Verified};
+use crate::config::Config;
+use crate::image::{self, Image};
 use crate::iso9660::{IsoFs, Kind};
 
 #[derive(Debug, clap::Args)]
@@ -26,27 +26,21 @@ pub struct FetchArgs {
 const WINDOW: u64 = 8 << 20;
 /// Prefetch requests in flight.
 const DEPTH: usize = 4;
-/// Bytes per read of `cat NAME`: one coalesced READ when cold, one store read when cached.
-const CAT_READ: usize = 2 << 20;
-/// Bytes per read of `cat NAME` when the whole image is cached (one read in flight).
-const CACHED_READ: usize = 8 << 20;
-/// Reads of `cat NAME` in flight.
-const CAT_DEPTH: usize = 16;
 
-pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: FetchArgs) -> anyhow::Result<ExitCode> {
     if !args.files.is_empty() {
-        return fetch_files(global, &args);
+        return fetch_files(config, &args);
     }
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let image = image::open(global, &args.image).await?;
+        let image = image::open::named(config, &args.image).await?;
         image.set_read_ahead(false);
         let whole = [(0, image.size())];
         let before = present_bytes(&image, &whole);
-        let trouble = fill(&image, &whole, !global.quiet).await?;
+        let trouble = fill(&image, &whole, !config.quiet).await?;
         let after = present_bytes(&image, &whole);
-        ensure_complete(global, &image, &whole, trouble)?;
-        if !global.quiet {
+        ensure_complete(config, &image, &whole, trouble)?;
+        if !config.quiet {
             eprintln!(
                 "{}: fetched {}, {} were cached already; {} complete and verified",
                 image.name(),
@@ -59,45 +53,15 @@ pub fn run(global: &GlobalOpts, args: FetchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// `isomount cat NAME`: the image through the cache and verification, in order, to stdout.
-/// On a failed read what was written is a true prefix of the image.
-pub fn cat_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
-    let runtime = super::runtime()?;
-    runtime.block_on(async {
-        let image = image::open(global, name).await?;
-        image.set_read_ahead(false);
-        let reader = image.clone();
-        // A fully cached image is read as one sequential stream: the page cache's read-ahead
-        // then runs ahead of it, which many concurrent reads would defeat (measured: 0.2 s
-        // against 0.26 s for 256 MiB from a virtio disk).
-        let (read, depth) = if image.cached_bytes() == image.size() {
-            (CACHED_READ, 1)
-        } else {
-            (CAT_READ, CAT_DEPTH)
-        };
-        let result = super::cat::pipe(image.size(), read, depth, move |offset, len| {
-            let image = reader.clone();
-            async move {
-                let parts = image.read_parts(offset, len).await?;
-                Ok(parts.into_iter().map(Verified::into_bytes).collect())
-            }
-        })
-        .await;
-        image.flush().await;
-        result?;
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
 /// Nodes visited under the directories named by `--files`, at most.
 const MAX_FILES_NODES: usize = 1 << 20;
 
 /// `isomount fetch NAME --files PATH…`: prefetch only these files of the image's ISO 9660 tree
 /// (a directory: every file under it; symlinks followed), with a progress bar. Resolving the
 /// paths reads (and so caches) just the directories on the way.
-fn fetch_files(global: &GlobalOpts, args: &FetchArgs) -> anyhow::Result<ExitCode> {
+fn fetch_files(config: &Config, args: &FetchArgs) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
-    let image = runtime.block_on(image::open(global, &args.image))?;
+    let image = runtime.block_on(image::open::named(config, &args.image))?;
     image.set_read_ahead(false);
     let name = image.name().to_string();
     let before = image.cached_bytes();
@@ -118,14 +82,14 @@ fn fetch_files(global: &GlobalOpts, args: &FetchArgs) -> anyhow::Result<ExitCode
     let ranges = coalesce(ranges);
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let before_data = present_bytes(&image, &ranges);
-    let trouble = runtime.block_on(fill(&image, &ranges, !global.quiet))?;
-    ensure_complete(global, &image, &ranges, trouble)?;
+    let trouble = runtime.block_on(fill(&image, &ranges, !config.quiet))?;
+    ensure_complete(config, &image, &ranges, trouble)?;
     let fetched = present_bytes(&image, &ranges).saturating_sub(before_data);
     let metadata = image
         .cached_bytes()
         .saturating_sub(before)
         .saturating_sub(fetched);
-    if !global.quiet {
+    if !config.quiet {
         eprintln!(
             "{name}: {files} files, {} of data; fetched {} ({} were cached already), {} of directories; complete and verified",
             HumanBytes(total),
@@ -209,7 +173,7 @@ fn present_bytes(image: &Image, ranges: &[(u64, u64)]) -> u64 {
 /// the store's index marks every chunk of them present (after [`fill`] has checked or fetched
 /// and verified each one, and the writer has flushed).
 fn ensure_complete(
-    global: &GlobalOpts,
+    config: &Config,
     image: &Image,
     ranges: &[(u64, u64)],
     trouble: Option<String>,
@@ -219,14 +183,17 @@ fn ensure_complete(
     if missing == 0 {
         return Ok(());
     }
-    let why = if global.offline {
+    let why = if config.offline {
         "isomount is offline, so nothing was fetched".to_string()
     } else if let Some(off) = image.caching_off() {
         format!("chunks could not be stored: {off}")
     } else if let Some(err) = trouble {
         err
-    } else if let Some(bound) = &global.cache_size {
-        format!("evicted to keep the cache under --cache-size {bound}")
+    } else if let Some(bound) = &config.cache_limit {
+        format!(
+            "evicted to keep the cache under --cache-size {}",
+            bound.given
+        )
     } else {
         "dropped from the cache while fetching (evicted by another isomount process)".to_string()
     };

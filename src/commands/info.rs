@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::iscsi::{ConnectOptions, IscsiLun, IscsiUrl};
 
 #[derive(Debug, clap::Args)]
@@ -13,9 +13,9 @@ pub struct InfoArgs {
     pub image: String,
 }
 
-pub fn run(global: &GlobalOpts, args: InfoArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: InfoArgs) -> anyhow::Result<ExitCode> {
     if !args.image.starts_with("iscsi://") {
-        return info_name(global, &args.image);
+        return info_name(config, &args.image);
     }
     let url: IscsiUrl = args.image.parse()?;
     let runtime = super::runtime()?;
@@ -49,15 +49,16 @@ pub fn run(global: &GlobalOpts, args: InfoArgs) -> anyhow::Result<ExitCode> {
         for (key, value) in &info.parameters {
             show(key, value);
         }
+        show("connect", &info.connect.to_string());
         Ok(ExitCode::SUCCESS)
     })
 }
 
 /// A catalog name: the image core's facts (it logs in to the LUN unless `--offline`).
-fn info_name(global: &GlobalOpts, name: &str) -> anyhow::Result<ExitCode> {
+fn info_name(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let image = crate::image::open(global, name).await?;
+        let image = crate::image::open::named(config, name).await?;
         for (key, value) in image.facts() {
             println!("{key:<32}{value}");
         }

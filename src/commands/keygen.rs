@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::cli::GlobalOpts;
 use crate::signature::{self, PASSPHRASE_ENV};
 
 #[derive(Debug, clap::Args)]
@@ -20,7 +19,7 @@ pub struct KeygenArgs {
     pub force: bool,
 }
 
-pub fn run(_global: &GlobalOpts, args: KeygenArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     let passphrase = signature::passphrase(args.passphrase_file.as_deref())?;
     let protection = match (&passphrase, &args.passphrase_file) {
         (None, _) => "not encrypted".to_string(),

@@ -1,25 +1,27 @@
-//! `isomount list`: every catalog entry with its size, portals and how much of it is cached.
+//! `isomount list`: every catalog entry with its size, how much of it is cached, and its mirrors
+//! by kind (`iscsi` portals, `web` URLs). It exits non-zero when a catalog is refused (its
+//! signature) or an entry's manifest is, after listing everything else and naming each fault.
 
 use std::process::ExitCode;
 
 use indicatif::HumanBytes;
 
 use crate::cache::Cache;
-use crate::catalog::{Catalog, Entry, ManifestLocation};
-use crate::cli::GlobalOpts;
+use crate::catalog::{Catalog, CatalogError, Entry, ManifestLocation};
+use crate::config::Config;
 use crate::image::identity::entry_identity;
 use crate::manifest::Manifest;
 
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {}
 
-pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
-    let cache = Cache::from_options(global.cache_dir.as_deref(), global.cache_size.as_deref())?;
+pub fn run(config: &Config, _args: ListArgs) -> anyhow::Result<ExitCode> {
+    let cache = config.cache();
     let catalog = Catalog::load(
-        &global.catalogs,
-        &global.pubkeys,
+        &config.catalogs,
+        &config.pubkeys,
         Some(cache.root()),
-        global.offline,
+        config.offline,
     )?;
     let stores = cache.stores();
     let mut faults = 0usize;
@@ -36,7 +38,7 @@ pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
                     name,
                     HumanBytes(e.size).to_string(),
                     "-".to_string(),
-                    e.portals.join(", "),
+                    mirrors(e),
                 ];
             }
             let cached = entry_identity(&cache, e)
@@ -53,11 +55,11 @@ pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
                 e.name.clone(),
                 HumanBytes(e.size).to_string(),
                 format!("{} ({percent}%)", HumanBytes(cached)),
-                e.portals.join(", "),
+                mirrors(e),
             ]
         })
         .collect();
-    let header = ["NAME", "SIZE", "CACHED", "PORTALS"].map(String::from);
+    let header = ["NAME", "SIZE", "CACHED", "MIRRORS"].map(String::from);
     let mut widths = [0usize; 3];
     for row in std::iter::once(&header).chain(&rows) {
         for (w, cell) in widths.iter_mut().zip(row.iter()) {
@@ -76,11 +78,36 @@ pub fn run(global: &GlobalOpts, _args: ListArgs) -> anyhow::Result<ExitCode> {
             w2 = widths[2]
         );
     }
-    if faults > 0 {
-        eprintln!("isomount: {faults} catalog entr(ies) cannot be used as published");
-        return Ok(ExitCode::FAILURE);
+    for refused in &catalog.refused {
+        eprintln!("isomount: {refused} (refused: its images are not listed)");
     }
-    Ok(ExitCode::SUCCESS)
+    let mut failures = Vec::new();
+    if faults > 0 {
+        failures.push(format!(
+            "{faults} catalog entr(ies) cannot be used as published"
+        ));
+    }
+    if !catalog.refused.is_empty() {
+        failures.push(format!("{} catalog(s) refused", catalog.refused.len()));
+    }
+    if failures.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("isomount: {}", failures.join("; "));
+    Ok(ExitCode::FAILURE)
+}
+
+/// `iscsi HOST:PORT, …; web URL, …`: each kind of mirror the entry has, in order of preference.
+fn mirrors(entry: &crate::catalog::Entry) -> String {
+    let mut kinds = Vec::new();
+    if !entry.portals().is_empty() {
+        kinds.push(format!("iscsi {}", entry.portals().join(", ")));
+    }
+    let urls = entry.mirrors().split_off(entry.portals().len());
+    if !urls.is_empty() {
+        kinds.push(format!("web {}", urls.join(", ")));
+    }
+    kinds.join("; ")
 }
 
 /// Whether the entry's manifest, where it can be read without the network (a file, or the kept
@@ -92,7 +119,9 @@ fn check_manifest(cache: &Cache, entry: &Entry) -> Result<(), String> {
     let bytes = match mref.read(&cache.kept_manifest(&mref.sha256), true) {
         Ok(bytes) => bytes,
         // An https manifest never fetched yet is checked when it is first used.
-        Err(_) if matches!(mref.location, ManifestLocation::Url(_)) => return Ok(()),
+        Err(CatalogError::Fetch { .. }) if matches!(mref.location, ManifestLocation::Url(_)) => {
+            return Ok(())
+        }
         Err(e) => return Err(format!("manifest {}: {e}", mref.describe())),
     };
     let manifest = Manifest::parse_pinned(&bytes, &mref.sha256)

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fuser::{MountOption, SessionACL};
 
-use crate::cli::GlobalOpts;
+use crate::config::{CacheLimit, Config};
 use crate::fs::fuse::FuseAdapter;
 use crate::fs::{holds_iso9660, ImageReadAt, ImageView, Tree};
 use crate::iso9660::IsoFs;
@@ -60,9 +60,9 @@ struct MountConfig {
     acl: SessionACL,
     catalogs: Vec<String>,
     cache_dir: Option<PathBuf>,
-    cache_size: Option<String>,
+    cache_limit: Option<CacheLimit>,
     offline: bool,
-    read_timeout: Option<u64>,
+    read_timeout: Option<Duration>,
     log: Option<PathBuf>,
     nonempty: bool,
 }
@@ -99,7 +99,11 @@ impl MountConfig {
                     .push(MountOption::CUSTOM(format!("subtype={}", need(value)?))),
                 "catalog" => config.catalogs.push(need(value)?),
                 "cache_dir" => config.cache_dir = Some(PathBuf::from(need(value)?)),
-                "cache_size" => config.cache_size = Some(need(value)?),
+                "cache_size" => {
+                    let limit = CacheLimit::parse(&need(value)?)
+                        .with_context(|| format!("mount option `{option}`"))?;
+                    config.cache_limit = Some(limit);
+                }
                 "offline" => config.offline = true,
                 "read_timeout" => {
                     let text = need(value)?;
@@ -110,7 +114,7 @@ impl MountConfig {
                         .with_context(|| {
                             format!("mount option read_timeout=`{text}`: seconds, 1 to 86400")
                         })?;
-                    config.read_timeout = Some(secs);
+                    config.read_timeout = Some(Duration::from_secs(secs));
                 }
                 "log" => config.log = Some(PathBuf::from(need(value)?)),
                 "nonempty" => config.nonempty = true,
@@ -122,18 +126,18 @@ impl MountConfig {
     }
 
     /// The global options with this mount's `-o catalog=`, `cache_dir=`, ... applied.
-    fn global(&self, global: &GlobalOpts) -> GlobalOpts {
+    fn global(&self, global: &Config) -> Config {
         let mut global = global.clone();
         global.catalogs.extend(self.catalogs.iter().cloned());
         if self.cache_dir.is_some() {
             global.cache_dir.clone_from(&self.cache_dir);
         }
-        if self.cache_size.is_some() {
-            global.cache_size.clone_from(&self.cache_size);
+        if self.cache_limit.is_some() {
+            global.cache_limit.clone_from(&self.cache_limit);
         }
         global.offline |= self.offline;
-        if self.read_timeout.is_some() {
-            global.read_timeout = self.read_timeout;
+        if let Some(timeout) = self.read_timeout {
+            global.read_timeout = timeout;
         }
         global
     }
@@ -372,7 +376,7 @@ fn detach_stdio(log: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(global: &GlobalOpts, mut args: MountArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Config, mut args: MountArgs) -> anyhow::Result<ExitCode> {
     platform::can_mount().map_err(anyhow::Error::msg)?;
     if args.local_file {
         args.image = std::path::absolute(&args.image)?
@@ -415,13 +419,19 @@ pub fn run(global: &GlobalOpts, mut args: MountArgs) -> anyhow::Result<ExitCode>
     }
 }
 
-/// The daemon leaves its working directory, so relative catalog and cache paths become absolute.
-fn absolute_paths(mut global: GlobalOpts) -> GlobalOpts {
+/// The daemon leaves its working directory, so relative catalog, key and cache paths become
+/// absolute.
+fn absolute_paths(mut global: Config) -> Config {
     for catalog in &mut global.catalogs {
         if !catalog.contains("://") {
             if let Ok(path) = std::path::absolute(Path::new(catalog.as_str())) {
                 *catalog = path.to_string_lossy().into_owned();
             }
+        }
+    }
+    for key in &mut global.pubkeys {
+        if let Ok(path) = std::path::absolute(&*key) {
+            *key = path;
         }
     }
     global.cache_dir = global
@@ -476,7 +486,7 @@ fn wait_ready(mut pipe: std::fs::File, child: libc::pid_t) -> anyhow::Result<Exi
 
 /// Open the image, mount it, report ready, and serve until unmounted or signalled.
 fn serve(
-    global: &GlobalOpts,
+    global: &Config,
     args: &MountArgs,
     config: &MountConfig,
     mountpoint: &Path,
@@ -539,7 +549,7 @@ fn serve(
 type Mounted = (fuser::Session<FuseAdapter>, Unmounter);
 
 fn mount(
-    global: &GlobalOpts,
+    global: &Config,
     args: &MountArgs,
     config: &MountConfig,
     mountpoint: &Path,
@@ -628,14 +638,14 @@ impl Unmounter {
     }
 }
 
-async fn open_view(global: &GlobalOpts, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
+async fn open_view(global: &Config, args: &MountArgs) -> anyhow::Result<Arc<dyn ImageView>> {
     let image = if args.local_file {
         let path = Path::new(&args.image);
         let file = crate::source::FileSource::open(path, 2048)
             .with_context(|| format!("while opening {}", args.image))?;
-        crate::image::open_source(&args.image, Arc::new(file), global.read_timeout()).await?
+        crate::image::open::one_source(&args.image, Arc::new(file), global.read_timeout).await?
     } else {
-        crate::image::open(global, &args.image).await?
+        crate::image::open::named(global, &args.image).await?
     };
     Ok(image)
 }
@@ -679,7 +689,7 @@ async fn wait_for_end(mut stop: StopSignals, done: tokio::sync::oneshot::Receive
     }
 }
 
-pub fn unmount(_global: &GlobalOpts, args: UnmountArgs) -> anyhow::Result<ExitCode> {
+pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
     let stale = platform::is_stale_mount(&args.mountpoint);
     let path = if stale {
         resolve_parent(&args.mountpoint)?
@@ -740,7 +750,7 @@ mod tests {
             "log=/tmp/l",
         ]))
         .unwrap();
-        let global = config.global(&GlobalOpts::default());
+        let global = config.global(&Config::default());
         assert_eq!(global.catalogs, ["/etc/x.toml"]);
         assert_eq!(global.cache_dir, Some(PathBuf::from("/var/cache/iso")));
         assert!(global.offline);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::catalog::{self, PublishedEntry};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::iscsi::lun::{list_luns, LunSummary};
 use crate::iscsi::{ConnectOptions, IscsiError};
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
@@ -23,16 +23,20 @@ pub struct PublishArgs {
     /// Name users type
     #[arg(long, required_unless_present = "root", conflicts_with = "root")]
     pub name: Option<String>,
-    /// Target IQN serving the image
-    #[arg(long, required_unless_present = "root", conflicts_with = "root")]
+    /// Target IQN serving the image on the portals
+    #[arg(long, conflicts_with = "root")]
     pub target: Option<String>,
     /// LUN number on the target [default: the LUN of the image's size, asked of the first
     /// portal that answers (REPORT LUNS); 0, the LUN `isomount serve` exports, when none does]
     #[arg(long)]
     pub lun: Option<u64>,
-    /// Portal HOST:PORT (repeatable; mirrors in order)
-    #[arg(long = "portal", required = true)]
+    /// iSCSI portal HOST:PORT (repeatable; mirrors in order)
+    #[arg(long = "portal", value_name = "HOST:PORT")]
     pub portals: Vec<String>,
+    /// Web mirror: the image file's http(s) URL (repeatable; after the portals, in order). With
+    /// --root, the URL of the tree's root: each image is at URL/PATH
+    #[arg(long = "url", value_name = "URL")]
+    pub urls: Vec<String>,
     /// Catalog file to add the entry to
     #[arg(short = 'o', long = "output")]
     pub output: Option<std::path::PathBuf>,
@@ -146,13 +150,22 @@ impl Signer {
     }
 }
 
-pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
     if args.tree.root.is_some() {
-        return super::publish_tree::run(global, args);
+        return super::publish_tree::run(config, args);
     }
-    let (Some(image), Some(name), Some(target)) = (&args.image, &args.name, &args.target) else {
-        anyhow::bail!("publish needs IMAGE, --name and --target, or --root DIR");
+    let (Some(image), Some(name)) = (&args.image, &args.name) else {
+        anyhow::bail!("publish needs IMAGE and --name, or --root DIR");
     };
+    let (portals, urls) = mirrors(&args)?;
+    let target = match (&args.target, portals.is_empty()) {
+        (Some(_), true) => anyhow::bail!("--target is for --portal (iSCSI mirrors); none given"),
+        (None, false) => anyhow::bail!("--portal needs --target (the IQN serving the image)"),
+        (target, _) => target.clone(),
+    };
+    for url in &urls {
+        catalog::check_mirror_url(url).map_err(|e| anyhow::anyhow!("--url: {e}"))?;
+    }
     let signer = args.sign.signer()?;
     let file =
         std::fs::File::open(image).with_context(|| format!("while opening {}", image.display()))?;
@@ -182,16 +195,18 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             .display()
             .to_string(),
     };
-    let lun = match args.lun {
-        Some(lun) => lun,
-        None => ask_lun(target, &args.portals, manifest.image_size())?,
+    let lun = match (args.lun, &target) {
+        (Some(lun), _) => lun,
+        (None, Some(target)) => ask_lun(target, &portals, manifest.image_size())?,
+        (None, None) => 0,
     };
     let entry = PublishedEntry {
         name: name.clone(),
         description: args.description.clone(),
-        target: target.clone(),
+        target,
         lun,
-        portals: args.portals.clone(),
+        portals,
+        urls,
         size: manifest.image_size(),
         manifest: reference,
         manifest_sha256: pin.clone(),
@@ -219,6 +234,22 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The portals (normalized) and URLs given: at least one of either.
+pub fn mirrors(args: &PublishArgs) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    if args.portals.is_empty() && args.urls.is_empty() {
+        anyhow::bail!("publish needs --portal HOST:PORT (iSCSI), --url URL (web) or both");
+    }
+    let portals = args
+        .portals
+        .iter()
+        .map(|p| {
+            catalog::normalize_portal(p)
+                .with_context(|| format!("--portal `{p}`: not HOST[:PORT] or [IPv6][:PORT]"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((portals, args.urls.clone()))
 }
 
 /// How long `publish` waits for one portal to say which LUN holds the image.
@@ -258,15 +289,21 @@ fn ask_lun(target: &str, portals: &[String], size: u64) -> anyhow::Result<u64> {
                     crate::scsi::device_type_name(l.device_type)
                 ),
             };
-            let fits: Vec<u64> = luns
+            let fits: Vec<crate::scsi::Lun> = luns
                 .iter()
                 .filter(|l| l.capacity.and_then(|c| c.bytes()) == Some(size))
                 .map(|l| l.lun)
                 .collect();
             return match fits[..] {
                 [lun] => {
+                    let number = lun.number().with_context(|| {
+                        format!(
+                            "LUN {lun} of {target} at {portal} is {size} bytes, but a catalog \
+                             cannot name it by number"
+                        )
+                    })?;
                     eprintln!("LUN {lun} (the LUN of {target} at {portal} that is {size} bytes)");
-                    Ok(lun)
+                    Ok(number)
                 }
                 [] => {
                     let all: Vec<String> = luns.iter().map(describe).collect();
@@ -281,7 +318,7 @@ fn ask_lun(target: &str, portals: &[String], size: u64) -> anyhow::Result<u64> {
                     )
                 }
                 _ => {
-                    let all: Vec<String> = fits.iter().map(u64::to_string).collect();
+                    let all: Vec<String> = fits.iter().map(ToString::to_string).collect();
                     anyhow::bail!(
                         "LUNs {} of {target} at {portal} are all {size} bytes; pass --lun N",
                         all.join(", ")

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::publish::PublishArgs;
 use crate::catalog::{self, PublishedEntry};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::manifest::{self, Manifest};
 use crate::target::config;
 use crate::tree::{self, FileStamp, ImagePatterns, TreeImage};
@@ -64,6 +64,26 @@ pub struct TreeArgs {
     /// With --root: hash every image again, changed or not
     #[arg(long, requires = "root")]
     pub rehash: bool,
+}
+
+/// `--url` with `--root`: the URL of the tree's root, as a base that paths are appended to.
+fn tree_url(url: &str) -> Result<reqwest::Url, String> {
+    catalog::check_mirror_url(url)?;
+    let mut base = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    base.set_query(None);
+    base.set_fragment(None);
+    Ok(base)
+}
+
+/// The URL of the image at `relative` under the tree whose root is at `root`: each path component
+/// appended, percent-encoded.
+fn image_url(root: &reqwest::Url, relative: &Path) -> String {
+    let mut url = root.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty();
+        segments.extend(relative.iter().map(|c| c.to_string_lossy()));
+    }
+    url.to_string()
 }
 
 /// A file modified less than this long before it was hashed may change again within the same
@@ -137,21 +157,18 @@ struct Hashed {
     recorded: Recorded,
 }
 
-pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
+pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let (Some(root), Some(out)) = (&args.tree.root, &args.output) else {
         anyhow::bail!("publish --root needs -o CATALOG");
     };
     let signer = args.sign.signer()?;
-    let portals = args
-        .portals
+    let (portals, url_roots) = super::publish::mirrors(&args)?;
+    let url_roots = url_roots
         .iter()
-        .map(|p| {
-            catalog::normalize_portal(p)
-                .with_context(|| format!("--portal `{p}`: not HOST[:PORT] or [IPv6][:PORT]"))
-        })
+        .map(|u| tree_url(u).map_err(|e| anyhow::anyhow!("--url: {e}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let say = |line: String| {
-        if !global.quiet {
+        if !config.quiet {
             eprintln!("{line}");
         }
     };
@@ -201,7 +218,7 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
             Plan::Unchanged(..) => None,
         })
         .sum();
-    let bar = progress_bar(total, global.quiet);
+    let bar = progress_bar(total, config.quiet);
     let failures = Mutex::new(Vec::new());
     let hashed: Vec<Option<Hashed>> = images
         .par_iter()
@@ -259,9 +276,13 @@ pub fn run(global: &GlobalOpts, args: PublishArgs) -> anyhow::Result<ExitCode> {
         entries.push(PublishedEntry {
             name: image.names.name.clone(),
             description: None,
-            target: image.names.target.clone(),
+            target: (!portals.is_empty()).then(|| image.names.target.clone()),
             lun: args.lun.unwrap_or(0),
             portals: portals.clone(),
+            urls: url_roots
+                .iter()
+                .map(|root| image_url(root, &image.relative))
+                .collect(),
             size,
             manifest: manifest_file(&image.names.name),
             manifest_sha256: recorded.manifest_sha256.clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::target::config::{self, AllowList, DeviceChoice, LoadedServeFile};
 use crate::target::export::{export_file, stable_hash, ImageFile};
 use crate::target::live::{self, Access, Control, Rule, TreeExporter, TreeSettings};
@@ -122,7 +122,7 @@ struct ServeSettings {
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:3260";
 
-pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.status {
         return status(&args);
     }
@@ -132,7 +132,7 @@ pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Read the command line and the configuration file into settings.
-fn resolve(global: &GlobalOpts, args: &ServeArgs) -> anyhow::Result<ServeSettings> {
+fn resolve(global: &Config, args: &ServeArgs) -> anyhow::Result<ServeSettings> {
     let file = args
         .config
         .as_deref()
@@ -299,7 +299,7 @@ fn resolve(global: &GlobalOpts, args: &ServeArgs) -> anyhow::Result<ServeSetting
 }
 
 async fn serve(
-    global: &GlobalOpts,
+    global: &Config,
     args: ServeArgs,
     mut settings: ServeSettings,
 ) -> anyhow::Result<ExitCode> {
@@ -417,7 +417,7 @@ async fn serve(
 /// SIGHUP: read the configuration again and rescan the tree with it (listening address and
 /// limits need a restart).
 async fn reload(
-    global: &GlobalOpts,
+    global: &Config,
     args: &ServeArgs,
     current: &ServeSettings,
     control: &tokio::sync::mpsc::Sender<Control>,
@@ -588,12 +588,12 @@ fn export_named_file(path: &Path, settings: &ServeSettings) -> anyhow::Result<Ex
 /// A catalog image as a target: reads go through the image core (cache, verification, upstream
 /// fetch on a miss).
 async fn export_catalog_image(
-    global: &GlobalOpts,
+    global: &Config,
     name: &str,
     settings: &ServeSettings,
 ) -> anyhow::Result<ExportedTarget> {
     let target_name = config::target_name_for(&settings.iqn_prefix, name)?;
-    let image = crate::image::open(global, name).await?;
+    let image = crate::image::open::named(global, name).await?;
     let magic = if settings.device == DeviceChoice::Auto {
         let at = config::ISO9660_MAGIC_OFFSET;
         let bytes = image

@@ -2,7 +2,7 @@
 //! [`WebOptions::max_in_flight`] at a time; reads waiting for a slot that are adjacent are
 //! coalesced into one range (up to [`WebOptions::max_range`]), so a reader that keeps many reads
 //! in flight gets ranges that grow to a few MiB while a lone small read goes out alone, at
-//! once. Each read gets its bytes piece by piece as the body streams in ([`Pieces`]).
+//! once. Each read gets its bytes piece by piece as the body streams in ([`RangeBody`]).
 //!
 //! The first answer fixes what the file is (its size must be the image's; its ETag and
 //! Last-Modified are kept). A later answer for another file, a server that ignores Range (a 200
@@ -65,17 +65,17 @@ struct Wanted {
 
 /// The bytes of one read, as they arrive: consecutive pieces adding up to the length asked,
 /// or an error. Dropping it abandons the read (a request serving only it is cut short).
-pub struct Pieces {
+pub struct RangeBody {
     rx: mpsc::UnboundedReceiver<Result<Bytes, HttpError>>,
     left: u64,
     label: String,
 }
 
-impl Pieces {
-    fn failed(err: HttpError) -> Pieces {
+impl RangeBody {
+    fn failed(err: HttpError) -> RangeBody {
         let (tx, rx) = mpsc::unbounded_channel();
         let _ = tx.send(Err(err));
-        Pieces {
+        RangeBody {
             rx,
             left: 1,
             label: String::new(),
@@ -177,6 +177,14 @@ impl WebMirror {
         }
     }
 
+    /// What the file is, once the mirror has answered (None before, and once stopped).
+    pub fn validators(&self) -> Option<Validators> {
+        match &*lock(&self.state) {
+            State::Serving { validators, .. } => Some(validators.clone()),
+            _ => None,
+        }
+    }
+
     /// What the last answer said about the file: the URL it came from after redirects, the HTTP
     /// version, ETag and Last-Modified.
     pub fn facts(&self) -> Vec<(String, String)> {
@@ -208,16 +216,16 @@ impl WebMirror {
 
     /// Read `len` bytes at `offset`. The request goes out when a slot is free, coalesced with
     /// adjacent reads waiting then.
-    pub fn read(self: &Arc<Self>, offset: u64, len: u64) -> Pieces {
+    pub fn read(self: &Arc<Self>, offset: u64, len: u64) -> RangeBody {
         if offset.checked_add(len).is_none_or(|end| end > self.size) {
-            return Pieces::failed(HttpError::OutOfRange {
+            return RangeBody::failed(HttpError::OutOfRange {
                 offset,
                 len,
                 size: self.size,
             });
         }
         if let Some(reason) = self.stopped() {
-            return Pieces::failed(HttpError::Stopped {
+            return RangeBody::failed(HttpError::Stopped {
                 url: self.label.clone(),
                 reason,
             });
@@ -229,7 +237,7 @@ impl WebMirror {
                 .push_back(Wanted { offset, len, tx });
             self.dispatch();
         }
-        Pieces {
+        RangeBody {
             rx,
             left: len,
             label: self.label.clone(),
@@ -293,8 +301,16 @@ impl WebMirror {
                     if e.fault() == Fault::Stopped {
                         mirror.stop(&e);
                     }
-                    for w in group {
-                        let _ = w.tx.send(Err(e.clone()));
+                    // One broken answer is one fault, however many reads it carried.
+                    for (k, w) in group.into_iter().enumerate() {
+                        let err = match e.fault() {
+                            Fault::Protocol if k > 0 => HttpError::Shared {
+                                url: mirror.label.clone(),
+                                detail: e.to_string(),
+                            },
+                            _ => e.clone(),
+                        };
+                        let _ = w.tx.send(Err(err));
                     }
                 }
                 drop(slot);

@@ -19,7 +19,7 @@ pub mod mirror;
 pub mod range;
 
 pub use client::WebOptions;
-pub use mirror::{Pieces, WebMirror};
+pub use mirror::{RangeBody, WebMirror};
 
 /// What a fault means for the mirror that caused it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +68,10 @@ pub enum HttpError {
     /// No byte arrived for the stall bound.
     #[error("{url}: no data for {secs} s")]
     Stalled { url: String, secs: u64 },
+    /// The request this read was coalesced into broke the protocol; the fault is counted once,
+    /// against the first read of the request, and the others are retried.
+    #[error("{url}: the request this read shared failed ({detail})")]
+    Shared { url: String, detail: String },
     /// An earlier fault stopped the mirror for this image.
     #[error("{url}: not used again for this image ({reason})")]
     Stopped { url: String, reason: String },
@@ -90,7 +94,9 @@ impl HttpError {
                 Refusal::Status(408 | 429) | Refusal::Status(500..=599) => Fault::Network,
                 Refusal::Status(_) => Fault::Protocol,
             },
-            HttpError::Truncated { .. } | HttpError::Stalled { .. } => Fault::Network,
+            HttpError::Truncated { .. } | HttpError::Stalled { .. } | HttpError::Shared { .. } => {
+                Fault::Network
+            }
             HttpError::Overlong { .. } => Fault::Protocol,
             HttpError::OutOfRange { .. } => Fault::OutOfRange,
         }

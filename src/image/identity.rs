@@ -19,9 +19,12 @@ pub fn lun_identity(target: &str, lun: u64, id: &SourceIdentity) -> String {
 
 /// The cache identity of a catalog entry, when it can be known without the network.
 pub fn entry_identity(cache: &Cache, entry: &Entry) -> Option<String> {
-    match &entry.manifest {
-        Some(m) => Some(format!("manifest:{}", m.sha256)),
-        None => offline_lun_identity(cache, &entry.target, entry.lun, Some(entry.size)),
+    match (&entry.manifest, &entry.iscsi) {
+        (Some(m), _) => Some(format!("manifest:{}", m.sha256)),
+        (None, Some(iscsi)) => {
+            offline_lun_identity(cache, &iscsi.target, iscsi.lun, Some(entry.size))
+        }
+        (None, None) => None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! `image::open`: from a catalog name or an iscsi:// URL to an [`Image`] with its manifest,
-//! mirrors and cache store.
+//! Opening an image: from a catalog name or an iscsi:// URL to an [`ImageSpec`] (manifest,
+//! sources, cache identity) and then an [`Image`] with its cache store ([`named`]); or an image
+//! read from one given source ([`one_source`]). Takes a [`Config`], no command-line types.
 
 use std::sync::Arc;
 
@@ -9,9 +10,10 @@ use super::sources::CONNECT_TIMEOUT;
 use super::{Image, ImageSpec};
 use crate::cache::Cache;
 use crate::catalog::{Catalog, Entry, ManifestRef};
-use crate::cli::GlobalOpts;
+use crate::config::Config;
 use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
 use crate::signature::Freshness;
+use crate::source::http::WebClient;
 use crate::source::iscsi::{self, IscsiSource};
 use crate::source::{BlockSource, SourceIdentity};
 
@@ -26,18 +28,15 @@ pub const FIRST_READ: u32 = 256 << 10;
 /// Open `name_or_url`: a catalog name (with its pinned manifest) or an iscsi:// URL (no
 /// manifest: chunk hashes are recorded on first fetch). Unless `--offline`, connects to the
 /// first answering portal; when none answers, warns once and serves what is cached.
-pub async fn open(global: &GlobalOpts, name_or_url: &str) -> anyhow::Result<Arc<Image>> {
-    let cache = Arc::new(Cache::from_options(
-        global.cache_dir.as_deref(),
-        global.cache_size.as_deref(),
-    )?);
-    let read_timeout = global.read_timeout();
+pub async fn named(config: &Config, name_or_url: &str) -> anyhow::Result<Arc<Image>> {
+    let cache = Arc::new(config.cache());
+    let read_timeout = config.read_timeout;
     if name_or_url.starts_with("iscsi://") {
-        return open_url(global.offline, read_timeout, cache, name_or_url).await;
+        return open_url(config.offline, read_timeout, cache, name_or_url).await;
     }
-    let (catalogs, pubkeys) = (global.catalogs.clone(), global.pubkeys.clone());
+    let (catalogs, pubkeys) = (config.catalogs.clone(), config.pubkeys.clone());
     let root = cache.root().to_path_buf();
-    let offline = global.offline;
+    let offline = config.offline;
     let catalog = tokio::task::spawn_blocking(move || {
         Catalog::load(&catalogs, &pubkeys, Some(&root), offline)
     })
@@ -66,7 +65,7 @@ fn load_manifest(
     }
     let bytes = mref
         .read(&cache.kept_manifest(&mref.sha256), offline)
-        .with_context(|| format!("while reading the manifest of `{}`", entry.name))?;
+        .with_context(|| format!("{}: manifest of `{}`", entry.origin, entry.name))?;
     pinned(bytes).with_context(|| {
         format!(
             "{}: manifest of `{}` ({}) refused",
@@ -98,27 +97,34 @@ async fn open_entry(
         }
         None => None,
     };
-    let sources: Vec<Arc<dyn BlockSource>> = entry
-        .portals
-        .iter()
-        .map(|p| {
+    let mut sources: Vec<Arc<dyn BlockSource>> = Vec::new();
+    let mut facts = Vec::new();
+    if let Some(iscsi) = &entry.iscsi {
+        sources.extend(iscsi.portals.iter().map(|p| {
             Arc::new(
                 IscsiSource::new(
                     p,
-                    &entry.target,
-                    entry.lun,
-                    entry.chap.clone(),
-                    entry.digest,
+                    &iscsi.target,
+                    iscsi.lun,
+                    iscsi.chap.clone(),
+                    iscsi.digest,
                 )
                 .reading_first(FIRST_READ)
                 .bounding_reads(read_timeout),
             ) as Arc<dyn BlockSource>
-        })
-        .collect();
-    let mut facts = vec![
-        ("target".to_string(), entry.target.clone()),
-        ("lun".to_string(), entry.lun.to_string()),
-    ];
+        }));
+        facts.push(("target".to_string(), iscsi.target.clone()));
+        facts.push(("lun".to_string(), iscsi.lun.to_string()));
+    }
+    if !entry.urls.is_empty() {
+        let web = WebClient::from_env().context("while setting up web mirrors")?;
+        for url in &entry.urls {
+            let source = web
+                .source(url, entry.size)
+                .with_context(|| format!("web mirror of `{}`", entry.name))?;
+            sources.push(Arc::new(source));
+        }
+    }
     if let Some(d) = &entry.description {
         facts.push(("description".into(), d.clone()));
     }
@@ -137,19 +143,21 @@ async fn open_entry(
             expect_serial: None,
         },
         None => {
+            // The catalog gives web mirrors only with a manifest: this image has a LUN.
+            let (target, lun) = match &entry.iscsi {
+                Some(iscsi) => (iscsi.target.as_str(), iscsi.lun),
+                None => anyhow::bail!("`{}` has neither a manifest nor portals", entry.name),
+            };
             let identity = if offline {
-                offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
+                offline_lun_identity(&cache, target, lun, Some(entry.size))
             } else {
                 match probe(&sources).await {
-                    Some(id) => Some(lun_identity(&entry.target, entry.lun, &id)),
-                    None => {
-                        offline_lun_identity(&cache, &entry.target, entry.lun, Some(entry.size))
-                    }
+                    Some(id) => Some(lun_identity(target, lun, &id)),
+                    None => offline_lun_identity(&cache, target, lun, Some(entry.size)),
                 }
             };
-            let identity = identity.unwrap_or_else(|| {
-                format!("lun:{} {} {} ? ?", entry.target, entry.lun, entry.size)
-            });
+            let identity =
+                identity.unwrap_or_else(|| format!("lun:{target} {lun} {} ? ?", entry.size));
             ImageSpec {
                 name: entry.name.clone(),
                 size: entry.size,
@@ -240,7 +248,7 @@ async fn open_url(
 /// An image read from one source with no manifest and no cache (a local file for the mount's
 /// `--local-file` test hook, the demo's LUN): chunk hashes are recorded on first read, as for a
 /// LUN reached by URL.
-pub async fn open_source(
+pub async fn one_source(
     name: &str,
     source: Arc<dyn BlockSource>,
     read_timeout: std::time::Duration,

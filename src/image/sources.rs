@@ -27,14 +27,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::Verified;
-use crate::cache::Geometry;
+use super::chunks::{Cutter, Geometry, Run};
+use super::verify::{Verified, VerifiedChunks, Verify};
 use crate::source::{BlockSource, SourceError, SourceIdentity};
 
 /// Protocol faults and lies a source may commit before it is dropped for the image.
@@ -61,49 +59,8 @@ const SLOW_REST_MAX: Duration = Duration::from_secs(60);
 /// Longest wait for a source to connect when the image is opened.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Verified chunks of a run, in order, with their numbers.
-pub type VerifiedChunks = Vec<(u64, Verified)>;
-
 /// What a race of attempts gives: the verified run, or each attempt that failed.
 type RaceResult = Result<VerifiedChunks, Vec<(usize, Failed)>>;
-
-/// Verification of chunks as they land, by the image core.
-#[async_trait]
-pub trait Verify: Send + Sync {
-    /// Check complete chunks (in order): all of them verified, or those before the first that
-    /// failed and why it failed.
-    async fn verify(&self, chunks: Vec<(u64, Bytes)>) -> Result<VerifiedChunks, Lie>;
-}
-
-/// A chunk that failed verification.
-#[derive(Debug)]
-pub struct Lie {
-    /// The chunks before it, verified.
-    pub verified: Vec<(u64, Verified)>,
-    pub chunk: u64,
-    pub detail: String,
-}
-
-/// Adjacent chunks `first..first + count`, fetched with one read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Run {
-    pub first: u64,
-    pub count: u64,
-}
-
-impl Run {
-    /// The part of the run after its first `done` chunks.
-    fn after(self, done: u64) -> Run {
-        Run {
-            first: self.first + done,
-            count: self.count.saturating_sub(done),
-        }
-    }
-
-    fn chunks(self) -> std::ops::Range<u64> {
-        self.first..self.first + self.count
-    }
-}
 
 /// No source could be connected to: why each failed, and whether any of them answered (and
 /// ruled itself out: no such LUN, authentication, another size) rather than not answering.
@@ -126,61 +83,6 @@ pub enum FetchError {
     OutOfRange(String),
     /// No verified answer by the deadline.
     TimedOut(String),
-}
-
-/// Consecutive pieces of a read cut into chunks: a chunk that lies within one piece is a slice
-/// of it; only a chunk that straddles pieces is copied.
-pub struct Cutter {
-    /// Lengths of the chunks still to come, next first (reversed for popping).
-    lens: Vec<usize>,
-    next: u64,
-    partial: BytesMut,
-}
-
-impl Cutter {
-    /// Chunks numbered from `first`, of these lengths.
-    pub fn new(first: u64, lens: impl IntoIterator<Item = usize>) -> Cutter {
-        let mut lens: Vec<usize> = lens.into_iter().collect();
-        lens.reverse();
-        Cutter {
-            lens,
-            next: first,
-            partial: BytesMut::new(),
-        }
-    }
-
-    /// The chunks `piece` completes. Bytes past the last chunk are an error.
-    pub fn push(&mut self, mut piece: Bytes) -> Result<Vec<(u64, Bytes)>, String> {
-        let mut out = Vec::new();
-        while !piece.is_empty() {
-            let Some(&len) = self.lens.last() else {
-                return Err(format!("{} bytes more than asked for", piece.len()));
-            };
-            let chunk = if self.partial.is_empty() && piece.len() >= len {
-                piece.split_to(len)
-            } else {
-                let take = (len - self.partial.len()).min(piece.len());
-                if self.partial.is_empty() {
-                    self.partial.reserve(len);
-                }
-                self.partial.extend_from_slice(&piece.split_to(take));
-                if self.partial.len() < len {
-                    continue;
-                }
-                self.partial.split().freeze()
-            };
-            self.lens.pop();
-            out.push((self.next, chunk));
-            self.next += 1;
-        }
-        Ok(out)
-    }
-
-    /// The bytes of an incomplete chunk when the pieces ended early (None when nothing was
-    /// missing).
-    pub fn finish(self) -> Option<Bytes> {
-        (!self.lens.is_empty()).then(|| self.partial.freeze())
-    }
 }
 
 /// How a source stands with this image.
@@ -817,11 +719,8 @@ impl Sources {
             }
             Err(e) => return Err(fail(verified, e)),
         }
-        let cs = u64::from(self.geometry.chunk_size);
-        let offset = run.first * cs;
-        let lens: Vec<usize> = run.chunks().map(|c| self.geometry.chunk_len(c)).collect();
-        let len: usize = lens.iter().sum();
-        let mut cutter = Cutter::new(run.first, lens);
+        let (offset, len) = run.bytes(self.geometry);
+        let mut cutter = Cutter::for_run(self.geometry, run);
         let mut pieces = source.read(offset, len);
         while let Some(piece) = pieces.next().await {
             let chunks = match piece.map(|p| cutter.push(p)) {

@@ -2,9 +2,16 @@
 
 use std::sync::atomic::AtomicU32;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 
+use super::fetch::MAX_RUN_BYTES;
 use super::*;
+use crate::config::DEFAULT_READ_TIMEOUT;
 use crate::source::{Pieces, SourceError, SourceIdentity};
 
 /// A source over bytes in memory that counts reads and can fail or lie.
@@ -387,8 +394,8 @@ async fn trust_on_first_use_detects_a_changed_lun() {
         cache(dir.path(), None),
     );
     assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
-    image.recent.lock().unwrap().clear();
-    image.store.as_ref().unwrap().drop_chunks(&[0]).unwrap();
+    image.cached.forget_recent();
+    image.cached.store().unwrap().drop_chunks(&[0]).unwrap();
     *src.corrupt_at.lock().unwrap() = Some(10);
     let err = image.read(0, 100).await.unwrap_err();
     assert!(

@@ -27,7 +27,9 @@ use super::session::{CommandOutcome, CommandSpec, DataLength, Seq, Timing};
 use super::text::Params;
 use super::transport::{Conn, Driver, LoginFailure, Reconnect, Request, Shared};
 use super::IscsiError;
-use crate::scsi::{self, sense_key, status, Capacity, Inquiry, ReadKind, ScsiError};
+use crate::scsi::{
+    self, sense_key, status, vpd, Capacity, Inquiry, Lun, ReadKind, ScsiError, Sense,
+};
 
 /// Bytes per READ command unless a caller asks otherwise; the target's MaxBurstLength caps it
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
@@ -271,7 +273,6 @@ impl Connector {
                 });
             };
             let (conn, result) = attempt?;
-            spent += conn.exchanges();
             match result {
                 Ok(outcome) => {
                     let seq = Seq::new(&outcome, 1);
@@ -287,7 +288,7 @@ impl Connector {
                         params.join(", ")
                     );
                     return Ok(LoggedIn {
-                        spent: spent - conn.exchanges(),
+                        spent,
                         conn,
                         seq,
                         outcome,
@@ -295,6 +296,7 @@ impl Connector {
                 }
                 Err(LoginFailure::Redirect(to)) if redirects < MAX_REDIRECTS => {
                     tracing::info!("{address} redirects us to {to}");
+                    spent += conn.exchanges();
                     redirects += 1;
                     address = to;
                 }
@@ -308,6 +310,7 @@ impl Connector {
                         "{address} refused a login that skips the security stage ({e}); \
                          logging in through it"
                     );
+                    spent += conn.exchanges();
                     opening = Opening::Staged;
                 }
                 Err(failure) => return Err(self.login_error(&address, failure)),
@@ -349,17 +352,29 @@ impl Connector {
             outcome,
             spent,
         } = self.login(portal).await?;
-        let first_read = self.opts.first_read;
-        let (probe, first_bytes) = match probe(&mut conn, &mut seq, self.opts.lun, first_read).await
+        // The first bytes only for the first connection; a reconnect has no use for them.
+        let first_read = self.opts.first_read.filter(|_| lock(&self.first).is_none());
+        let (probe, first_bytes) = match probe(
+            &mut conn,
+            &mut seq,
+            Lun::from_number(self.opts.lun),
+            first_read,
+        )
+        .await
         {
             Ok(probed) => probed,
             Err(ProbeError::NoSuchLun) => {
                 // Say what the target does have: a wrong LUN is a mistake in the catalog.
-                let available =
-                    setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096)
-                        .await
-                        .ok()
-                        .and_then(|data| scsi::parse_report_luns(&data).ok());
+                let available = setup_command(
+                    &mut conn,
+                    &mut seq,
+                    Lun::from_number(0),
+                    scsi::report_luns(4096),
+                    4096,
+                )
+                .await
+                .ok()
+                .and_then(|data| scsi::parse_report_luns(&data).ok());
                 conn.logout(&mut seq).await;
                 return Err(IscsiError::NoSuchLun {
                     target: self.opts.target.clone(),
@@ -395,7 +410,7 @@ impl Connector {
 /// One LUN as REPORT LUNS and INQUIRY describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunSummary {
-    pub lun: u64,
+    pub lun: Lun,
     pub device_type: u8,
     pub vendor: String,
     pub product: String,
@@ -414,7 +429,14 @@ pub async fn list_luns(opts: &ConnectOptions) -> Result<Vec<LunSummary>, IscsiEr
     let LoggedIn {
         mut conn, mut seq, ..
     } = connector.login(portal).await?;
-    let data = setup_command(&mut conn, &mut seq, 0, scsi::report_luns(4096), 4096).await?;
+    let data = setup_command(
+        &mut conn,
+        &mut seq,
+        Lun::from_number(0),
+        scsi::report_luns(4096),
+        4096,
+    )
+    .await?;
     let mut out = Vec::new();
     for lun in scsi::parse_report_luns(&data)?.into_iter().take(256) {
         let data = setup_command(&mut conn, &mut seq, lun, scsi::inquiry(false, 0, 96), 96).await?;
@@ -467,7 +489,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn setup_command(
     conn: &mut Conn,
     seq: &mut Seq,
-    lun: u64,
+    lun: Lun,
     cdb: scsi::Cdb,
     read_len: u32,
 ) -> Result<Bytes, IscsiError> {
@@ -485,7 +507,7 @@ async fn setup_command(
 async fn setup_commands(
     conn: &mut Conn,
     seq: &mut Seq,
-    lun: u64,
+    lun: Lun,
     commands: &[(scsi::Cdb, u32)],
 ) -> Result<Vec<Result<Bytes, ScsiError>>, IscsiError> {
     const ATTEMPTS: u32 = 10;
@@ -511,7 +533,7 @@ async fn setup_commands(
                     cdb[0]
                 );
                 CommandSpec {
-                    lun: scsi::lun_to_wire(lun),
+                    lun: lun.to_wire(),
                     cdb,
                     read_len,
                     expect: DataLength::AtMost,
@@ -600,8 +622,9 @@ impl<E: Into<IscsiError>> From<E> for ProbeError {
 
 /// ILLEGAL REQUEST, LOGICAL UNIT NOT SUPPORTED (SPC-4 §4.5.6, ASC 0x25).
 fn lun_not_supported(e: &ScsiError) -> bool {
+    let unsupported = Sense::LUN_NOT_SUPPORTED;
     e.sense()
-        .is_some_and(|s| s.key == sense_key::ILLEGAL_REQUEST && s.asc == 0x25)
+        .is_some_and(|s| (s.key, s.asc) == (unsupported.key, unsupported.asc))
 }
 
 /// What the LUN is, from one flight of commands (see the module documentation), and its first
@@ -609,20 +632,21 @@ fn lun_not_supported(e: &ScsiError) -> bool {
 async fn probe(
     conn: &mut Conn,
     seq: &mut Seq,
-    lun: u64,
+    lun: Lun,
     first_read: Option<u32>,
 ) -> Result<(Probe, Option<Bytes>), ProbeError> {
     let mut commands = vec![
         (scsi::test_unit_ready(), 0),
         (scsi::inquiry(false, 0, 96), 96),
-        (scsi::inquiry(true, 0x80, 255), 255),
-        (scsi::inquiry(true, 0x83, 1024), 1024),
+        (scsi::inquiry(true, vpd::UNIT_SERIAL_NUMBER, 255), 255),
+        (scsi::inquiry(true, vpd::DEVICE_IDENTIFICATION, 1024), 1024),
         (scsi::read_capacity10(), 8),
         (scsi::read_capacity16(32), 32),
     ];
+    // READ(10) up to 32 MiB of 512-byte blocks, which every device type takes.
     let first_read = first_read
-        .filter(|&len| len > 0)
-        .and_then(|len| Some((scsi::read(ReadKind::Mmc, 0, len.div_ceil(512))?, len)));
+        .filter(|&len| len > 0 && len.div_ceil(512) <= u32::from(u16::MAX))
+        .and_then(|len| Some((scsi::read(ReadKind::Disk, 0, len.div_ceil(512))?, len)));
     commands.extend(first_read);
     let mut results = setup_commands(conn, seq, lun, &commands).await?.into_iter();
     let mut next = || {
@@ -786,7 +810,7 @@ impl IscsiLun {
             } else {
                 ReadKind::Disk
             },
-            lun_wire: scsi::lun_to_wire(opts.lun),
+            lun_wire: Lun::from_number(opts.lun).to_wire(),
             max_read_blocks: burst / block_size,
             first_bytes: Mutex::new(est.first_bytes),
             info,
@@ -869,7 +893,7 @@ impl IscsiLun {
     }
 
     /// REPORT LUNS through this session.
-    pub async fn report_luns(&self) -> Result<Vec<u64>, IscsiError> {
+    pub async fn report_luns(&self) -> Result<Vec<Lun>, IscsiError> {
         let data = self.execute(scsi::report_luns(4096), 4096).await?;
         Ok(scsi::parse_report_luns(&data)?)
     }

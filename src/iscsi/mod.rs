@@ -57,7 +57,7 @@ pub enum IscsiError {
         portal: String,
         lun: u64,
         /// What REPORT LUNS lists, when it answered.
-        available: Option<Vec<u64>>,
+        available: Option<Vec<crate::scsi::Lun>>,
     },
     #[error("after reconnecting to {portal}, the LUN is not the same one: {reason}")]
     IdentityChanged { portal: String, reason: String },
@@ -77,12 +77,12 @@ pub enum IscsiError {
     Scsi(#[from] ScsiError),
 }
 
-fn luns_it_has(available: &Option<Vec<u64>>) -> String {
+fn luns_it_has(available: &Option<Vec<crate::scsi::Lun>>) -> String {
     match available.as_deref() {
         None => String::new(),
         Some([]) => " (it reports no LUNs)".to_string(),
         Some(luns) => {
-            let list: Vec<String> = luns.iter().map(u64::to_string).collect();
+            let list: Vec<String> = luns.iter().map(ToString::to_string).collect();
             format!(" (it has LUN {})", list.join(", "))
         }
     }

@@ -581,7 +581,7 @@ mod tests {
     /// asynchronous logout request, a hostile PDU, and reconnects, and checks what it sends.
     mod scripted {
         use super::*;
-        use crate::iscsi::pdu::{AsyncMessage, DataIn, LogoutResponse, NopIn};
+        use crate::iscsi::pdu::{AsyncMessage, DataIn, LogoutResponse, NopIn, ScsiCommand};
         use crate::iscsi::session::DataLength;
         use bytes::Bytes;
         use tokio::io::AsyncReadExt;
@@ -674,6 +674,83 @@ mod tests {
                 }),
                 Bytes::from_static(data),
             )
+        }
+
+        /// Setup commands go out together as far as the CmdSN window allows (two here, as tgtd
+        /// opens it at login); the rest follow as soon as a response opens it, with a command
+        /// the caller wants sent again (a UNIT ATTENTION) in the same flight. Outcomes come back
+        /// in the caller's order.
+        #[tokio::test]
+        async fn setup_commands_fill_the_window_and_resend_in_the_next_flight() {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let portal = listener.local_addr().unwrap().to_string();
+            let mut conn = Conn::connect(&portal, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let mut peer = Peer::accept(&listener).await;
+            let spec = |lba| CommandSpec {
+                lun: 0,
+                cdb: crate::scsi::read(crate::scsi::ReadKind::Disk, lba, 1).unwrap(),
+                read_len: 4,
+                expect: DataLength::AtMost,
+            };
+            let specs: Vec<CommandSpec> = (0..4).map(spec).collect();
+            let initiator = tokio::spawn(async move {
+                let mut seq = test_seq();
+                seq.max_cmd_sn = 2;
+                let mut resent = false;
+                let outcomes = conn
+                    .commands(&mut seq, &specs, |at, outcome| {
+                        let again = at == 0 && outcome.status == 2 && !resent;
+                        resent |= again;
+                        again
+                    })
+                    .await
+                    .unwrap();
+                (outcomes, conn.exchanges())
+            });
+            let lba = |cmd: &ScsiCommand| u32::from_be_bytes(cmd.cdb[2..6].try_into().unwrap());
+            let mut first = Vec::new();
+            for _ in 0..2 {
+                let Bhs::ScsiCommand(cmd) = peer.recv().await.bhs else {
+                    panic!("expected a command")
+                };
+                first.push(cmd);
+            }
+            assert_eq!(first.iter().map(lba).collect::<Vec<_>>(), [0, 1]);
+            // The first meets a CHECK CONDITION; the response opens the window wide.
+            peer.send(Pdu::new(Bhs::ScsiResponse(pdu::ScsiResponse {
+                status: 2,
+                itt: first[0].itt,
+                stat_sn: 1,
+                exp_cmd_sn: 2,
+                max_cmd_sn: 64,
+                ..pdu::ScsiResponse::default()
+            })))
+            .await;
+            let mut second = Vec::new();
+            for _ in 0..3 {
+                let Bhs::ScsiCommand(cmd) = peer.recv().await.bhs else {
+                    panic!("expected a command")
+                };
+                second.push(cmd);
+            }
+            assert_eq!(second.iter().map(lba).collect::<Vec<_>>(), [2, 3, 0]);
+            assert_ne!(second[2].itt, first[0].itt);
+            let answers: [(u32, &'static [u8]); 4] = [
+                (second[2].itt, b"aaaa"),
+                (first[1].itt, b"bbbb"),
+                (second[0].itt, b"cccc"),
+                (second[1].itt, b"dddd"),
+            ];
+            for (itt, data) in answers.into_iter().rev() {
+                peer.send(data_in_done(itt, data)).await;
+            }
+            let (outcomes, exchanges) = initiator.await.unwrap();
+            let data: Vec<&[u8]> = outcomes.iter().map(|o| &o.data[..]).collect();
+            assert_eq!(data, [b"aaaa", b"bbbb", b"cccc", b"dddd"]);
+            // The TCP handshake and two flights.
+            assert_eq!(exchanges, 3);
         }
 
         #[tokio::test]

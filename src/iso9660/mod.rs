@@ -15,7 +15,9 @@
 //! A hostile image gets an [`IsoError`], never a panic, a hang or unbounded memory: every length
 //! is checked against its container and the image size, every loop is bounded (descriptors,
 //! continuation areas, extents per file, directory size, nesting depth), and a directory whose
-//! extent is already the child of another directory is reported as a loop.
+//! extent is already the child of another directory is reported as a loop. A file whose data
+//! runs past the end of the image is still listed with the rest of its directory; reading it
+//! fails.
 
 mod record;
 pub mod susp;
@@ -214,7 +216,22 @@ struct Entry {
     /// Byte ranges of the data in the image, in file order (a directory: its records).
     extents: Vec<(u64, u64)>,
     link: Option<OsString>,
-    zisofs: bool,
+    content: Content,
+}
+
+/// Whether a file's data can be read as recorded. A file that cannot is still listed, so that
+/// the rest of its directory is; only reading it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Content {
+    Readable,
+    /// zisofs-compressed (Rock Ridge ZF): refused rather than shown compressed.
+    Zisofs,
+    /// An extent (`start`, `len` in bytes) runs past the end of the image: a truncated or
+    /// damaged image.
+    PastEnd {
+        start: u64,
+        len: u64,
+    },
 }
 
 impl Entry {
@@ -224,6 +241,22 @@ impl Entry {
             name: self.name.clone(),
             attr: self.attr.clone(),
         }
+    }
+
+    /// The error for data that runs past the end of a `size`-byte image, naming the file.
+    fn past_end(&self, size: u64) -> Option<IsoError> {
+        let Content::PastEnd { start, len } = self.content else {
+            return None;
+        };
+        Some(corrupt(
+            self.attr.ino,
+            format!(
+                "file `{}`: its data at bytes {start}..{} runs past the end of the {size}-byte \
+                 image",
+                self.name.to_string_lossy(),
+                start.saturating_add(len)
+            ),
+        ))
     }
 }
 
@@ -470,10 +503,13 @@ impl IsoFs {
             Kind::Symlink => return Err(IsoError::NotARegularFile(ino)),
             Kind::File => {}
         }
-        if entry.zisofs {
+        if entry.content == Content::Zisofs {
             return Err(IsoError::Unsupported(format!(
                 "inode {ino} is zisofs-compressed"
             )));
+        }
+        if let Some(err) = entry.past_end(self.reader.size) {
+            return Err(err);
         }
         if len > MAX_READ {
             return Err(IsoError::ReadTooLarge(len));
@@ -502,7 +538,11 @@ impl IsoFs {
     /// The byte ranges of the image holding node `ino`'s data, in file order (a directory: its
     /// records; a symlink: none), for prefetching exactly what reading it will need.
     pub fn extents(&self, ino: u64) -> Result<Vec<(u64, u64)>, IsoError> {
-        Ok(self.entry(ino)?.extents.clone())
+        let entry = self.entry(ino)?;
+        match entry.past_end(self.reader.size) {
+            Some(err) => Err(err),
+            None => Ok(entry.extents.clone()),
+        }
     }
 
     /// The node at `path` (absolute or relative to the root), following symbolic links the way
@@ -913,6 +953,11 @@ fn build_entry(
     };
     let mut extents = Vec::new();
     let mut link = None;
+    let mut content = if su.zisofs {
+        Content::Zisofs
+    } else {
+        Content::Readable
+    };
     let size = match kind {
         Kind::Dir => {
             if records.len() != 1 {
@@ -950,9 +995,9 @@ fn build_entry(
             for r in records {
                 let start = (u64::from(r.lba) + u64::from(r.xattr_len)) * SECTOR_U64;
                 let len = u64::from(r.size);
-                reader
-                    .check_range(start, len)
-                    .map_err(|_| corrupt(at, "file extent past the end of the image"))?;
+                if reader.check_range(start, len).is_err() && content == Content::Readable {
+                    content = Content::PastEnd { start, len };
+                }
                 if len > 0 {
                     extents.push((start, len));
                 }
@@ -985,7 +1030,7 @@ fn build_entry(
         },
         extents,
         link,
-        zisofs: su.zisofs,
+        content,
     }))
 }
 

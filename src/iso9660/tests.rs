@@ -653,6 +653,67 @@ fn hostile_images_give_errors() {
     }
 }
 
+/// A file whose data runs past the end of the image (one extent of a multi-extent file, here) is
+/// listed with its directory; only reading it fails, with an error naming it.
+#[test]
+fn a_file_past_the_end_fails_alone() {
+    let image_size = 24 * S as u64;
+    let cases: [(&str, Vec<Vec<u8>>, u64); 3] = [
+        (
+            "starting past the end",
+            vec![rec(10_000, 5, 0, b"BAD;1", &[])],
+            10_000 * S as u64,
+        ),
+        (
+            "ending past the end",
+            vec![rec(23, 4 * S as u32, 0, b"BAD;1", &[])],
+            23 * S as u64,
+        ),
+        (
+            "one extent of several past the end",
+            vec![
+                rec(20, S as u32, FLAG_MULTI_EXTENT, b"BAD;1", &[]),
+                rec(u32::MAX, 100, 0, b"BAD;1", &[]),
+            ],
+            u64::from(u32::MAX) * S as u64,
+        ),
+    ];
+    for (what, bad, bad_start) in cases {
+        let mut iso = plain();
+        let mut root = vec![rec(19, S as u32, DIR, b"A", &[])];
+        root.extend(bad);
+        root.push(rec(20, 5, 0, b"F.TXT;1", &[]));
+        iso.dir(18, 18, &[], &root);
+        let fs = iso.open().unwrap();
+        assert_eq!(names(&fs, ROOT_INO), ["A", "BAD", "F.TXT"], "{what}");
+        let f = fs.resolve("/F.TXT").unwrap().unwrap();
+        assert_eq!(fs.read(f.ino, 0, 100).unwrap(), b"hello", "{what}");
+        assert_eq!(names(&fs, fs.resolve("A").unwrap().unwrap().ino), ["B.TXT"]);
+        let bad = fs.lookup(ROOT_INO, OsStr::new("BAD")).unwrap().unwrap();
+        assert_eq!(fs.getattr(bad.ino).unwrap().kind, Kind::File, "{what}");
+        for cold in [false, true] {
+            let fresh;
+            let fs = if cold {
+                fresh = iso.open().unwrap();
+                &fresh
+            } else {
+                &fs
+            };
+            let err = fs.read(bad.ino, 0, 5).unwrap_err();
+            assert_eq!(err.errno(), libc::EIO, "{what}: {err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("byte {}", bad.ino))
+                    && text.contains("file `BAD`")
+                    && text.contains(&format!("at bytes {bad_start}.."))
+                    && text.contains(&format!("past the end of the {image_size}-byte image")),
+                "{what}: {text}"
+            );
+            assert!(fs.extents(bad.ino).is_err(), "{what}");
+        }
+    }
+}
+
 #[test]
 fn zisofs_files_are_refused_not_misread() {
     let mut iso = rock_ridge();

@@ -1,10 +1,18 @@
-//! SCSI commands the initiator sends and the parsers for what comes back: CDB builders and
-//! response parsers for INQUIRY and its VPD pages 0x00/0x80/0x83 (SPC-4 §6.6, §7.8), REPORT LUNS
+//! The SCSI vocabulary, one for initiator and target: operation codes ([`opcode`]), sense data
+//! ([`sense`]), vital product data pages ([`vpd`]), status codes and device types; and the
+//! initiator's CDB builders and response parsers for INQUIRY (SPC-4 §6.6), REPORT LUNS
 //! (SPC-4 §6.33), TEST UNIT READY, READ CAPACITY(10)/(16) (SBC-3 §5.15–5.16; MMC-6 §6.23),
-//! READ(10)/(12)/(16) (SBC-3 §5.8–5.10; MMC-6 §6.19), fixed and descriptor sense data
-//! (SPC-4 §4.5), and the single-level LUN encoding of SAM-5 §4.7.
+//! READ(10)/(12)/(16) (SBC-3 §5.8–5.10; MMC-6 §6.19), and the LUN addressing methods of SAM-5
+//! §4.7. The target's logical unit (`crate::target::scsi`) answers in the same terms.
 //!
 //! No I/O and no knowledge of iSCSI: every parser takes bytes and fails on short or malformed input.
+
+pub mod opcode;
+pub mod sense;
+pub mod vpd;
+
+pub use sense::{parse_sense, sense_key, Sense};
+pub use vpd::{parse_device_id, parse_serial, parse_supported_pages, vpd_payload};
 
 /// SCSI status codes (SAM-5 §5.3).
 pub mod status {
@@ -15,14 +23,8 @@ pub mod status {
     pub const TASK_SET_FULL: u8 = 0x28;
 }
 
-/// Sense keys (SPC-4 §4.5.6).
-pub mod sense_key {
-    pub const NOT_READY: u8 = 0x2;
-    pub const MEDIUM_ERROR: u8 = 0x3;
-    pub const ILLEGAL_REQUEST: u8 = 0x5;
-    pub const UNIT_ATTENTION: u8 = 0x6;
-}
-
+/// Peripheral device type of a direct-access block device (SBC).
+pub const TYPE_DISK: u8 = 0x00;
 /// Peripheral device type of a CD/DVD (MMC) device.
 pub const TYPE_MMC: u8 = 0x05;
 
@@ -61,7 +63,7 @@ pub type Cdb = [u8; 16];
 
 pub fn inquiry(evpd: bool, page: u8, alloc: u16) -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0x12;
+    cdb[0] = opcode::INQUIRY;
     cdb[1] = u8::from(evpd);
     cdb[2] = page;
     cdb[3..5].copy_from_slice(&alloc.to_be_bytes());
@@ -69,26 +71,28 @@ pub fn inquiry(evpd: bool, page: u8, alloc: u16) -> Cdb {
 }
 
 pub fn test_unit_ready() -> Cdb {
-    [0u8; 16]
+    let mut cdb = [0u8; 16];
+    cdb[0] = opcode::TEST_UNIT_READY;
+    cdb
 }
 
 pub fn report_luns(alloc: u32) -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0xa0;
+    cdb[0] = opcode::REPORT_LUNS;
     cdb[6..10].copy_from_slice(&alloc.to_be_bytes());
     cdb
 }
 
 pub fn read_capacity10() -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0x25;
+    cdb[0] = opcode::READ_CAPACITY_10;
     cdb
 }
 
 pub fn read_capacity16(alloc: u32) -> Cdb {
     let mut cdb = [0u8; 16];
-    cdb[0] = 0x9e;
-    cdb[1] = 0x10;
+    cdb[0] = opcode::SERVICE_ACTION_IN_16;
+    cdb[1] = opcode::READ_CAPACITY_16_ACTION;
     cdb[10..14].copy_from_slice(&alloc.to_be_bytes());
     cdb
 }
@@ -109,18 +113,18 @@ pub fn read(kind: ReadKind, lba: u64, blocks: u32) -> Option<Cdb> {
     let lba32 = u32::try_from(lba).ok();
     match (lba32, u16::try_from(blocks)) {
         (Some(lba), Ok(n)) => {
-            cdb[0] = 0x28;
+            cdb[0] = opcode::READ_10;
             cdb[2..6].copy_from_slice(&lba.to_be_bytes());
             cdb[7..9].copy_from_slice(&n.to_be_bytes());
         }
         (Some(lba), Err(_)) if kind == ReadKind::Mmc => {
-            cdb[0] = 0xa8;
+            cdb[0] = opcode::READ_12;
             cdb[2..6].copy_from_slice(&lba.to_be_bytes());
             cdb[6..10].copy_from_slice(&blocks.to_be_bytes());
         }
         _ if kind == ReadKind::Mmc => return None,
         _ => {
-            cdb[0] = 0x88;
+            cdb[0] = opcode::READ_16;
             cdb[2..10].copy_from_slice(&lba.to_be_bytes());
             cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
         }
@@ -139,6 +143,7 @@ pub struct Inquiry {
     pub revision: String,
 }
 
+/// A fixed-width ASCII field as text: trimmed of spaces and NULs, control characters dropped.
 fn ascii(field: &[u8]) -> String {
     String::from_utf8_lossy(field)
         .trim_matches(|c: char| c == ' ' || c == '\0')
@@ -157,49 +162,6 @@ pub fn parse_inquiry(data: &[u8]) -> Result<Inquiry, ScsiError> {
         product: ascii(&data[16..32]),
         revision: ascii(&data[32..36]),
     })
-}
-
-/// The payload of a VPD page (after its 4-byte header), checked against the page code.
-pub fn vpd_payload(page: u8, data: &[u8]) -> Result<&[u8], ScsiError> {
-    need("VPD page", data, 4)?;
-    if data[1] != page {
-        return Err(ScsiError::Malformed(format!(
-            "asked for VPD page {page:#04x}, got {:#04x}",
-            data[1]
-        )));
-    }
-    let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
-    Ok(&data[4..data.len().min(4 + len)])
-}
-
-/// VPD 0x00: the pages supported.
-pub fn parse_supported_pages(data: &[u8]) -> Result<Vec<u8>, ScsiError> {
-    Ok(vpd_payload(0x00, data)?.to_vec())
-}
-
-/// VPD 0x80: unit serial number, trimmed.
-pub fn parse_serial(data: &[u8]) -> Result<String, ScsiError> {
-    Ok(ascii(vpd_payload(0x80, data)?))
-}
-
-/// VPD 0x83: the designation descriptors, raw (each: 4-byte header + identifier), checked to be
-/// well formed.
-pub fn parse_device_id(data: &[u8]) -> Result<Vec<u8>, ScsiError> {
-    let payload = vpd_payload(0x83, data)?;
-    let mut at = 0usize;
-    while at < payload.len() {
-        let header = payload
-            .get(at..at + 4)
-            .ok_or_else(|| ScsiError::Malformed("truncated designation descriptor".into()))?;
-        let end = at + 4 + usize::from(header[3]);
-        if end > payload.len() {
-            return Err(ScsiError::Malformed(
-                "designation descriptor past the page end".into(),
-            ));
-        }
-        at = end;
-    }
-    Ok(payload.to_vec())
 }
 
 /// Capacity: number of blocks and block length.
@@ -245,8 +207,8 @@ pub fn parse_read_capacity16(data: &[u8]) -> Result<Capacity, ScsiError> {
     checked_capacity(u64::from_be_bytes(last), size)
 }
 
-/// REPORT LUNS: the LUN numbers listed.
-pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u64>, ScsiError> {
+/// REPORT LUNS: the LUNs listed, each decoded from its 8-byte LUN field.
+pub fn parse_report_luns(data: &[u8]) -> Result<Vec<Lun>, ScsiError> {
     need("REPORT LUNS", data, 8)?;
     let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
     let list = &data[8..data.len().min(8usize.saturating_add(len))];
@@ -255,84 +217,111 @@ pub fn parse_report_luns(data: &[u8]) -> Result<Vec<u64>, ScsiError> {
         .map(|entry| {
             let mut raw = [0u8; 8];
             raw.copy_from_slice(entry);
-            lun_from_wire(u64::from_be_bytes(raw))
+            Lun::from_wire(u64::from_be_bytes(raw))
         })
         .collect())
 }
 
-/// A LUN number as the 8-byte LUN field (SAM-5 §4.7: peripheral addressing below 256, flat
-/// space addressing up to 16383, else the raw value).
-pub fn lun_to_wire(lun: u64) -> u64 {
-    match lun {
-        0..=255 => lun << 48,
-        256..=16383 => (0x4000 | lun) << 48,
-        _ => lun,
+/// A logical unit as its 8-byte LUN field addresses it (SAM-5 §4.7), decoded by addressing
+/// method. Decoding is faithful: `Lun::from_wire(raw).to_wire() == raw` for every `raw`, so two
+/// different fields never become the same LUN.
+///
+/// ```text
+///  byte 0                  byte 1          bytes 2..8
+///  7 6 | 5 4 3 2 1 0     | 7 … 0          |
+///  0 0 | BUS IDENTIFIER  | TARGET OR LUN  | zero          peripheral device addressing
+///  0 1 | FLAT SPACE LUN (14 bits)         | zero          flat space addressing
+///  anything else (logical unit or extended addressing, more levels)    opaque
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lun {
+    /// Peripheral device addressing (SAM-5 §4.7.7.2) at a single level: with bus 0, the
+    /// second byte is the LUN; with another bus, a target on that bus.
+    Peripheral { bus: u8, target_or_lun: u8 },
+    /// Flat space addressing (SAM-5 §4.7.7.3) at a single level: a 14-bit LUN.
+    Flat(u16),
+    /// Any other field (logical unit or extended addressing, several levels), kept whole.
+    Opaque(u64),
+}
+
+/// The first two bytes of a LUN field, the rest of it zero (a single-level LUN).
+const SINGLE_LEVEL_REST: u64 = 0x0000_ffff_ffff_ffff;
+/// Numbers below this are single-level LUNs (SAM-5 §4.7); larger ones are the LUN field itself.
+const FIRST_FIELD_NUMBER: u64 = 0x4000;
+
+impl Lun {
+    pub fn from_wire(raw: u64) -> Lun {
+        if raw & SINGLE_LEVEL_REST != 0 {
+            return Lun::Opaque(raw);
+        }
+        let [first, second, ..] = raw.to_be_bytes();
+        match first >> 6 {
+            0b00 => Lun::Peripheral {
+                bus: first & 0x3f,
+                target_or_lun: second,
+            },
+            0b01 => Lun::Flat(u16::from_be_bytes([first & 0x3f, second])),
+            _ => Lun::Opaque(raw),
+        }
+    }
+
+    pub fn to_wire(self) -> u64 {
+        match self {
+            Lun::Peripheral { bus, target_or_lun } => {
+                u64::from(u16::from_be_bytes([bus & 0x3f, target_or_lun])) << 48
+            }
+            Lun::Flat(lun) => u64::from(0x4000 | (lun & 0x3fff)) << 48,
+            Lun::Opaque(raw) => raw,
+        }
+    }
+
+    /// The LUN a catalog or URL names by number: peripheral addressing below 256, flat space
+    /// addressing up to 16383, else the LUN field itself.
+    pub fn from_number(number: u64) -> Lun {
+        match u8::try_from(number) {
+            Ok(lun) => Lun::Peripheral {
+                bus: 0,
+                target_or_lun: lun,
+            },
+            Err(_) if number < FIRST_FIELD_NUMBER => Lun::Flat(number as u16),
+            Err(_) => Lun::from_wire(number),
+        }
+    }
+
+    /// The number that names this LUN in a catalog or URL ([`Lun::from_number`] gives it back);
+    /// `None` for the few multi-level fields whose value is below 16384, which no number names.
+    pub fn number(self) -> Option<u64> {
+        match self {
+            Lun::Peripheral {
+                bus: 0,
+                target_or_lun,
+            } => Some(u64::from(target_or_lun)),
+            Lun::Flat(lun) if lun > 0xff => Some(u64::from(lun)),
+            _ => Some(self.to_wire()).filter(|&raw| raw >= FIRST_FIELD_NUMBER),
+        }
     }
 }
 
-/// The inverse of [`lun_to_wire`] for the addressing methods it produces.
-pub fn lun_from_wire(raw: u64) -> u64 {
-    let first = (raw >> 48) as u16;
-    match first >> 14 {
-        0 if raw & 0x0000_ffff_ffff_ffff == 0 => u64::from(first & 0xff),
-        1 if raw & 0x0000_ffff_ffff_ffff == 0 => u64::from(first & 0x3fff),
-        _ => raw,
-    }
-}
-
-/// The parts of sense data that decide what to do next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sense {
-    pub key: u8,
-    pub asc: u8,
-    pub ascq: u8,
-}
-
-impl std::fmt::Display for Sense {
+/// The number alone for the usual LUNs; the number (or the field, when no number names it) and
+/// the addressing for the others, so that no two LUNs look alike.
+impl std::fmt::Display for Lun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.key {
-            0x0 => "NO SENSE",
-            0x1 => "RECOVERED ERROR",
-            0x2 => "NOT READY",
-            0x3 => "MEDIUM ERROR",
-            0x4 => "HARDWARE ERROR",
-            0x5 => "ILLEGAL REQUEST",
-            0x6 => "UNIT ATTENTION",
-            0x7 => "DATA PROTECT",
-            0xb => "ABORTED COMMAND",
-            _ => "sense key",
+        let addressing = match *self {
+            Lun::Peripheral {
+                bus: 0,
+                target_or_lun,
+            } => return write!(f, "{target_or_lun}"),
+            Lun::Flat(lun) if lun > 0xff => return write!(f, "{lun}"),
+            Lun::Peripheral { bus, target_or_lun } => {
+                format!("peripheral addressing, bus {bus}, target {target_or_lun}")
+            }
+            Lun::Flat(lun) => format!("flat space addressing, LUN {lun}"),
+            Lun::Opaque(raw) => format!("LUN field {raw:#018x}"),
         };
-        write!(
-            f,
-            "{name} ({:#x}) asc/ascq {:#04x}/{:#04x}",
-            self.key, self.asc, self.ascq
-        )
-    }
-}
-
-/// Parse fixed (0x70/0x71) or descriptor (0x72/0x73) sense data.
-pub fn parse_sense(data: &[u8]) -> Result<Sense, ScsiError> {
-    need("sense data", data, 1)?;
-    match data[0] & 0x7f {
-        0x70 | 0x71 => {
-            need("fixed sense data", data, 14)?;
-            Ok(Sense {
-                key: data[2] & 0x0f,
-                asc: data[12],
-                ascq: data[13],
-            })
+        match self.number() {
+            Some(number) => write!(f, "{number} ({addressing})"),
+            None => write!(f, "{addressing}"),
         }
-        0x72 | 0x73 => {
-            need("descriptor sense data", data, 4)?;
-            Ok(Sense {
-                key: data[1] & 0x0f,
-                asc: data[2],
-                ascq: data[3],
-            })
-        }
-        code => Err(ScsiError::Malformed(format!(
-            "unknown sense response code {code:#04x}"
-        ))),
     }
 }
 
@@ -421,12 +410,119 @@ mod tests {
     #[test]
     fn report_luns_and_lun_encoding() {
         let mut data = vec![0, 0, 0, 16, 0, 0, 0, 0];
-        data.extend_from_slice(&lun_to_wire(0).to_be_bytes());
-        data.extend_from_slice(&lun_to_wire(300).to_be_bytes());
-        assert_eq!(parse_report_luns(&data).unwrap(), vec![0, 300]);
-        assert_eq!(lun_to_wire(1), 0x0001_0000_0000_0000);
-        assert_eq!(lun_to_wire(300), 0x412c_0000_0000_0000);
+        data.extend_from_slice(&Lun::from_number(0).to_wire().to_be_bytes());
+        data.extend_from_slice(&Lun::from_number(300).to_wire().to_be_bytes());
+        let luns = parse_report_luns(&data).unwrap();
+        assert_eq!(luns, vec![Lun::from_number(0), Lun::from_number(300)]);
+        assert_eq!(luns[1], Lun::Flat(300));
+        assert_eq!(Lun::from_number(1).to_wire(), 0x0001_0000_0000_0000);
+        assert_eq!(Lun::from_number(300).to_wire(), 0x412c_0000_0000_0000);
         assert!(parse_report_luns(&[0; 4]).is_err());
+    }
+
+    /// LUN fields of each addressing method (SAM-5 §4.7), as REPORT LUNS lists them.
+    const LUN_FIELDS: [([u8; 8], Lun, &str); 9] = [
+        (
+            [0x00, 0x00, 0, 0, 0, 0, 0, 0],
+            Lun::Peripheral {
+                bus: 0,
+                target_or_lun: 0,
+            },
+            "0",
+        ),
+        (
+            [0x00, 0x07, 0, 0, 0, 0, 0, 0],
+            Lun::Peripheral {
+                bus: 0,
+                target_or_lun: 7,
+            },
+            "7",
+        ),
+        (
+            [0x01, 0x00, 0, 0, 0, 0, 0, 0],
+            Lun::Peripheral {
+                bus: 1,
+                target_or_lun: 0,
+            },
+            "72057594037927936 (peripheral addressing, bus 1, target 0)",
+        ),
+        ([0x41, 0x2c, 0, 0, 0, 0, 0, 0], Lun::Flat(300), "300"),
+        (
+            [0x40, 0x05, 0, 0, 0, 0, 0, 0],
+            Lun::Flat(5),
+            "4613093393310941184 (flat space addressing, LUN 5)",
+        ),
+        (
+            [0x80, 0x21, 0, 0, 0, 0, 0, 0],
+            Lun::Opaque(0x8021_0000_0000_0000),
+            "9232660711086227456 (LUN field 0x8021000000000000)",
+        ),
+        (
+            [0xd2, 0x00, 0x12, 0x34, 0x56, 0, 0, 0],
+            Lun::Opaque(0xd200_1234_5600_0000),
+            "15132114763955306496 (LUN field 0xd200123456000000)",
+        ),
+        (
+            [0x00, 0x01, 0x00, 0x02, 0, 0, 0, 0],
+            Lun::Opaque(0x0001_0002_0000_0000),
+            "281483566645248 (LUN field 0x0001000200000000)",
+        ),
+        (
+            [0, 0, 0, 0, 0, 0, 0x00, 0x2a],
+            Lun::Opaque(0x2a),
+            "LUN field 0x000000000000002a",
+        ),
+    ];
+
+    #[test]
+    fn lun_fields_decode_by_addressing_method() {
+        for (field, lun, shown) in LUN_FIELDS {
+            let raw = u64::from_be_bytes(field);
+            assert_eq!(Lun::from_wire(raw), lun, "{field:02x?}");
+            assert_eq!(lun.to_wire(), raw, "{field:02x?}");
+            assert_eq!(lun.to_string(), shown, "{field:02x?}");
+            match lun.number() {
+                Some(number) => assert_eq!(Lun::from_number(number), lun, "{field:02x?}"),
+                None => assert!(raw < FIRST_FIELD_NUMBER, "{field:02x?}"),
+            }
+        }
+    }
+
+    /// Peripheral addressing on another bus is not LUN 0: `discover -l` lists both, once each.
+    #[test]
+    fn report_luns_keeps_every_lun_distinct() {
+        let mut data = vec![0, 0, 0, (LUN_FIELDS.len() * 8) as u8, 0, 0, 0, 0];
+        for (field, _, _) in LUN_FIELDS {
+            data.extend_from_slice(&field);
+        }
+        let luns = parse_report_luns(&data).unwrap();
+        let expected: Vec<Lun> = LUN_FIELDS.iter().map(|(_, lun, _)| *lun).collect();
+        assert_eq!(luns, expected);
+        let shown: std::collections::HashSet<String> = luns.iter().map(Lun::to_string).collect();
+        assert_eq!(shown.len(), luns.len(), "{shown:?}");
+    }
+
+    #[test]
+    fn every_lun_field_round_trips() {
+        let mut raw = 0x9e37_79b9_7f4a_7c15u64;
+        let edges = (0..=0xffffu64).map(|first| first << 48);
+        let spread = (0..100_000).map(|_| {
+            raw = raw
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            raw
+        });
+        for field in edges.chain(spread).chain([1, 0x3fff, 0x4000, u64::MAX]) {
+            let lun = Lun::from_wire(field);
+            assert_eq!(lun.to_wire(), field, "{field:#018x}");
+            if let Some(number) = lun.number() {
+                assert_eq!(Lun::from_number(number), lun, "{field:#018x}");
+            }
+        }
+        for number in (0..0x1_0000).chain([u64::MAX]) {
+            let lun = Lun::from_number(number);
+            assert_eq!(Lun::from_wire(lun.to_wire()), lun, "{number}");
+        }
     }
 
     #[test]

@@ -320,7 +320,10 @@ mod tests {
                     target: "iqn.x".into(),
                     portal: portal(),
                     lun: 3,
-                    available: Some(vec![0, 1]),
+                    available: Some(vec![
+                        crate::scsi::Lun::from_number(0),
+                        crate::scsi::Lun::from_number(1),
+                    ]),
                 },
                 "unusable",
             ),

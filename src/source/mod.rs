@@ -1,10 +1,11 @@
 //! Where bytes come from: the seam below the image core.
 //!
 //! A [`BlockSource`] is one place an image's bytes can be read from: a portal of an iSCSI
-//! mirror ([`iscsi`]), a local file or bytes in memory ([`local`]), and next a web mirror over
-//! HTTP range requests. Sources are untrusted: the image core verifies every chunk they deliver
-//! against the manifest, and ranks them (`image::sources`): a dead, slow or lying source is
-//! passed over, a source that keeps breaking its protocol is dropped for the image.
+//! mirror ([`iscsi`]), a web mirror over HTTP range requests ([`http`], on the protocol layer in
+//! [`crate::http`]), a local file or bytes in memory ([`local`]). Sources are untrusted: the image
+//! core verifies every chunk they deliver against the manifest, and ranks them
+//! (`image::sources`): a dead, slow or lying source is passed over, a source that keeps breaking
+//! its protocol is dropped for the image.
 //!
 //! ## What a source promises
 //! - [`BlockSource::open`] connects when needed and says what the source holds (size, identity);
@@ -14,19 +15,16 @@
 //!   and verifies each chunk while the rest is still on the wire.
 //! - Every failure is a [`SourceError`] whose variant says what the image core does with it.
 //!
-//! ## Adding a kind of source (HTTP)
-//! Write `source/http.rs` with a type that implements [`BlockSource`]:
-//! - `kind()` → `"http"`, `describe()` → the URL without credentials;
-//! - `open()` learns the size (and the validators that must not change: ETag, Last-Modified) and
-//!   returns a [`SourceIdentity`]; a file that has changed since is [`SourceError::Unusable`];
-//! - `read()` sends one Range request and maps its body stream to [`Pieces`]; a 200 to a Range
-//!   request or a wrong `Content-Range` is [`SourceError::Protocol`] (or `Unusable` when the
-//!   server can never serve ranges), a refused or reset connection [`SourceError::Network`];
-//! - `run_bytes()` says how large a read suits it (a few MiB for HTTP).
-//!
-//! Then let `image::open` build one per catalog URL beside the iSCSI portals. Ranking, hedging,
-//! the fault budget, read deadlines and verification need nothing more.
+//! ## Adding a kind of source
+//! Write `source/KIND.rs` with a type that implements [`BlockSource`] (see `http.rs`, the
+//! smallest of the network ones): `kind()` and `describe()` (never a secret); `open()` connects
+//! or asks once and returns a [`SourceIdentity`], cheaply when already connected; `read()` maps
+//! the protocol's data as it lands to [`Pieces`]; every failure sorted into the [`SourceError`]
+//! classes; `run_bytes()` says how large a read suits it. Then let `image::open` build one per
+//! catalog entry's mirror. Ranking, hedging, the fault budget, read deadlines and verification
+//! need nothing more.
 
+pub mod http;
 pub mod iscsi;
 pub mod local;
 

@@ -82,7 +82,8 @@ impl BlockSource for ImageSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{ImageSpec, DEFAULT_READ_TIMEOUT};
+    use crate::config::DEFAULT_READ_TIMEOUT;
+    use crate::image::ImageSpec;
     use crate::manifest::Manifest;
     use crate::source::{read_all, MemorySource};
 

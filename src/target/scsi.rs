@@ -9,7 +9,11 @@
 //! [`LogicalUnit::execute`] turns a CDB into an [`Outcome`]: data to return, a byte range to read
 //! from the image, or CHECK CONDITION with sense. The connection layer does the reading, so every
 //! rule here is tested with CDB byte fixtures. Every field taken from a CDB is range-checked
-//! with checked arithmetic; the media is never written.
+//! with checked arithmetic; the media is never written. Opcodes, sense data and VPD page codes
+//! are the initiator's too ([`crate::scsi`]).
+
+pub use crate::scsi::Sense;
+use crate::scsi::{opcode as op, vpd, TYPE_DISK, TYPE_MMC};
 
 /// The kind of device a LUN presents.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +28,8 @@ impl DeviceType {
     /// SPC peripheral device type code.
     pub fn peripheral_type(self) -> u8 {
         match self {
-            DeviceType::Disk => 0x00,
-            DeviceType::Cd => 0x05,
+            DeviceType::Disk => TYPE_DISK,
+            DeviceType::Cd => TYPE_MMC,
         }
     }
 
@@ -35,55 +39,6 @@ impl DeviceType {
             DeviceType::Disk => 512,
             DeviceType::Cd => 2048,
         }
-    }
-}
-
-/// Sense keys used by this target (SPC-4 table 27).
-pub mod sense_key {
-    pub const NO_SENSE: u8 = 0x0;
-    pub const MEDIUM_ERROR: u8 = 0x3;
-    pub const MISCOMPARE: u8 = 0xe;
-    pub const ILLEGAL_REQUEST: u8 = 0x5;
-    pub const DATA_PROTECT: u8 = 0x7;
-}
-
-/// One sense condition: key, additional sense code and qualifier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Sense {
-    pub key: u8,
-    pub asc: u8,
-    pub ascq: u8,
-}
-
-impl Sense {
-    pub const NO_SENSE: Sense = Sense::new(sense_key::NO_SENSE, 0x00, 0x00);
-    pub const UNRECOVERED_READ_ERROR: Sense = Sense::new(sense_key::MEDIUM_ERROR, 0x11, 0x00);
-    pub const INVALID_OPCODE: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x20, 0x00);
-    pub const LBA_OUT_OF_RANGE: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x21, 0x00);
-    pub const INVALID_FIELD_IN_CDB: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x24, 0x00);
-    pub const LUN_NOT_SUPPORTED: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x25, 0x00);
-    pub const SAVING_NOT_SUPPORTED: Sense = Sense::new(sense_key::ILLEGAL_REQUEST, 0x39, 0x00);
-    pub const WRITE_PROTECTED: Sense = Sense::new(sense_key::DATA_PROTECT, 0x27, 0x00);
-    pub const MISCOMPARE_DURING_VERIFY: Sense = Sense::new(sense_key::MISCOMPARE, 0x1d, 0x00);
-
-    pub const fn new(key: u8, asc: u8, ascq: u8) -> Sense {
-        Sense { key, asc, ascq }
-    }
-
-    /// Fixed-format sense data (SPC-4 §4.5.3), response code 0x70 (current error).
-    pub fn fixed(&self) -> [u8; 18] {
-        let mut out = [0u8; 18];
-        out[0] = 0x70;
-        out[2] = self.key & 0x0f;
-        out[7] = 10; // additional sense length: bytes 8..18
-        out[12] = self.asc;
-        out[13] = self.ascq;
-        out
-    }
-
-    /// Descriptor-format sense data (SPC-4 §4.5.2) with no descriptors.
-    pub fn descriptor(&self) -> [u8; 8] {
-        [0x72, self.key & 0x0f, self.asc, self.ascq, 0, 0, 0, 0]
     }
 }
 
@@ -182,7 +137,9 @@ impl LogicalUnit {
             op::INQUIRY => self.inquiry(cdb),
             op::REPORT_LUNS => report_luns(cdb),
             op::READ_CAPACITY_10 => self.read_capacity_10(cdb),
-            op::SERVICE_ACTION_IN_16 if cdb[1] & 0x1f == 0x10 => self.read_capacity_16(cdb),
+            op::SERVICE_ACTION_IN_16 if cdb[1] & 0x1f == op::READ_CAPACITY_16_ACTION => {
+                self.read_capacity_16(cdb)
+            }
             op::READ_6 => {
                 let lba = u64::from(u32::from_be_bytes([0, cdb[1] & 0x1f, cdb[2], cdb[3]]));
                 let blocks = match cdb[4] {
@@ -261,8 +218,17 @@ impl LogicalUnit {
 
     fn supported_vpd_pages(&self) -> &'static [u8] {
         match self.device {
-            DeviceType::Disk => &[0x00, 0x80, 0x83, 0xb0],
-            DeviceType::Cd => &[0x00, 0x80, 0x83],
+            DeviceType::Disk => &[
+                vpd::SUPPORTED_PAGES,
+                vpd::UNIT_SERIAL_NUMBER,
+                vpd::DEVICE_IDENTIFICATION,
+                vpd::BLOCK_LIMITS,
+            ],
+            DeviceType::Cd => &[
+                vpd::SUPPORTED_PAGES,
+                vpd::UNIT_SERIAL_NUMBER,
+                vpd::DEVICE_IDENTIFICATION,
+            ],
         }
     }
 
@@ -271,19 +237,16 @@ impl LogicalUnit {
             return Err(Sense::INVALID_FIELD_IN_CDB);
         }
         let body = match page {
-            0x00 => self.supported_vpd_pages().to_vec(),
-            0x80 => {
+            vpd::SUPPORTED_PAGES => self.supported_vpd_pages().to_vec(),
+            vpd::UNIT_SERIAL_NUMBER => {
                 let mut s = self.serial.as_bytes().to_vec();
                 s.truncate(252);
                 s
             }
-            0x83 => self.device_identification(),
+            vpd::DEVICE_IDENTIFICATION => self.device_identification(),
             _ => self.block_limits(),
         };
-        let mut d = vec![self.device.peripheral_type(), page];
-        d.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        d.extend_from_slice(&body);
-        Ok(d)
+        Ok(vpd::page(self.device.peripheral_type(), page, &body))
     }
 
     /// Designation descriptors (SPC-4 §7.8.6): NAA locally assigned, T10 vendor id, and the
@@ -689,51 +652,6 @@ fn is_write_type(cdb: &[u8]) -> bool {
         op::SERVICE_ACTION_OUT_16 => cdb.get(1).is_some_and(|b| b & 0x1f == 0x11),
         _ => false,
     }
-}
-
-/// Opcodes (SPC-4, SBC-3, MMC-6).
-mod op {
-    pub const TEST_UNIT_READY: u8 = 0x00;
-    pub const REQUEST_SENSE: u8 = 0x03;
-    pub const FORMAT_UNIT: u8 = 0x04;
-    pub const REASSIGN_BLOCKS: u8 = 0x07;
-    pub const READ_6: u8 = 0x08;
-    pub const WRITE_6: u8 = 0x0a;
-    pub const INQUIRY: u8 = 0x12;
-    pub const MODE_SENSE_6: u8 = 0x1a;
-    pub const START_STOP_UNIT: u8 = 0x1b;
-    pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1e;
-    pub const READ_CAPACITY_10: u8 = 0x25;
-    pub const READ_10: u8 = 0x28;
-    pub const WRITE_10: u8 = 0x2a;
-    pub const WRITE_VERIFY_10: u8 = 0x2e;
-    pub const VERIFY_10: u8 = 0x2f;
-    pub const PRE_FETCH_10: u8 = 0x34;
-    pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
-    pub const WRITE_LONG_10: u8 = 0x3f;
-    pub const WRITE_SAME_10: u8 = 0x41;
-    pub const UNMAP: u8 = 0x42;
-    pub const READ_TOC: u8 = 0x43;
-    pub const GET_CONFIGURATION: u8 = 0x46;
-    pub const SANITIZE: u8 = 0x48;
-    pub const MODE_SENSE_10: u8 = 0x5a;
-    pub const READ_16: u8 = 0x88;
-    pub const COMPARE_AND_WRITE: u8 = 0x89;
-    pub const WRITE_16: u8 = 0x8a;
-    pub const ORWRITE_16: u8 = 0x8b;
-    pub const WRITE_VERIFY_16: u8 = 0x8e;
-    pub const VERIFY_16: u8 = 0x8f;
-    pub const PRE_FETCH_16: u8 = 0x90;
-    pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
-    pub const WRITE_SAME_16: u8 = 0x93;
-    pub const WRITE_ATOMIC_16: u8 = 0x9c;
-    pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
-    pub const SERVICE_ACTION_OUT_16: u8 = 0x9f;
-    pub const REPORT_LUNS: u8 = 0xa0;
-    pub const READ_12: u8 = 0xa8;
-    pub const WRITE_12: u8 = 0xaa;
-    pub const WRITE_VERIFY_12: u8 = 0xae;
-    pub const VERIFY_12: u8 = 0xaf;
 }
 
 fn truncated(mut data: Vec<u8>, alloc: usize) -> Outcome {

@@ -175,7 +175,7 @@ pub fn render(snapshot: &Snapshot, listening: &str, interval: Duration) -> Strin
 
 /// Write the stats file whole (temp file and rename: a reader never sees half of it).
 pub fn write_file(path: &Path, text: &str) -> std::io::Result<()> {
-    crate::catalog::write_atomic(path, text.as_bytes())
+    crate::iobuf::write_atomic(path, text.as_bytes())
 }
 
 /// How old a stats file is by its own `written-unix` line, and its text; an error names the

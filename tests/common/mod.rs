@@ -1,6 +1,11 @@
 //! Shared by every integration test (`mod common;`): the harness crate, plus what only a test of
-//! this package can know (the path of the built `isomount` binary).
+//! this package can know (the path of the built `isomount` binary), and bounded runs and FUSE
+//! mountpoints that clean up after themselves.
 #![allow(dead_code, unused_imports)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub use isomount_harness::*;
 
@@ -9,4 +14,83 @@ pub mod serve;
 /// The `isomount` binary cargo built for this test run.
 pub fn isomount() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_isomount"))
+}
+
+/// Run `cmd` (stdin closed, output captured), killing it if it takes longer than `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Drain the pipes while waiting, so a large output cannot block the child.
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut b);
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut b);
+        b
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// Whether something is mounted at `path` (by /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_str().unwrap_or_default();
+    table
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(want))
+}
+
+/// A mountpoint that is unmounted (lazily, for sure) when dropped.
+pub struct Mountpoint {
+    pub path: PathBuf,
+}
+
+impl Mountpoint {
+    pub fn new(dir: &Path, name: &str) -> Mountpoint {
+        let path = dir.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        Mountpoint {
+            path: path.canonicalize().unwrap(),
+        }
+    }
+}
+
+impl Drop for Mountpoint {
+    fn drop(&mut self) {
+        for cmd in [
+            Command::new("fusermount3")
+                .args(["-u", "-z", "--"])
+                .arg(&self.path),
+            Command::new("umount").arg("-l").arg(&self.path),
+        ] {
+            if is_mounted(&self.path) {
+                let _ = run_bounded(cmd, Duration::from_secs(10));
+            }
+        }
+    }
 }

@@ -3,7 +3,11 @@
 
 use std::collections::VecDeque;
 
+use async_trait::async_trait;
+use bytes::Bytes;
+
 use super::*;
+use crate::image::verify::{verified_for_test, Lie};
 use crate::source::Pieces;
 
 const CHUNK: u32 = 4096;
@@ -152,7 +156,7 @@ impl Verify for Truth {
                     detail: "bytes differ".into(),
                 });
             }
-            verified.push((i, Verified(bytes)));
+            verified.push((i, verified_for_test(bytes)));
         }
         Ok(verified)
     }
@@ -412,40 +416,5 @@ async fn connecting_finds_the_first_source_that_is_the_image() {
     assert!(
         standing.contains("b: dropped: b holds 65537 bytes"),
         "{standing}"
-    );
-}
-
-/// Cut `pieces` into parts of `lens` (what the pieces lack comes out as a short last part).
-fn split(pieces: Vec<Bytes>, lens: impl IntoIterator<Item = usize>) -> Vec<Bytes> {
-    let mut cutter = Cutter::new(0, lens);
-    let mut out = Vec::new();
-    for piece in pieces {
-        out.extend(cutter.push(piece).unwrap().into_iter().map(|(_, b)| b));
-    }
-    out.extend(cutter.finish());
-    out
-}
-
-#[test]
-fn split_slices_pieces_and_copies_only_what_straddles() {
-    let whole = image().slice(..1000);
-    let pieces = vec![
-        whole.slice(0..300),
-        whole.slice(300..300),
-        whole.slice(300..1000),
-    ];
-    let parts = split(pieces, [100, 100, 100, 250, 450]);
-    let lens: Vec<usize> = parts.iter().map(Bytes::len).collect();
-    assert_eq!(lens, [100, 100, 100, 250, 450]);
-    assert_eq!(parts.concat(), &whole[..]);
-    // Slices share the pieces' memory; only a part spanning two pieces would be a copy.
-    assert_eq!(parts[1].as_ptr(), whole[100..].as_ptr());
-    assert_eq!(parts[4].as_ptr(), whole[550..].as_ptr());
-    let short = split(vec![whole.slice(0..150)], [100, 100]);
-    assert_eq!(short[1].len(), 50, "what the pieces lack comes out short");
-    let mut cutter = Cutter::new(7, [10]);
-    assert!(
-        cutter.push(whole.slice(0..11)).is_err(),
-        "bytes past the last chunk"
     );
 }

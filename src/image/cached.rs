@@ -1,0 +1,324 @@
+//! Chunks already here: the most recent verified chunks in memory (where read-ahead lands), and
+//! the image's cache [`Store`] on disk, each chunk checked on the way out ([`Reference::stored`]).
+//! Newly verified chunks go to both, the store's share through the write-behind [`Writer`].
+//!
+//! Reading the store blocks, so it runs on the blocking pool ([`Cached::get`]): disk reads of
+//! many readers overlap, and the async workers stay free for the network.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::chunks::{Geometry, Span};
+use super::verify::{Reference, Verified};
+use super::writer::{Target, Writer};
+use crate::cache::{Cache, Store};
+use crate::manifest::Hash;
+
+/// Verified chunks kept in memory (read-ahead lands here first).
+const RECENT_BYTES: u64 = 32 << 20;
+
+/// What is here of one image: memory and the store.
+pub struct Cached {
+    name: String,
+    geometry: Geometry,
+    store: Option<Arc<Store>>,
+    recent: Mutex<lru::LruCache<u64, Verified>>,
+    /// Whether fetched chunks are kept in memory (off for readers that keep their own reads in
+    /// flight: they have no use for it).
+    keep_recent: AtomicBool,
+    /// Cleared, with one warning, when the store cannot be written: reads go on uncached.
+    caching: Arc<AtomicBool>,
+    /// Why chunks are not being stored, when they are not.
+    caching_off: Arc<Mutex<Option<String>>>,
+    writer: Option<Writer>,
+    hits: AtomicU64,
+    /// Chunks this process has verified (fetched and hashed, or read back and checked).
+    verified: Mutex<Vec<bool>>,
+}
+
+impl Cached {
+    /// Memory, and with a cache the store for `identity` (opened or created). A store that cannot
+    /// be opened means uncached operation, with a warning.
+    pub fn open(
+        name: &str,
+        identity: &str,
+        geometry: Geometry,
+        manifest_bytes: Option<&[u8]>,
+        cache: Option<Arc<Cache>>,
+    ) -> Cached {
+        let caching_off = Arc::new(Mutex::new(None));
+        let store = cache.as_ref().and_then(|c| {
+            match c.open_store(name, identity, geometry, manifest_bytes) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    tracing::warn!("{name}: cache unavailable ({e}); reading without it");
+                    *caching_off.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("cache unavailable ({e})"));
+                    None
+                }
+            }
+        });
+        if let Some(store) = &store {
+            if tracing::enabled!(tracing::Level::INFO) {
+                let present = store
+                    .records()
+                    .map(|r| r.iter().filter(|r| r.present()).count())
+                    .unwrap_or(0);
+                tracing::info!(
+                    "{name}: cache store {}: {present} of {} chunks of {} bytes present",
+                    store.dir().display(),
+                    geometry.chunks(),
+                    geometry.chunk_size
+                );
+            }
+        }
+        let caching = Arc::new(AtomicBool::new(store.is_some()));
+        let writer = store.as_ref().and_then(|store| {
+            Writer::start(Target {
+                name: name.to_string(),
+                store: store.clone(),
+                cache: cache.clone(),
+                caching: caching.clone(),
+                caching_off: caching_off.clone(),
+            })
+        });
+        let recent_entries = (RECENT_BYTES / u64::from(geometry.chunk_size)).max(4) as usize;
+        Cached {
+            name: name.to_string(),
+            geometry,
+            store,
+            recent: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(recent_entries).unwrap_or(std::num::NonZeroUsize::MIN),
+            )),
+            keep_recent: AtomicBool::new(true),
+            caching,
+            caching_off,
+            writer,
+            hits: AtomicU64::new(0),
+            verified: Mutex::new(vec![false; geometry.chunks() as usize]),
+        }
+    }
+
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.store.as_ref()
+    }
+
+    /// Chunks found here so far.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Whether verified chunks are being stored.
+    pub fn caching(&self) -> bool {
+        self.caching.load(Ordering::Relaxed)
+    }
+
+    /// Why verified chunks are not being stored (a full disk, no store), when they are not.
+    pub fn caching_off(&self) -> Option<String> {
+        if self.caching() {
+            return None;
+        }
+        let why = self.caching_off.lock().unwrap_or_else(|e| e.into_inner());
+        Some(why.clone().unwrap_or_else(|| "no cache".to_string()))
+    }
+
+    /// Keep fetched chunks in memory, or not.
+    pub fn set_keep_recent(&self, on: bool) {
+        self.keep_recent.store(on, Ordering::Relaxed);
+    }
+
+    /// Which chunks the store's index marks present (not re-checked).
+    pub fn present_chunks(&self) -> Vec<bool> {
+        match self.store.as_ref().map(|s| s.records()) {
+            Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),
+            _ => vec![false; self.geometry.chunks() as usize],
+        }
+    }
+
+    /// Whether the store's index marks chunk `index` present (not re-checked).
+    pub fn stored(&self, index: u64) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.record(index).map(|r| r.present()).unwrap_or(false))
+    }
+
+    /// True when chunk `index` is neither in memory nor marked present in the store.
+    pub fn is_missing(&self, index: u64) -> bool {
+        let in_memory = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&index);
+        !in_memory && !self.stored(index)
+    }
+
+    pub fn mark_verified(&self, index: u64) {
+        if let Some(v) = self
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(index as usize)
+        {
+            *v = true;
+        }
+    }
+
+    /// Chunks this process has not verified yet.
+    pub fn unverified(&self) -> Vec<u64> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        (0..verified.len() as u64)
+            .filter(|&i| !verified[i as usize])
+            .collect()
+    }
+
+    /// A verified chunk from memory (None when it is not there).
+    pub fn recent(&self, index: u64) -> Option<Verified> {
+        let hit = self
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&index)
+            .cloned();
+        if hit.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
+        hit
+    }
+
+    /// A chunk served from the store: its use for LRU, a hit, verified this session.
+    fn note_hit(&self, store: &Store, index: u64, record: &crate::cache::Record) {
+        let _ = store.touch(index, record);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.mark_verified(index);
+    }
+
+    /// A verified chunk from memory or the store. A stored chunk that fails its check is
+    /// dropped from the store (it is fetched again).
+    pub fn lookup(&self, index: u64, reference: &Reference) -> Option<Verified> {
+        if let Some(b) = self.recent(index) {
+            return Some(b);
+        }
+        let store = self.store.as_ref()?;
+        let (bytes, record) = match store.get(index) {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!("{}: cache read of chunk {index} failed: {e}", self.name);
+                return None;
+            }
+        };
+        if let Some(verified) = reference.stored(index, bytes, &record) {
+            self.note_hit(store, index, &record);
+            return Some(verified);
+        }
+        // Another process may have evicted it between our reads of record and data.
+        if self.stored(index) {
+            tracing::warn!(
+                "{}: cached chunk {index} failed verification; dropping it and fetching again",
+                self.name
+            );
+            let _ = store.drop_chunks(&[index]);
+        }
+        None
+    }
+
+    /// Chunks `first..=last` from the store in one read when all are present and verify: no
+    /// copies beyond the read itself. None sends the caller down the chunk-by-chunk path.
+    pub fn lookup_run(&self, first: u64, last: u64, reference: &Reference) -> Option<Verified> {
+        if first == last {
+            return None;
+        }
+        let store = self.store.as_ref()?;
+        let (bytes, records) = store.get_range(first, last).ok()??;
+        let lens = (first..=last).map(|i| self.geometry.chunk_len(i));
+        let verified = reference.stored_run(first, bytes, lens, &records)?;
+        for (k, record) in records.iter().enumerate() {
+            self.note_hit(store, first + k as u64, record);
+        }
+        Some(verified)
+    }
+
+    /// The chunks of `span` that are here: all of them as one buffer when the store has them all
+    /// (one read), else each chunk found, None where missing.
+    pub async fn get(
+        self: &Arc<Self>,
+        span: Span,
+        reference: &Arc<Reference>,
+    ) -> Result<Verified, Vec<Option<Verified>>> {
+        let in_memory: Vec<Option<Verified>> = span.chunks().map(|i| self.recent(i)).collect();
+        if in_memory.iter().all(Option::is_some) || self.store.is_none() {
+            return Err(in_memory);
+        }
+        let (me, reference) = (self.clone(), reference.clone());
+        let gather = move || {
+            if in_memory.iter().all(Option::is_none) {
+                if let Some(all) = me.lookup_run(span.first, span.last, &reference) {
+                    return Ok(all);
+                }
+            }
+            Err(span
+                .chunks()
+                .zip(in_memory)
+                .map(|(i, m)| m.or_else(|| me.lookup(i, &reference)))
+                .collect())
+        };
+        match tokio::task::spawn_blocking(gather).await {
+            Ok(found) => found,
+            Err(_) => Err(vec![None; span.count()]),
+        }
+    }
+
+    /// Keep newly verified chunks: in memory (unless turned off), and queued for the store
+    /// (unless caching is off).
+    pub async fn keep(&self, chunks: &[(u64, Verified)], reference: &Reference) {
+        for (i, _) in chunks {
+            self.mark_verified(*i);
+        }
+        if self.keep_recent.load(Ordering::Relaxed) {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for (i, b) in chunks {
+                recent.put(*i, b.clone());
+            }
+        }
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        if !self.caching() || chunks.is_empty() {
+            return;
+        }
+        let items: Vec<(u64, Bytes, Hash)> = chunks
+            .iter()
+            .filter_map(|(i, b)| {
+                reference
+                    .expected(*i)
+                    .map(|h| (*i, b.clone().into_bytes(), h))
+            })
+            .collect();
+        writer.write(items).await;
+    }
+
+    /// Wait until every chunk kept so far has been written to the store.
+    pub async fn flush(&self) {
+        if let Some(writer) = &self.writer {
+            writer.flush().await;
+        }
+    }
+
+    /// [`Cached::flush`] for a thread that is not running async code.
+    pub fn flush_blocking(&self) {
+        if let Some(writer) = &self.writer {
+            writer.flush_blocking();
+        }
+    }
+
+    /// Forget what is in memory (tests that damage the store underneath).
+    #[cfg(test)]
+    pub fn forget_recent(&self) {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}

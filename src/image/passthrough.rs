@@ -1,0 +1,82 @@
+//! Passthrough: a complete, verified store handed to the kernel, which then reads the image
+//! straight from the cache's data file (FUSE passthrough) at the speed of a local file.
+//!
+//! The store is pinned while its file is handed out: LRU eviction by other processes passes it
+//! by, so the chunks the kernel reads stay where they were verified.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use super::cached::Cached;
+use super::chunks::{runs, Geometry};
+use super::verify::Reference;
+use crate::cache::Record;
+
+/// Reads of the store while checking it for passthrough, in bytes (sequential, through the page
+/// cache, which the kernel's reads then find warm).
+const CHECK_READ: u64 = 8 << 20;
+
+#[derive(Default)]
+pub struct Passthrough {
+    /// Held while the kernel reads the store's data file directly.
+    pin: Mutex<Option<std::fs::File>>,
+    /// A data file has been handed out (read by `stats` without waiting on `pin`, which a check
+    /// in progress holds).
+    handed_out: AtomicBool,
+}
+
+impl Passthrough {
+    /// The store's data file, when the store holds every chunk and each has been verified: by
+    /// this process already, or now, reading back at most `check_at_most` bytes and checking each
+    /// chunk as a cache hit is checked. Blocks (it flushes the cache writer and may read). None
+    /// when the store is incomplete, a chunk fails (it is dropped, to be fetched again), or there
+    /// is no store.
+    pub fn file(
+        &self,
+        cached: &Cached,
+        reference: &Reference,
+        geometry: Geometry,
+        check_at_most: u64,
+    ) -> Option<std::fs::File> {
+        let store = cached.store()?;
+        cached.flush_blocking();
+        if !cached.caching() {
+            return None;
+        }
+        // Pinned before anything is checked; unpinned again (dropped) unless it all verifies.
+        let mut held = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        let pin = match held.take() {
+            Some(pin) => pin,
+            None => store.pin().ok()?,
+        };
+        let records = store.records().ok()?;
+        if !records.iter().all(Record::present) {
+            return None;
+        }
+        let unverified = cached.unverified();
+        let bytes: u64 = unverified
+            .iter()
+            .map(|&i| geometry.chunk_len(i) as u64)
+            .sum();
+        if bytes > check_at_most {
+            return None;
+        }
+        for run in runs(geometry, &unverified, CHECK_READ) {
+            let last = run.first + run.count - 1;
+            if cached.lookup_run(run.first, last, reference).is_none()
+                && run.chunks().any(|i| cached.lookup(i, reference).is_none())
+            {
+                return None;
+            }
+        }
+        let file = store.data_file().ok()?;
+        *held = Some(pin);
+        self.handed_out.store(true, Ordering::Relaxed);
+        Some(file)
+    }
+
+    /// Whether the kernel reads this image directly from the cache.
+    pub fn on(&self) -> bool {
+        self.handed_out.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,264 @@
+//! Verification: bytes become [`Verified`] here and nowhere else.
+//!
+//! - From a source: each chunk's sha256 must equal the manifest's ([`Reference`]); an image with
+//!   no manifest (a LUN reached by URL) records the hash a chunk had when first seen, and later
+//!   copies must match it.
+//! - From the store: the chunk's record must name the hash the chunk is expected to have, and
+//!   the bytes must match the CRC32C recorded beside it when they were verified and stored; where
+//!   either disagrees the bytes are hashed with sha256 instead (see the README on why CRC32C is
+//!   enough for the user's own disk).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::cache::Record;
+use crate::manifest::{sha256, Hash, Manifest};
+
+/// Bytes that matched the manifest (or the hash recorded on first fetch). Only this module
+/// constructs it, so unverified bytes cannot reach a reader by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Verified(Bytes);
+
+impl Verified {
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// A part of verified bytes (verified too).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Verified {
+        Verified(self.0.slice(range))
+    }
+
+    /// Consecutive verified parts as one buffer: the part itself when there is one, else a copy.
+    pub fn join(parts: Vec<Verified>) -> Verified {
+        Verified(crate::iobuf::join(
+            parts.into_iter().map(Verified::into_bytes).collect(),
+        ))
+    }
+}
+
+impl std::ops::Deref for Verified {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Verified({} bytes)", self.0.len())
+    }
+}
+
+/// Verified chunks of a run, in order, with their numbers.
+pub type VerifiedChunks = Vec<(u64, Verified)>;
+
+/// A chunk that failed verification.
+#[derive(Debug)]
+pub struct Lie {
+    /// The chunks before it, verified.
+    pub verified: VerifiedChunks,
+    pub chunk: u64,
+    pub detail: String,
+}
+
+/// Verification of chunks from a source as they land.
+#[async_trait]
+pub trait Verify: Send + Sync {
+    /// Check complete chunks (in order): all of them verified, or those before the first that
+    /// failed and why it failed.
+    async fn verify(&self, chunks: Vec<(u64, Bytes)>) -> Result<VerifiedChunks, Lie>;
+}
+
+/// What an image's chunks must hash to: its manifest, or the hashes first seen.
+pub struct Reference {
+    manifest: Option<Manifest>,
+    /// Hashes first seen (images with no manifest): fetched, or read from the store.
+    first_seen: Mutex<HashMap<u64, Hash>>,
+    failures: AtomicU64,
+}
+
+impl Reference {
+    pub fn new(manifest: Option<Manifest>) -> Reference {
+        Reference {
+            manifest,
+            first_seen: Mutex::new(HashMap::new()),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    /// Chunks from sources that failed verification so far.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    fn first_seen(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Hash>> {
+        self.first_seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The hash chunk `index` must have, when it is known.
+    pub fn expected(&self, index: u64) -> Option<Hash> {
+        match &self.manifest {
+            Some(m) => m.hash(index).copied(),
+            None => self.first_seen().get(&index).copied(),
+        }
+    }
+
+    /// Check chunk `index` given its sha256 (recording it on first sight when there is no
+    /// manifest).
+    fn check(&self, index: u64, actual: Hash) -> Result<(), String> {
+        match self.expected(index) {
+            Some(expected) if expected == actual => Ok(()),
+            Some(expected) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                Err(format!(
+                    "sha256 {} where {} expected",
+                    &hex::encode(actual)[..16],
+                    &hex::encode(expected)[..16]
+                ))
+            }
+            None => {
+                self.first_seen().insert(index, actual);
+                Ok(())
+            }
+        }
+    }
+
+    /// Bytes of chunk `index` read back from the store, verified when they are the ones verified
+    /// when they were stored (see the module documentation).
+    pub fn stored(&self, index: u64, bytes: Bytes, record: &Record) -> Option<Verified> {
+        let expected = match &self.manifest {
+            Some(m) => *m.hash(index)?,
+            None => record.hash,
+        };
+        let ok = (record.hash == expected && crc32c::crc32c(&bytes) == record.crc)
+            || sha256(&bytes) == expected;
+        if !ok {
+            return None;
+        }
+        if self.manifest.is_none() {
+            // What a refetch must match from now on.
+            self.first_seen().insert(index, expected);
+        }
+        Some(Verified(bytes))
+    }
+
+    /// Chunks `first..` read back from the store in one buffer (`lens` bytes each, `records`
+    /// theirs): verified when every chunk is.
+    pub fn stored_run(
+        &self,
+        first: u64,
+        bytes: Bytes,
+        lens: impl Iterator<Item = usize>,
+        records: &[Record],
+    ) -> Option<Verified> {
+        let mut at = 0;
+        for ((k, record), len) in records.iter().enumerate().zip(lens) {
+            self.stored(first + k as u64, bytes.slice(at..at + len), record)?;
+            at += len;
+        }
+        Some(Verified(bytes))
+    }
+}
+
+#[async_trait]
+impl Verify for Reference {
+    /// Hashing runs on the blocking pool: a worker busy hashing would hold up a session's own
+    /// task (Data-In waiting in the socket) until it yields.
+    async fn verify(&self, chunks: Vec<(u64, Bytes)>) -> Result<VerifiedChunks, Lie> {
+        let to_hash: Vec<Bytes> = chunks.iter().map(|(_, b)| b.clone()).collect();
+        let hashes: Vec<Hash> =
+            tokio::task::spawn_blocking(move || to_hash.iter().map(|b| sha256(b)).collect())
+                .await
+                .unwrap_or_default();
+        let mut verified = Vec::with_capacity(chunks.len());
+        for (k, (i, bytes)) in chunks.into_iter().enumerate() {
+            let checked = match hashes.get(k) {
+                Some(actual) => self.check(i, *actual),
+                None => Err("hashing was cancelled".to_string()),
+            };
+            match checked {
+                Ok(()) => verified.push((i, Verified(bytes))),
+                Err(detail) => {
+                    return Err(Lie {
+                        verified,
+                        chunk: i,
+                        detail,
+                    })
+                }
+            }
+        }
+        Ok(verified)
+    }
+}
+
+/// Bytes taken as verified without a check, for tests of the layers that pass verified bytes on.
+#[cfg(test)]
+pub fn verified_for_test(bytes: Bytes) -> Verified {
+    Verified(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(data: &[u8], size: usize) -> Vec<(u64, Bytes)> {
+        data.chunks(size)
+            .enumerate()
+            .map(|(i, c)| (i as u64, Bytes::copy_from_slice(c)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn chunks_are_checked_against_the_manifest_or_their_first_hash() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 241) as u8).collect();
+        let manifest = Manifest::build(&data[..], 4096).unwrap();
+        let reference = Reference::new(Some(manifest));
+        let good = reference.verify(chunks(&data, 4096)).await.unwrap();
+        assert_eq!(good.len(), 3);
+        let mut bad = data.clone();
+        bad[5000] ^= 1;
+        let lie = reference.verify(chunks(&bad, 4096)).await.unwrap_err();
+        assert_eq!((lie.verified.len(), lie.chunk), (1, 1));
+        assert!(lie.detail.contains("expected"), "{}", lie.detail);
+        assert_eq!(reference.failures(), 1);
+
+        let first_use = Reference::new(None);
+        assert!(first_use.verify(chunks(&data, 4096)).await.is_ok());
+        assert_eq!(first_use.expected(2), Some(sha256(&data[8192..])));
+        assert!(first_use.verify(chunks(&bad, 4096)).await.is_err());
+    }
+
+    #[test]
+    fn stored_chunks_need_their_crc_or_their_hash() {
+        let data = Bytes::from(vec![7u8; 4096]);
+        let manifest = Manifest::build(&data[..], 4096).unwrap();
+        let reference = Reference::new(Some(manifest));
+        let record = Record {
+            hash: sha256(&data),
+            crc: crc32c::crc32c(&data),
+            last_use: 1,
+        };
+        assert!(reference.stored(0, data.clone(), &record).is_some());
+        let torn = Record { crc: 0, ..record };
+        assert!(
+            reference.stored(0, data.clone(), &torn).is_some(),
+            "sha256 agrees"
+        );
+        let mut damaged = data.to_vec();
+        damaged[9] = 0;
+        assert!(reference.stored(0, Bytes::from(damaged), &record).is_none());
+        let other = Record {
+            hash: [1; 32],
+            ..record
+        };
+        assert!(
+            reference.stored(0, data.clone(), &other).is_some(),
+            "a record naming another hash falls back to sha256"
+        );
+    }
+}
