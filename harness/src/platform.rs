@@ -1,4 +1,4 @@
-//! The harness's platform module: its one difference between operating systems (the crate is
+//! The harness's platform module: its differences between operating systems (the crate is
 //! separate from isomount's, whose `src/platform/` holds all the others). No other file of the
 //! harness names an operating system.
 //!
@@ -34,4 +34,28 @@ pub(crate) fn die_with_parent() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Resident memory of process `pid` in KiB: Linux's `/proc/PID/status` (VmRSS), elsewhere
+/// `ps -o rss=`. `None` when the process is gone or the figure cannot be read.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let out = std::process::Command::new("ps")
+            .args(["-o", "rss=", "-p", &pid.to_string()])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
 }
