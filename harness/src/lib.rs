@@ -17,7 +17,7 @@ mod hostile;
 pub mod initiator;
 mod istgt;
 pub mod load;
-mod platform;
+pub mod platform;
 mod ports;
 mod process;
 mod proxy;

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::initiator::{read10, RawError, RawInitiator};
-pub use crate::platform::rss_kib;
+use crate::platform::{memory_kib, Memory};
 
 /// The sessions of one load run, logged in to one target.
 pub struct Fleet {
@@ -296,4 +296,10 @@ async fn stay_idle(mut session: RawInitiator, deadline: tokio::time::Instant) ->
             }
         }
     }
+}
+
+/// Resident memory of process `pid` in KiB, where the system tells (the harness's platform
+/// module reads it).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    memory_kib(pid, Memory::Resident)
 }

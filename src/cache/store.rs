@@ -495,18 +495,17 @@ impl Store {
         Ok((file, path))
     }
 
-    /// Record a use of chunk `index` (for LRU), at most once a second per chunk.
-    pub fn touch(&self, index: u64, record: &Record) -> Result<(), CacheError> {
-        let now = now_micros();
-        if now.saturating_sub(record.last_use) < 1_000_000 {
-            return Ok(());
+    /// Record that `chunks` were used now (for LRU eviction). Only the last-use field of each
+    /// record is written; a chunk dropped meanwhile by another process may so come back as a
+    /// record that names no hash, which every reader's check refuses (it is fetched again).
+    pub fn note_uses(&self, chunks: &[u64]) -> Result<(), CacheError> {
+        let now = now_micros().to_be_bytes();
+        for &index in chunks.iter().filter(|&&i| i < self.geometry.chunks()) {
+            self.index
+                .write_all_at(&now, record_offset(index) + LAST_USE_AT as u64)
+                .map_err(|e| io(&self.dir.join("index"), e))?;
         }
-        self.index
-            .write_all_at(
-                &now.to_be_bytes(),
-                record_offset(index) + LAST_USE_AT as u64,
-            )
-            .map_err(|e| io(&self.dir.join("index"), e))
+        Ok(())
     }
 
     /// Store verified chunks: write all bytes, fdatasync, then mark them present.

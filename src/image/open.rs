@@ -121,7 +121,8 @@ async fn open_entry(
         for url in &entry.urls {
             let source = web
                 .source(url, entry.size)
-                .with_context(|| format!("web mirror of `{}`", entry.name))?;
+                .with_context(|| format!("web mirror of `{}`", entry.name))?
+                .reading_first(FIRST_READ);
             sources.push(Arc::new(source));
         }
     }

@@ -493,3 +493,45 @@ async fn a_torn_record_falls_back_to_sha256_and_damaged_bytes_are_fetched_again(
         "the damaged chunk is fetched again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_the_store_write_nothing_and_uses_are_recorded_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(8 * CHUNK as usize, 12);
+    let src = FaultySource::new(bytes.clone());
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
+    // Every chunk last used long ago: a read is a use worth recording.
+    let index_path = store_dir.join("index");
+    let mut index = std::fs::read(&index_path).unwrap();
+    let record = |chunk: usize| {
+        crate::cache::store::INDEX_HEADER_LEN as usize
+            + chunk * crate::cache::store::RECORD_LEN as usize
+    };
+    for chunk in 0..8 {
+        index[record(chunk) + 40..record(chunk) + 48].copy_from_slice(&1u64.to_be_bytes());
+    }
+    std::fs::write(&index_path, &index).unwrap();
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    image.set_read_ahead(false);
+    let before = src.reads();
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert_eq!(src.reads(), before, "all from the store");
+    assert_eq!(
+        std::fs::read(&index_path).unwrap(),
+        index,
+        "the read wrote nothing to the index"
+    );
+    image.flush().await;
+    let after = std::fs::read(&index_path).unwrap();
+    for chunk in 0..8 {
+        let used = u64::from_be_bytes(
+            after[record(chunk) + 40..record(chunk) + 48]
+                .try_into()
+                .unwrap(),
+        );
+        assert!(used > 1, "chunk {chunk}'s use recorded at the flush");
+    }
+}

@@ -2,13 +2,17 @@
 //! requests by [`crate::http::WebMirror`] (queued reads coalesced, bodies streamed piece by
 //! piece), and its faults sorted into the seam's classes ([`classify`]).
 //!
-//! `open` makes one request (the first byte) the first time, which learns whether the server
-//! answers ranges for a file of the image's size; after that it is free. The image core ranks
-//! web mirrors with the iSCSI portals: nothing here retries, rests or hedges.
+//! `open` makes one request the first time, which learns whether the server answers ranges for
+//! a file of the image's size; after that it is free. That request asks for the image's first
+//! bytes ([`HttpSource::reading_first`]), which the image core asks for first: it still asks,
+//! and verifies them like any fetch, but they are answered from memory without a round trip.
+//! The image core ranks web mirrors with the iSCSI portals: nothing here retries, rests or
+//! hedges.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{BlockSource, Pieces, SourceError, SourceIdentity};
@@ -49,6 +53,8 @@ impl WebClient {
         Ok(HttpSource {
             mirror: WebMirror::new(url, size, self.client.clone(), self.options.clone())?,
             run_bytes: usize::try_from(self.options.max_range).unwrap_or(usize::MAX),
+            first_read: 1,
+            first: std::sync::Mutex::new(None),
         })
     }
 }
@@ -57,6 +63,28 @@ impl WebClient {
 pub struct HttpSource {
     mirror: Arc<WebMirror>,
     run_bytes: usize,
+    /// Bytes from the start of the image the first request asks for.
+    first_read: u64,
+    /// What that request brought.
+    first: std::sync::Mutex<Option<Bytes>>,
+}
+
+impl HttpSource {
+    /// Ask for the image's first `bytes` with the first request (in `open`), and answer reads
+    /// within them from memory.
+    pub fn reading_first(mut self, bytes: u32) -> HttpSource {
+        self.first_read = u64::from(bytes).max(1);
+        self
+    }
+
+    /// `offset..offset + len` from the first request's bytes, when it lies within them.
+    fn within_first(&self, offset: u64, len: usize) -> Option<Bytes> {
+        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        let first = first.as_ref()?;
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        (end <= first.len()).then(|| first.slice(start..end))
+    }
 }
 
 #[async_trait]
@@ -71,7 +99,15 @@ impl BlockSource for HttpSource {
 
     async fn open(&self) -> Result<SourceIdentity, SourceError> {
         if self.mirror.validators().is_none() {
-            self.mirror.probe().await.map_err(|e| classify(&e))?;
+            let len = self.first_read.min(self.mirror.size());
+            let pieces = self
+                .mirror
+                .read(0, len)
+                .all()
+                .await
+                .map_err(|e| classify(&e))?;
+            *self.first.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(crate::iobuf::join(pieces));
         }
         if let Some(reason) = self.mirror.stopped() {
             return Err(SourceError::Unusable(format!(
@@ -89,6 +125,9 @@ impl BlockSource for HttpSource {
     }
 
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
+        if let Some(bytes) = self.within_first(offset, len) {
+            return futures_util::stream::once(async move { Ok(bytes) }).boxed();
+        }
         let body = self.mirror.read(offset, len as u64);
         futures_util::stream::unfold(body, |mut body| async move {
             let piece = body.next().await?;
