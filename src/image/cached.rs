@@ -44,6 +44,8 @@ pub struct Cached {
     verified: Mutex<Vec<bool>>,
     /// Chunks read from the store whose use is not recorded yet (the writer records them).
     uses: Mutex<Vec<u64>>,
+    /// This process found the store sealed or sealed it (no need to look again).
+    sealed_here: AtomicBool,
 }
 
 impl Cached {
@@ -107,6 +109,7 @@ impl Cached {
             hits: AtomicU64::new(0),
             verified: Mutex::new(vec![false; geometry.chunks() as usize]),
             uses: Mutex::new(Vec::new()),
+            sealed_here: AtomicBool::new(false),
         }
     }
 
@@ -261,6 +264,7 @@ impl Cached {
                 self.name
             );
             let _ = store.drop_chunks(&[index]);
+            self.sealed_here.store(false, Ordering::Relaxed);
         }
         None
     }
@@ -342,12 +346,14 @@ impl Cached {
     }
 
     /// Wait until every chunk kept so far has been written to the store (and the uses seen
-    /// so far recorded).
-    pub async fn flush(&self) {
+    /// so far recorded); then seal the store if it has become whole and verified.
+    pub async fn flush(self: &Arc<Self>) {
         self.hand_over_all_uses();
         if let Some(writer) = &self.writer {
             writer.flush().await;
         }
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.seal_when_whole()).await;
     }
 
     /// [`Cached::flush`] for a thread that is not running async code.
@@ -356,6 +362,43 @@ impl Cached {
         if let Some(writer) = &self.writer {
             writer.flush_blocking();
         }
+        self.seal_when_whole();
+    }
+
+    /// Seal the store (see [`Store::seal`]) when every chunk is in it and this process has
+    /// verified each one, unless it is sealed already. Call after a flush.
+    pub fn seal_when_whole(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if self.sealed_here.load(Ordering::Relaxed) || !self.caching() {
+            return;
+        }
+        if !self.unverified().is_empty() {
+            return;
+        }
+        let sealed = store.sealed() || {
+            match store.seal() {
+                Ok(sealed) => sealed,
+                Err(err) => {
+                    tracing::debug!("{}: sealing the cache store: {err}", self.name);
+                    false
+                }
+            }
+        };
+        if sealed {
+            tracing::debug!(
+                "{}: cache store {} sealed",
+                self.name,
+                store.dir().display()
+            );
+            self.sealed_here.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the store has a valid seal now (see [`Store::sealed`]).
+    pub fn sealed(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.sealed())
     }
 
     /// Forget what is in memory (tests that damage the store underneath).
