@@ -17,6 +17,7 @@ mod hostile;
 pub mod initiator;
 mod istgt;
 pub mod load;
+pub mod options;
 pub mod platform;
 mod ports;
 mod process;

@@ -13,44 +13,44 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use isomount_harness::options::Usage;
 use isomount_harness::rude;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-const USAGE: &str = "usage: rudeclient PORTAL TARGET [--half-logins N] [--pace-ms MS] \
-                     [--rounds-per-second R] [--seconds S] [--within-seconds W]";
+const USAGE: Usage = Usage {
+    program: "rudeclient",
+    text: "usage: rudeclient PORTAL TARGET [--half-logins N] [--pace-ms MS] \
+           [--rounds-per-second R] [--seconds S] [--within-seconds W]",
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [portal, target, options @ ..] = args.as_slice() else {
-        fail("PORTAL and TARGET are needed");
+        USAGE.fail("PORTAL and TARGET are needed");
     };
     let mut half = 1000usize;
     let mut pace_ms = 60_000u64;
     let mut rate = 10f64;
     let mut seconds = 10f64;
     let mut within = 20f64;
-    let mut it = options.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
-        match flag.as_str() {
-            "--half-logins" => half = number(flag, value),
-            "--pace-ms" => pace_ms = number(flag, value),
-            "--rounds-per-second" => rate = number(flag, value),
-            "--seconds" => seconds = number(flag, value),
-            "--within-seconds" => within = number(flag, value),
-            other => fail(&format!("unknown option {other}")),
+    for (flag, value) in USAGE.pairs(options) {
+        match flag {
+            "--half-logins" => half = USAGE.number(flag, value),
+            "--pace-ms" => pace_ms = USAGE.number(flag, value),
+            "--rounds-per-second" => rate = USAGE.number(flag, value),
+            "--seconds" => seconds = USAGE.number(flag, value),
+            "--within-seconds" => within = USAGE.number(flag, value),
+            other => USAGE.fail(&format!("unknown option {other}")),
         }
     }
     if !(rate > 0.0 && seconds >= 0.0 && within > 0.0) {
-        fail("--rounds-per-second and --within-seconds must be above 0");
+        USAGE.fail("--rounds-per-second and --within-seconds must be above 0");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| fail(&format!("tokio: {e}")));
+        .unwrap_or_else(|e| USAGE.fail(&format!("tokio: {e}")));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let within = Duration::from_secs_f64(within);
     runtime.block_on(async {
@@ -58,7 +58,7 @@ fn main() {
         let timed_out = Arc::new(AtomicU64::new(0));
         let held = rude::half_logins(portal, half)
             .await
-            .unwrap_or_else(|e| fail(&format!("half logins: {e}")));
+            .unwrap_or_else(|e| USAGE.fail(&format!("half logins: {e}")));
         let mut holders = tokio::task::JoinSet::new();
         for mut stream in held {
             let (portal, timed_out) = (portal.clone(), timed_out.clone());
@@ -84,7 +84,7 @@ fn main() {
         // before closing still trickles out of our socket buffer; the target's log tells).
         let (_, slow) = rude::slow_reader(portal, target, Duration::from_millis(pace_ms))
             .await
-            .unwrap_or_else(|e| fail(&format!("slow reader: {e}")));
+            .unwrap_or_else(|e| USAGE.fail(&format!("slow reader: {e}")));
 
         // Rounds of malformed PDUs and bad login text, R a second.
         let period = Duration::from_secs_f64(1.0 / rate);
@@ -95,15 +95,15 @@ fn main() {
             let mut outcomes = Vec::new();
             match rude::malformed(portal, target, within).await {
                 Ok(o) => outcomes.extend(o),
-                Err(e) => fail(&format!("malformed PDUs: {e}")),
+                Err(e) => USAGE.fail(&format!("malformed PDUs: {e}")),
             }
             match rude::oversized_text(portal, within).await {
                 Ok(o) => outcomes.extend(o),
-                Err(e) => fail(&format!("oversized text: {e}")),
+                Err(e) => USAGE.fail(&format!("oversized text: {e}")),
             }
             match rude::endless_text(portal, 10_000, within).await {
                 Ok(o) => outcomes.push(o),
-                Err(e) => fail(&format!("endless text: {e}")),
+                Err(e) => USAGE.fail(&format!("endless text: {e}")),
             }
             rounds += 1;
             for o in outcomes {
@@ -129,15 +129,4 @@ fn main() {
         }
         println!("login-timeouts-seen {}", timed_out.load(Ordering::Relaxed));
     });
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> T {
-    value
-        .parse()
-        .unwrap_or_else(|_| fail(&format!("{flag}: bad value {value}")))
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("rudeclient: {msg}\n{USAGE}");
-    std::process::exit(2);
 }
