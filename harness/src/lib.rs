@@ -10,7 +10,7 @@
 //! hostile initiator (malformed PDUs, endless logins, a byte-at-a-time reader). Every wait is
 //! bounded and every daemon dies with its owner. Integration tests use it through
 //! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target`,
-//! `harness-web` and `loadclient` binaries.
+//! `harness-web`, `loadclient` and `rudeclient` binaries.
 
 mod fixtures;
 mod hostile;
