@@ -867,7 +867,7 @@ fn a_stale_mount_is_recognised_and_cleared() {
     };
     assert!(
         err.contains(&format!("is a stale mount ({kind})"))
-            && err.contains("Transport endpoint is not connected")
+            && err.contains("whose daemon is gone (it no longer answers)")
             && err.contains("isomount unmount"),
         "{err}"
     );
