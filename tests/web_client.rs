@@ -1,6 +1,6 @@
 //! The HTTP range client (`isomount::http`) against real web servers on loopback: nginx over
 //! http and https (HTTP/2), Python's http.server, the harness's odd server, redirects, a file
-//! replaced under us, a file over 4 GiB.
+//! replaced under us, a file over 4 GiB, the first bytes a web source reads while opening.
 
 mod common;
 
@@ -380,4 +380,35 @@ fn files_over_4_gib_are_read_at_offsets_past_4_gib() {
         let err = read(&m, size - 1, 2).await.unwrap_err();
         assert_eq!(err.fault(), Fault::OutOfRange);
     });
+}
+
+#[test]
+fn the_first_bytes_read_while_opening_answer_the_first_reads_once() {
+    use isomount::source::http::WebClient;
+    use isomount::source::{read_all, BlockSource};
+    let dir = test_dir("web_first_read");
+    let (root, data) = web_root(dir.path(), 2 << 20);
+    let nginx = Nginx::start("web_first_read", &root);
+    let web = WebClient::new(options()).unwrap();
+    let source = web
+        .source(&nginx.url("image.iso"), data.len() as u64)
+        .unwrap()
+        .reading_first(256 << 10);
+    runtime().block_on(async {
+        let identity = source.open().await.unwrap();
+        assert_eq!(identity.size, data.len() as u64);
+        // Within the first bytes: no request.
+        let got = read_all(&source, 32 << 10, 64 << 10).await.unwrap();
+        assert!(got[..] == data[32 << 10..96 << 10]);
+        // Across their end: only the rest is asked for, and they are let go.
+        let got = read_all(&source, 128 << 10, 256 << 10).await.unwrap();
+        assert!(got[..] == data[128 << 10..384 << 10]);
+        let got = read_all(&source, 0, 4096).await.unwrap();
+        assert!(got[..] == data[..4096]);
+    });
+    let ranges: Vec<String> = nginx.served().into_iter().map(|s| s.range).collect();
+    assert_eq!(
+        ranges,
+        ["bytes=0-262143", "bytes=262144-393215", "bytes=0-4095"],
+    );
 }

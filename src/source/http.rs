@@ -5,7 +5,8 @@
 //! `open` makes one request the first time, which learns whether the server answers ranges for
 //! a file of the image's size; after that it is free. That request asks for the image's first
 //! bytes ([`HttpSource::reading_first`]), which the image core asks for first: it still asks,
-//! and verifies them like any fetch, but they are answered from memory without a round trip.
+//! and verifies them like any fetch, but they are answered from memory without a round trip
+//! (the head of a read that runs past them too), and let go once read to their end.
 //! The image core ranks web mirrors with the iSCSI portals: nothing here retries, rests or
 //! hedges.
 
@@ -77,13 +78,20 @@ impl HttpSource {
         self
     }
 
-    /// `offset..offset + len` from the first request's bytes, when it lies within them.
-    fn within_first(&self, offset: u64, len: usize) -> Option<Bytes> {
-        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        let first = first.as_ref()?;
-        let start = usize::try_from(offset).ok()?;
-        let end = start.checked_add(len)?;
-        (end <= first.len()).then(|| first.slice(start..end))
+    /// The part of `len` bytes at `offset` that the first request's bytes hold, from `offset`
+    /// on; they are let go once a read reaches their end.
+    fn held_first(&self, offset: u64, len: usize) -> Option<Bytes> {
+        let mut held = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = held.as_ref()?;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|&at| at < bytes.len())?;
+        let end = start.saturating_add(len).min(bytes.len());
+        let piece = bytes.slice(start..end);
+        if end == bytes.len() {
+            *held = None;
+        }
+        Some(piece)
     }
 }
 
@@ -125,15 +133,18 @@ impl BlockSource for HttpSource {
     }
 
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
-        if let Some(bytes) = self.within_first(offset, len) {
-            return futures_util::stream::once(async move { Ok(bytes) }).boxed();
+        let head = self.held_first(offset, len).filter(|h| !h.is_empty());
+        let held = head.as_ref().map_or(0, Bytes::len);
+        let head = futures_util::stream::iter(head.map(Ok));
+        if held == len {
+            return head.boxed();
         }
-        let body = self.mirror.read(offset, len as u64);
-        futures_util::stream::unfold(body, |mut body| async move {
+        let body = self.mirror.read(offset + held as u64, (len - held) as u64);
+        let rest = futures_util::stream::unfold(body, |mut body| async move {
             let piece = body.next().await?;
             Some((piece.map_err(|e| classify(&e)), body))
-        })
-        .boxed()
+        });
+        head.chain(rest).boxed()
     }
 
     fn run_bytes(&self) -> usize {
