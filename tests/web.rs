@@ -400,6 +400,67 @@ fn one_small_file_of_a_fresh_mount_costs_two_round_trips_at_most() {
 }
 
 #[test]
+fn a_web_mirror_that_stalls_is_hedged_to_the_next_one_within_the_read_timeout() {
+    let image = Image::new("web_hedge");
+    let first = Nginx::start("web_hedge", &image.www);
+    let second = Nginx::start("web_hedge", &image.www);
+    // The first mirror's link goes silent for far longer than the read timeout once 1 MiB has
+    // come through it: after the mount, in the middle of kernel.bin.
+    let link = FaultProxy::start(
+        &first.authority(),
+        Faults {
+            stall_after: Some((1 << 20, Duration::from_secs(100))),
+            ..Faults::default()
+        },
+    );
+    let url = format!("http://{}/image.iso", link.portal());
+    let client = image.publish("webcd", &[], &[&url, &second.url("image.iso")]);
+    let mnt = Mountpoint::new(&client.dir, "mnt");
+    client.ok(
+        "mount",
+        &[
+            "--read-timeout",
+            "10",
+            "mount",
+            "NAME",
+            mnt.path.to_str().unwrap(),
+        ],
+    );
+    let before = second.served().len();
+    // Reads at scattered offsets (no read-ahead behind them), from the end of the image down,
+    // until the link has gone silent and three more reads have been answered. Without hedging
+    // the read under way when it goes silent would fail at the read timeout (10 s, before the
+    // mirror's own stall bound of 15 s): instead, a request slower than the mirror's recent
+    // latency is also sent to the second mirror, and its verified answer wins.
+    let iso = image.bytes();
+    let file = std::fs::File::open(mnt.path.join("webcd.iso")).unwrap();
+    let mut at = iso.len() - 8192;
+    let mut after_stall = 0;
+    let mut failed = None;
+    while after_stall < 3 && at > 300 << 10 {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        if let Err(e) = file.read_exact_at(&mut buf, at as u64) {
+            failed = Some(format!("read at {at}: {e}"));
+            break;
+        }
+        assert!(buf == iso[at..at + 4096], "bytes at {at}");
+        if link.stalled() {
+            after_stall += 1;
+        }
+        at -= 160 << 10;
+    }
+    drop(file);
+    let stats = read(&mnt.path.join("info/stats"));
+    let out = client.run("mount", &["unmount", mnt.path.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", text(&out.stderr));
+    assert_eq!(failed, None, "{stats}");
+    assert_eq!(after_stall, 3, "the first mirror's link never stalled");
+    assert!(second.served()[before..].iter().any(|s| s.status == 206));
+    assert!(stats.contains("errors: 0"), "{stats}");
+}
+
+#[test]
 fn publish_writes_web_mirrors_and_refuses_bad_mirror_arguments() {
     let dir = test_dir("web_publish");
     let image = random_file(dir.path(), "a b.img", 100_000, 3);
