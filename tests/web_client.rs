@@ -412,3 +412,45 @@ fn the_first_bytes_read_while_opening_answer_the_first_reads_once() {
         ["bytes=0-262143", "bytes=262144-393215", "bytes=0-4095"],
     );
 }
+
+#[test]
+fn bodies_are_handed_on_piece_by_piece_as_they_stream_in() {
+    let dir = test_dir("web_streaming");
+    let (root, data) = web_root(dir.path(), 4 << 20);
+    let nginx = Nginx::start("web_streaming", &root);
+    // The link goes silent once 1 MiB has come through, for longer than the stall bound.
+    let link = FaultProxy::start(
+        &nginx.authority(),
+        Faults {
+            stall_after: Some((1 << 20, Duration::from_secs(60))),
+            ..Faults::default()
+        },
+    );
+    let opts = WebOptions {
+        stall: Duration::from_secs(1),
+        ..options()
+    };
+    let url = format!("http://{}/image.iso", link.portal());
+    let m = mirror(&url, data.len() as u64, opts);
+    let (got, err) = runtime().block_on(async {
+        let mut body = m.read(0, 4 << 20);
+        let mut got = Vec::new();
+        loop {
+            match body.next().await {
+                Some(Ok(piece)) => got.extend_from_slice(&piece),
+                Some(Err(e)) => return (got, Some(e)),
+                None => return (got, None),
+            }
+        }
+    });
+    // The body never ended, yet what came before the silence was handed on as it came.
+    let err = err.expect("a 4 MiB body through a link silent after 1 MiB ended");
+    // (Stalled, or Truncated when reqwest's own read timeout ends the body first.)
+    assert_eq!(err.fault(), Fault::Network, "{err}");
+    assert!(link.stalled());
+    assert!(got.len() >= 768 << 10, "only {} bytes handed on", got.len());
+    assert!(
+        got[..] == data[..got.len()],
+        "the pieces are not the file's start"
+    );
+}
