@@ -56,6 +56,7 @@ impl WebClient {
             run_bytes: usize::try_from(self.options.max_range).unwrap_or(usize::MAX),
             first_read: 1,
             first: std::sync::Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -68,6 +69,8 @@ pub struct HttpSource {
     first_read: u64,
     /// What that request brought.
     first: std::sync::Mutex<Option<Bytes>>,
+    /// Held by an `open` while it makes the first request.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl HttpSource {
@@ -106,6 +109,8 @@ impl BlockSource for HttpSource {
     }
 
     async fn open(&self) -> Result<SourceIdentity, SourceError> {
+        // One first request at a time: an open while another is under way waits for it.
+        let _opening = self.opening.lock().await;
         if self.mirror.validators().is_none() {
             let len = self.first_read.min(self.mirror.size());
             let pieces = self
