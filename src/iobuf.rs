@@ -22,12 +22,15 @@ pub fn join(mut parts: Vec<Bytes>) -> Bytes {
     joined.freeze()
 }
 
-/// `len` bytes at `start` of `file` into a new buffer that becomes the returned [`Bytes`] (never
-/// zeroed first, never copied). A file that ends before `len` bytes is an error.
+/// `len` bytes at `start` of `file` into a buffer that becomes the returned [`Bytes`] (never
+/// zeroed first, never copied). The buffer comes from the [`pool`] and goes back to it when the
+/// last `Bytes` of it is dropped. A file that ends before `len` bytes is an error.
 pub fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes> {
     use std::os::fd::AsRawFd;
     let unexpected = |what: &str| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what);
-    let mut buffer = AlignedBuffer::new(len.max(1)).ok_or_else(|| unexpected("no memory"))?;
+    let mut buffer = pool::READS
+        .take(len.max(1))
+        .ok_or_else(|| unexpected("no memory"))?;
     while buffer.filled < len {
         let at = buffer.filled;
         // SAFETY: the destination lies within the buffer's allocation, past its filled part;
@@ -51,7 +54,104 @@ pub fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes>
             }
         }
     }
-    Ok(Bytes::from_owner(buffer).slice(..len))
+    Ok(Bytes::from_owner(pool::READS.lend(buffer)).slice(..len))
+}
+
+/// Read buffers kept for reuse. A read of a few MiB into a fresh allocation may be handed fresh
+/// pages by the kernel each time, and fault every one of them in while it copies (measured with
+/// perf: the largest cost of reading a cached image); a buffer from the pool has been touched
+/// before. Buffers are kept by size class (powers of two from 64 KiB), at most [`pool::KEEP`]
+/// bytes in all.
+pub mod pool {
+    use std::sync::Mutex;
+
+    use super::AlignedBuffer;
+
+    /// Bytes of buffers kept for reuse, at most.
+    pub const KEEP: usize = 64 << 20;
+    const SMALLEST: usize = 64 << 10;
+
+    /// Free buffers by capacity, and their bytes in all.
+    pub struct Pool {
+        kept: Mutex<(Vec<AlignedBuffer>, usize)>,
+        limit: usize,
+    }
+
+    /// The pool every read of [`super::read_fresh`] takes from.
+    pub static READS: Pool = Pool::new(KEEP);
+
+    fn class(len: usize) -> usize {
+        len.max(SMALLEST).next_power_of_two()
+    }
+
+    impl Pool {
+        pub const fn new(limit: usize) -> Pool {
+            Pool {
+                kept: Mutex::new((Vec::new(), 0)),
+                limit,
+            }
+        }
+
+        /// An empty buffer of at least `len` bytes: a kept one when there is one of its class.
+        pub fn take(&self, len: usize) -> Option<AlignedBuffer> {
+            let capacity = class(len);
+            let kept = {
+                let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+                let at = kept.0.iter().position(|b| b.capacity == capacity);
+                at.map(|at| {
+                    kept.1 -= capacity;
+                    kept.0.swap_remove(at)
+                })
+            };
+            let mut buffer = match kept {
+                Some(buffer) => buffer,
+                None => AlignedBuffer::new(capacity)?,
+            };
+            buffer.filled = 0;
+            Some(buffer)
+        }
+
+        /// `buffer` owned so that it comes back to this pool when dropped.
+        pub fn lend(&'static self, buffer: AlignedBuffer) -> Pooled {
+            Pooled {
+                buffer: Some(buffer),
+                pool: self,
+            }
+        }
+
+        /// Bytes of free buffers kept now.
+        pub fn kept_bytes(&self) -> usize {
+            self.kept.lock().unwrap_or_else(|e| e.into_inner()).1
+        }
+
+        fn give(&self, buffer: AlignedBuffer) {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            if kept.1 + buffer.capacity <= self.limit {
+                kept.1 += buffer.capacity;
+                kept.0.push(buffer);
+            }
+        }
+    }
+
+    /// A buffer that goes back to its pool when dropped (the owner of a [`bytes::Bytes`]).
+    pub struct Pooled {
+        buffer: Option<AlignedBuffer>,
+        pool: &'static Pool,
+    }
+
+    impl AsRef<[u8]> for Pooled {
+        fn as_ref(&self) -> &[u8] {
+            self.buffer.as_ref().map_or(&[], |b| b.as_slice())
+        }
+    }
+
+    impl Drop for Pooled {
+        fn drop(&mut self) {
+            if let Some(buffer) = self.buffer.take() {
+                self.pool.give(buffer);
+            }
+        }
+    }
 }
 
 /// An [`ALIGN`]-aligned heap buffer of which the first `filled` bytes are initialised
@@ -204,6 +304,53 @@ mod tests {
         assert!(read_fresh(&file, 0, 0).unwrap().is_empty());
         let err = read_fresh(&file, 9000, 2000).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn buffers_go_back_to_their_pool_and_are_reused_within_its_limit() {
+        static POOL: pool::Pool = pool::Pool::new(256 << 10);
+        let mut first = POOL.take(200_000).unwrap();
+        first.zero();
+        let at = first.ptr;
+        let owner = Bytes::from_owner(POOL.lend(first));
+        let slice = owner.slice(10..20);
+        drop(owner);
+        assert_eq!(
+            POOL.kept_bytes(),
+            0,
+            "a slice keeps the buffer out of the pool"
+        );
+        drop(slice);
+        assert_eq!(
+            POOL.kept_bytes(),
+            256 << 10,
+            "back when the last slice goes"
+        );
+        let again = POOL.take(150_000).unwrap();
+        assert_eq!(again.ptr, at, "the kept buffer of that class is reused");
+        assert_eq!(again.len(), 0, "handed out empty");
+        let other = POOL.take(200_000).unwrap();
+        assert_ne!(other.ptr, at);
+        drop(POOL.lend(again));
+        drop(POOL.lend(other));
+        assert_eq!(
+            POOL.kept_bytes(),
+            256 << 10,
+            "no more than the limit is kept"
+        );
+    }
+
+    #[test]
+    fn reads_into_reused_buffers_hold_the_new_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        for start in [0usize, 100_000, 7] {
+            let got = read_fresh(&file, start as u64, 200_000).unwrap();
+            assert_eq!(&got[..], &data[start..start + 200_000]);
+        }
     }
 
     #[test]

@@ -151,7 +151,7 @@ fn tgtd_drop_kills_and_frees_the_portal() {
     TcpStream::connect(&portal).expect("portal accepts connections");
     drop(tgtd);
     assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
+        !isomount_harness::platform::process_exists(pid),
         "tgtd {pid} still exists"
     );
     assert!(
@@ -511,7 +511,7 @@ fn istgt_drop_kills_and_restart_reuses_the_portal() {
     let pid = istgt.pid().expect("running");
     drop(istgt);
     assert!(
-        !Path::new(&format!("/proc/{pid}")).exists(),
+        !isomount_harness::platform::process_exists(pid),
         "istgt {pid} still exists"
     );
     assert!(

@@ -106,15 +106,8 @@ fn check_cat(scene: &Scene, misbehaviour: Misbehaviour, what: &str, mut cmd: Com
                 started.elapsed()
             );
         }
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(kib) = status
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                peak_kib = peak_kib.max(kib);
-            }
+        if let Some(kib) = platform::memory_kib(pid, platform::Memory::Peak) {
+            peak_kib = peak_kib.max(kib);
         }
         std::thread::sleep(Duration::from_millis(20));
     };

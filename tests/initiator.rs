@@ -577,15 +577,8 @@ fn cat_of_a_4_gib_lun_keeps_peak_rss_under_128_mib() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while child.try_wait().unwrap().is_none() {
         assert!(std::time::Instant::now() < deadline, "cat took too long");
-        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-            if let Some(hwm) = status.lines().find(|l| l.starts_with("VmHWM:")) {
-                let kib: u64 = hwm
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                peak_kib = peak_kib.max(kib);
-            }
+        if let Some(kib) = platform::memory_kib(pid, platform::Memory::Peak) {
+            peak_kib = peak_kib.max(kib);
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }

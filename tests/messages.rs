@@ -419,3 +419,28 @@ fn offline_names_the_missing_range_and_a_bad_pin_names_the_catalog_line() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn the_only_portal_is_waited_for_past_the_short_login_bound() {
+    let s = Setup::new("messages_slow_sole_portal");
+    let live = s.tgtd.portal();
+    ok(&s.publish("img", IQN, &[&live], &[]), "publish");
+    // Every exchange through this link takes 2.4 s: past the 2 s that passes a portal over
+    // for another one, but this catalog names no other.
+    let slow = FaultProxy::start(
+        &live,
+        Faults {
+            latency: Some(Duration::from_millis(1200)),
+            ..Faults::default()
+        },
+    );
+    let catalog = std::fs::read_to_string(&s.catalog).unwrap();
+    std::fs::write(&s.catalog, catalog.replace(&live, &slow.portal())).unwrap();
+    let out = s.run(&["cat", "img"]);
+    ok(&out, "cat over a slow link to the only portal");
+    assert!(out.stdout == std::fs::read(&s.image).unwrap());
+    assert!(
+        slow.connections() >= 1,
+        "the read went through the slow link"
+    );
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    is_mounted, iso_from_dir, isomount, random_file, run_bounded, IsoFlavour, Mountpoint,
+    is_mounted, iso_from_dir, isomount, platform, random_file, run_bounded, IsoFlavour, Mountpoint,
 };
 
 /// Whether isomount takes the portable path in this run.
@@ -331,48 +331,22 @@ fn foreground_mount_unmounts_on_sigint_and_sigterm_unmounts_a_daemon() {
 
 /// The kernel's read-ahead setting for the mount at `path`.
 fn readahead_knob(path: &Path) -> PathBuf {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(path).unwrap().dev();
-    PathBuf::from(format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    ))
+    platform::read_ahead_knob(path).expect("this system shows no read-ahead setting")
 }
 
 /// Threads of `pid` that read FUSE requests (fuser names them `fuser-N`).
 fn fuse_threads(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .filter(|task| {
-            std::fs::read_to_string(task.path().join("comm"))
-                .is_ok_and(|name| name.starts_with("fuser-"))
-        })
-        .count()
+    platform::threads_named(pid as u32, "fuser-").expect("this system lists no threads")
 }
 
-/// The pid of the daemon serving `mountpoint`, from /proc.
+/// The pid of the daemon serving `mountpoint`.
 fn daemon_pid(mountpoint: &Path) -> i32 {
     find_daemon(mountpoint).unwrap_or_else(|| panic!("no daemon for {}", mountpoint.display()))
 }
 
 fn find_daemon(mountpoint: &Path) -> Option<i32> {
-    let want = mountpoint.as_os_str().as_encoded_bytes();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let ours = args.first().is_some_and(|a| a.ends_with(b"isomount"));
-        if ours && args.contains(&want) {
-            return Some(pid);
-        }
-    }
-    None
+    let pid = *platform::processes_with("isomount", mountpoint.as_os_str()).first()?;
+    i32::try_from(pid).ok()
 }
 
 #[test]
@@ -893,7 +867,7 @@ fn a_stale_mount_is_recognised_and_cleared() {
     };
     assert!(
         err.contains(&format!("is a stale mount ({kind})"))
-            && err.contains("Transport endpoint is not connected")
+            && err.contains("whose daemon is gone (it no longer answers)")
             && err.contains("isomount unmount"),
         "{err}"
     );

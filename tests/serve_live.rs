@@ -473,7 +473,14 @@ async fn many_idle_sessions_and_a_thousand_images() {
 
     const SESSIONS: usize = 1024;
     let before = rss_kib(serve.pid()).unwrap();
-    let mut fleet = Fleet::log_in(&serve.portal, &format!("{PREFIX}:img0007"), SESSIONS, 128).await;
+    let mut fleet = Fleet::log_in(
+        &serve.portal,
+        &format!("{PREFIX}:img0007"),
+        0,
+        SESSIONS,
+        128,
+    )
+    .await;
     assert_eq!(fleet.logged_in(), SESSIONS, "{:?}", fleet.failures);
     assert_eq!(fleet.idle_for(Duration::from_secs(1)).await, SESSIONS);
     let after = rss_kib(serve.pid()).unwrap();

@@ -15,7 +15,8 @@ use isomount::iscsi::text;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// What we declare as our MaxRecvDataSegmentLength.
+/// What we declare as our MaxRecvDataSegmentLength unless told otherwise: small, so that
+/// tests see reads cut into many Data-In PDUs.
 pub const MAX_RECV: u32 = 8192;
 
 /// Why an exchange with the target failed.
@@ -78,6 +79,10 @@ pub struct RawInitiator {
     exp_stat_sn: u32,
     /// Bound on every wait for the target.
     pub timeout: Duration,
+    /// The LUN commands go to (tgtd's first disk is LUN 1; `isomount serve`'s LUN 0).
+    pub lun: u64,
+    /// The MaxRecvDataSegmentLength a login declares (and Data-In is checked against).
+    pub max_recv: u32,
     /// Asynchronous message events received (AsyncEvent codes), in order.
     pub events: Vec<u8>,
 }
@@ -120,6 +125,8 @@ impl RawInitiator {
             itt: 1,
             exp_stat_sn: 0,
             timeout: Duration::from_secs(20),
+            lun: 0,
+            max_recv: MAX_RECV,
             events: Vec::new(),
         }
     }
@@ -257,7 +264,7 @@ impl RawInitiator {
         digests: bool,
     ) -> Result<(u8, u8), RawError> {
         let digest = if digests { "CRC32C" } else { "None" };
-        let recv = MAX_RECV.to_string();
+        let recv = self.max_recv.to_string();
         self.login(&[
             ("InitiatorName", "iqn.2026-01.test:raw"),
             ("SessionType", "Normal"),
@@ -292,6 +299,7 @@ impl RawInitiator {
             fin: true,
             read: expected > 0,
             attr: 1,
+            lun: isomount::scsi::Lun::from_number(self.lun).to_wire(),
             itt,
             expected_length: expected,
             cmd_sn,
@@ -319,7 +327,7 @@ impl RawInitiator {
                             d.buffer_offset
                         ));
                     }
-                    if pdu.data.len() > MAX_RECV as usize {
+                    if pdu.data.len() > self.max_recv as usize {
                         return broken(format!(
                             "a Data-In of {} bytes, past our MaxRecvDataSegmentLength",
                             pdu.data.len()
@@ -353,6 +361,22 @@ impl RawInitiator {
                 other => return broken(format!("unexpected {other:?}")),
             }
         }
+    }
+
+    /// TEST UNIT READY until GOOD (at most a few times): a new session's UNIT ATTENTION
+    /// (power on, reset) is taken, so the next command meets no surprise.
+    pub async fn clear_unit_attention(&mut self) -> Result<(), RawError> {
+        let mut last = None;
+        for _ in 0..4 {
+            let (done, _) = self.command(&[0u8; 6], 0).await?;
+            if done.status == 0 {
+                return Ok(());
+            }
+            last = Some(done.sense_code());
+        }
+        Err(RawError::Protocol(format!(
+            "TEST UNIT READY kept failing: {last:?}"
+        )))
     }
 
     /// One SCSI command, its data gathered.

@@ -6,7 +6,8 @@
 //! [`OddServer`] and [`ForwardProxy`] are the web mirrors and the proxy of the HTTP(S) source.
 //! [`HostileTarget`] is a scripted target that breaks the protocol on purpose, one way per
 //! instance. [`initiator::RawInitiator`] is a raw iSCSI initiator on isomount's own codec, and
-//! [`load::Fleet`] thousands of its sessions at once (the `loadclient` binary). Every wait is
+//! [`load::Fleet`] thousands of its sessions at once (the `loadclient` binary); [`rude`] plays a
+//! hostile initiator (malformed PDUs, endless logins, a byte-at-a-time reader). Every wait is
 //! bounded and every daemon dies with its owner. Integration tests use it through
 //! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target`,
 //! `harness-web` and `loadclient` binaries.
@@ -16,10 +17,11 @@ mod hostile;
 pub mod initiator;
 mod istgt;
 pub mod load;
-mod platform;
+pub mod platform;
 mod ports;
 mod process;
 mod proxy;
+pub mod rude;
 mod tgtd;
 mod web;
 

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::initiator::{read10, RawError, RawInitiator};
+use crate::platform::{memory_kib, Memory};
 
 /// The sessions of one load run, logged in to one target.
 pub struct Fleet {
@@ -60,8 +61,15 @@ struct SessionEnd {
 }
 
 impl Fleet {
-    /// Log `count` sessions in to `target` at `portal`, at most `at_once` logins in flight.
-    pub async fn log_in(portal: &str, target: &str, count: usize, at_once: usize) -> Fleet {
+    /// Log `count` sessions in to `target` at `portal`, at most `at_once` logins in flight;
+    /// they read LUN `lun`.
+    pub async fn log_in(
+        portal: &str,
+        target: &str,
+        lun: u64,
+        count: usize,
+        at_once: usize,
+    ) -> Fleet {
         let started = Instant::now();
         let gate = Arc::new(Semaphore::new(at_once.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
@@ -70,8 +78,14 @@ impl Fleet {
             tasks.spawn(async move {
                 let _permit = gate.acquire_owned().await;
                 let mut session = RawInitiator::connect(&portal).await?;
+                session.lun = lun;
+                // As real initiators do (libiscsi, isomount): a READ's data in few PDUs.
+                session.max_recv = 256 * 1024;
                 match session.login_normal(&target, false).await? {
-                    (0, _) => Ok(session),
+                    (0, _) => {
+                        session.clear_unit_attention().await?;
+                        Ok(session)
+                    }
                     (class, detail) => Err(RawError::Protocol(format!(
                         "login refused: class {class} detail {detail}"
                     ))),
@@ -284,14 +298,8 @@ async fn stay_idle(mut session: RawInitiator, deadline: tokio::time::Instant) ->
     }
 }
 
-/// Resident memory of process `pid` in KiB (Linux `/proc/PID/status`, VmRSS).
+/// Resident memory of process `pid` in KiB, where the system tells (the harness's platform
+/// module reads it).
 pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    memory_kib(pid, Memory::Resident)
 }

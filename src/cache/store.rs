@@ -27,6 +27,33 @@
 //! record or a damaged disk shows up as a mismatch and a miss). Version 1 (no CRC) stores are
 //! started afresh.
 //!
+//! **The seal.** Once every chunk is present and this process has verified each one, the store is
+//! sealed: a `seal` file records the data file's identity (device, inode, size, mtime, ctime) and
+//! a sha256 of the index's records (hash and CRC32C of every chunk). Layout, version 1
+//! (integers big-endian):
+//! ```text
+//!  offset  size  field
+//!  ------  ----  -----------------------------------------------------------
+//!       0     8  magic "ISOMSEAL"
+//!       8     2  version (1)
+//!      10     2  reserved, zero
+//!      12     4  chunk size in bytes
+//!      16     8  image size in bytes
+//!      24     8  data file: device
+//!      32     8  data file: inode
+//!      40     8  data file: size
+//!      48     8  data file: mtime, nanoseconds since the Unix epoch
+//!      56     8  data file: ctime, nanoseconds since the Unix epoch
+//!      64    32  sha256 of bytes 0..36 of every record, in chunk order
+//!      96     4  CRC32C of bytes 0..96 (header checksum)
+//! ```
+//! A seal is valid while all of that still holds ([`Store::sealed`]): any write to the data file
+//! moves its ctime, and dropping a chunk removes the seal before it clears the record (the
+//! records' digest would no longer match either). A valid seal says the store is complete and
+//! unchanged since it was last verified whole; it does not say the bytes on disk are still good
+//! (a bad sector moves no timestamp), so readers go on checking every chunk they read (see
+//! `image::passthrough` for what the image core does with a seal).
+//!
 //! A dropped chunk's space goes back to the file system by punching a hole where the system can
 //! ([`crate::platform::punch_hole`]); where it cannot, [`Store::reclaim`] rewrites `data` with only
 //! the present chunks (`data.new`, synced, renamed over `data`) while no one else has the store
@@ -50,6 +77,12 @@ pub const INDEX_HEADER_LEN: u64 = 64;
 pub const RECORD_LEN: u64 = 48;
 /// Where `last use` sits in a record.
 const LAST_USE_AT: usize = 40;
+
+pub const SEAL_MAGIC: [u8; 8] = *b"ISOMSEAL";
+pub const SEAL_VERSION: u16 = 1;
+pub const SEAL_LEN: usize = 100;
+/// Where the seal's header checksum sits (it covers every byte before it).
+const SEAL_CRC_AT: usize = 96;
 
 /// Alignment of direct I/O: offsets, lengths and buffers (the page size covers every common
 /// logical block size).
@@ -495,18 +528,17 @@ impl Store {
         Ok((file, path))
     }
 
-    /// Record a use of chunk `index` (for LRU), at most once a second per chunk.
-    pub fn touch(&self, index: u64, record: &Record) -> Result<(), CacheError> {
-        let now = now_micros();
-        if now.saturating_sub(record.last_use) < 1_000_000 {
-            return Ok(());
+    /// Record that `chunks` were used now (for LRU eviction). Only the last-use field of each
+    /// record is written; a chunk dropped meanwhile by another process may so come back as a
+    /// record that names no hash, which every reader's check refuses (it is fetched again).
+    pub fn note_uses(&self, chunks: &[u64]) -> Result<(), CacheError> {
+        let now = now_micros().to_be_bytes();
+        for &index in chunks.iter().filter(|&&i| i < self.geometry.chunks()) {
+            self.index
+                .write_all_at(&now, record_offset(index) + LAST_USE_AT as u64)
+                .map_err(|e| io(&self.dir.join("index"), e))?;
         }
-        self.index
-            .write_all_at(
-                &now.to_be_bytes(),
-                record_offset(index) + LAST_USE_AT as u64,
-            )
-            .map_err(|e| io(&self.dir.join("index"), e))
+        Ok(())
     }
 
     /// Store verified chunks: write all bytes, fdatasync, then mark them present.
@@ -572,8 +604,72 @@ impl Store {
         Ok(())
     }
 
-    /// Forget chunks: clear their records, sync the index, then release their space.
+    /// The seal this store's data file and index have now: None while a chunk is absent.
+    fn seal_now(&self) -> Result<Option<[u8; SEAL_LEN]>, CacheError> {
+        use sha2::Digest;
+        use std::os::unix::fs::MetadataExt;
+        let data_path = self.dir.join("data");
+        // The data file's identity first: a change after this moment moves its ctime.
+        let meta = self.data.metadata().map_err(|e| io(&data_path, e))?;
+        let records = self.records()?;
+        if !records.iter().all(Record::present) {
+            return Ok(None);
+        }
+        let mut digest = sha2::Sha256::new();
+        for record in &records {
+            digest.update(record.hash);
+            digest.update(record.crc.to_be_bytes());
+        }
+        let nanos = |secs: i64, nsec: i64| (secs as i128 * 1_000_000_000 + nsec as i128) as u64;
+        let mut seal = [0u8; SEAL_LEN];
+        seal[0..8].copy_from_slice(&SEAL_MAGIC);
+        seal[8..10].copy_from_slice(&SEAL_VERSION.to_be_bytes());
+        seal[12..16].copy_from_slice(&self.geometry.chunk_size.to_be_bytes());
+        seal[16..24].copy_from_slice(&self.geometry.image_size.to_be_bytes());
+        seal[24..32].copy_from_slice(&meta.dev().to_be_bytes());
+        seal[32..40].copy_from_slice(&meta.ino().to_be_bytes());
+        seal[40..48].copy_from_slice(&meta.size().to_be_bytes());
+        seal[48..56].copy_from_slice(&nanos(meta.mtime(), meta.mtime_nsec()).to_be_bytes());
+        seal[56..64].copy_from_slice(&nanos(meta.ctime(), meta.ctime_nsec()).to_be_bytes());
+        seal[64..96].copy_from_slice(&digest.finalize());
+        let crc = crc32c::crc32c(&seal[..SEAL_CRC_AT]);
+        seal[SEAL_CRC_AT..].copy_from_slice(&crc.to_be_bytes());
+        Ok(Some(seal))
+    }
+
+    /// Seal the store (see the module doc). The caller vouches that every chunk has been
+    /// verified and written (synced) by now. False when a chunk is absent (nothing is written).
+    pub fn seal(&self) -> Result<bool, CacheError> {
+        let Some(seal) = self.seal_now()? else {
+            return Ok(false);
+        };
+        let path = self.dir.join("seal");
+        crate::iobuf::write_atomic(&path, &seal).map_err(|e| io(&path, e))?;
+        Ok(true)
+    }
+
+    /// Whether the store has a seal that still holds: complete, and neither the data file nor
+    /// any record changed since it was sealed. A damaged, foreign or stale seal is no seal.
+    pub fn sealed(&self) -> bool {
+        let Ok(recorded) = std::fs::read(self.dir.join("seal")) else {
+            return false;
+        };
+        matches!(self.seal_now(), Ok(Some(now)) if recorded[..] == now[..])
+    }
+
+    /// Remove the seal before the store changes.
+    fn unseal(&self) -> Result<(), CacheError> {
+        let path = self.dir.join("seal");
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&path, e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Forget chunks: unseal the store, clear their records, sync the index, then release their
+    /// space.
     pub fn drop_chunks(&self, indexes: &[u64]) -> Result<(), CacheError> {
+        self.unseal()?;
         self.clear_records(indexes)?;
         for &i in indexes {
             if i < self.geometry.chunks() {
@@ -730,6 +826,94 @@ mod tests {
         let again = Store::open_existing(dir.path()).unwrap();
         assert_eq!(again.geometry(), geometry());
         assert_eq!(again.label(), "name=t\n");
+    }
+
+    /// A store of geometry() holding every chunk.
+    fn whole_store(dir: &Path) -> Store {
+        let store = Store::open_or_create(dir, geometry(), "", None).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..3u64)
+            .map(|i| vec![i as u8 + 1; geometry().chunk_len(i)])
+            .collect();
+        let items: Vec<(u64, &[u8], Hash)> = chunks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u64, &c[..], sha256(c)))
+            .collect();
+        store.put(&items).unwrap();
+        store
+    }
+
+    #[test]
+    fn only_a_whole_store_is_sealed_and_the_seal_holds_while_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_or_create(dir.path(), geometry(), "", None).unwrap();
+        let one = vec![1u8; 4096];
+        store.put(&[(0, &one, sha256(&one))]).unwrap();
+        assert!(!store.seal().unwrap(), "two chunks are missing");
+        assert!(!dir.path().join("seal").exists());
+        assert!(!store.sealed());
+        drop(store);
+
+        let store = whole_store(dir.path());
+        assert!(!store.sealed(), "not sealed until asked");
+        assert!(store.seal().unwrap());
+        assert!(store.sealed());
+        let seal = std::fs::read(dir.path().join("seal")).unwrap();
+        assert_eq!(seal.len(), SEAL_LEN);
+        assert_eq!(&seal[..8], b"ISOMSEAL");
+        // Uses recorded since do not break it: only hashes and CRCs are sealed.
+        store.note_uses(&[0, 1, 2]).unwrap();
+        drop(store);
+        let again = Store::open_existing(dir.path()).unwrap();
+        assert!(again.sealed(), "a seal outlives the process that made it");
+    }
+
+    #[test]
+    fn a_changed_data_file_record_or_seal_breaks_the_seal() {
+        // A write to the data file (its ctime moves).
+        let dir = tempfile::tempdir().unwrap();
+        let store = whole_store(dir.path());
+        assert!(store.seal().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let data = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("data"))
+            .unwrap();
+        data.write_all_at(&[1], 5).unwrap();
+        assert!(!store.sealed(), "a write to the data file unseals");
+
+        // A dropped chunk: the seal is removed before the record is cleared.
+        let dir = tempfile::tempdir().unwrap();
+        let store = whole_store(dir.path());
+        assert!(store.seal().unwrap());
+        store.drop_chunks(&[1]).unwrap();
+        assert!(!dir.path().join("seal").exists());
+        assert!(!store.sealed());
+
+        // A record changed behind the store's back (the CRC of chunk 2).
+        let dir = tempfile::tempdir().unwrap();
+        let store = whole_store(dir.path());
+        assert!(store.seal().unwrap());
+        let index = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("index"))
+            .unwrap();
+        index
+            .write_all_at(&[0xff], record_offset(2) + HASH_LEN as u64)
+            .unwrap();
+        assert!(!store.sealed(), "the records' digest no longer matches");
+
+        // A damaged seal file.
+        let dir = tempfile::tempdir().unwrap();
+        let store = whole_store(dir.path());
+        assert!(store.seal().unwrap());
+        let path = dir.path().join("seal");
+        let mut seal = std::fs::read(&path).unwrap();
+        seal[70] ^= 1;
+        std::fs::write(&path, &seal).unwrap();
+        assert!(!store.sealed());
+        std::fs::write(&path, b"ISOMSEAL").unwrap();
+        assert!(!store.sealed(), "a short seal is no seal");
     }
 
     /// A data file's allocated bytes.

@@ -28,8 +28,13 @@ pub const DEPTH: usize = 64;
 
 /// Bytes per read of `cat NAME`: one coalesced READ when cold, one store read when cached.
 const CAT_READ: usize = 2 << 20;
-/// Bytes per read of `cat NAME` when the whole image is cached (one read in flight).
-const CACHED_READ: usize = 8 << 20;
+/// Bytes per read of `cat NAME` when the whole image is cached: small enough that the read
+/// buffer is still in the CPU's cache when its CRC32C is checked and when it is written out
+/// (measured against 8 MiB reads, whose copies and checks all went to memory: 0.31 s against
+/// 0.38 s for 512 MiB, `dd bs=1M` of the local file 0.27 s).
+const CACHED_READ: usize = 1 << 20;
+/// Reads in flight when the whole image is cached: one checked while the next is read.
+const CACHED_DEPTH: usize = 2;
 /// Reads of `cat NAME` in flight.
 const CAT_DEPTH: usize = 16;
 
@@ -66,11 +71,11 @@ fn cat_name(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
         let image = image::open::named(config, name).await?;
         image.set_read_ahead(false);
         let reader = image.clone();
-        // A fully cached image is read as one sequential stream: the page cache's read-ahead
+        // A fully cached image is read as a sequential stream: the page cache's read-ahead
         // then runs ahead of it, which many concurrent reads would defeat (measured: 0.2 s
         // against 0.26 s for 256 MiB from a virtio disk).
         let (read, depth) = if image.cached_bytes() == image.size() {
-            (CACHED_READ, 1)
+            (CACHED_READ, CACHED_DEPTH)
         } else {
             (CAT_READ, CAT_DEPTH)
         };

@@ -271,12 +271,12 @@ fn clear_stale(path: &Path) -> anyhow::Result<()> {
             unmount_at(&at, platform::Busy::GoAnyway)
         }
         kind => bail!(
-            "{} is a stale mount{} whose daemon is gone (Transport endpoint is not connected); \
-             clear it with `isomount unmount {}` or `fusermount3 -u {}`",
+            "{} is a stale mount{} whose daemon is gone (it no longer answers); \
+             clear it with `isomount unmount {}` or `{}`",
             at.display(),
             kind.map(|k| format!(" ({k})")).unwrap_or_default(),
             at.display(),
-            at.display()
+            platform::manual_unmount_command(&at)
         ),
     }
 }

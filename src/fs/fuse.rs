@@ -188,6 +188,10 @@ impl Filesystem for FuseAdapter {
             );
         }
         reply.ok();
+        if fh.0 == FH_CACHED && self.tree.is_image(ino.0) {
+            let tree = self.tree.clone();
+            self.runtime.spawn_blocking(move || tree.closed(ino.0));
+        }
     }
 
     fn read(

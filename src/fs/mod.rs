@@ -54,6 +54,9 @@ pub trait ImageView: Send + Sync + 'static {
     fn passthrough_file(&self) -> Option<std::fs::File> {
         None
     }
+    /// The image file was closed: write what is pending to the cache (and seal a cache that has
+    /// become whole and verified). May block.
+    fn settle(&self) {}
 }
 
 /// Cached bytes the mount checks when the image file is opened, at most, before letting the
@@ -463,6 +466,13 @@ impl Tree {
             .flatten()
     }
 
+    /// `ino` was closed: for the image file, see [`ImageView::settle`]. May block.
+    pub fn closed(&self, ino: u64) {
+        if ino == IMAGE {
+            self.image.settle();
+        }
+    }
+
     /// The target of symbolic link `ino`.
     pub fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let (iso, node) = self.iso(ino)?;
@@ -575,6 +585,10 @@ impl ImageView for crate::image::Image {
 
     fn passthrough_file(&self) -> Option<std::fs::File> {
         crate::image::Image::passthrough_file(self, PASSTHROUGH_CHECK_AT_MOST)
+    }
+
+    fn settle(&self) {
+        crate::image::Image::settle(self)
     }
 }
 

@@ -13,11 +13,17 @@ use bytes::Bytes;
 use super::chunks::{Geometry, Span};
 use super::verify::{Reference, Verified};
 use super::writer::{Target, Writer};
+use crate::cache::store::now_micros;
 use crate::cache::{Cache, Store};
 use crate::manifest::Hash;
 
 /// Verified chunks kept in memory (read-ahead lands here first).
 const RECENT_BYTES: u64 = 32 << 20;
+/// A chunk read from the store counts as used again (for LRU eviction) when its recorded use is
+/// older than this: recency is coarse, and a reader that goes over a fresh image writes nothing.
+const USE_GRAIN_MICROS: u64 = 60_000_000;
+/// Uses recorded in memory before they are handed to the writer thread.
+const USE_BATCH: usize = 1024;
 
 /// What is here of one image: memory and the store.
 pub struct Cached {
@@ -36,6 +42,10 @@ pub struct Cached {
     hits: AtomicU64,
     /// Chunks this process has verified (fetched and hashed, or read back and checked).
     verified: Mutex<Vec<bool>>,
+    /// Chunks read from the store whose use is not recorded yet (the writer records them).
+    uses: Mutex<Vec<u64>>,
+    /// This process found the store sealed or sealed it (no need to look again).
+    sealed_here: AtomicBool,
 }
 
 impl Cached {
@@ -98,6 +108,8 @@ impl Cached {
             writer,
             hits: AtomicU64::new(0),
             verified: Mutex::new(vec![false; geometry.chunks() as usize]),
+            uses: Mutex::new(Vec::new()),
+            sealed_here: AtomicBool::new(false),
         }
     }
 
@@ -187,11 +199,43 @@ impl Cached {
         hit
     }
 
-    /// A chunk served from the store: its use for LRU, a hit, verified this session.
-    fn note_hit(&self, store: &Store, index: u64, record: &crate::cache::Record) {
-        let _ = store.touch(index, record);
+    /// A chunk served from the store: a hit, verified this session, and (when its recorded use
+    /// is old) a use to record, in memory until a batch is full.
+    fn note_hit(&self, index: u64, record: &crate::cache::Record, now: u64) {
         self.hits.fetch_add(1, Ordering::Relaxed);
         self.mark_verified(index);
+        if now.saturating_sub(record.last_use) < USE_GRAIN_MICROS {
+            return;
+        }
+        let batch = {
+            let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
+            uses.push(index);
+            if uses.len() < USE_BATCH {
+                return;
+            }
+            std::mem::take(&mut *uses)
+        };
+        self.hand_over_uses(batch);
+    }
+
+    /// Give recorded uses to the writer; kept for later when its queue is full.
+    fn hand_over_uses(&self, batch: Vec<u64>) {
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        if let Err(batch) = writer.note_uses(batch) {
+            self.uses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(batch);
+        }
+    }
+
+    fn hand_over_all_uses(&self) {
+        let batch = std::mem::take(&mut *self.uses.lock().unwrap_or_else(|e| e.into_inner()));
+        if !batch.is_empty() {
+            self.hand_over_uses(batch);
+        }
     }
 
     /// A verified chunk from memory or the store. A stored chunk that fails its check is
@@ -210,7 +254,7 @@ impl Cached {
             }
         };
         if let Some(verified) = reference.stored(index, bytes, &record) {
-            self.note_hit(store, index, &record);
+            self.note_hit(index, &record, now_micros());
             return Some(verified);
         }
         // Another process may have evicted it between our reads of record and data.
@@ -220,6 +264,7 @@ impl Cached {
                 self.name
             );
             let _ = store.drop_chunks(&[index]);
+            self.sealed_here.store(false, Ordering::Relaxed);
         }
         None
     }
@@ -234,8 +279,9 @@ impl Cached {
         let (bytes, records) = store.get_range(first, last).ok()??;
         let lens = (first..=last).map(|i| self.geometry.chunk_len(i));
         let verified = reference.stored_run(first, bytes, lens, &records)?;
+        let now = now_micros();
         for (k, record) in records.iter().enumerate() {
-            self.note_hit(store, first + k as u64, record);
+            self.note_hit(first + k as u64, record, now);
         }
         Some(verified)
     }
@@ -299,18 +345,60 @@ impl Cached {
         writer.write(items).await;
     }
 
-    /// Wait until every chunk kept so far has been written to the store.
-    pub async fn flush(&self) {
+    /// Wait until every chunk kept so far has been written to the store (and the uses seen
+    /// so far recorded); then seal the store if it has become whole and verified.
+    pub async fn flush(self: &Arc<Self>) {
+        self.hand_over_all_uses();
         if let Some(writer) = &self.writer {
             writer.flush().await;
         }
+        let me = self.clone();
+        let _ = tokio::task::spawn_blocking(move || me.seal_when_whole()).await;
     }
 
     /// [`Cached::flush`] for a thread that is not running async code.
     pub fn flush_blocking(&self) {
+        self.hand_over_all_uses();
         if let Some(writer) = &self.writer {
             writer.flush_blocking();
         }
+        self.seal_when_whole();
+    }
+
+    /// Seal the store (see [`Store::seal`]) when every chunk is in it and this process has
+    /// verified each one, unless it is sealed already. Call after a flush.
+    pub fn seal_when_whole(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if self.sealed_here.load(Ordering::Relaxed) || !self.caching() {
+            return;
+        }
+        if !self.unverified().is_empty() {
+            return;
+        }
+        let sealed = store.sealed() || {
+            match store.seal() {
+                Ok(sealed) => sealed,
+                Err(err) => {
+                    tracing::debug!("{}: sealing the cache store: {err}", self.name);
+                    false
+                }
+            }
+        };
+        if sealed {
+            tracing::debug!(
+                "{}: cache store {} sealed",
+                self.name,
+                store.dir().display()
+            );
+            self.sealed_here.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the store has a valid seal now (see [`Store::sealed`]).
+    pub fn sealed(&self) -> bool {
+        self.store.as_ref().is_some_and(|s| s.sealed())
     }
 
     /// Forget what is in memory (tests that damage the store underneath).
@@ -320,5 +408,12 @@ impl Cached {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+    }
+}
+
+impl Drop for Cached {
+    /// The uses not yet recorded go to the writer, which finishes its queue before it exits.
+    fn drop(&mut self) {
+        self.hand_over_all_uses();
     }
 }

@@ -220,7 +220,7 @@ impl Image {
             .find(|(k, _)| k == "connect")
             .map_or_else(|| "-".to_string(), |(_, v)| v);
         format!(
-            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nsource: {}\nconnect: {connect}\ncaching: {}\npassthrough: {}\n",
+            "hits: {}\nmisses: {}\nbytes fetched: {}\nerrors: {}\nverification failures: {}\nportal: {}\nsource: {}\nconnect: {connect}\ncaching: {}\nsealed: {}\npassthrough: {}\n",
             self.cached.hits(),
             self.fetcher.misses(),
             self.sources().bytes_fetched(),
@@ -229,6 +229,7 @@ impl Image {
             self.current_portal(),
             self.current_kind(),
             if self.cached.caching() { "on" } else { "off" },
+            if self.cached.sealed() { "yes (whole and unchanged since verified)" } else { "no" },
             if self.pinned() { "on (the kernel reads the verified cache directly)" } else { "off" },
         )
     }
@@ -403,6 +404,11 @@ impl Image {
     /// Wait until every chunk fetched so far has been written to the cache.
     pub async fn flush(&self) {
         self.cached.flush().await;
+    }
+
+    /// [`Image::flush`] for a thread that is not running async code (the image file closed).
+    pub fn settle(&self) {
+        self.cached.flush_blocking();
     }
 
     /// The store's data file, for the kernel to read the image from directly (FUSE passthrough),

@@ -100,18 +100,19 @@ async fn open_entry(
     let mut sources: Vec<Arc<dyn BlockSource>> = Vec::new();
     let mut facts = Vec::new();
     if let Some(iscsi) = &entry.iscsi {
+        let alone = iscsi.portals.len() == 1 && entry.urls.is_empty();
         sources.extend(iscsi.portals.iter().map(|p| {
-            Arc::new(
-                IscsiSource::new(
-                    p,
-                    &iscsi.target,
-                    iscsi.lun,
-                    iscsi.chap.clone(),
-                    iscsi.digest,
-                )
-                .reading_first(FIRST_READ)
-                .bounding_reads(read_timeout),
-            ) as Arc<dyn BlockSource>
+            let source = IscsiSource::new(
+                p,
+                &iscsi.target,
+                iscsi.lun,
+                iscsi.chap.clone(),
+                iscsi.digest,
+            )
+            .reading_first(FIRST_READ)
+            .bounding_reads(read_timeout);
+            let source = if alone { source } else { source.among_others() };
+            Arc::new(source) as Arc<dyn BlockSource>
         }));
         facts.push(("target".to_string(), iscsi.target.clone()));
         facts.push(("lun".to_string(), iscsi.lun.to_string()));

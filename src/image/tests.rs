@@ -493,3 +493,109 @@ async fn a_torn_record_falls_back_to_sha256_and_damaged_bytes_are_fetched_again(
         "the damaged chunk is fetched again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_from_the_store_write_nothing_and_uses_are_recorded_in_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(8 * CHUNK as usize, 12);
+    let src = FaultySource::new(bytes.clone());
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
+    // Every chunk last used long ago: a read is a use worth recording.
+    let index_path = store_dir.join("index");
+    let mut index = std::fs::read(&index_path).unwrap();
+    let record = |chunk: usize| {
+        crate::cache::store::INDEX_HEADER_LEN as usize
+            + chunk * crate::cache::store::RECORD_LEN as usize
+    };
+    for chunk in 0..8 {
+        index[record(chunk) + 40..record(chunk) + 48].copy_from_slice(&1u64.to_be_bytes());
+    }
+    std::fs::write(&index_path, &index).unwrap();
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    image.set_read_ahead(false);
+    let before = src.reads();
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert_eq!(src.reads(), before, "all from the store");
+    assert_eq!(
+        std::fs::read(&index_path).unwrap(),
+        index,
+        "the read wrote nothing to the index"
+    );
+    image.flush().await;
+    let after = std::fs::read(&index_path).unwrap();
+    for chunk in 0..8 {
+        let used = u64::from_be_bytes(
+            after[record(chunk) + 40..record(chunk) + 48]
+                .try_into()
+                .unwrap(),
+        );
+        assert!(used > 1, "chunk {chunk}'s use recorded at the flush");
+    }
+}
+
+/// A whole store is sealed once every chunk is verified and written; with a valid seal an open
+/// reads nothing back, and a chunk that went bad without any timestamp moving (bit rot, here
+/// sealed again after the damage) is still caught when it is read, and fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_store_is_not_read_back_at_open_and_a_damaged_chunk_is_caught_on_read() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(8 * CHUNK as usize, 14);
+    let src = FaultySource::new(bytes.clone());
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
+    assert!(
+        store_dir.join("seal").exists(),
+        "a whole, verified store is sealed at the flush"
+    );
+    let data_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store_dir.join("data"))
+        .unwrap();
+    let at = 5 * CHUNK as usize + 7;
+    data_file
+        .write_all_at(&[bytes[at] ^ 0x10], at as u64)
+        .unwrap();
+    let store = crate::cache::Store::open_existing(&store_dir).unwrap();
+    assert!(!store.sealed(), "the write moved the data file's ctime");
+    assert!(store.seal().unwrap());
+    drop(store);
+
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    image.set_read_ahead(false);
+    assert!(image.stats().contains("sealed: yes"), "{}", image.stats());
+    let before = src.reads();
+    let opener = image.clone();
+    let file = tokio::task::spawn_blocking(move || opener.passthrough_file(u64::MAX))
+        .await
+        .unwrap();
+    assert!(file.is_none(), "the kernel could not check what it reads");
+    assert_eq!(
+        image.cached.unverified().len(),
+        8,
+        "nothing was read back at open"
+    );
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert_eq!(
+        src.reads(),
+        before + 1,
+        "the damaged chunk alone is fetched again"
+    );
+    assert!(image.cached.unverified().is_empty());
+
+    // Every chunk checked by now: the next open passes through, with nothing to read back.
+    let opener = image.clone();
+    let file = tokio::task::spawn_blocking(move || opener.passthrough_file(0))
+        .await
+        .unwrap();
+    assert!(file.is_some());
+    assert!(
+        image.stats().contains("sealed: yes"),
+        "sealed again once whole"
+    );
+}

@@ -1,6 +1,7 @@
 //! Write-behind for the cache store: batches of verified chunks queue up, and one thread writes
 //! everything queued with a single `fdatasync` (group commit) before marking it present. Readers
-//! never wait for the disk unless the queue is full.
+//! never wait for the disk unless the queue is full. The same thread records which chunks were
+//! used (for LRU eviction), in batches, so that a read from the cache writes nothing itself.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,8 @@ const GROUP_BYTES: usize = 32 << 20;
 
 enum Job {
     Chunks(Vec<(u64, Bytes, Hash)>),
+    /// Chunks read from the store since the last batch.
+    Uses(Vec<u64>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -53,6 +56,16 @@ impl Writer {
         let _ = self.tx.send(Job::Chunks(chunks)).await;
     }
 
+    /// Queue a batch of chunks used; false (and nothing queued) when the queue is full.
+    pub fn note_uses(&self, chunks: Vec<u64>) -> Result<(), Vec<u64>> {
+        self.tx
+            .try_send(Job::Uses(chunks))
+            .map_err(|e| match e.into_inner() {
+                Job::Uses(chunks) => chunks,
+                _ => Vec::new(),
+            })
+    }
+
     /// Wait until everything queued before this call is on disk and marked present.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
@@ -73,6 +86,7 @@ impl Writer {
 fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
     while let Some(job) = rx.blocking_recv() {
         let mut items = Vec::new();
+        let mut uses = Vec::new();
         let mut acks = Vec::new();
         let mut bytes = 0usize;
         let mut take = |job: Job, bytes: &mut usize| match job {
@@ -80,6 +94,7 @@ fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
                 *bytes += c.iter().map(|(_, b, _)| b.len()).sum::<usize>();
                 items.extend(c);
             }
+            Job::Uses(u) => uses.extend(u),
             Job::Flush(ack) => acks.push(ack),
         };
         take(job, &mut bytes);
@@ -105,6 +120,12 @@ fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
                         target.name
                     );
                 }
+            }
+        }
+        if !uses.is_empty() {
+            // Advisory (eviction order): a failure costs nothing but precision.
+            if let Err(err) = target.store.note_uses(&uses) {
+                tracing::debug!("{}: recording chunk uses: {err}", target.name);
             }
         }
         for ack in acks {

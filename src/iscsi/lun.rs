@@ -35,9 +35,14 @@ use crate::scsi::{
 /// (256 KiB on tgtd, which serves bigger reads with less CPU per byte).
 pub const DEFAULT_MAX_READ: u32 = 1 << 20;
 
-/// Longest wait for a portal to accept a connection and complete login. A mirror that accepts
-/// and then says nothing is passed over for the next one this soon (it may be tried again later).
+/// Longest wait for a portal to accept a connection and complete login when there are other
+/// mirrors to try: one that accepts and then says nothing is passed over for the next one this
+/// soon (it may be tried again later).
 pub const LOGIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest wait for login when the portal is the only place the bytes can come from: nothing to
+/// pass over to, so a slow link (a satellite hop, a congested mirror) gets the setup bound.
+pub const SOLE_LOGIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Ping a link this long idle (or half the stall timeout, when that is shorter).
 pub const DEFAULT_NOP_INTERVAL: Duration = Duration::from_secs(3);
@@ -66,7 +71,8 @@ pub struct ConnectOptions {
     pub read_timeout: Duration,
     /// Bound on connecting, logging in and each setup exchange.
     pub timeout: Duration,
-    /// Bound on connecting and completing login, together ([`LOGIN_TIMEOUT`]).
+    /// Bound on connecting and completing login, together ([`LOGIN_TIMEOUT`] with several
+    /// portals, [`SOLE_LOGIN_TIMEOUT`] with one).
     pub login_timeout: Duration,
     /// Ping an idle link after this long.
     pub nop_interval: Duration,
@@ -87,6 +93,7 @@ impl ConnectOptions {
     /// `ISOMOUNT_STALL_TIMEOUT` says (else 8 s), give up after 60 s.
     pub fn new(portals: Vec<String>, target: impl Into<String>, lun: u64) -> Self {
         let stall_timeout = super::stall_timeout_from_env().unwrap_or(DEFAULT_STALL_TIMEOUT);
+        let portals_given = portals.len();
         Self {
             portals,
             target: target.into(),
@@ -97,7 +104,11 @@ impl ConnectOptions {
             give_up_after: Duration::from_secs(60),
             read_timeout: DEFAULT_READ_TIMEOUT,
             timeout: Duration::from_secs(10),
-            login_timeout: LOGIN_TIMEOUT,
+            login_timeout: if portals_given > 1 {
+                LOGIN_TIMEOUT
+            } else {
+                SOLE_LOGIN_TIMEOUT
+            },
             nop_interval: DEFAULT_NOP_INTERVAL.min(stall_timeout / 2),
             stall_timeout,
             queue_depth: 64,

@@ -190,6 +190,16 @@ pub fn unmount(path: &Path, busy: Busy) -> io::Result<()> {
     }
 }
 
+/// The command a user would type to unmount `path` by hand: fusermount3 where mounts go
+/// through it, umount(8) elsewhere.
+pub fn manual_unmount_command(path: &Path) -> String {
+    if mounts_through_helper() && native::HAS_MOUNT_HELPER {
+        format!("fusermount3 -u {}", path.display())
+    } else {
+        format!("umount {}", path.display())
+    }
+}
+
 /// Unmount `path`, which a plain unmount refused because files in it are open (EBUSY). Linux
 /// detaches it at once; elsewhere this waits, serving, until the last file is closed.
 pub fn unmount_busy(path: &Path) -> io::Result<()> {

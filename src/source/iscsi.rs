@@ -61,6 +61,8 @@ pub struct IscsiSource {
     first_read: Option<u32>,
     /// The session's bound on one read, reconnects included (`--read-timeout`).
     read_timeout: Duration,
+    /// Bound on connecting and logging in: short when other mirrors can be tried instead.
+    login_timeout: Duration,
     /// The live session; None before the first read and after the session gave up.
     session: tokio::sync::Mutex<Option<Arc<IscsiLun>>>,
     /// The last session, for `facts` (which must not wait).
@@ -150,6 +152,7 @@ impl IscsiSource {
             digest,
             first_read: None,
             read_timeout: crate::iscsi::lun::DEFAULT_READ_TIMEOUT,
+            login_timeout: crate::iscsi::lun::SOLE_LOGIN_TIMEOUT,
             session: tokio::sync::Mutex::new(None),
             last: Mutex::new(None),
         }
@@ -159,6 +162,13 @@ impl IscsiSource {
     /// core asks for first. It still asks, and verifies them like any fetch.
     pub fn reading_first(mut self, bytes: u32) -> IscsiSource {
         self.first_read = Some(bytes);
+        self
+    }
+
+    /// Other mirrors can serve the image: a portal slow to log in is passed over for them after
+    /// [`LOGIN_TIMEOUT`](crate::iscsi::lun::LOGIN_TIMEOUT) instead of being waited for.
+    pub fn among_others(mut self) -> IscsiSource {
+        self.login_timeout = crate::iscsi::lun::LOGIN_TIMEOUT;
         self
     }
 
@@ -187,6 +197,7 @@ impl IscsiSource {
         opts.give_up_after = GIVE_UP_AFTER;
         opts.first_read = self.first_read;
         opts.read_timeout = self.read_timeout;
+        opts.login_timeout = self.login_timeout;
         let lun = IscsiLun::connect(opts).await.map_err(|e| classify(&e))?;
         *session = Some(lun.clone());
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(lun.clone());

@@ -450,6 +450,90 @@ impl LoadedServeFile {
 mod tests {
     use super::*;
 
+    fn load(text: &str) -> (tempfile::TempDir, Result<LoadedServeFile, TargetError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, text).unwrap();
+        let loaded = LoadedServeFile::load(&path);
+        (dir, loaded)
+    }
+
+    fn secret(dir: &Path, name: &str, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn the_config_file_gives_each_subtree_its_rule_and_names_lines_at_fault() {
+        let (dir, file) = load(
+            "root = \"tree\"\nallow = [\"10.0.0.0/8\"]\n\n\
+             [[subtree]]\npath = \"lab/inner\"\nanonymous = true\n\n\
+             [[subtree]]\npath = \"lab\"\nchap_user = \"lab\"\nchap_secret_file = \"lab.secret\"\n",
+        );
+        secret(dir.path(), "lab.secret", "lab-secret-value\n");
+        let file = file.unwrap();
+        assert_eq!(
+            file.resolve(file.keys.root.as_ref().unwrap().get_ref()),
+            dir.path().join("tree")
+        );
+        let access = file.access(Rule::default()).unwrap();
+        let ten = AllowList::parse(&["10.0.0.0/8"]).unwrap();
+        assert_eq!(access.default.allow, ten);
+        assert!(access.default.chap.is_none());
+        let lab = access.for_image(Path::new("lab/x.iso"));
+        assert_eq!(
+            lab.allow, ten,
+            "a subtree keeps the tree's mask unless it sets one"
+        );
+        assert_eq!(lab.chap.as_ref().unwrap().user, "lab");
+        let inner = access.for_image(Path::new("lab/inner/x.iso"));
+        assert!(
+            inner.chap.is_none(),
+            "anonymous under a CHAP subtree, listed first"
+        );
+
+        let (_dir, bad) = load("root = \"t\"\nsettle_seconds = \"soon\"\n");
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains("serve.toml:2: key `settle_seconds`"), "{err}");
+        let (_dir, bad) = load("rot = \"t\"\n");
+        let err = bad.unwrap_err().to_string();
+        assert!(err.contains(":1: key `rot`"), "{err}");
+        let (_dir, bad) = load("allow = [\"x\"]\n");
+        let err = bad
+            .unwrap()
+            .access(Rule::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":1: key `allow`"), "{err}");
+        let (_dir, bad) = load("[[subtree]]\npath = \"../up\"\n");
+        let err = bad
+            .unwrap()
+            .access(Rule::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":2: key `path`"), "{err}");
+        let (_dir, bad) = load("[[subtree]]\npath = \"a\"\nchap_user = \"u\"\n");
+        let err = bad
+            .unwrap()
+            .access(Rule::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("needs a secret file"), "{err}");
+        let (_dir, bad) = load("stats_seconds = -1\n");
+        let bad = bad.unwrap();
+        let err = bad
+            .seconds(
+                bad.keys.stats_seconds.as_ref().unwrap(),
+                "stats_seconds",
+                false,
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(":1: key `stats_seconds`"), "{err}");
+    }
+
     #[test]
     fn allow_list_masks_by_source_address() {
         let allow = AllowList::parse(&["127.0.0.1/32"]).unwrap();

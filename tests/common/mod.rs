@@ -56,13 +56,9 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
-/// Whether something is mounted at `path` (by /proc/self/mountinfo).
+/// Whether something is mounted at `path`.
 pub fn is_mounted(path: &Path) -> bool {
-    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let want = path.to_str().unwrap_or_default();
-    table
-        .lines()
-        .any(|line| line.split(' ').nth(4) == Some(want))
+    platform::is_mounted(path)
 }
 
 /// A mountpoint that is unmounted (lazily, for sure) when dropped.

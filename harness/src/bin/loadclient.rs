@@ -1,4 +1,4 @@
-//! `loadclient PORTAL TARGET [--sessions N] [--readers M] [--read-kib K] [--seconds S]
+//! `loadclient PORTAL TARGET [--lun N] [--sessions N] [--readers M] [--read-kib K] [--seconds S]
 //!  [--logins-at-once L] [--server-pid PID]`
 //!
 //! Logs N sessions in to TARGET (default 4096), lets M of them (default all) read their own
@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use isomount_harness::load::{rss_kib, Fleet};
 
-const USAGE: &str = "usage: loadclient PORTAL TARGET [--sessions N] [--readers M] [--read-kib K] \
+const USAGE: &str =
+    "usage: loadclient PORTAL TARGET [--lun N] [--sessions N] [--readers M] [--read-kib K] \
                      [--seconds S] [--logins-at-once L] [--server-pid PID]";
 
 fn main() {
@@ -25,6 +26,7 @@ fn main() {
     let mut seconds = 10f64;
     let mut at_once = 256usize;
     let mut server_pid: Option<u32> = None;
+    let mut lun = 0u64;
     let mut it = options.iter();
     while let Some(flag) = it.next() {
         let value = it
@@ -37,6 +39,7 @@ fn main() {
             "--seconds" => seconds = number(flag, value),
             "--logins-at-once" => at_once = number(flag, value),
             "--server-pid" => server_pid = Some(number(flag, value)),
+            "--lun" => lun = number(flag, value),
             other => fail(&format!("unknown option {other}")),
         }
     }
@@ -46,7 +49,7 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("tokio: {e}")));
     runtime.block_on(async {
         let before = server_pid.and_then(rss_kib);
-        let mut fleet = Fleet::log_in(portal, target, sessions, at_once).await;
+        let mut fleet = Fleet::log_in(portal, target, lun, sessions, at_once).await;
         println!("sessions {}", fleet.logged_in());
         println!("login-failures {}", fleet.failed);
         for why in &fleet.failures {
