@@ -18,6 +18,7 @@ use futures_util::StreamExt;
 
 use super::{BlockSource, Pieces, SourceError, SourceIdentity};
 use crate::http::{client, Fault, HttpError, WebMirror, WebOptions};
+use crate::iobuf::HeldStart;
 
 /// The seam's class of a web mirror's failure.
 pub fn classify(err: &HttpError) -> SourceError {
@@ -55,7 +56,7 @@ impl WebClient {
             mirror: WebMirror::new(url, size, self.client.clone(), self.options.clone())?,
             run_bytes: usize::try_from(self.options.max_range).unwrap_or(usize::MAX),
             first_read: 1,
-            first: std::sync::Mutex::new(None),
+            first: HeldStart::default(),
             opening: tokio::sync::Mutex::new(()),
         })
     }
@@ -68,7 +69,7 @@ pub struct HttpSource {
     /// Bytes from the start of the image the first request asks for.
     first_read: u64,
     /// What that request brought.
-    first: std::sync::Mutex<Option<Bytes>>,
+    first: HeldStart,
     /// Held by an `open` while it makes the first request.
     opening: tokio::sync::Mutex<()>,
 }
@@ -79,22 +80,6 @@ impl HttpSource {
     pub fn reading_first(mut self, bytes: u32) -> HttpSource {
         self.first_read = u64::from(bytes).max(1);
         self
-    }
-
-    /// The part of `len` bytes at `offset` that the first request's bytes hold, from `offset`
-    /// on; they are let go once a read reaches their end.
-    fn held_first(&self, offset: u64, len: usize) -> Option<Bytes> {
-        let mut held = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        let bytes = held.as_ref()?;
-        let start = usize::try_from(offset)
-            .ok()
-            .filter(|&at| at < bytes.len())?;
-        let end = start.saturating_add(len).min(bytes.len());
-        let piece = bytes.slice(start..end);
-        if end == bytes.len() {
-            *held = None;
-        }
-        Some(piece)
     }
 }
 
@@ -119,8 +104,7 @@ impl BlockSource for HttpSource {
                 .all()
                 .await
                 .map_err(|e| classify(&e))?;
-            *self.first.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(crate::iobuf::join(pieces));
+            self.first.hold(crate::iobuf::join(pieces));
         }
         if let Some(reason) = self.mirror.stopped() {
             return Err(SourceError::Unusable(format!(
@@ -138,7 +122,7 @@ impl BlockSource for HttpSource {
     }
 
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
-        let head = self.held_first(offset, len).filter(|h| !h.is_empty());
+        let head = self.first.head(offset, len).filter(|h| !h.is_empty());
         let held = head.as_ref().map_or(0, Bytes::len);
         let head = futures_util::stream::iter(head.map(Ok));
         if held == len {
