@@ -65,11 +65,13 @@ read -r SLOW_PORTAL <"$WORK/proxy.out" || { echo "bench: faultproxy did not star
 # warm the file the mount and cat rows read cold.
 mkdir "$WORK/served" && cp "$WORK/disk.img" "$WORK/served/disk.img"
 "$BIN/isomount" serve "$WORK/served/disk.img" --listen 127.0.0.1:0 >"$WORK/serve.out" 2>"$WORK/serve.err" &
+SERVE_PID=$!
 PIDS+=($!)
 for _ in $(seq 100); do grep -q '^listening on' "$WORK/serve.out" 2>/dev/null && break; sleep 0.1; done
 SERVE_PORTAL=$(sed -n 's/^listening on //p' "$WORK/serve.out")
 [ -n "$SERVE_PORTAL" ] || { echo "bench: isomount serve did not start" >&2; exit 1; }
-SERVE_URL="iscsi://$SERVE_PORTAL/iqn.2026-01.org.isomount.serve:disk/0"
+SERVE_IQN=iqn.2026-01.org.isomount.serve:disk
+SERVE_URL="iscsi://$SERVE_PORTAL/$SERVE_IQN/0"
 
 # A web mirror (issue 10): nginx serving the same image file over http, and the proxy adding
 # LATENCY_MS each way in front of it.
@@ -219,6 +221,65 @@ measure_connect_mount() {
     unmount_bench
 }
 
+# `isomount serve` under a hostile initiator (issue 13): iscsi-perf against serve while
+# `rudeclient` holds 1,000 connections that never finish their login (reopened as serve closes
+# them), a session reading a byte a minute, and ten rounds a second of malformed PDUs and
+# oversized and endless login text. Beside iscsi-perf alone on the same serve.
+measure_attacked() {
+    local rude
+    "$BIN/rudeclient" "$SERVE_PORTAL" "$SERVE_IQN" --seconds $((PERF_SECONDS + 3)) >"$WORK/rude.out" 2>&1 &
+    rude=$!
+    for _ in $(seq 100); do grep -q '^ready' "$WORK/rude.out" 2>/dev/null && break; sleep 0.1; done
+    measure_iscsi_perf "$1"
+    wait "$rude" || { echo "bench: rudeclient failed: $(cat "$WORK/rude.out")" >&2; return 1; }
+    grep -q '^not-closed 0$' "$WORK/rude.out" || echo "bench: serve left bad connections open: $(grep '^not-closed' "$WORK/rude.out")" >&2
+}
+
+# The light load client (issue 11): N sessions logged in from one process, each reading its own
+# region 256 KiB at a time for PERF_SECONDS; the aggregate MiB/s. $1 portal, $2 target, $3 LUN,
+# $4 sessions.
+measure_sessions() {
+    local out
+    out=$("$BIN/loadclient" "$1" "$2" --lun "$3" --sessions "$4" --seconds "$PERF_SECONDS" \
+        --logins-at-once 128 2>&1) || { echo "bench: loadclient: $out" >&2; return 1; }
+    grep -q '^login-failures 0$' <<<"$out" && grep -q '^read-errors 0$' <<<"$out" ||
+        echo "bench: loadclient with $4 sessions: $(grep -E '^(sessions|login-failure|read-error)' <<<"$out" | head -5 | tr '\n' ' ')" >&2
+    sed -n 's/^mib-per-second //p' <<<"$out"
+}
+serve_sessions() { measure_sessions "$SERVE_PORTAL" "$SERVE_IQN" 0 "$1"; }
+tgtd_sessions() { measure_sessions "$PORTAL" "$IQN" "$LUN" "$1"; }
+# Memory per idle session of a target process, KiB: N sessions logged in and idle a second.
+# $1 portal, $2 target, $3 LUN, $4 sessions, $5 the target's pid.
+idle_kib() {
+    "$BIN/loadclient" "$1" "$2" --lun "$3" --sessions "$4" --readers 0 --seconds 0 \
+        --logins-at-once 128 --server-pid "$5" 2>&1 | sed -n 's/^server-kib-per-idle-session //p'
+}
+# The pid of the process listening on a portal's port (tgtd is started by the harness).
+listener_pid() { ss -Hltnp "sport = :${1##*:}" | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -1; }
+
+# A tree of 1,000 images under `serve --root`: ms to serve them at start, and ms of the rescan
+# that finds one more image added (serve's own log lines say both).
+duration_ms() {
+    awk '{ v = $0; u = v; sub(/[0-9.]+/, "", u); sub(/[^0-9.].*/, "", v)
+           m = (u == "s") ? 1000 : (u == "ms") ? 1 : (u == "µs") ? 0.001 : (u == "ns") ? 1e-6 : -1
+           printf "%.1f\n", v * m }'
+}
+measure_tree_rescan() {
+    local tree=$WORK/tree1000 log=$WORK/tree1000.err pid i
+    rm -rf "$tree" && mkdir -p "$tree"
+    for i in $(seq -w 0 999); do truncate -s 1M "$tree/img$i.img"; done
+    "$BIN/isomount" -v serve --root "$tree" --listen 127.0.0.1:0 --settle 0 >"$WORK/tree1000.out" 2>"$log" &
+    pid=$!
+    for _ in $(seq 300); do grep -q '^listening on' "$WORK/tree1000.out" 2>/dev/null && break; sleep 0.1; done
+    truncate -s 1M "$tree/added.img"
+    kill -HUP "$pid"                      # the watch may not be up yet; SIGHUP rescans
+    for _ in $(seq 100); do grep -q '1001 images served' "$log" && break; sleep 0.1; done
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    printf '%s %s\n' \
+        "$(sed -n 's/.*: 1000 images served in \([^ ,]*\).*/\1/p' "$log" | head -1 | duration_ms)" \
+        "$(sed -n 's/.*: 1001 images served (.*) in \([^ ,]*\).*/\1/p' "$log" | head -1 | duration_ms)"
+}
+
 # --- reporting ---------------------------------------------------------------------------------
 
 # publish --root (issue 11): a tree of 16 images hashed over every core, beside sha256sum run over
@@ -274,6 +335,8 @@ row "target: tgtd vs serve, iscsi-perf" measure_iscsi_perf "iscsi://$PORTAL/$IQN
     -- measure_iscsi_perf "$SERVE_URL"
 row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORTAL/$IQN/$LUN" \
     -- measure_iscsi_perf_small "$SERVE_URL"
+row "serve under attack: alone vs attacked" measure_iscsi_perf "$SERVE_URL" \
+    -- measure_attacked "$SERVE_URL"
 row "publish --root: sha256sum -P vs" measure_sha256sum_tree "$WORK/tree" \
     -- measure_publish_tree "$WORK/tree"
 if [ "$(id -u)" = 0 ]; then
@@ -298,6 +361,40 @@ if [ "$(id -u)" = 0 ]; then
         -- measure_cat_name_cached "$WORK/cache-cat"
 else
     echo "mount rows skipped: they need root (drop_caches)"
+fi
+
+# Many sessions (issue 11): serve and tgtd, each beside its own 16 sessions. loadclient and serve
+# raise their soft descriptor limits to the hard ones; with a hard limit too low, the rows say so.
+SCALE_SESSIONS=${SCALE_SESSIONS:-4096}
+TGTD_SESSIONS=${TGTD_SESSIONS:-256}
+echo
+echo "many sessions (loadclient: each session reads its own region, 256 KiB at a time, one command at a time), median of $RUNS runs"
+hard=$(ulimit -Hn)
+echo "file descriptors: soft $(ulimit -Sn), hard $hard (serve and loadclient raise the soft limit to the hard one)"
+printf '%-34s %12s %12s %8s\n' "row (16 sessions vs many)" "16" "many" "ratio"
+if [ "$hard" != unlimited ] && [ "$hard" -lt $((SCALE_SESSIONS + 512)) ]; then
+    echo "serve: 16 vs $SCALE_SESSIONS sessions skipped: the hard file descriptor limit $hard is too low (ulimit -Hn)"
+else
+    row "serve: 16 vs $SCALE_SESSIONS sessions" serve_sessions 16 -- serve_sessions "$SCALE_SESSIONS"
+fi
+row "serve: 16 vs $TGTD_SESSIONS sessions" serve_sessions 16 -- serve_sessions "$TGTD_SESSIONS"
+row "tgtd: 16 vs $TGTD_SESSIONS sessions" tgtd_sessions 16 -- tgtd_sessions "$TGTD_SESSIONS"
+if [ -z "${ONLY:-}" ] || grep -Eq "$ONLY" <<<"idle session memory"; then
+    TGTD_PID=$(listener_pid "$PORTAL")
+    printf '%-42s %10s %10s\n' "idle session memory, KiB each (RSS)" "tgtd" "serve"
+    printf '%-42s %10s %10s\n' "$TGTD_SESSIONS sessions" \
+        "$([ -n "$TGTD_PID" ] && idle_kib "$PORTAL" "$IQN" "$LUN" "$TGTD_SESSIONS" "$TGTD_PID")" \
+        "$(idle_kib "$SERVE_PORTAL" "$SERVE_IQN" 0 "$TGTD_SESSIONS" "$SERVE_PID")"
+    if [ "$hard" = unlimited ] || [ "$hard" -ge $((SCALE_SESSIONS + 512)) ]; then
+        printf '%-42s %10s %10s\n' "$SCALE_SESSIONS sessions (target ≤ 64)" "-" \
+            "$(idle_kib "$SERVE_PORTAL" "$SERVE_IQN" 0 "$SCALE_SESSIONS" "$SERVE_PID")"
+    fi
+fi
+if [ -z "${ONLY:-}" ] || grep -Eq "$ONLY" <<<"tree of 1000 images"; then
+    runs=$(for i in $(seq "$RUNS"); do measure_tree_rescan; done)
+    printf '%-42s %10s %10s\n' "serve --root, tree of 1000 images, ms" "at start" "rescan"
+    printf '%-42s %10s %10s\n' "(rescan target < 1000 ms)" "$(awk '{ print $1 }' <<<"$runs" | median)" \
+        "$(awk '{ print $2 }' <<<"$runs" | median)"
 fi
 
 # connect_row LABEL FUNCTION: medians of the ms and round-trip columns of RUNS runs

@@ -49,6 +49,9 @@ scripts/check-targets.sh
 # hides a passing test's output, so the comparison runs once more with its output shown).
 cargo test --release --test serve iscsi_test_cu_fails_no_more_against_serve_than_against_tgtd \
     -- --nocapture 2>&1 | grep "iscsi-test-cu failures"
+# The good client's speed beside its speed alone while serve is under a hostile initiator (issue 13
+# asks CI to print both; a few seconds).
+cargo test --release --test serve_hostile -- --nocapture 2>&1 | grep -E "^(good client|serve memory):"
 
 # The whole suite (benches are built by clippy above and run by `cargo bench`); the per-binary
 # summaries are added up into one closing line.

@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -139,6 +140,10 @@ async fn serve_under_a_hostile_initiator_stays_bounded_and_serves_a_good_client(
         timeouts, 1000,
         "one line per connection that never logged in"
     );
+    let half_open_locals: Vec<String> = half_open
+        .iter()
+        .map(|s| s.local_addr().unwrap().to_string())
+        .collect();
     drop(half_open);
     let slow_line = format!("{slow_local}: connection closed");
     assert_eq!(
@@ -155,17 +160,27 @@ async fn serve_under_a_hostile_initiator_stays_bounded_and_serves_a_good_client(
     let log = serve.log();
     let mut lines: HashMap<String, usize> = HashMap::new();
     for line in log.lines().filter(|l| !l.contains("logged in to")) {
-        for o in &outcomes {
-            let who = format!("{}:", o.local);
-            if line.contains(&who) {
-                *lines.entry(format!("{} {}", o.what, o.local)).or_default() += 1;
-            }
+        // "… LEVEL 127.0.0.1:PORT: what happened"
+        let peer = line.split_whitespace().find_map(|w| {
+            w.strip_suffix(':')
+                .filter(|a| a.parse::<SocketAddr>().is_ok())
+        });
+        if let Some(peer) = peer {
+            *lines.entry(peer.to_string()).or_default() += 1;
         }
     }
     for o in &outcomes {
-        let key = format!("{} {}", o.what, o.local);
-        assert_eq!(lines.get(&key), Some(&1), "{key}:\n{log}");
+        let key = o.local.to_string();
+        assert_eq!(lines.get(&key), Some(&1), "{} {key}:\n{log}", o.what);
     }
+    for local in &half_open_locals {
+        assert_eq!(
+            lines.get(local),
+            Some(&1),
+            "a half login from {local}:\n{log}"
+        );
+    }
+    assert_eq!(lines.get(&slow_local.to_string()), Some(&1), "{log}");
     let peak = peak.load(Ordering::Relaxed);
     println!(
         "serve memory: {rss_before} KiB before the attack, {peak} KiB at its peak ({} connections)",

@@ -10,13 +10,14 @@
 //! hostile initiator (malformed PDUs, endless logins, a byte-at-a-time reader). Every wait is
 //! bounded and every daemon dies with its owner. Integration tests use it through
 //! `tests/common/mod.rs`; `scripts/bench.sh` uses the `faultproxy`, `harness-target`,
-//! `harness-web` and `loadclient` binaries.
+//! `harness-web`, `loadclient` and `rudeclient` binaries.
 
 mod fixtures;
 mod hostile;
 pub mod initiator;
 mod istgt;
 pub mod load;
+pub mod options;
 pub mod platform;
 mod ports;
 mod process;

@@ -71,6 +71,17 @@ impl Fleet {
         at_once: usize,
     ) -> Fleet {
         let started = Instant::now();
+        let mut fleet = Fleet {
+            sessions: Vec::with_capacity(count),
+            block_size: 512,
+            blocks: 0,
+            failed: 0,
+            failures: Vec::new(),
+            login_time: Duration::ZERO,
+        };
+        if let Err(why) = descriptors_for(count) {
+            fleet.fail(why);
+        }
         let gate = Arc::new(Semaphore::new(at_once.max(1)));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..count {
@@ -92,14 +103,6 @@ impl Fleet {
                 }
             });
         }
-        let mut fleet = Fleet {
-            sessions: Vec::with_capacity(count),
-            block_size: 512,
-            blocks: 0,
-            failed: 0,
-            failures: Vec::new(),
-            login_time: Duration::ZERO,
-        };
         while let Some(joined) = tasks.join_next().await {
             match joined {
                 Ok(Ok(session)) => fleet.sessions.push(session),
@@ -302,4 +305,22 @@ async fn stay_idle(mut session: RawInitiator, deadline: tokio::time::Instant) ->
 /// module reads it).
 pub fn rss_kib(pid: u32) -> Option<u64> {
     memory_kib(pid, Memory::Resident)
+}
+
+/// Descriptors this process keeps for itself besides the connections it is asked for.
+const SPARE_DESCRIPTORS: u64 = 256;
+
+/// Raise this process's soft file descriptor limit to its hard limit (a fresh machine's soft
+/// limit is often 1024, below a thousand connections and the rest); an error naming the limit
+/// when even that leaves no room for `connections` more.
+pub fn descriptors_for(connections: usize) -> Result<u64, String> {
+    let wanted = connections as u64 + SPARE_DESCRIPTORS;
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(limit) if limit >= wanted => Ok(limit),
+        Ok(limit) => Err(format!(
+            "file descriptor limit {limit} (the hard limit) is too low for {connections} \
+             connections: raise it (ulimit -Hn)"
+        )),
+        Err(e) => Err(format!("cannot raise the file descriptor limit: {e}")),
+    }
 }

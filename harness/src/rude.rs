@@ -66,6 +66,7 @@ pub async fn half_logins(portal: &str, count: usize) -> std::io::Result<Vec<TcpS
         text::encode(&[("InitiatorName", "iqn.2026-01.test:rude")]),
         false,
     );
+    crate::load::descriptors_for(count).map_err(std::io::Error::other)?;
     let mut held = Vec::with_capacity(count);
     for _ in 0..count {
         let mut stream = TcpStream::connect(portal).await?;

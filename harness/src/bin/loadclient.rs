@@ -10,15 +10,18 @@
 use std::time::Duration;
 
 use isomount_harness::load::{rss_kib, Fleet};
+use isomount_harness::options::Usage;
 
-const USAGE: &str =
-    "usage: loadclient PORTAL TARGET [--lun N] [--sessions N] [--readers M] [--read-kib K] \
-                     [--seconds S] [--logins-at-once L] [--server-pid PID]";
+const USAGE: Usage = Usage {
+    program: "loadclient",
+    text: "usage: loadclient PORTAL TARGET [--lun N] [--sessions N] [--readers M] [--read-kib K] \
+           [--seconds S] [--logins-at-once L] [--server-pid PID]",
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [portal, target, options @ ..] = args.as_slice() else {
-        fail("missing PORTAL or TARGET");
+        USAGE.fail("missing PORTAL or TARGET");
     };
     let mut sessions = 4096usize;
     let mut readers: Option<usize> = None;
@@ -27,26 +30,22 @@ fn main() {
     let mut at_once = 256usize;
     let mut server_pid: Option<u32> = None;
     let mut lun = 0u64;
-    let mut it = options.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .unwrap_or_else(|| fail(&format!("{flag} needs a value")));
-        match flag.as_str() {
-            "--sessions" => sessions = number(flag, value),
-            "--readers" => readers = Some(number(flag, value)),
-            "--read-kib" => read_kib = number(flag, value),
-            "--seconds" => seconds = number(flag, value),
-            "--logins-at-once" => at_once = number(flag, value),
-            "--server-pid" => server_pid = Some(number(flag, value)),
-            "--lun" => lun = number(flag, value),
-            other => fail(&format!("unknown option {other}")),
+    for (flag, value) in USAGE.pairs(options) {
+        match flag {
+            "--sessions" => sessions = USAGE.number(flag, value),
+            "--readers" => readers = Some(USAGE.number(flag, value)),
+            "--read-kib" => read_kib = USAGE.number(flag, value),
+            "--seconds" => seconds = USAGE.number(flag, value),
+            "--logins-at-once" => at_once = USAGE.number(flag, value),
+            "--server-pid" => server_pid = Some(USAGE.number(flag, value)),
+            "--lun" => lun = USAGE.number(flag, value),
+            other => USAGE.fail(&format!("unknown option {other}")),
         }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap_or_else(|e| fail(&format!("tokio: {e}")));
+        .unwrap_or_else(|e| USAGE.fail(&format!("tokio: {e}")));
     runtime.block_on(async {
         let before = server_pid.and_then(rss_kib);
         let mut fleet = Fleet::log_in(portal, target, lun, sessions, at_once).await;
@@ -85,15 +84,4 @@ fn main() {
         let clean = fleet.log_out().await;
         println!("logged-out {clean}");
     });
-}
-
-fn number<T: std::str::FromStr>(flag: &str, value: &str) -> T {
-    value
-        .parse()
-        .unwrap_or_else(|_| fail(&format!("{flag}: bad value {value}")))
-}
-
-fn fail(msg: &str) -> ! {
-    eprintln!("loadclient: {msg}\n{USAGE}");
-    std::process::exit(2);
 }
