@@ -235,13 +235,13 @@ measure_attacked() {
     grep -q '^not-closed 0$' "$WORK/rude.out" || echo "bench: serve left bad connections open: $(grep '^not-closed' "$WORK/rude.out")" >&2
 }
 
-# The light load client (issue 11): N sessions logged in from one process, each reading its own
-# region 256 KiB at a time for PERF_SECONDS; the aggregate MiB/s. $1 portal, $2 target, $3 LUN,
-# $4 sessions.
+# The light load client (issue 11): N sessions logged in from one process, R of them (all by
+# default) each reading its own region 256 KiB at a time for PERF_SECONDS, the others idle; the
+# aggregate MiB/s. $1 portal, $2 target, $3 LUN, $4 "N" or "N:R".
 measure_sessions() {
-    local out
-    out=$("$BIN/loadclient" "$1" "$2" --lun "$3" --sessions "$4" --seconds "$PERF_SECONDS" \
-        --logins-at-once 128 2>&1) || { echo "bench: loadclient: $out" >&2; return 1; }
+    local out sessions=${4%%:*} readers=${4#*:}
+    out=$("$BIN/loadclient" "$1" "$2" --lun "$3" --sessions "$sessions" --readers "$readers" \
+        --seconds "$PERF_SECONDS" --logins-at-once 128 2>&1) || { echo "bench: loadclient: $out" >&2; return 1; }
     grep -q '^login-failures 0$' <<<"$out" && grep -q '^read-errors 0$' <<<"$out" ||
         echo "bench: loadclient with $4 sessions: $(grep -E '^(sessions|login-failure|read-error)' <<<"$out" | head -5 | tr '\n' ' ')" >&2
     sed -n 's/^mib-per-second //p' <<<"$out"
@@ -391,14 +391,17 @@ fi
 SCALE_SESSIONS=${SCALE_SESSIONS:-4096}
 TGTD_SESSIONS=${TGTD_SESSIONS:-256}
 echo
-echo "many sessions (loadclient: each session reads its own region, 256 KiB at a time, one command at a time), median of $RUNS runs"
+echo "many sessions (loadclient: N sessions logged in, the reading ones each on its own region, 256 KiB at a time,"
+echo "one command at a time; the others idle, answering pings), aggregate MiB/s, median of $RUNS runs"
 hard=$(ulimit -Hn)
 echo "file descriptors: soft $(ulimit -Sn), hard $hard (serve and loadclient raise the soft limit to the hard one)"
 printf '%-34s %12s %12s %8s\n' "row (16 sessions vs many)" "16" "many" "ratio"
 if [ "$hard" != unlimited ] && [ "$hard" -lt $((SCALE_SESSIONS + 512)) ]; then
     echo "serve: 16 vs $SCALE_SESSIONS sessions skipped: the hard file descriptor limit $hard is too low (ulimit -Hn)"
 else
-    row "serve: 16 vs $SCALE_SESSIONS sessions" serve_sessions 16 -- serve_sessions "$SCALE_SESSIONS"
+    row "serve: 16 vs $SCALE_SESSIONS, 16 reading" serve_sessions 16 -- serve_sessions "$SCALE_SESSIONS:16"
+    row "serve: 16 vs $SCALE_SESSIONS, 256 reading" serve_sessions 16 -- serve_sessions "$SCALE_SESSIONS:256"
+    row "serve: 16 vs $SCALE_SESSIONS, all reading" serve_sessions 16 -- serve_sessions "$SCALE_SESSIONS"
 fi
 row "serve: 16 vs $TGTD_SESSIONS sessions" serve_sessions 16 -- serve_sessions "$TGTD_SESSIONS"
 row "tgtd: 16 vs $TGTD_SESSIONS sessions" tgtd_sessions 16 -- tgtd_sessions "$TGTD_SESSIONS"
