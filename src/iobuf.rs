@@ -22,6 +22,37 @@ pub fn join(mut parts: Vec<Bytes>) -> Bytes {
     joined.freeze()
 }
 
+/// The first bytes of an image, read while connecting to a source (in the round trip that
+/// connects), held to answer the first reads and let go once a read reaches their end.
+#[derive(Default)]
+pub struct HeldStart(std::sync::Mutex<Option<Bytes>>);
+
+impl HeldStart {
+    pub fn new(bytes: Option<Bytes>) -> HeldStart {
+        HeldStart(std::sync::Mutex::new(bytes))
+    }
+
+    pub fn hold(&self, bytes: Bytes) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+    }
+
+    /// The part of `len` bytes at `offset` that is held, from `offset` on (None when `offset` is
+    /// past what is held, or nothing is).
+    pub fn head(&self, offset: u64, len: usize) -> Option<Bytes> {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = held.as_ref()?;
+        let start = usize::try_from(offset)
+            .ok()
+            .filter(|&at| at < bytes.len())?;
+        let end = start.saturating_add(len).min(bytes.len());
+        let piece = bytes.slice(start..end);
+        if end == bytes.len() {
+            *held = None;
+        }
+        Some(piece)
+    }
+}
+
 /// `len` bytes at `start` of `file` into a buffer that becomes the returned [`Bytes`] (never
 /// zeroed first, never copied). The buffer comes from the [`pool`] and goes back to it when the
 /// last `Bytes` of it is dropped. A file that ends before `len` bytes is an error.
@@ -290,6 +321,20 @@ pub fn flock(file: &File, exclusive: bool, wait: bool) -> std::io::Result<bool> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_start_answers_heads_until_a_read_reaches_its_end() {
+        let held = HeldStart::new(Some(Bytes::from_static(b"0123456789")));
+        assert_eq!(held.head(2, 3).as_deref(), Some(&b"234"[..]));
+        assert_eq!(held.head(8, 100).as_deref(), Some(&b"89"[..]));
+        // Let go once read to its end.
+        assert_eq!(held.head(0, 1), None);
+        held.hold(Bytes::from_static(b"abc"));
+        assert_eq!(held.head(3, 1), None);
+        assert_eq!(held.head(u64::MAX, 1), None);
+        assert_eq!(held.head(0, usize::MAX).as_deref(), Some(&b"abc"[..]));
+        assert_eq!(held.head(0, 1), None);
+    }
 
     #[test]
     fn reads_exactly_and_refuses_to_read_past_the_end() {

@@ -1,6 +1,6 @@
 //! The HTTP range client (`isomount::http`) against real web servers on loopback: nginx over
 //! http and https (HTTP/2), Python's http.server, the harness's odd server, redirects, a file
-//! replaced under us, a file over 4 GiB.
+//! replaced under us, a file over 4 GiB, the first bytes a web source reads while opening.
 
 mod common;
 
@@ -380,4 +380,77 @@ fn files_over_4_gib_are_read_at_offsets_past_4_gib() {
         let err = read(&m, size - 1, 2).await.unwrap_err();
         assert_eq!(err.fault(), Fault::OutOfRange);
     });
+}
+
+#[test]
+fn the_first_bytes_read_while_opening_answer_the_first_reads_once() {
+    use isomount::source::http::WebClient;
+    use isomount::source::{read_all, BlockSource};
+    let dir = test_dir("web_first_read");
+    let (root, data) = web_root(dir.path(), 2 << 20);
+    let nginx = Nginx::start("web_first_read", &root);
+    let web = WebClient::new(options()).unwrap();
+    let source = web
+        .source(&nginx.url("image.iso"), data.len() as u64)
+        .unwrap()
+        .reading_first(256 << 10);
+    runtime().block_on(async {
+        let identity = source.open().await.unwrap();
+        assert_eq!(identity.size, data.len() as u64);
+        // Within the first bytes: no request.
+        let got = read_all(&source, 32 << 10, 64 << 10).await.unwrap();
+        assert!(got[..] == data[32 << 10..96 << 10]);
+        // Across their end: only the rest is asked for, and they are let go.
+        let got = read_all(&source, 128 << 10, 256 << 10).await.unwrap();
+        assert!(got[..] == data[128 << 10..384 << 10]);
+        let got = read_all(&source, 0, 4096).await.unwrap();
+        assert!(got[..] == data[..4096]);
+    });
+    let ranges: Vec<String> = nginx.served().into_iter().map(|s| s.range).collect();
+    assert_eq!(
+        ranges,
+        ["bytes=0-262143", "bytes=262144-393215", "bytes=0-4095"],
+    );
+}
+
+#[test]
+fn bodies_are_handed_on_piece_by_piece_as_they_stream_in() {
+    let dir = test_dir("web_streaming");
+    let (root, data) = web_root(dir.path(), 4 << 20);
+    let nginx = Nginx::start("web_streaming", &root);
+    // The link goes silent once 1 MiB has come through, for longer than the stall bound.
+    let link = FaultProxy::start(
+        &nginx.authority(),
+        Faults {
+            stall_after: Some((1 << 20, Duration::from_secs(60))),
+            ..Faults::default()
+        },
+    );
+    let opts = WebOptions {
+        stall: Duration::from_secs(1),
+        ..options()
+    };
+    let url = format!("http://{}/image.iso", link.portal());
+    let m = mirror(&url, data.len() as u64, opts);
+    let (got, err) = runtime().block_on(async {
+        let mut body = m.read(0, 4 << 20);
+        let mut got = Vec::new();
+        loop {
+            match body.next().await {
+                Some(Ok(piece)) => got.extend_from_slice(&piece),
+                Some(Err(e)) => return (got, Some(e)),
+                None => return (got, None),
+            }
+        }
+    });
+    // The body never ended, yet what came before the silence was handed on as it came.
+    let err = err.expect("a 4 MiB body through a link silent after 1 MiB ended");
+    // (Stalled, or Truncated when reqwest's own read timeout ends the body first.)
+    assert_eq!(err.fault(), Fault::Network, "{err}");
+    assert!(link.stalled());
+    assert!(got.len() >= 768 << 10, "only {} bytes handed on", got.len());
+    assert!(
+        got[..] == data[..got.len()],
+        "the pieces are not the file's start"
+    );
 }

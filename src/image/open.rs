@@ -192,6 +192,14 @@ async fn probe(sources: &[Arc<dyn BlockSource>]) -> Option<SourceIdentity> {
 
 async fn finish(spec: ImageSpec, cache: Arc<Cache>) -> anyhow::Result<Arc<Image>> {
     let offline = spec.offline;
+    // The first mirror starts connecting (and reading the image's first bytes) while the cache
+    // store is opened or created (which syncs a few files): its round trips overlap that work.
+    // `connect_now` then finds it connected, or waits for it, or tries it again and says why.
+    if let Some(first) = spec.sources.first().filter(|_| !offline).cloned() {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, first.open()).await;
+        });
+    }
     let image = tokio::task::spawn_blocking(move || Image::new(spec, Some(cache)))
         .await
         .context("while opening the cache")?;

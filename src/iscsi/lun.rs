@@ -716,7 +716,7 @@ pub struct IscsiLun {
     max_read_blocks: u32,
     /// The LUN's first bytes, read while connecting; reads within them are answered from here
     /// until one reaches their end.
-    first_bytes: Mutex<Option<Bytes>>,
+    first_bytes: crate::iobuf::HeldStart,
 }
 
 impl std::fmt::Debug for IscsiLun {
@@ -823,7 +823,7 @@ impl IscsiLun {
             },
             lun_wire: Lun::from_number(opts.lun).to_wire(),
             max_read_blocks: burst / block_size,
-            first_bytes: Mutex::new(est.first_bytes),
+            first_bytes: crate::iobuf::HeldStart::new(est.first_bytes),
             info,
         }))
     }
@@ -979,7 +979,7 @@ impl IscsiLun {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let head = self.held_first_bytes(offset, len);
+        let head = self.first_bytes.head(offset, len);
         let (offset, len) = match &head {
             Some(head) if head.len() == len => return Ok(vec![head.clone()]),
             Some(head) => (offset + head.len() as u64, len - head.len()),
@@ -1001,21 +1001,5 @@ impl IscsiLun {
         pieces.retain(|p| !p.is_empty());
         pieces.splice(0..0, head);
         Ok(pieces)
-    }
-
-    /// The part of `len` bytes at `offset` that the first bytes read while connecting hold, from
-    /// `offset` on; they are let go once a read reaches their end.
-    fn held_first_bytes(&self, offset: u64, len: usize) -> Option<Bytes> {
-        let mut held = lock(&self.first_bytes);
-        let bytes = held.as_ref()?;
-        let start = usize::try_from(offset)
-            .ok()
-            .filter(|&at| at < bytes.len())?;
-        let end = start.saturating_add(len).min(bytes.len());
-        let piece = bytes.slice(start..end);
-        if end == bytes.len() {
-            *held = None;
-        }
-        Some(piece)
     }
 }

@@ -5,7 +5,8 @@
 //! `open` makes one request the first time, which learns whether the server answers ranges for
 //! a file of the image's size; after that it is free. That request asks for the image's first
 //! bytes ([`HttpSource::reading_first`]), which the image core asks for first: it still asks,
-//! and verifies them like any fetch, but they are answered from memory without a round trip.
+//! and verifies them like any fetch, but they are answered from memory without a round trip
+//! (the head of a read that runs past them too), and let go once read to their end.
 //! The image core ranks web mirrors with the iSCSI portals: nothing here retries, rests or
 //! hedges.
 
@@ -17,6 +18,7 @@ use futures_util::StreamExt;
 
 use super::{BlockSource, Pieces, SourceError, SourceIdentity};
 use crate::http::{client, Fault, HttpError, WebMirror, WebOptions};
+use crate::iobuf::HeldStart;
 
 /// The seam's class of a web mirror's failure.
 pub fn classify(err: &HttpError) -> SourceError {
@@ -54,7 +56,8 @@ impl WebClient {
             mirror: WebMirror::new(url, size, self.client.clone(), self.options.clone())?,
             run_bytes: usize::try_from(self.options.max_range).unwrap_or(usize::MAX),
             first_read: 1,
-            first: std::sync::Mutex::new(None),
+            first: HeldStart::default(),
+            opening: tokio::sync::Mutex::new(()),
         })
     }
 }
@@ -66,7 +69,9 @@ pub struct HttpSource {
     /// Bytes from the start of the image the first request asks for.
     first_read: u64,
     /// What that request brought.
-    first: std::sync::Mutex<Option<Bytes>>,
+    first: HeldStart,
+    /// Held by an `open` while it makes the first request.
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl HttpSource {
@@ -75,15 +80,6 @@ impl HttpSource {
     pub fn reading_first(mut self, bytes: u32) -> HttpSource {
         self.first_read = u64::from(bytes).max(1);
         self
-    }
-
-    /// `offset..offset + len` from the first request's bytes, when it lies within them.
-    fn within_first(&self, offset: u64, len: usize) -> Option<Bytes> {
-        let first = self.first.lock().unwrap_or_else(|e| e.into_inner());
-        let first = first.as_ref()?;
-        let start = usize::try_from(offset).ok()?;
-        let end = start.checked_add(len)?;
-        (end <= first.len()).then(|| first.slice(start..end))
     }
 }
 
@@ -98,6 +94,8 @@ impl BlockSource for HttpSource {
     }
 
     async fn open(&self) -> Result<SourceIdentity, SourceError> {
+        // One first request at a time: an open while another is under way waits for it.
+        let _opening = self.opening.lock().await;
         if self.mirror.validators().is_none() {
             let len = self.first_read.min(self.mirror.size());
             let pieces = self
@@ -106,8 +104,7 @@ impl BlockSource for HttpSource {
                 .all()
                 .await
                 .map_err(|e| classify(&e))?;
-            *self.first.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(crate::iobuf::join(pieces));
+            self.first.hold(crate::iobuf::join(pieces));
         }
         if let Some(reason) = self.mirror.stopped() {
             return Err(SourceError::Unusable(format!(
@@ -125,15 +122,18 @@ impl BlockSource for HttpSource {
     }
 
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
-        if let Some(bytes) = self.within_first(offset, len) {
-            return futures_util::stream::once(async move { Ok(bytes) }).boxed();
+        let head = self.first.head(offset, len).filter(|h| !h.is_empty());
+        let held = head.as_ref().map_or(0, Bytes::len);
+        let head = futures_util::stream::iter(head.map(Ok));
+        if held == len {
+            return head.boxed();
         }
-        let body = self.mirror.read(offset, len as u64);
-        futures_util::stream::unfold(body, |mut body| async move {
+        let body = self.mirror.read(offset + held as u64, (len - held) as u64);
+        let rest = futures_util::stream::unfold(body, |mut body| async move {
             let piece = body.next().await?;
             Some((piece.map_err(|e| classify(&e)), body))
-        })
-        .boxed()
+        });
+        head.chain(rest).boxed()
     }
 
     fn run_bytes(&self) -> usize {
