@@ -16,6 +16,11 @@
 //!           ◄┘ image/cached.rs    kept in memory, written behind to the store (image/writer.rs)
 //!   ◄┘ verified bytes back to the kernel
 //! ```
+//! A cache hit writes nothing: recency for eviction is kept in memory and written in batches by
+//! the writer thread, and store reads go into reused buffers (`iobuf::pool`). When every chunk
+//! is in the store and verified, opening the image file may hand the kernel the store's data
+//! file instead (`image/passthrough.rs`: checked in place first, unless the store is sealed,
+//! `cache/store.rs`), and reads then never reach isomount.
 //! Each arrow points down: no layer reaches back up. The protocol (`iscsi`, `scsi`) knows no
 //! image core, cache or FUSE; the cache knows no network; FUSE and the target read only through
 //! the image core or a [`source::BlockSource`].

@@ -737,6 +737,75 @@ fn a_fully_cached_image_passes_through_only_once_every_chunk_verifies() {
     unmount_ok(&mp);
 }
 
+/// A whole cache store is sealed once the image has been read and verified. A later mount of a
+/// sealed store reads nothing back at open (that first open is not passed through), writes
+/// nothing to the store's index while reading from it, and still catches a byte that went bad
+/// without any timestamp moving (here: sealed again after the damage), fetching it again.
+#[test]
+fn a_sealed_store_is_checked_as_it_is_read_and_reading_it_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = publish_cd(dir.path(), "sealed");
+    let truth = std::fs::read(&cd.iso).unwrap();
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let image = mp.path.join("testcd.iso");
+    cd.mount_ok(&mp, &[]);
+    assert!(std::fs::read(&image).unwrap() == truth);
+    let store = std::fs::read_dir(cd.cache.join("images"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    // Sealed when the image file is closed (on the daemon's blocking pool, after the reply).
+    wait_until(Duration::from_secs(10), "the store to be sealed", || {
+        store.join("seal").exists()
+    });
+    unmount_ok(&mp);
+
+    let data = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store.join("data"))
+        .unwrap();
+    let at = 3 * 65536 + 100;
+    data.write_all_at(&[truth[at] ^ 0x20], at as u64).unwrap();
+    let sealed = isomount::cache::Store::open_existing(&store).unwrap();
+    assert!(
+        sealed.seal().unwrap(),
+        "sealed again as if nothing had moved"
+    );
+    drop(sealed);
+
+    cd.mount_ok(&mp, &[]);
+    assert!(stat(&mp, "sealed").starts_with("yes"));
+    assert!(
+        std::fs::read(&image).unwrap() == truth,
+        "the damaged chunk is caught and fetched again"
+    );
+    assert_ne!(stat(&mp, "bytes fetched"), "0");
+    assert_eq!(
+        stat(&mp, "verification failures"),
+        "0",
+        "the mirror never lied"
+    );
+    assert_eq!(stat(&mp, "passthrough"), "off");
+    wait_until(
+        Duration::from_secs(10),
+        "the store to be sealed again",
+        || isomount::cache::Store::open_existing(&store).is_ok_and(|s| s.sealed()),
+    );
+    unmount_ok(&mp);
+
+    let index = std::fs::read(store.join("index")).unwrap();
+    cd.mount_ok(&mp, &[]);
+    assert!(std::fs::read(&image).unwrap() == truth);
+    assert_eq!(stat(&mp, "bytes fetched"), "0", "all of it from the cache");
+    assert!(
+        std::fs::read(store.join("index")).unwrap() == index,
+        "reading from the cache wrote nothing to the store's index"
+    );
+    unmount_ok(&mp);
+}
+
 /// `isomount demo` until it says it is waiting; returns the child and its mountpoint.
 fn start_demo(tmp: &Path) -> (std::process::Child, PathBuf) {
     use std::io::BufRead;

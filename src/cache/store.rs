@@ -116,16 +116,21 @@ impl Direct {
         at % DIRECT_ALIGN as u64 == 0 && parts.iter().all(|p| p.len() % DIRECT_ALIGN == 0)
     }
 
-    /// Write aligned `parts` back to back at `at` with direct I/O. False when the file system
-    /// refused: the caller writes them the usual way.
-    fn write(&mut self, parts: &[&[u8]], at: u64) -> bool {
+    /// Write aligned `parts` back to back at `at` with direct I/O, pushing each part's CRC32C
+    /// onto `crcs` (taken from the bounce buffer right after the copy, while it is in the CPU's
+    /// cache, rather than from the part). False when the file system refused: the caller writes
+    /// them the usual way.
+    fn write(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
         let mut at = at;
         let mut filled = 0;
         for part in parts {
             let mut part: &[u8] = part;
+            let mut crc = 0;
             while !part.is_empty() {
                 let take = (self.buffer.len() - filled).min(part.len());
-                self.buffer.as_mut_slice()[filled..filled + take].copy_from_slice(&part[..take]);
+                let copy = &mut self.buffer.as_mut_slice()[filled..filled + take];
+                copy.copy_from_slice(&part[..take]);
+                crc = crc32c::crc32c_append(crc, copy);
                 filled += take;
                 part = &part[take..];
                 if filled == self.buffer.len() {
@@ -136,6 +141,7 @@ impl Direct {
                     filled = 0;
                 }
             }
+            crcs.push(crc);
         }
         filled == 0
             || self
@@ -489,6 +495,24 @@ impl Store {
         read_fresh(&self.data, start, len).map_err(|e| io(&self.dir.join("data"), e))
     }
 
+    /// The data file mapped read-only, for checking chunks in place without copying them; None
+    /// when its size is not the image's (it is then read the ordinary way). The store must be
+    /// pinned while the mapping is used (eviction would punch holes in it), and its pages read
+    /// in with [`crate::platform::populate_read`] before they are touched: a file cut short by
+    /// someone else then gives an error there rather than SIGBUS.
+    pub fn map_data(&self) -> Result<Option<memmap2::Mmap>, CacheError> {
+        let path = self.dir.join("data");
+        let len = self.data.metadata().map_err(|e| io(&path, e))?.len();
+        if len != self.geometry.image_size {
+            return Ok(None);
+        }
+        // SAFETY: read-only shared mapping of a file only isomount writes; the caller reads its
+        // pages only after populating them, and only to check them (a concurrent change shows
+        // up as a failed check).
+        let map = unsafe { memmap2::Mmap::map(&self.data) }.map_err(|e| io(&path, e))?;
+        Ok(Some(map))
+    }
+
     /// The data file, opened read-only (for the kernel to read from directly).
     pub fn data_file(&self) -> Result<File, CacheError> {
         let path = self.dir.join("data");
@@ -549,6 +573,8 @@ impl Store {
         };
         let cs = u64::from(self.geometry.chunk_size);
         let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
+        // The CRC32C of each chunk written, in order.
+        let mut crcs: Vec<u32> = Vec::with_capacity(chunks.len());
         let mut run: Vec<&[u8]> = Vec::new();
         let mut run_at = 0u64;
         let mut pending = chunks.iter().filter(|(i, b, _)| fits(*i, b)).peekable();
@@ -565,11 +591,13 @@ impl Store {
             }
             // An unaligned run (the image's short last chunk) goes through the page cache; a
             // refused direct write turns direct writes off for good.
+            let before = crcs.len();
             let written = match direct.as_mut() {
-                Some(d) if Direct::aligned(&run, run_at) => d.write(&run, run_at),
+                Some(d) if Direct::aligned(&run, run_at) => d.write(&run, run_at, &mut crcs),
                 _ => false,
             };
             if !written {
+                crcs.truncate(before);
                 if Direct::aligned(&run, run_at) && direct.take().is_some() {
                     tracing::debug!(
                         "{}: direct writes refused; writing through the page cache",
@@ -581,6 +609,7 @@ impl Store {
                     self.data
                         .write_all_at(part, at)
                         .map_err(|e| io(&data_path(), e))?;
+                    crcs.push(crc32c::crc32c(part));
                     at += part.len() as u64;
                 }
             }
@@ -589,13 +618,11 @@ impl Store {
         drop(direct);
         self.data.sync_data().map_err(|e| io(&data_path(), e))?;
         let now = now_micros();
-        for (index, bytes, hash) in chunks {
-            if !fits(*index, bytes) {
-                continue;
-            }
+        let written = chunks.iter().filter(|(i, b, _)| fits(*i, b));
+        for ((index, _, hash), crc) in written.zip(crcs) {
             let mut rec = [0u8; RECORD_LEN as usize];
             rec[..HASH_LEN].copy_from_slice(hash);
-            rec[HASH_LEN..HASH_LEN + 4].copy_from_slice(&crc32c::crc32c(bytes).to_be_bytes());
+            rec[HASH_LEN..HASH_LEN + 4].copy_from_slice(&crc.to_be_bytes());
             rec[LAST_USE_AT..].copy_from_slice(&now.to_be_bytes());
             self.index
                 .write_all_at(&rec, record_offset(*index))
@@ -841,6 +868,17 @@ mod tests {
             .collect();
         store.put(&items).unwrap();
         store
+    }
+
+    #[test]
+    fn records_carry_the_crc_of_what_was_written_whichever_way_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = whole_store(dir.path());
+        for (i, record) in store.records().unwrap().iter().enumerate() {
+            let (bytes, _) = store.get(i as u64).unwrap().unwrap();
+            assert_eq!(record.crc, crc32c::crc32c(&bytes), "chunk {i}");
+            assert_eq!(record.hash, sha256(&bytes), "chunk {i}");
+        }
     }
 
     #[test]

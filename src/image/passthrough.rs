@@ -3,6 +3,12 @@
 //!
 //! The store is pinned while its file is handed out: LRU eviction by other processes passes it
 //! by, so the chunks the kernel reads stay where they were verified.
+//!
+//! Before that, every chunk must have been verified by this process. Chunks it has not seen yet
+//! are checked when the image is opened: in place, in a mapping of the data file (no copy; the
+//! pages stay in the page cache for the kernel's reads), or read back where mapping is not to be
+//! had. A sealed store (see `cache::store`) is not read back at open: its chunks are checked as
+//! they are first read, and a later open passes through once all have been.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -12,8 +18,8 @@ use super::chunks::{runs, Geometry};
 use super::verify::Reference;
 use crate::cache::Record;
 
-/// Reads of the store while checking it for passthrough, in bytes (sequential, through the page
-/// cache, which the kernel's reads then find warm).
+/// Reads of the store while checking it for passthrough where it cannot be checked in place, in
+/// bytes (sequential, through the page cache, which the kernel's reads then find warm).
 const CHECK_READ: u64 = 8 << 20;
 
 #[derive(Default)]
@@ -68,6 +74,11 @@ impl Passthrough {
         if bytes > check_at_most {
             return None;
         }
+        match cached.check_in_place(&unverified, reference) {
+            Some(true) => return self.hand_out(cached, store, held, pin),
+            Some(false) => return None,
+            None => {}
+        }
         for run in runs(geometry, &unverified, CHECK_READ) {
             let last = run.first + run.count - 1;
             if cached.lookup_run(run.first, last, reference).is_none()
@@ -76,6 +87,17 @@ impl Passthrough {
                 return None;
             }
         }
+        self.hand_out(cached, store, held, pin)
+    }
+
+    /// Every chunk verified: seal the store when it is not, keep the pin, and hand out its file.
+    fn hand_out(
+        &self,
+        cached: &Cached,
+        store: &crate::cache::Store,
+        mut held: std::sync::MutexGuard<'_, Option<std::fs::File>>,
+        pin: std::fs::File,
+    ) -> Option<std::fs::File> {
         let file = store.data_file().ok()?;
         cached.seal_when_whole();
         *held = Some(pin);

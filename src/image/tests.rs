@@ -599,3 +599,49 @@ async fn a_sealed_store_is_not_read_back_at_open_and_a_damaged_chunk_is_caught_o
         "sealed again once whole"
     );
 }
+
+/// A whole store that is not sealed is checked in place when the image is opened for
+/// passthrough: a damaged chunk is found there and dropped (that open goes the ordinary way),
+/// and once it has been fetched again the store passes through and is sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsealed_store_is_checked_in_place_before_it_passes_through() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(8 * CHUNK as usize, 15);
+    let src = FaultySource::new(bytes.clone());
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
+    std::fs::remove_file(store_dir.join("seal")).unwrap();
+    let data_file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(store_dir.join("data"))
+        .unwrap();
+    let at = 6 * CHUNK as usize + 1;
+    data_file
+        .write_all_at(&[bytes[at] ^ 0x01], at as u64)
+        .unwrap();
+
+    let image = Image::new(
+        spec(&bytes, true, vec![mirror("a", &src)], false),
+        cache(dir.path(), None),
+    );
+    image.set_read_ahead(false);
+    let open = |image: &Arc<Image>| {
+        let image = image.clone();
+        tokio::task::spawn_blocking(move || image.passthrough_file(u64::MAX))
+    };
+    assert!(open(&image).await.unwrap().is_none(), "chunk 6 fails");
+    assert!(!image.present_chunks()[6], "the damaged chunk was dropped");
+    assert!(image.present_chunks()[5], "the chunks before it were not");
+    assert!(!store_dir.join("seal").exists());
+    let before = src.reads();
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    assert_eq!(src.reads(), before + 1, "only the dropped chunk is fetched");
+    let file = open(&image)
+        .await
+        .unwrap()
+        .expect("whole and verified: passes through");
+    let mut through = Vec::new();
+    std::io::Read::read_to_end(&mut &file, &mut through).unwrap();
+    assert!(through == bytes, "the file handed out holds the image");
+    assert!(image.stats().contains("sealed: yes"));
+}

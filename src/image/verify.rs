@@ -131,20 +131,28 @@ impl Reference {
     /// Bytes of chunk `index` read back from the store, verified when they are the ones verified
     /// when they were stored (see the module documentation).
     pub fn stored(&self, index: u64, bytes: Bytes, record: &Record) -> Option<Verified> {
+        self.stored_intact(index, &bytes, record)
+            .then_some(Verified(bytes))
+    }
+
+    /// Whether bytes of chunk `index` read back from the store (or seen in place, in a mapping
+    /// of its data file) are the ones verified when they were stored: [`Reference::stored`]
+    /// without handing them on.
+    pub fn stored_intact(&self, index: u64, bytes: &[u8], record: &Record) -> bool {
         let expected = match &self.manifest {
-            Some(m) => *m.hash(index)?,
+            Some(m) => match m.hash(index) {
+                Some(hash) => *hash,
+                None => return false,
+            },
             None => record.hash,
         };
-        let ok = (record.hash == expected && crc32c::crc32c(&bytes) == record.crc)
-            || sha256(&bytes) == expected;
-        if !ok {
-            return None;
-        }
-        if self.manifest.is_none() {
+        let ok = (record.hash == expected && crc32c::crc32c(bytes) == record.crc)
+            || sha256(bytes) == expected;
+        if ok && self.manifest.is_none() {
             // What a refetch must match from now on.
             self.first_seen().insert(index, expected);
         }
-        Some(Verified(bytes))
+        ok
     }
 
     /// Chunks `first..` read back from the store in one buffer (`lens` bytes each, `records`
