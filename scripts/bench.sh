@@ -469,7 +469,7 @@ if [ "$(id -u)" = 0 ]; then
     sed "s|\"$PORTAL\"|\"$SLOW_PORTAL\"|" "$WORK/catalog.toml" >"$WORK/catalog-slow.toml"
     connect_row "iscsi-inq (login, INQUIRY, logout)" measure_connect_inq
     connect_row "isomount NAME MNT, until usable" measure_connect_mount
-    [ -s "$WORK/connect.stats" ] && echo "last mount's info/stats: $(cat "$WORK/connect.stats")"
+    if [ -s "$WORK/connect.stats" ]; then echo "last mount's info/stats: $(cat "$WORK/connect.stats")"; fi
 else
     echo "connect rows skipped: they mount (root)"
 fi

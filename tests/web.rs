@@ -1,7 +1,9 @@
 //! Web mirrors through the binary, against real web servers on loopback: nginx over http and
 //! over https (HTTP/2, a test CA), Python's http.server (which ignores Range), a mirror serving one
-//! wrong chunk, and a dead iSCSI portal beside a web mirror. In each: `cat`, `fetch`, `fetch
-//! --files` and a real FUSE mount, byte-exact.
+//! wrong chunk, and a dead iSCSI portal beside a web mirror, each with `cat`, `fetch`, `fetch
+//! --files` and a real FUSE mount, byte-exact; and through mounts: a mirror whose link goes
+//! silent (hedged to the next), ranges growing with a sequential reader, what one small file
+//! costs after a mount, a portal and a web mirror ranked together.
 
 mod common;
 
@@ -458,6 +460,68 @@ fn a_web_mirror_that_stalls_is_hedged_to_the_next_one_within_the_read_timeout() 
     assert_eq!(after_stall, 3, "the first mirror's link never stalled");
     assert!(second.served()[before..].iter().any(|s| s.status == 206));
     assert!(stats.contains("errors: 0"), "{stats}");
+}
+
+#[test]
+fn ranges_grow_with_sequential_reading_up_to_a_few_mib() {
+    let dir = test_dir("web_ranges_grow");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let disk = random_file(&www, "disk.img", 24 << 20, 11);
+    let want = std::fs::read(&disk).unwrap();
+    let nginx = Nginx::start("web_ranges_grow", &www);
+    let catalog = dir.path().join("catalog.toml");
+    let out = run_bounded(
+        isomount()
+            .arg("publish")
+            .arg(&disk)
+            .args(["--name", "disk", "--url", &nginx.url("disk.img"), "-o"])
+            .arg(&catalog),
+        LIMIT,
+    );
+    assert!(out.status.success(), "publish: {}", text(&out.stderr));
+    let client = Client {
+        catalog,
+        dir: dir.path().to_path_buf(),
+        name: "disk".into(),
+        env: Vec::new(),
+    };
+    let mnt = Mountpoint::new(dir.path(), "mnt");
+    client.ok("mount", &["NAME", mnt.path.to_str().unwrap()]);
+    let before = nginx.served().len();
+    // A reader going through the image 128 KiB at a time, as `dd` would.
+    let mut got = Vec::with_capacity(want.len());
+    let mut file = std::fs::File::open(mnt.path.join("disk.img")).unwrap();
+    let mut buf = vec![0u8; 128 << 10];
+    loop {
+        use std::io::Read;
+        let n = file.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(file);
+    let out = client.run("mount", &["unmount", mnt.path.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", text(&out.stderr));
+    assert!(got == want, "the mounted image is not byte-exact");
+    let sizes: Vec<u64> = nginx.served()[before..].iter().map(|s| s.bytes).collect();
+    assert!(
+        nginx.served().iter().all(|s| s.status == 206),
+        "{:?}",
+        nginx.served()
+    );
+    // Small at first, growing as the reader keeps going, never more than the 4 MiB bound: far
+    // fewer requests than 64 KiB chunks.
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    assert!(
+        sizes[0] <= 1 << 20,
+        "the first range was {}: {sizes:?}",
+        sizes[0]
+    );
+    assert!(largest >= 2 << 20, "no range grew past 2 MiB: {sizes:?}");
+    assert!(largest <= 4 << 20, "a range of {largest} bytes: {sizes:?}");
+    assert!(sizes.len() < 100, "{} requests: {sizes:?}", sizes.len());
 }
 
 #[test]

@@ -29,9 +29,28 @@ impl Serve {
 
     /// `isomount -v serve ARGS… --listen 127.0.0.1:0` with `env` set.
     pub fn start_args<S: AsRef<OsStr>>(args: &[S], env: &[(&str, &OsStr)]) -> Serve {
+        Serve::spawn(super::isomount(), args, env)
+    }
+
+    /// [`Serve::start`] with the file descriptor limit (soft and hard) set to `nofile` first,
+    /// by the shell's `ulimit`.
+    pub fn start_with_nofile(images: &[&Path], extra: &[&str], nofile: u64) -> Serve {
+        let mut args: Vec<&OsStr> = images.iter().map(|p| p.as_os_str()).collect();
+        args.extend(extra.iter().map(OsStr::new));
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c")
+            .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
+            .arg(env!("CARGO_BIN_EXE_isomount"));
+        Serve::spawn(sh, &args, &[])
+    }
+
+    fn spawn<S: AsRef<OsStr>>(
+        mut cmd: std::process::Command,
+        args: &[S],
+        env: &[(&str, &OsStr)],
+    ) -> Serve {
         let log_dir = tempfile::tempdir().expect("log dir");
         let log = log_dir.path().join("serve.log");
-        let mut cmd = super::isomount();
         cmd.args(["-v", "serve"])
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
