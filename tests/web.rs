@@ -3,7 +3,8 @@
 //! wrong chunk, and a dead iSCSI portal beside a web mirror, each with `cat`, `fetch`, `fetch
 //! --files` and a real FUSE mount, byte-exact; and through mounts: a mirror whose link goes
 //! silent (hedged to the next), ranges growing with a sequential reader, what one small file
-//! costs after a mount, a portal and a web mirror ranked together.
+//! costs after a mount, a portal and a web mirror ranked together, a dead web mirror passed over
+//! and preferred again once back.
 
 mod common;
 
@@ -522,6 +523,79 @@ fn ranges_grow_with_sequential_reading_up_to_a_few_mib() {
     assert!(largest >= 2 << 20, "no range grew past 2 MiB: {sizes:?}");
     assert!(largest <= 4 << 20, "a range of {largest} bytes: {sizes:?}");
     assert!(sizes.len() < 100, "{} requests: {sizes:?}", sizes.len());
+}
+
+#[test]
+fn a_dead_web_mirror_is_passed_over_and_used_again_once_it_is_back() {
+    let dir = test_dir("web_comes_back");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let disk = random_file(&www, "disk.img", 24 << 20, 12);
+    let want = std::fs::read(&disk).unwrap();
+    let mut first = Nginx::start("web_comes_back", &www);
+    let second = Nginx::start("web_comes_back", &www);
+    let catalog = dir.path().join("catalog.toml");
+    let out = run_bounded(
+        isomount()
+            .arg("publish")
+            .arg(&disk)
+            .args(["--name", "disk", "-o"])
+            .arg(&catalog)
+            .args(["--url", &first.url("disk.img")])
+            .args(["--url", &second.url("disk.img")]),
+        LIMIT,
+    );
+    assert!(out.status.success(), "publish: {}", text(&out.stderr));
+    let client = Client {
+        catalog,
+        dir: dir.path().to_path_buf(),
+        name: "disk".into(),
+        env: Vec::new(),
+    };
+    let mnt = Mountpoint::new(dir.path(), "mnt");
+    client.ok("mount", &["NAME", mnt.path.to_str().unwrap()]);
+    let image = std::fs::File::open(mnt.path.join("disk.img")).unwrap();
+    // Reads at scattered offsets, so no read-ahead runs behind them.
+    let check = |at: u64| {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        image.read_exact_at(&mut buf, at).unwrap();
+        assert!(
+            buf == want[at as usize..at as usize + 4096],
+            "bytes at {at}"
+        );
+    };
+    let portal = || {
+        let stats = read(&mnt.path.join("info/stats"));
+        let line = stats.lines().find(|l| l.starts_with("portal: "));
+        line.unwrap_or_default()
+            .trim_start_matches("portal: ")
+            .to_string()
+    };
+    check(20 << 20);
+    assert_eq!(portal(), first.url("disk.img"));
+    first.kill();
+    check(2 << 20);
+    assert_eq!(
+        portal(),
+        second.url("disk.img"),
+        "the second mirror took over"
+    );
+    // Once the first answers again it is preferred again (after its rest is over).
+    first.restart();
+    let mut at = 23 << 20;
+    while portal() != first.url("disk.img") {
+        assert!(at > 4 << 20, "the first mirror was not used again");
+        check(at);
+        at -= 256 << 10;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check(3 << 20);
+    drop(image);
+    let out = client.run("mount", &["unmount", mnt.path.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", text(&out.stderr));
+    assert!(second.served().iter().any(|s| s.status == 206));
+    assert!(first.served().iter().all(|s| s.status == 206));
 }
 
 #[test]
