@@ -143,6 +143,39 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// `disk` published as `disk` with these web mirrors into `dir/catalog.toml`; a client for it.
+fn publish_disk(dir: &Path, disk: &Path, urls: &[String]) -> Client {
+    let catalog = dir.join("catalog.toml");
+    let mut cmd = isomount();
+    cmd.arg("publish")
+        .arg(disk)
+        .args(["--name", "disk", "-o"])
+        .arg(&catalog);
+    for url in urls {
+        cmd.args(["--url", url]);
+    }
+    let out = run_bounded(&mut cmd, LIMIT);
+    assert!(out.status.success(), "publish: {}", text(&out.stderr));
+    Client {
+        catalog,
+        dir: dir.to_path_buf(),
+        name: "disk".into(),
+        env: Vec::new(),
+    }
+}
+
+/// 4 KiB of the mounted `image` at `at` (one read, at an offset of the caller's choosing, so
+/// scattered reads have no read-ahead behind them) must be `want`'s.
+fn check_at(image: &std::fs::File, want: &[u8], at: u64) {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    image.read_exact_at(&mut buf, at).unwrap();
+    assert!(
+        buf == want[at as usize..at as usize + 4096],
+        "bytes at {at}"
+    );
+}
+
 /// `cat`, `fetch --files`, `fetch` and a FUSE mount of the image through `client`, each from an
 /// empty cache and each byte-exact; `source` is what `info/source` must say. Returns the
 /// mount's `info/stats`.
@@ -471,22 +504,7 @@ fn ranges_grow_with_sequential_reading_up_to_a_few_mib() {
     let disk = random_file(&www, "disk.img", 24 << 20, 11);
     let want = std::fs::read(&disk).unwrap();
     let nginx = Nginx::start("web_ranges_grow", &www);
-    let catalog = dir.path().join("catalog.toml");
-    let out = run_bounded(
-        isomount()
-            .arg("publish")
-            .arg(&disk)
-            .args(["--name", "disk", "--url", &nginx.url("disk.img"), "-o"])
-            .arg(&catalog),
-        LIMIT,
-    );
-    assert!(out.status.success(), "publish: {}", text(&out.stderr));
-    let client = Client {
-        catalog,
-        dir: dir.path().to_path_buf(),
-        name: "disk".into(),
-        env: Vec::new(),
-    };
+    let client = publish_disk(dir.path(), &disk, &[nginx.url("disk.img")]);
     let mnt = Mountpoint::new(dir.path(), "mnt");
     client.ok("mount", &["NAME", mnt.path.to_str().unwrap()]);
     let before = nginx.served().len();
@@ -534,37 +552,12 @@ fn a_dead_web_mirror_is_passed_over_and_used_again_once_it_is_back() {
     let want = std::fs::read(&disk).unwrap();
     let mut first = Nginx::start("web_comes_back", &www);
     let second = Nginx::start("web_comes_back", &www);
-    let catalog = dir.path().join("catalog.toml");
-    let out = run_bounded(
-        isomount()
-            .arg("publish")
-            .arg(&disk)
-            .args(["--name", "disk", "-o"])
-            .arg(&catalog)
-            .args(["--url", &first.url("disk.img")])
-            .args(["--url", &second.url("disk.img")]),
-        LIMIT,
-    );
-    assert!(out.status.success(), "publish: {}", text(&out.stderr));
-    let client = Client {
-        catalog,
-        dir: dir.path().to_path_buf(),
-        name: "disk".into(),
-        env: Vec::new(),
-    };
+    let urls = [first.url("disk.img"), second.url("disk.img")];
+    let client = publish_disk(dir.path(), &disk, &urls);
     let mnt = Mountpoint::new(dir.path(), "mnt");
     client.ok("mount", &["NAME", mnt.path.to_str().unwrap()]);
     let image = std::fs::File::open(mnt.path.join("disk.img")).unwrap();
-    // Reads at scattered offsets, so no read-ahead runs behind them.
-    let check = |at: u64| {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 4096];
-        image.read_exact_at(&mut buf, at).unwrap();
-        assert!(
-            buf == want[at as usize..at as usize + 4096],
-            "bytes at {at}"
-        );
-    };
+    let check = |at: u64| check_at(&image, &want, at);
     let portal = || {
         let stats = read(&mnt.path.join("info/stats"));
         let line = stats.lines().find(|l| l.starts_with("portal: "));
@@ -728,16 +721,7 @@ fn a_portal_and_a_web_mirror_are_ranked_together_and_the_portal_comes_back() {
     );
     assert!(out.status.success(), "mount: {}", text(&out.stderr));
     let image = std::fs::File::open(mnt.path.join("disk.img")).unwrap();
-    // Reads at scattered offsets, so no read-ahead runs behind them.
-    let check = |at: u64| {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 4096];
-        image.read_exact_at(&mut buf, at).unwrap();
-        assert!(
-            buf == want[at as usize..at as usize + 4096],
-            "bytes at {at}"
-        );
-    };
+    let check = |at: u64| check_at(&image, &want, at);
     let source = || read(&mnt.path.join("info/source"));
     check(20 << 20);
     assert_eq!(source(), "iscsi\n");
