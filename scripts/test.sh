@@ -51,7 +51,7 @@ cargo test --release --test serve iscsi_test_cu_fails_no_more_against_serve_than
     -- --nocapture 2>&1 | grep "iscsi-test-cu failures"
 # The good client's speed beside its speed alone while serve is under a hostile initiator (issue 13
 # asks CI to print both; a few seconds).
-cargo test --release --test serve_hostile -- --nocapture 2>&1 | grep -E "^(good client|serve memory):"
+cargo test --release --test serve_hostile -- --nocapture 2>&1 | grep -E "^(good client|serve memory)"
 
 # The whole suite (benches are built by clippy above and run by `cargo bench`); the per-binary
 # summaries are added up into one closing line.

@@ -2,8 +2,8 @@
 //! login text, a thousand connections that never finish logging in, and a session that reads a
 //! byte at a time, all at once, while a well-behaved client reads the image. The target stays
 //! up within bounded memory, ends each bad connection with one log line, and the good client
-//! reads byte-exact; its speed alone and under attack are printed (never asserted). And a
-//! descriptor limit too low for the connections asked for is reported, and fitted to.
+//! reads byte-exact; its speed alone and under attack are printed (never asserted). The one
+//! test of this file, so that no other runs beside it and weighs on the speeds printed.
 
 mod common;
 
@@ -53,6 +53,11 @@ async fn good_read(portal: &str, want: &[u8]) -> f64 {
     speed
 }
 
+fn median(mut speeds: Vec<f64>) -> f64 {
+    speeds.sort_by(f64::total_cmp);
+    speeds[speeds.len() / 2]
+}
+
 /// Wait until the log has at least `count` lines containing `text`; how many it has.
 fn wait_for_lines(serve: &Serve, text: &str, count: usize, within: Duration) -> usize {
     let deadline = Instant::now() + within;
@@ -75,13 +80,15 @@ async fn serve_under_a_hostile_initiator_stays_bounded_and_serves_a_good_client(
     let target = format!("{PREFIX}:image");
     let bound = Duration::from_secs(20);
 
-    // Warm the page cache and the server, then the good client alone.
-    const READS: usize = 4;
+    // Warm the page cache and the server, then the good client alone: the median of a few
+    // whole reads (a busy machine makes single reads swing).
+    const READS: usize = 5;
     good_read(&portal, &want).await;
-    let mut alone = 0.0;
+    let mut alone = Vec::new();
     for _ in 0..READS {
-        alone += good_read(&portal, &want).await / READS as f64;
+        alone.push(good_read(&portal, &want).await);
     }
+    let alone = median(alone);
     let rss_before = rss_kib(serve.pid()).unwrap();
 
     // The attack, all at once.
@@ -98,54 +105,66 @@ async fn serve_under_a_hostile_initiator_stays_bounded_and_serves_a_good_client(
             }
         })
     };
-    let half_open = rude::half_logins(&portal, 1000).await.unwrap();
-    let (slow_local, slow) = rude::slow_reader(&portal, &target, Duration::from_secs(60))
-        .await
-        .unwrap();
+    // The attacker has a thread and a runtime of its own, as another process would: its tasks
+    // do not queue behind the good client's in one scheduler (nor it behind theirs).
+    let (ready_tx, ready) = tokio::sync::oneshot::channel();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
     let rounds = Arc::new(AtomicBool::new(true));
-    // Rounds of malformed PDUs and bad login text, ten a second (hostile, not a flood: the
-    // good client shares two cores with the attacker here) until the good client is done.
-    let attacks = {
+    let attacker = {
         let (portal, target, rounds) = (portal.clone(), target.clone(), rounds.clone());
-        tokio::spawn(async move {
-            let mut outcomes = Vec::new();
-            for _ in 0..200 {
-                if !rounds.load(Ordering::Relaxed) && !outcomes.is_empty() {
-                    break;
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let half_open = rude::half_logins(&portal, 1000).await.unwrap();
+                let half_open_locals: Vec<SocketAddr> =
+                    half_open.iter().map(|s| s.local_addr().unwrap()).collect();
+                let (slow_local, slow) =
+                    rude::slow_reader(&portal, &target, Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                let _ = ready_tx.send((half_open_locals, slow_local));
+                // Rounds of malformed PDUs and bad login text, ten a second (hostile, not a
+                // flood: the good client shares two cores with the attacker here) until the
+                // good client is done.
+                let mut outcomes = Vec::new();
+                for _ in 0..200 {
+                    if !rounds.load(Ordering::Relaxed) && !outcomes.is_empty() {
+                        break;
+                    }
+                    outcomes.extend(rude::malformed(&portal, &target, bound).await.unwrap());
+                    outcomes.extend(rude::oversized_text(&portal, bound).await.unwrap());
+                    outcomes.push(rude::endless_text(&portal, 10_000, bound).await.unwrap());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                outcomes.extend(rude::malformed(&portal, &target, bound).await.unwrap());
-                outcomes.extend(rude::oversized_text(&portal, bound).await.unwrap());
-                outcomes.push(rude::endless_text(&portal, 10_000, bound).await.unwrap());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            outcomes
+                // The half logins and the slow reader stay until the test has seen them end.
+                let _ = released.await;
+                drop(half_open);
+                slow.abort();
+                outcomes
+            })
         })
     };
-    let mut under_attack = 0.0;
+    let (half_open_locals, slow_local) = ready.await.expect("the attacker did not start");
+    let mut under_attack = Vec::new();
     for _ in 0..READS {
-        under_attack += good_read(&portal, &want).await / READS as f64;
+        under_attack.push(good_read(&portal, &want).await);
     }
+    let under_attack = median(under_attack);
     rounds.store(false, Ordering::Relaxed);
-    let outcomes = attacks.await.unwrap();
     println!(
-        "good client: {alone:.0} MiB/s alone, {under_attack:.0} MiB/s under attack ({:.2} of alone)",
+        "good client (median of {READS} reads): {alone:.0} MiB/s alone, {under_attack:.0} MiB/s \
+         under attack ({:.2} of alone)",
         under_attack / alone
     );
 
-    // Every bad connection ended by the target, within the bound.
-    for o in &outcomes {
-        assert!(o.closed, "{} ({}) was not closed", o.what, o.local);
-    }
     let timeouts = wait_for_lines(&serve, "login not finished within", 1000, bound);
     assert_eq!(
         timeouts, 1000,
         "one line per connection that never logged in"
     );
-    let half_open_locals: Vec<String> = half_open
-        .iter()
-        .map(|s| s.local_addr().unwrap().to_string())
-        .collect();
-    drop(half_open);
     let slow_line = format!("{slow_local}: connection closed");
     assert_eq!(
         wait_for_lines(&serve, &slow_line, 1, Duration::from_secs(60)),
@@ -153,9 +172,18 @@ async fn serve_under_a_hostile_initiator_stays_bounded_and_serves_a_good_client(
         "the byte-at-a-time reader was not closed:\n{}",
         serve.log()
     );
-    slow.abort();
+    let _ = release.send(());
+    let outcomes = tokio::task::spawn_blocking(move || attacker.join())
+        .await
+        .unwrap()
+        .expect("the attacker failed");
     sampling.store(false, Ordering::Relaxed);
     sampler.await.unwrap();
+
+    // Every bad connection ended by the target, within the bound.
+    for o in &outcomes {
+        assert!(o.closed, "{} ({}) was not closed", o.what, o.local);
+    }
 
     // One line about each bad connection's end (besides its login, for those that logged in).
     let log = serve.log();
@@ -176,7 +204,7 @@ async fn serve_under_a_hostile_initiator_stays_bounded_and_serves_a_good_client(
     }
     for local in &half_open_locals {
         assert_eq!(
-            lines.get(local),
+            lines.get(&local.to_string()),
             Some(&1),
             "a half login from {local}:\n{log}"
         );
@@ -195,46 +223,4 @@ async fn serve_under_a_hostile_initiator_stays_bounded_and_serves_a_good_client(
 
     // And it serves on.
     assert!(good_read(&portal, &want).await > 0.0);
-}
-
-/// A descriptor limit too low for the connections asked for: serve says so at start (naming the
-/// limit and how many connections fit), serves that many, and keeps the rest waiting rather than
-/// failing on EMFILE; a good client gets in as the half logins time out, and reads byte-exact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_descriptor_limit_too_low_is_reported_and_connections_fit_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let image = common::random_file(dir.path(), "image.img", 1 << 20, 14);
-    let want = std::fs::read(&image).unwrap();
-    const LIMIT: u64 = 200;
-    let mut serve = Serve::start_with_nofile(
-        &[&image],
-        &["--max-connections", "1000", "--login-timeout", "1"],
-        LIMIT,
-    );
-    let log = serve.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("file descriptor limit"))
-        .unwrap_or_else(|| panic!("no word of the descriptor limit:\n{log}"));
-    assert!(
-        line.contains(&format!("limit {LIMIT} (the hard limit)")) && line.contains("not 1000"),
-        "{line}"
-    );
-
-    // More connections than fit, none of them logging in; then a good client.
-    let half_open = rude::half_logins(&serve.portal, 300).await.unwrap();
-    let started = Instant::now();
-    let speed = good_read(&serve.portal, &want).await;
-    println!(
-        "with {LIMIT} descriptors and 300 half logins ahead of it, the good client read after \
-         {:.1?} at {speed:.0} MiB/s",
-        started.elapsed()
-    );
-    drop(half_open);
-    let log = serve.log();
-    assert!(
-        !log.contains("Too many open files") && !log.contains("panicked"),
-        "{log}"
-    );
-    assert!(serve.running(), "{log}");
 }

@@ -2,7 +2,7 @@
 //! renamed over, removed, truncated in place, while clients read), `--config` masks and CHAP
 //! per subtree with SIGHUP reloads, and the service side: sd_notify readiness, stats, SIGTERM
 //! logging sessions out. Also the scale checks that are not about speed: thousands of idle
-//! sessions within a memory bound, a tree of a thousand images.
+//! sessions within a memory bound, a tree of a thousand images, a descriptor limit too low.
 
 mod common;
 
@@ -495,4 +495,49 @@ async fn many_idle_sessions_and_a_thousand_images() {
     assert_eq!(report.mismatched_bytes, 0);
     assert!(report.commands > 0);
     assert_eq!(fleet.log_out().await, SESSIONS);
+}
+
+/// A descriptor limit too low for the connections asked for: serve says so at start (naming the
+/// limit and how many connections fit), serves that many, and keeps the rest waiting rather than
+/// failing on EMFILE; a good client gets in as the half logins time out, and reads byte-exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_descriptor_limit_too_low_is_reported_and_connections_fit_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = common::random_file(dir.path(), "image.img", 1 << 20, 14);
+    let want = std::fs::read(&image).unwrap();
+    const LIMIT: u64 = 200;
+    let mut serve = Serve::start_with_nofile(
+        &[&image],
+        &["--max-connections", "1000", "--login-timeout", "1"],
+        LIMIT,
+    );
+    let log = serve.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("file descriptor limit"))
+        .unwrap_or_else(|| panic!("no word of the descriptor limit:\n{log}"));
+    assert!(
+        line.contains(&format!("limit {LIMIT} (the hard limit)")) && line.contains("not 1000"),
+        "{line}"
+    );
+
+    // More connections than fit, none of them logging in; then a good client.
+    let half_open = common::rude::half_logins(&serve.portal, 300).await.unwrap();
+    let started = Instant::now();
+    let mut good = session(&serve, "image").await;
+    assert!(
+        read_whole(&mut good, want.len()).await == want,
+        "the good client got wrong bytes"
+    );
+    println!(
+        "with {LIMIT} descriptors and 300 half logins ahead of it, the good client read after {:.1?}",
+        started.elapsed()
+    );
+    drop(half_open);
+    let log = serve.log();
+    assert!(
+        !log.contains("Too many open files") && !log.contains("panicked"),
+        "{log}"
+    );
+    assert!(serve.running(), "{log}");
 }
