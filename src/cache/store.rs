@@ -25,7 +25,8 @@
 //! a chunk clears its record and syncs the index before the bytes are discarded. Readers check
 //! what they read against the record's CRC32C, and re-hash with sha256 when it disagrees (a torn
 //! record or a damaged disk shows up as a mismatch and a miss). Version 1 (no CRC) stores are
-//! started afresh.
+//! started afresh. Whoever writes records holds an exclusive flock on `index` meanwhile, so uses
+//! can be recorded by reading a run of records and writing it back whole.
 //!
 //! **The seal.** Once every chunk is present and this process has verified each one, the store is
 //! sealed: a `seal` file records the data file's identity (device, inode, size, mtime, ctime) and
@@ -77,6 +78,8 @@ pub const INDEX_HEADER_LEN: u64 = 64;
 pub const RECORD_LEN: u64 = 48;
 /// Where `last use` sits in a record.
 const LAST_USE_AT: usize = 40;
+/// Adjacent records whose uses are written together, at most.
+const USE_RUN: usize = 1024;
 
 pub const SEAL_MAGIC: [u8; 8] = *b"ISOMSEAL";
 pub const SEAL_VERSION: u16 = 1;
@@ -552,15 +555,52 @@ impl Store {
         Ok((file, path))
     }
 
-    /// Record that `chunks` were used now (for LRU eviction). Only the last-use field of each
-    /// record is written; a chunk dropped meanwhile by another process may so come back as a
-    /// record that names no hash, which every reader's check refuses (it is fetched again).
+    /// Hold the right to change records: every writer of records (this process's threads and
+    /// other processes alike) takes it, so records read, changed and written back in one go
+    /// ([`Store::note_uses`]) lose no one else's change. Released when dropped.
+    fn lock_records(&self) -> Result<File, CacheError> {
+        let path = self.dir.join("index");
+        // A description of its own: flock then excludes this process's other holders too.
+        let file = File::open(&path).map_err(|e| io(&path, e))?;
+        flock(&file, true, true).map_err(|e| io(&path, e))?;
+        Ok(file)
+    }
+
+    /// Record that `chunks` were used now (for LRU eviction): the last-use field of each present
+    /// record among them. Adjacent records are read and written back together (up to
+    /// [`USE_RUN`] at a time), so a batch of uses costs a few writes, not one per chunk.
     pub fn note_uses(&self, chunks: &[u64]) -> Result<(), CacheError> {
+        let index_path = || self.dir.join("index");
+        let mut chunks: Vec<u64> = chunks
+            .iter()
+            .copied()
+            .filter(|&i| i < self.geometry.chunks())
+            .collect();
+        chunks.sort_unstable();
+        chunks.dedup();
         let now = now_micros().to_be_bytes();
-        for &index in chunks.iter().filter(|&&i| i < self.geometry.chunks()) {
+        let _held = self.lock_records()?;
+        let mut rest = &chunks[..];
+        while let Some(&first) = rest.first() {
+            let count = rest
+                .iter()
+                .zip(first..)
+                .take(USE_RUN)
+                .take_while(|(&c, expected)| c == *expected)
+                .count();
+            rest = &rest[count..];
+            let mut raw = vec![0u8; count * RECORD_LEN as usize];
             self.index
-                .write_all_at(&now, record_offset(index) + LAST_USE_AT as u64)
-                .map_err(|e| io(&self.dir.join("index"), e))?;
+                .read_exact_at(&mut raw, record_offset(first))
+                .map_err(|e| io(&index_path(), e))?;
+            for record in raw.chunks_exact_mut(RECORD_LEN as usize) {
+                if Record::parse(record).present() {
+                    record[LAST_USE_AT..].copy_from_slice(&now);
+                }
+            }
+            self.index
+                .write_all_at(&raw, record_offset(first))
+                .map_err(|e| io(&index_path(), e))?;
         }
         Ok(())
     }
@@ -618,6 +658,7 @@ impl Store {
         drop(direct);
         self.data.sync_data().map_err(|e| io(&data_path(), e))?;
         let now = now_micros();
+        let _held = self.lock_records()?;
         let written = chunks.iter().filter(|(i, b, _)| fits(*i, b));
         for ((index, _, hash), crc) in written.zip(crcs) {
             let mut rec = [0u8; RECORD_LEN as usize];
@@ -709,6 +750,7 @@ impl Store {
     /// Clear the records of `indexes` and sync the index.
     fn clear_records(&self, indexes: &[u64]) -> Result<(), CacheError> {
         let index_path = || self.dir.join("index");
+        let _held = self.lock_records()?;
         for &i in indexes {
             if i < self.geometry.chunks() {
                 self.index
@@ -878,6 +920,36 @@ mod tests {
             let (bytes, _) = store.get(i as u64).unwrap().unwrap();
             assert_eq!(record.crc, crc32c::crc32c(&bytes), "chunk {i}");
             assert_eq!(record.hash, sha256(&bytes), "chunk {i}");
+        }
+    }
+
+    #[test]
+    fn uses_touch_only_the_last_use_of_present_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 8 * 4096,
+        };
+        let store = Store::open_or_create(dir.path(), g, "", None).unwrap();
+        let chunk = vec![3u8; 4096];
+        let present = [0u64, 1, 2, 5];
+        let items: Vec<(u64, &[u8], Hash)> = present
+            .iter()
+            .map(|&i| (i, &chunk[..], sha256(&chunk)))
+            .collect();
+        store.put(&items).unwrap();
+        let before = store.records().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        store.note_uses(&[5, 1, 2, 3, 1, 99]).unwrap();
+        let after = store.records().unwrap();
+        for i in 0..8 {
+            let (b, a) = (before[i], after[i]);
+            assert_eq!((a.hash, a.crc), (b.hash, b.crc), "chunk {i}");
+            match i {
+                1 | 2 | 5 => assert!(a.last_use > b.last_use, "chunk {i}: use recorded"),
+                3 => assert!(!a.present(), "an absent chunk stays absent"),
+                _ => assert_eq!(a.last_use, b.last_use, "chunk {i}: not used"),
+            }
         }
     }
 

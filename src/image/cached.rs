@@ -27,6 +27,8 @@ const USE_GRAIN_MICROS: u64 = 60_000_000;
 const IN_PLACE_WINDOW: u64 = 4 << 20;
 /// Uses recorded in memory before they are handed to the writer thread.
 const USE_BATCH: usize = 1024;
+/// Uses kept in memory at most while the writer's queue is full (the rest are forgotten).
+const USES_KEPT: usize = 64 * USE_BATCH;
 
 /// What is here of one image: memory and the store.
 pub struct Cached {
@@ -221,16 +223,18 @@ impl Cached {
         self.hand_over_uses(batch);
     }
 
-    /// Give recorded uses to the writer; kept for later when its queue is full.
+    /// Give recorded uses to the writer; kept for later when its queue is full, up to a bound
+    /// (recency is advice: a chunk read again and again while the writer is busy would otherwise
+    /// be queued again and again).
     fn hand_over_uses(&self, batch: Vec<u64>) {
         let Some(writer) = &self.writer else {
             return;
         };
         if let Err(batch) = writer.note_uses(batch) {
-            self.uses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(batch);
+            let mut uses = self.uses.lock().unwrap_or_else(|e| e.into_inner());
+            if uses.len() + batch.len() <= USES_KEPT {
+                uses.extend(batch);
+            }
         }
     }
 
