@@ -3,7 +3,8 @@
 //! wrong chunk, and a dead iSCSI portal beside a web mirror, each with `cat`, `fetch`, `fetch
 //! --files` and a real FUSE mount, byte-exact; and through mounts: a mirror whose link goes
 //! silent (hedged to the next), ranges growing with a sequential reader, what one small file
-//! costs after a mount, a portal and a web mirror ranked together.
+//! costs after a mount, a portal and a web mirror ranked together, a dead web mirror passed over
+//! and preferred again once back.
 
 mod common;
 
@@ -140,6 +141,39 @@ fn text(b: &[u8]) -> String {
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `disk` published as `disk` with these web mirrors into `dir/catalog.toml`; a client for it.
+fn publish_disk(dir: &Path, disk: &Path, urls: &[String]) -> Client {
+    let catalog = dir.join("catalog.toml");
+    let mut cmd = isomount();
+    cmd.arg("publish")
+        .arg(disk)
+        .args(["--name", "disk", "-o"])
+        .arg(&catalog);
+    for url in urls {
+        cmd.args(["--url", url]);
+    }
+    let out = run_bounded(&mut cmd, LIMIT);
+    assert!(out.status.success(), "publish: {}", text(&out.stderr));
+    Client {
+        catalog,
+        dir: dir.to_path_buf(),
+        name: "disk".into(),
+        env: Vec::new(),
+    }
+}
+
+/// 4 KiB of the mounted `image` at `at` (one read, at an offset of the caller's choosing, so
+/// scattered reads have no read-ahead behind them) must be `want`'s.
+fn check_at(image: &std::fs::File, want: &[u8], at: u64) {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    image.read_exact_at(&mut buf, at).unwrap();
+    assert!(
+        buf == want[at as usize..at as usize + 4096],
+        "bytes at {at}"
+    );
 }
 
 /// `cat`, `fetch --files`, `fetch` and a FUSE mount of the image through `client`, each from an
@@ -470,22 +504,7 @@ fn ranges_grow_with_sequential_reading_up_to_a_few_mib() {
     let disk = random_file(&www, "disk.img", 24 << 20, 11);
     let want = std::fs::read(&disk).unwrap();
     let nginx = Nginx::start("web_ranges_grow", &www);
-    let catalog = dir.path().join("catalog.toml");
-    let out = run_bounded(
-        isomount()
-            .arg("publish")
-            .arg(&disk)
-            .args(["--name", "disk", "--url", &nginx.url("disk.img"), "-o"])
-            .arg(&catalog),
-        LIMIT,
-    );
-    assert!(out.status.success(), "publish: {}", text(&out.stderr));
-    let client = Client {
-        catalog,
-        dir: dir.path().to_path_buf(),
-        name: "disk".into(),
-        env: Vec::new(),
-    };
+    let client = publish_disk(dir.path(), &disk, &[nginx.url("disk.img")]);
     let mnt = Mountpoint::new(dir.path(), "mnt");
     client.ok("mount", &["NAME", mnt.path.to_str().unwrap()]);
     let before = nginx.served().len();
@@ -522,6 +541,54 @@ fn ranges_grow_with_sequential_reading_up_to_a_few_mib() {
     assert!(largest >= 2 << 20, "no range grew past 2 MiB: {sizes:?}");
     assert!(largest <= 4 << 20, "a range of {largest} bytes: {sizes:?}");
     assert!(sizes.len() < 100, "{} requests: {sizes:?}", sizes.len());
+}
+
+#[test]
+fn a_dead_web_mirror_is_passed_over_and_used_again_once_it_is_back() {
+    let dir = test_dir("web_comes_back");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let disk = random_file(&www, "disk.img", 24 << 20, 12);
+    let want = std::fs::read(&disk).unwrap();
+    let mut first = Nginx::start("web_comes_back", &www);
+    let second = Nginx::start("web_comes_back", &www);
+    let urls = [first.url("disk.img"), second.url("disk.img")];
+    let client = publish_disk(dir.path(), &disk, &urls);
+    let mnt = Mountpoint::new(dir.path(), "mnt");
+    client.ok("mount", &["NAME", mnt.path.to_str().unwrap()]);
+    let image = std::fs::File::open(mnt.path.join("disk.img")).unwrap();
+    let check = |at: u64| check_at(&image, &want, at);
+    let portal = || {
+        let stats = read(&mnt.path.join("info/stats"));
+        let line = stats.lines().find(|l| l.starts_with("portal: "));
+        line.unwrap_or_default()
+            .trim_start_matches("portal: ")
+            .to_string()
+    };
+    check(20 << 20);
+    assert_eq!(portal(), first.url("disk.img"));
+    first.kill();
+    check(2 << 20);
+    assert_eq!(
+        portal(),
+        second.url("disk.img"),
+        "the second mirror took over"
+    );
+    // Once the first answers again it is preferred again (after its rest is over).
+    first.restart();
+    let mut at = 23 << 20;
+    while portal() != first.url("disk.img") {
+        assert!(at > 4 << 20, "the first mirror was not used again");
+        check(at);
+        at -= 256 << 10;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    check(3 << 20);
+    drop(image);
+    let out = client.run("mount", &["unmount", mnt.path.to_str().unwrap()]);
+    assert!(out.status.success(), "unmount: {}", text(&out.stderr));
+    assert!(second.served().iter().any(|s| s.status == 206));
+    assert!(first.served().iter().all(|s| s.status == 206));
 }
 
 #[test]
@@ -654,16 +721,7 @@ fn a_portal_and_a_web_mirror_are_ranked_together_and_the_portal_comes_back() {
     );
     assert!(out.status.success(), "mount: {}", text(&out.stderr));
     let image = std::fs::File::open(mnt.path.join("disk.img")).unwrap();
-    // Reads at scattered offsets, so no read-ahead runs behind them.
-    let check = |at: u64| {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; 4096];
-        image.read_exact_at(&mut buf, at).unwrap();
-        assert!(
-            buf == want[at as usize..at as usize + 4096],
-            "bytes at {at}"
-        );
-    };
+    let check = |at: u64| check_at(&image, &want, at);
     let source = || read(&mnt.path.join("info/source"));
     check(20 << 20);
     assert_eq!(source(), "iscsi\n");

@@ -231,6 +231,19 @@ impl Nginx {
         self.work.read("error.log")
     }
 
+    /// Starts nginx again after [`Nginx::kill`], on the same port with the same configuration
+    /// (a mirror coming back). Panics if it cannot (the port taken meanwhile).
+    pub fn restart(&mut self) {
+        self.kill();
+        match launch_nginx(&self.work, self.port) {
+            Ok(child) => self.child = Some(child),
+            Err(why) => panic!(
+                "nginx did not restart: {why}\n{}",
+                self.work.read("error.log")
+            ),
+        }
+    }
+
     /// Kills nginx: the port refuses connections from now on.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
