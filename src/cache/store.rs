@@ -508,24 +508,6 @@ impl Store {
         read_fresh(&self.data, start, len).map_err(|e| io(&self.dir.join("data"), e))
     }
 
-    /// The data file mapped read-only, for checking chunks in place without copying them; None
-    /// when its size is not the image's (it is then read the ordinary way). The store must be
-    /// pinned while the mapping is used (eviction would punch holes in it), and its pages read
-    /// in with [`crate::platform::populate_read`] before they are touched: a file cut short by
-    /// someone else then gives an error there rather than SIGBUS.
-    pub fn map_data(&self) -> Result<Option<memmap2::Mmap>, CacheError> {
-        let path = self.dir.join("data");
-        let len = self.data.metadata().map_err(|e| io(&path, e))?.len();
-        if len != self.geometry.image_size {
-            return Ok(None);
-        }
-        // SAFETY: read-only shared mapping of a file only isomount writes; the caller reads its
-        // pages only after populating them, and only to check them (a concurrent change shows
-        // up as a failed check).
-        let map = unsafe { memmap2::Mmap::map(&self.data) }.map_err(|e| io(&path, e))?;
-        Ok(Some(map))
-    }
-
     /// The data file, opened read-only (for the kernel to read from directly).
     pub fn data_file(&self) -> Result<File, CacheError> {
         let path = self.dir.join("data");

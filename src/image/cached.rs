@@ -22,9 +22,6 @@ const RECENT_BYTES: u64 = 32 << 20;
 /// A chunk read from the store counts as used again (for LRU eviction) when its recorded use is
 /// older than this: recency is coarse, and a reader that goes over a fresh image writes nothing.
 const USE_GRAIN_MICROS: u64 = 60_000_000;
-/// Bytes of the data file read in at a time when chunks are checked in place (while the next
-/// window is read ahead).
-const IN_PLACE_WINDOW: u64 = 4 << 20;
 /// Uses recorded in memory before they are handed to the writer thread.
 const USE_BATCH: usize = 1024;
 /// Uses kept in memory at most while the writer's queue is full (the rest are forgotten).
@@ -274,52 +271,6 @@ impl Cached {
             self.sealed_here.store(false, Ordering::Relaxed);
         }
         None
-    }
-
-    /// Check stored `chunks` (sorted) where they lie, in a mapping of the data file: nothing is
-    /// copied, and the data file's pages stay in the page cache for the kernel to read next
-    /// (passthrough). Each chunk that passes is marked verified; the first that fails is dropped
-    /// (to be fetched again) and the answer is false. None when the store cannot be checked this
-    /// way: the caller reads it the ordinary way. The store must be pinned.
-    pub fn check_in_place(&self, chunks: &[u64], reference: &Reference) -> Option<bool> {
-        let store = self.store.as_ref()?;
-        let map = store.map_data().ok()??;
-        let records = store.records().ok()?;
-        let cs = u64::from(self.geometry.chunk_size);
-        let span = |run: &super::chunks::Run| {
-            let start = run.first * cs;
-            let last = run.first + run.count - 1;
-            (
-                start as usize,
-                (last * cs) as usize + self.geometry.chunk_len(last),
-            )
-        };
-        let runs = super::chunks::runs(self.geometry, chunks, IN_PLACE_WINDOW);
-        for (k, run) in runs.iter().enumerate() {
-            if let Some(next) = runs.get(k + 1) {
-                // The disk reads the next window while this one is checked.
-                let (start, end) = span(next);
-                let _ = map.advise_range(memmap2::Advice::WillNeed, start, end - start);
-            }
-            let (start, end) = span(run);
-            crate::platform::populate_read(&map[start..end]).ok()?;
-            for i in run.chunks() {
-                let at = (i * cs) as usize;
-                let bytes = &map[at..at + self.geometry.chunk_len(i)];
-                let record = records.get(i as usize)?;
-                if !record.present() || !reference.stored_intact(i, bytes, record) {
-                    tracing::warn!(
-                        "{}: cached chunk {i} failed verification; dropping it and fetching again",
-                        self.name
-                    );
-                    let _ = store.drop_chunks(&[i]);
-                    self.sealed_here.store(false, Ordering::Relaxed);
-                    return Some(false);
-                }
-                self.mark_verified(i);
-            }
-        }
-        Some(true)
     }
 
     /// Chunks `first..=last` from the store in one read when all are present and verify: no

@@ -5,22 +5,23 @@
 //! by, so the chunks the kernel reads stay where they were verified.
 //!
 //! Before that, every chunk must have been verified by this process. Chunks it has not seen yet
-//! are checked when the image is opened: in place, in a mapping of the data file (no copy; the
-//! pages stay in the page cache for the kernel's reads), or read back where mapping is not to be
-//! had. A sealed store (see `cache::store`) is not read back at open: its chunks are checked as
-//! they are first read, and a later open passes through once all have been.
+//! are read back and checked when the image is opened, one sequential stream of reads (the
+//! kernel's read-ahead then fills the page cache in large pieces, which the kernel's own reads
+//! of the file go through fastest). A sealed store (see `cache::store`) is not read back at
+//! open: that open goes the ordinary way, each chunk checked as it is first read, while the same
+//! check runs behind it in a thread of its own; a later open passes through once all are checked.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::cached::Cached;
 use super::chunks::{runs, Geometry};
 use super::verify::Reference;
 use crate::cache::Record;
 
-/// Reads of the store while checking it for passthrough where it cannot be checked in place, in
-/// bytes (sequential, through the page cache, which the kernel's reads then find warm).
-const CHECK_READ: u64 = 8 << 20;
+/// Reads of the store while checking it, in bytes: small enough that the buffer is still in the
+/// CPU's cache when its chunks' CRC32Cs are checked.
+const CHECK_READ: u64 = 1 << 20;
 
 #[derive(Default)]
 pub struct Passthrough {
@@ -29,18 +30,21 @@ pub struct Passthrough {
     /// A data file has been handed out (read by `stats` without waiting on `pin`, which a check
     /// in progress holds).
     handed_out: AtomicBool,
+    /// The check of a sealed store behind its first reads has been started.
+    checking_behind: AtomicBool,
 }
 
 impl Passthrough {
     /// The store's data file, when the store holds every chunk and each has been verified: by
-    /// this process already, or now, checking at most `check_at_most` bytes (in place where it
-    /// can) as a cache hit is checked, unless the store is sealed. Blocks (it flushes the cache
-    /// writer and may read). None when the store is incomplete, sealed with chunks this process
-    /// has not seen yet, a chunk fails (it is dropped, to be fetched again), or there is no store.
+    /// this process already, or now, reading back at most `check_at_most` bytes and checking them
+    /// as a cache hit is checked, unless the store is sealed (then the check is started behind
+    /// this open, which gets None). Blocks (it flushes the cache writer and may read). None when
+    /// the store is incomplete, a chunk fails (it is dropped, to be fetched again), or there is
+    /// no store.
     pub fn file(
         &self,
-        cached: &Cached,
-        reference: &Reference,
+        cached: &Arc<Cached>,
+        reference: &Arc<Reference>,
         geometry: Geometry,
         check_at_most: u64,
     ) -> Option<std::fs::File> {
@@ -61,43 +65,19 @@ impl Passthrough {
         }
         let unverified = cached.unverified();
         if !unverified.is_empty() && cached.sealed() {
-            // Sealed: the store is whole and unchanged since it was verified whole, so nothing
-            // is read back now. The kernel cannot check what it reads itself, so this open goes
-            // the ordinary way, each chunk checked as it is first read; once all have been, a
-            // later open passes through.
+            // Sealed: whole and unchanged since it was verified whole, so this open need not
+            // wait for a check. The kernel cannot check what it reads, so it goes the ordinary
+            // way, each chunk checked as it is first read.
+            self.check_behind(cached, reference, geometry, unverified);
             return None;
         }
         let bytes: u64 = unverified
             .iter()
             .map(|&i| geometry.chunk_len(i) as u64)
             .sum();
-        if bytes > check_at_most {
+        if bytes > check_at_most || !check(cached, reference, geometry, &unverified) {
             return None;
         }
-        match cached.check_in_place(&unverified, reference) {
-            Some(true) => return self.hand_out(cached, store, held, pin),
-            Some(false) => return None,
-            None => {}
-        }
-        for run in runs(geometry, &unverified, CHECK_READ) {
-            let last = run.first + run.count - 1;
-            if cached.lookup_run(run.first, last, reference).is_none()
-                && run.chunks().any(|i| cached.lookup(i, reference).is_none())
-            {
-                return None;
-            }
-        }
-        self.hand_out(cached, store, held, pin)
-    }
-
-    /// Every chunk verified: seal the store when it is not, keep the pin, and hand out its file.
-    fn hand_out(
-        &self,
-        cached: &Cached,
-        store: &crate::cache::Store,
-        mut held: std::sync::MutexGuard<'_, Option<std::fs::File>>,
-        pin: std::fs::File,
-    ) -> Option<std::fs::File> {
         let file = store.data_file().ok()?;
         cached.seal_when_whole();
         *held = Some(pin);
@@ -105,8 +85,43 @@ impl Passthrough {
         Some(file)
     }
 
+    /// Check `chunks` in a thread of its own (once per image), so that a later open can pass
+    /// through; reads meanwhile check what they read themselves.
+    fn check_behind(
+        &self,
+        cached: &Arc<Cached>,
+        reference: &Arc<Reference>,
+        geometry: Geometry,
+        chunks: Vec<u64>,
+    ) {
+        if self.checking_behind.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (cached, reference) = (cached.clone(), reference.clone());
+        let started = std::thread::Builder::new()
+            .name("isomount-check".into())
+            .spawn(move || {
+                if check(&cached, &reference, geometry, &chunks) {
+                    cached.seal_when_whole();
+                }
+            });
+        if started.is_err() {
+            self.checking_behind.store(false, Ordering::Release);
+        }
+    }
+
     /// Whether the kernel reads this image directly from the cache.
     pub fn on(&self) -> bool {
         self.handed_out.load(Ordering::Relaxed)
     }
+}
+
+/// Read back and check stored `chunks` (sorted), in order; each that passes is marked verified
+/// (a cache hit), the first that fails is dropped (to be fetched again) and the answer is false.
+fn check(cached: &Cached, reference: &Reference, geometry: Geometry, chunks: &[u64]) -> bool {
+    runs(geometry, chunks, CHECK_READ).into_iter().all(|run| {
+        let last = run.first + run.count - 1;
+        cached.lookup_run(run.first, last, reference).is_some()
+            || run.chunks().all(|i| cached.lookup(i, reference).is_some())
+    })
 }

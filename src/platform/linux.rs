@@ -136,31 +136,6 @@ pub fn open_direct(path: &Path) -> Option<File> {
         .ok()
 }
 
-/// madvise(MADV_POPULATE_READ) (Linux 5.14) over the pages that hold `bytes`.
-pub fn populate_read(bytes: &[u8]) -> io::Result<()> {
-    // SAFETY: sysconf has no preconditions.
-    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
-        .ok()
-        .filter(|p| p.is_power_of_two())
-        .ok_or(io::ErrorKind::Unsupported)?;
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    let start = bytes.as_ptr() as usize & !(page - 1);
-    let len = bytes.as_ptr() as usize + bytes.len() - start;
-    // SAFETY: the range lies within the caller's mapping (rounded down to its page, which the
-    // mapping covers since mappings start on a page); POPULATE_READ only reads it in.
-    let rc = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_POPULATE_READ) };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        Some(libc::EINVAL) => Err(io::Error::new(io::ErrorKind::Unsupported, err)),
-        _ => Err(err),
-    }
-}
-
 /// fallocate(PUNCH_HOLE | KEEP_SIZE).
 pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let offset = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;

@@ -237,21 +237,6 @@ pub fn open_direct(path: &Path) -> Option<File> {
     None
 }
 
-/// Read the pages of `bytes`, part of a read-only file mapping, into memory and map them, so
-/// that touching them faults no more; an error (not SIGBUS) where the file no longer covers them.
-/// `Unsupported` where the system cannot (the caller reads the file the ordinary way).
-pub fn populate_read(bytes: &[u8]) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    if linux_ways() {
-        return linux::populate_read(bytes);
-    }
-    let _ = bytes;
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "this system cannot populate a mapping safely",
-    ))
-}
-
 /// Give the space of `len` bytes at `offset` of `file` back to the file system, keeping the
 /// file's size (the range then reads as zeros). `Unsupported` where the system cannot: the
 /// caller rewrites the file instead.
