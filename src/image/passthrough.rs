@@ -5,11 +5,15 @@
 //! by, so the chunks the kernel reads stay where they were verified.
 //!
 //! Before that, every chunk must have been verified by this process. Chunks it has not seen yet
-//! are read back and checked when the image is opened, one sequential stream of reads (the
-//! kernel's read-ahead then fills the page cache in large pieces, which the kernel's own reads
-//! of the file go through fastest). A sealed store (see `cache::store`) is not read back at
-//! open: that open goes the ordinary way, each chunk checked as it is first read, while the same
-//! check runs behind it in a thread of its own; a later open passes through once all are checked.
+//! are read back and checked when the image is opened (up to a bound), one sequential stream of
+//! reads: the kernel's read-ahead then fills the page cache in large pieces, which the kernel's
+//! own reads of the file go through fastest. Measured on a 512 MiB image, that open plus `dd` of
+//! the image took about as long as `dd` of a local file, where an open that checked nothing and
+//! left the checking to the reads (the ordinary path) took a third longer, and left the data
+//! file's pages in 4 KiB pieces that a later passthrough read 3 times slower. So a sealed store
+//! (see `cache::store`) is checked at open like any other; only one too large to check while an
+//! open waits has its check run behind that open, in a thread of its own, so that a later open
+//! can pass through.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,10 +41,10 @@ pub struct Passthrough {
 impl Passthrough {
     /// The store's data file, when the store holds every chunk and each has been verified: by
     /// this process already, or now, reading back at most `check_at_most` bytes and checking them
-    /// as a cache hit is checked, unless the store is sealed (then the check is started behind
-    /// this open, which gets None). Blocks (it flushes the cache writer and may read). None when
-    /// the store is incomplete, a chunk fails (it is dropped, to be fetched again), or there is
-    /// no store.
+    /// as a cache hit is checked (more than that, on a sealed store, starts the check behind this
+    /// open, which gets None). Blocks (it flushes the cache writer and may read). None when the
+    /// store is incomplete, a chunk fails (it is dropped, to be fetched again), or there is no
+    /// store.
     pub fn file(
         &self,
         cached: &Arc<Cached>,
@@ -64,18 +68,21 @@ impl Passthrough {
             return None;
         }
         let unverified = cached.unverified();
-        if !unverified.is_empty() && cached.sealed() {
-            // Sealed: whole and unchanged since it was verified whole, so this open need not
-            // wait for a check. The kernel cannot check what it reads, so it goes the ordinary
-            // way, each chunk checked as it is first read.
-            self.check_behind(cached, reference, geometry, unverified);
-            return None;
-        }
         let bytes: u64 = unverified
             .iter()
             .map(|&i| geometry.chunk_len(i) as u64)
             .sum();
-        if bytes > check_at_most || !check(cached, reference, geometry, &unverified) {
+        if bytes > check_at_most {
+            if cached.sealed() {
+                // Sealed: whole and unchanged since it was verified whole. Too much to check
+                // while this open waits, and the kernel cannot check what it reads, so this open
+                // goes the ordinary way (each chunk checked as it is first read) and the check
+                // runs behind it.
+                self.check_behind(cached, reference, geometry, unverified);
+            }
+            return None;
+        }
+        if !check(cached, reference, geometry, &unverified) {
             return None;
         }
         let file = store.data_file().ok()?;
