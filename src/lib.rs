@@ -19,8 +19,8 @@
 //! A cache hit writes nothing: recency for eviction is kept in memory and written in batches by
 //! the writer thread, and store reads go into reused buffers (`iobuf::pool`). When every chunk
 //! is in the store and verified, opening the image file may hand the kernel the store's data
-//! file instead (`image/passthrough.rs`: read back and checked at open, or behind the first open
-//! of a store sealed by `cache/store.rs`), and reads then never reach isomount.
+//! file instead (`image/passthrough.rs`: read back and checked at open, or for a large store
+//! sealed by `cache/store.rs`, behind its first open), and reads then never reach isomount.
 //! Each arrow points down: no layer reaches back up. The protocol (`iscsi`, `scsi`) knows no
 //! image core, cache or FUSE; the cache knows no network; FUSE and the target read only through
 //! the image core or a [`source::BlockSource`].
