@@ -98,20 +98,20 @@ const DIRECT_BUFFER: usize = 2 << 20;
 /// need (and a quarter more).
 const RECLAIM_AT_LEAST: u64 = 1 << 20;
 
-/// The data file opened for direct I/O, and an aligned buffer to write from. Writing around the
-/// page cache spares the copy into it and the file system's per-page work (a third of the cache
-/// writer's CPU time, measured with perf), and leaves the page cache to the reader's data.
+/// The data file opened for direct I/O, and an aligned buffer to write from (made on the first
+/// write: a store that is only read, as a cached one mostly is, never pays for it). Writing
+/// around the page cache spares the copy into it and the file system's per-page work (a third of
+/// the cache writer's CPU time, measured with perf), and leaves the page cache to the reader's
+/// data.
 struct Direct {
     file: File,
-    buffer: AlignedBuffer,
+    buffer: Option<AlignedBuffer>,
 }
 
 impl Direct {
     fn open(path: &Path) -> Option<Direct> {
         let file = crate::platform::open_direct(path)?;
-        let mut buffer = AlignedBuffer::new(DIRECT_BUFFER)?;
-        buffer.zero();
-        Some(Direct { file, buffer })
+        Some(Direct { file, buffer: None })
     }
 
     /// Whether `parts` written back to back at `at` meet direct I/O's alignment.
@@ -124,20 +124,30 @@ impl Direct {
     /// cache, rather than from the part). False when the file system refused: the caller writes
     /// them the usual way.
     fn write(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
+        if self.buffer.is_none() {
+            let Some(mut buffer) = AlignedBuffer::new(DIRECT_BUFFER) else {
+                return false;
+            };
+            buffer.zero();
+            self.buffer = Some(buffer);
+        }
+        let Some(buffer) = self.buffer.as_mut() else {
+            return false;
+        };
         let mut at = at;
         let mut filled = 0;
         for part in parts {
             let mut part: &[u8] = part;
             let mut crc = 0;
             while !part.is_empty() {
-                let take = (self.buffer.len() - filled).min(part.len());
-                let copy = &mut self.buffer.as_mut_slice()[filled..filled + take];
+                let take = (buffer.len() - filled).min(part.len());
+                let copy = &mut buffer.as_mut_slice()[filled..filled + take];
                 copy.copy_from_slice(&part[..take]);
                 crc = crc32c::crc32c_append(crc, copy);
                 filled += take;
                 part = &part[take..];
-                if filled == self.buffer.len() {
-                    if self.file.write_all_at(self.buffer.as_slice(), at).is_err() {
+                if filled == buffer.len() {
+                    if self.file.write_all_at(buffer.as_slice(), at).is_err() {
                         return false;
                     }
                     at += filled as u64;
@@ -149,7 +159,7 @@ impl Direct {
         filled == 0
             || self
                 .file
-                .write_all_at(&self.buffer.as_slice()[..filled], at)
+                .write_all_at(&buffer.as_slice()[..filled], at)
                 .is_ok()
     }
 }

@@ -33,10 +33,10 @@ pub struct Passthrough {
 
 impl Passthrough {
     /// The store's data file, when the store holds every chunk and each has been verified: by
-    /// this process already, or now, reading back at most `check_at_most` bytes and checking each
-    /// chunk as a cache hit is checked. Blocks (it flushes the cache writer and may read). None
-    /// when the store is incomplete, a chunk fails (it is dropped, to be fetched again), or there
-    /// is no store.
+    /// this process already, or now, checking at most `check_at_most` bytes (in place where it
+    /// can) as a cache hit is checked, unless the store is sealed. Blocks (it flushes the cache
+    /// writer and may read). None when the store is incomplete, sealed with chunks this process
+    /// has not seen yet, a chunk fails (it is dropped, to be fetched again), or there is no store.
     pub fn file(
         &self,
         cached: &Cached,

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{BlockSource, Pieces, SourceError, SourceIdentity};
+use super::{Attempts, BlockSource, Pieces, SourceError, SourceIdentity};
 use crate::http::{client, Fault, HttpError, WebMirror, WebOptions};
 use crate::iobuf::HeldStart;
 
@@ -58,6 +58,7 @@ impl WebClient {
             first_read: 1,
             first: HeldStart::default(),
             opening: tokio::sync::Mutex::new(()),
+            attempts: Attempts::default(),
         })
     }
 }
@@ -72,6 +73,7 @@ pub struct HttpSource {
     first: HeldStart,
     /// Held by an `open` while it makes the first request.
     opening: tokio::sync::Mutex<()>,
+    attempts: Attempts,
 }
 
 impl HttpSource {
@@ -94,17 +96,19 @@ impl BlockSource for HttpSource {
     }
 
     async fn open(&self) -> Result<SourceIdentity, SourceError> {
-        // One first request at a time: an open while another is under way waits for it.
+        // One first request at a time: an open while another is under way waits for it, and
+        // shares its failure.
+        let before = self.attempts.ended();
         let _opening = self.opening.lock().await;
         if self.mirror.validators().is_none() {
+            if let Some(err) = self.attempts.failed_since(before) {
+                return Err(err);
+            }
             let len = self.first_read.min(self.mirror.size());
-            let pieces = self
-                .mirror
-                .read(0, len)
-                .all()
-                .await
-                .map_err(|e| classify(&e))?;
-            self.first.hold(crate::iobuf::join(pieces));
+            let read = self.mirror.read(0, len).all().await;
+            let read = read.map_err(|e| classify(&e));
+            self.attempts.end(&read);
+            self.first.hold(crate::iobuf::join(read?));
         }
         if let Some(reason) = self.mirror.stopped() {
             return Err(SourceError::Unusable(format!(

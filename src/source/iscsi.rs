@@ -13,7 +13,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use futures_util::stream::{FuturesOrdered, StreamExt, TryStreamExt};
 
-use super::{BlockSource, Pieces, SourceError, SourceIdentity};
+use super::{Attempts, BlockSource, Pieces, SourceError, SourceIdentity};
 use crate::catalog::ChapRef;
 use crate::iscsi::{Chap, ConnectOptions, DigestOffer, IscsiError, IscsiLun, IscsiUrl, Secret};
 use crate::scsi::ScsiError;
@@ -65,6 +65,8 @@ pub struct IscsiSource {
     login_timeout: Duration,
     /// The live session; None before the first read and after the session gave up.
     session: tokio::sync::Mutex<Option<Arc<IscsiLun>>>,
+    /// Logins ended, and how the last one failed.
+    logins: Attempts,
     /// The last session, for `facts` (which must not wait).
     last: Mutex<Option<Arc<IscsiLun>>>,
 }
@@ -154,6 +156,7 @@ impl IscsiSource {
             read_timeout: crate::iscsi::lun::DEFAULT_READ_TIMEOUT,
             login_timeout: crate::iscsi::lun::SOLE_LOGIN_TIMEOUT,
             session: tokio::sync::Mutex::new(None),
+            logins: Attempts::default(),
             last: Mutex::new(None),
         }
     }
@@ -180,9 +183,14 @@ impl IscsiSource {
 
     /// The live session, logging in when there is none.
     async fn session(&self) -> Result<Arc<IscsiLun>, SourceError> {
+        let before = self.logins.ended();
         let mut session = self.session.lock().await;
         if let Some(lun) = &*session {
             return Ok(lun.clone());
+        }
+        // A login that failed while we waited for it is our answer too.
+        if let Some(err) = self.logins.failed_since(before) {
+            return Err(err);
         }
         let mut opts =
             ConnectOptions::new(vec![self.portal.clone()], self.target.clone(), self.lun);
@@ -198,7 +206,9 @@ impl IscsiSource {
         opts.first_read = self.first_read;
         opts.read_timeout = self.read_timeout;
         opts.login_timeout = self.login_timeout;
-        let lun = IscsiLun::connect(opts).await.map_err(|e| classify(&e))?;
+        let lun = IscsiLun::connect(opts).await.map_err(|e| classify(&e));
+        self.logins.end(&lun);
+        let lun = lun?;
         *session = Some(lun.clone());
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(lun.clone());
         Ok(lun)

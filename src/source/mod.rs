@@ -102,6 +102,36 @@ pub trait BlockSource: Send + Sync {
     }
 }
 
+/// The attempts of a source to connect, made one at a time: a caller that waited while an
+/// attempt was under way gets that attempt's failure instead of making another at once (an
+/// open started early and an open that waits for it cost one connect timeout, not two).
+#[derive(Default)]
+pub struct Attempts(std::sync::Mutex<(u64, Option<SourceError>)>);
+
+impl Attempts {
+    /// Attempts ended so far: read before waiting for the one under way.
+    pub fn ended(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    /// The failure of the last attempt, when it failed and ended after `before` attempts had.
+    pub fn failed_since(&self, before: u64) -> Option<SourceError> {
+        let state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if state.0 > before {
+            state.1.clone()
+        } else {
+            None
+        }
+    }
+
+    /// An attempt ended, with this failure or none.
+    pub fn end<T>(&self, result: &Result<T, SourceError>) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.0 += 1;
+        state.1 = result.as_ref().err().cloned();
+    }
+}
+
 /// All of one [`BlockSource::read`] as one buffer (the pieces joined: a copy unless it came in
 /// one piece).
 pub async fn read_all(
@@ -118,4 +148,38 @@ pub async fn read_all(
         )));
     }
     Ok(crate::iobuf::join(pieces))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_waiter_shares_the_failure_of_the_attempt_it_waited_for() {
+        let attempts = std::sync::Arc::new(Attempts::default());
+        let lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        // An attempt under way (holding the lock) while another caller starts waiting.
+        let held = lock.clone().lock_owned().await;
+        let waiter = {
+            let (attempts, lock) = (attempts.clone(), lock.clone());
+            tokio::spawn(async move {
+                let before = attempts.ended();
+                let _turn = lock.lock().await;
+                attempts.failed_since(before)
+            })
+        };
+        tokio::task::yield_now().await;
+        attempts.end::<()>(&Err(SourceError::Network("refused".into())));
+        drop(held);
+        assert_eq!(
+            waiter.await.unwrap(),
+            Some(SourceError::Network("refused".into()))
+        );
+        // A caller that comes after the failure makes its own attempt; a success is not shared
+        // as a failure.
+        let before = attempts.ended();
+        assert_eq!(attempts.failed_since(before), None);
+        attempts.end(&Ok(()));
+        assert_eq!(attempts.failed_since(before), None);
+    }
 }
