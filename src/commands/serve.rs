@@ -309,7 +309,7 @@ async fn serve(
     let mut terminations = signal(SignalKind::terminate()).context("while setting up SIGTERM")?;
     let mut interrupts = signal(SignalKind::interrupt()).context("while setting up SIGINT")?;
 
-    let mut tree: Option<(TreeExporter, Option<Duration>)> = None;
+    let mut tree: Option<(TreeExporter, live::TreeWatch, Option<Duration>)> = None;
     let exports = match &settings.images {
         Images::Files(paths) => {
             let mut targets = Vec::with_capacity(paths.len());
@@ -334,6 +334,8 @@ async fn serve(
         }
         Images::Tree(tree_settings) => {
             let mut exporter = TreeExporter::new(tree_settings.clone());
+            // Watched before it is scanned: an image added in between is not missed.
+            let watch = live::TreeWatch::start(tree_settings);
             let started = std::time::Instant::now();
             let mut change =
                 tokio::task::block_in_place(|| exporter.rescan(std::time::SystemTime::now()))
@@ -350,7 +352,7 @@ async fn serve(
                 }
             );
             let exports = change.exports.take().unwrap_or_default();
-            tree = Some((exporter, change.recheck_in));
+            tree = Some((exporter, watch, change.recheck_in));
             exports
         }
     };
@@ -362,10 +364,11 @@ async fn serve(
     announce(&server, addr)?;
 
     let (control, control_rx) = tokio::sync::mpsc::channel::<Control>(4);
-    if let Some((exporter, recheck)) = tree {
+    if let Some((exporter, watch, recheck)) = tree {
         tokio::spawn(live::keep_in_step(
             server.clone(),
             exporter,
+            watch,
             control_rx,
             recheck,
         ));

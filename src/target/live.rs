@@ -260,21 +260,41 @@ pub async fn rescan_into(
     Ok(change)
 }
 
+/// A watch on a tree: changes under it are noted in `changed` (a permit is kept when nobody
+/// waits, so a change made before anyone looks is not lost). Dropping it stops the watch.
+pub struct TreeWatch {
+    changed: Arc<Notify>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl TreeWatch {
+    /// Start watching `settings.root`; started before the first scan, it misses nothing that
+    /// changes after that scan.
+    pub fn start(settings: &TreeSettings) -> TreeWatch {
+        let changed = Arc::new(Notify::new());
+        let watcher = watch_tree(settings, changed.clone());
+        TreeWatch {
+            changed,
+            _watcher: watcher,
+        }
+    }
+}
+
 /// Keep `server`'s exports in step with the tree until `control` closes. The first rescan has
-/// been done by the caller (so that a server starts with its images).
+/// been done by the caller (so that a server starts with its images), with `watch` already
+/// started.
 pub async fn keep_in_step(
     server: Arc<Server>,
     mut exporter: TreeExporter,
+    mut watch: TreeWatch,
     mut control: mpsc::Receiver<Control>,
     first_recheck: Option<Duration>,
 ) {
-    let changed = Arc::new(Notify::new());
-    // Held for as long as the loop runs: dropping it stops the watch.
-    let mut _watcher = watch_tree(&exporter.settings, changed.clone());
     let mut recheck = first_recheck.map(|d| tokio::time::Instant::now() + d);
     let mut periodic = tokio::time::Instant::now() + exporter.settings.rescan_interval;
     loop {
         let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+        let changed = watch.changed.clone();
         tokio::select! {
             _ = changed.notified() => {
                 // Let a burst of events (a copy, a tar extraction) end before looking.
@@ -292,7 +312,7 @@ pub async fn keep_in_step(
                     let moved = settings.root != exporter.settings.root;
                     exporter.reconfigure(settings);
                     if moved {
-                        _watcher = watch_tree(&exporter.settings, changed.clone());
+                        watch = TreeWatch::start(&exporter.settings);
                     }
                     tracing::info!("{}: configuration reloaded", exporter.settings.root.display());
                 }
