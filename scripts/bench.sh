@@ -218,7 +218,7 @@ measure_mount_cold_cpu() {
     local pid reader
     rm -rf "$WORK/cache-cpu"
     mount_bench "$WORK/cache-cpu"
-    pid=$(pgrep -f -- "--cache-dir $WORK/cache-cpu mount" | head -1)
+    pid=$(pgrep -n -f -- "--cache-dir $WORK/cache-cpu mount")    # the newest: an unmounted one may still be exiting
     drop_caches
     reader=$(cpu_seconds dd if="$MNT/bench.img" of=/dev/null bs=1M)
     per_gib "$(awk -v r="$reader" -v t="$TICKS" '{ print r + ($14 + $15) / t }' "/proc/$pid/stat")"
