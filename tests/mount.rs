@@ -986,3 +986,33 @@ fn a_published_cd_is_usable_within_five_round_trips() {
     assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == std::fs::read(&cd.iso).unwrap());
     unmount_ok(&mp);
 }
+
+#[test]
+fn unmount_waits_briefly_for_files_being_closed_and_names_a_busy_mount() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = random_file(dir.path(), "disk.img", 1 << 20, 8);
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    mount_ok(&disk, &mp);
+
+    // A file still open for the whole grace: refused, and the message says why.
+    let held = std::fs::File::open(mp.path.join("disk.img")).unwrap();
+    let out = run_bounded(
+        isomount().arg("unmount").arg(&mp.path),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "unmounted under an open file");
+    assert!(err.contains("files in it are still open"), "{err}");
+    assert!(is_mounted(&mp.path));
+
+    // A file closed while `unmount` waits: unmounted.
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        drop(held);
+    });
+    isomount_unmount_ok(&mp.path);
+    closer.join().unwrap();
+    wait_until(Duration::from_secs(20), "the daemon to exit", || {
+        find_daemon(&mp.path).is_none()
+    });
+}

@@ -708,9 +708,37 @@ pub fn unmount(args: UnmountArgs) -> anyhow::Result<ExitCode> {
         );
         unmount_at(&path, platform::Busy::GoAnyway)?;
     } else {
-        unmount_at(&path, platform::Busy::Refuse)?;
+        unmount_when_closed(&path)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long `isomount unmount` waits for files being closed (a reader that has just finished,
+/// the kernel's release still on its way) before it says the mount is busy.
+const BUSY_GRACE: Duration = Duration::from_secs(2);
+
+/// Unmount `path`, refusing while files in it are open, but giving files being closed
+/// [`BUSY_GRACE`] to go.
+fn unmount_when_closed(path: &Path) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_GRACE;
+    loop {
+        match platform::unmount(path, platform::Busy::Refuse) {
+            Ok(()) => return Ok(()),
+            Err(err) if platform::is_busy(&err) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(err) if platform::is_busy(&err) => bail!(
+                "unmounting {} failed: files in it are still open (close them, or see which \
+                 with `fuser -m {}`)",
+                path.display(),
+                path.display()
+            ),
+            Err(err) => {
+                let reason = err.to_string();
+                bail!("unmounting {} failed: {}", path.display(), reason.trim())
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -200,6 +200,12 @@ pub fn manual_unmount_command(path: &Path) -> String {
     }
 }
 
+/// Whether an unmount failed because files in the mount are open: EBUSY from the system call,
+/// or the helper's report of it.
+pub fn is_busy(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EBUSY) || err.to_string().contains("resource busy")
+}
+
 /// Unmount `path`, which a plain unmount refused because files in it are open (EBUSY). Linux
 /// detaches it at once; elsewhere this waits, serving, until the last file is closed.
 pub fn unmount_busy(path: &Path) -> io::Result<()> {
