@@ -142,6 +142,14 @@ measure_mount_cold() {
     dd_mibs "$MNT/bench.img"
     unmount_bench
 }
+# The same through the proxy's +LATENCY_MS each way (issue 12: ≥ 1.0× iscsi-perf on that link).
+measure_mount_cold_slow() {
+    rm -rf "$WORK/cache-cold"
+    mount_bench "$WORK/cache-cold" "$WORK/catalog-slow.toml"
+    drop_caches
+    dd_mibs "$MNT/bench.img"
+    unmount_bench
+}
 # Remounted over a full cache ($1), page cache dropped: the persistent cache serves.
 measure_mount_cached() {
     mount_bench "$1"
@@ -397,6 +405,9 @@ if [ "$(id -u)" = 0 ]; then
         { cat "$WORK/publish.err" >&2; exit 1; }
     row "mount: iscsi-perf vs cold dd" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
         -- measure_mount_cold "$MNT"
+    sed "s|\"$PORTAL\"|\"$SLOW_PORTAL\"|" "$WORK/catalog.toml" >"$WORK/catalog-slow.toml"
+    row "mount +${LATENCY_MS}ms/way: iscsi-perf vs cold dd" \
+        measure_iscsi_perf "iscsi://$SLOW_PORTAL/$IQN/$LUN" -- measure_mount_cold_slow "$MNT"
     mount_bench "$WORK/cache-warm" && cat "$MNT/bench.img" >/dev/null && unmount_bench
     row "mount: file vs cache, cold pages" measure_file_cold "$WORK/disk.img" \
         -- measure_mount_cached "$WORK/cache-warm"
