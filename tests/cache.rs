@@ -70,14 +70,7 @@ impl Published {
     }
 
     fn store_data(&self) -> PathBuf {
-        let images = self.cache_dir().join("images");
-        let store = std::fs::read_dir(&images)
-            .unwrap()
-            .next()
-            .expect("one store")
-            .unwrap()
-            .path();
-        store.join("data")
+        only_store(&self.cache_dir()).join("data")
     }
 }
 

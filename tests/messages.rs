@@ -369,13 +369,7 @@ fn offline_names_the_missing_range_and_a_bad_pin_names_the_catalog_line() {
     );
     ok(&s.run(&["fetch", "img"]), "fetch");
     // Damage chunk 5, so `cache verify` drops it: one chunk missing.
-    let images = s.dir.path().join("cache/images");
-    let store = std::fs::read_dir(&images)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let store = only_store(&s.dir.path().join("cache"));
     let data = store.join("data");
     let mut bytes = std::fs::read(&data).unwrap();
     bytes[5 * 65536 + 9] ^= 0x20;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::{
-    is_mounted, iso_from_dir, isomount, platform, random_file, run_bounded, IsoFlavour, Mountpoint,
+    is_mounted, iso_from_dir, isomount, only_store, platform, random_file, run_bounded, IsoFlavour,
+    Mountpoint,
 };
 
 /// Whether isomount takes the portable path in this run.
@@ -696,12 +697,7 @@ fn a_fully_cached_image_passes_through_only_once_every_chunk_verifies() {
     unmount_ok(&mp);
 
     // Damage one cached chunk (its CRC32C no longer matches).
-    let store = std::fs::read_dir(cd.cache.join("images"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let store = only_store(&cd.cache);
     let data = store.join("data");
     let mut raw = std::fs::read(&data).unwrap();
     raw[3 * 65536 + 100] ^= 0x20;
@@ -750,12 +746,7 @@ fn a_sealed_store_still_catches_bad_bytes_and_reading_it_writes_nothing() {
     let image = mp.path.join("testcd.iso");
     cd.mount_ok(&mp, &[]);
     assert!(std::fs::read(&image).unwrap() == truth);
-    let store = std::fs::read_dir(cd.cache.join("images"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let store = only_store(&cd.cache);
     // Sealed when the image file is closed (on the daemon's blocking pool, after the reply).
     wait_until(Duration::from_secs(10), "the store to be sealed", || {
         store.join("seal").exists()

@@ -56,6 +56,21 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     }
 }
 
+/// The one image store in the cache folder `cache_dir` (a test that cached a single image).
+pub fn only_store(cache_dir: &Path) -> PathBuf {
+    let images = cache_dir.join("images");
+    let mut stores = std::fs::read_dir(&images)
+        .unwrap_or_else(|e| panic!("{}: {e}", images.display()))
+        .map(|entry| entry.unwrap().path());
+    let store = stores.next().expect("one store");
+    assert!(
+        stores.next().is_none(),
+        "more than one store in {}",
+        images.display()
+    );
+    store
+}
+
 /// Whether something is mounted at `path`.
 pub fn is_mounted(path: &Path) -> bool {
     platform::is_mounted(path)
