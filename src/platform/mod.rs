@@ -20,6 +20,7 @@
 //! | space of evicted chunks | fallocate(PUNCH_HOLE) | FreeBSD fspacectl, macOS F_PUNCHHOLE, else none: the store is rewritten |
 //! | freed memory | kept (glibc mallopt) | the allocator's default |
 //! | host name | gethostname(3) | gethostname(3) |
+//! | `serve`'s read data | sendfile(2) from the image file | writev(2) from its mapping |
 //!
 //! The harness crate has its own small platform file (`harness/src/platform.rs`) for the one
 //! difference it has: children that die with the test process.
@@ -38,7 +39,7 @@ use unix as native;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -252,6 +253,53 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
         return linux::punch_hole(file, offset, len);
     }
     unix::punch_hole(file, offset, len)
+}
+
+/// Whether [`send_file`] sends (Linux's own ways); elsewhere the caller writes the bytes.
+pub fn sends_files() -> bool {
+    #[cfg(target_os = "linux")]
+    if linux_ways() {
+        return true;
+    }
+    false
+}
+
+/// Send up to `len` bytes of `file` from `offset` to the stream socket `socket`, taken by the
+/// kernel from the file's pages without a copy through user space or into the socket (Linux's
+/// sendfile(2)). How many bytes went: fewer than `len` when the socket's buffer filled, 0 when
+/// the file now ends at or before `offset` (it was truncated); `WouldBlock` when a nonblocking
+/// socket takes nothing now. `Unsupported` where [`sends_files`] is false.
+pub fn send_file(
+    socket: BorrowedFd<'_>,
+    file: &File,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    if linux_ways() {
+        return linux::send_file(socket, file, offset, len);
+    }
+    let _ = (socket, file, offset, len);
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "files are sent with sendfile(2) only on Linux",
+    ))
+}
+
+/// Write `bufs` to the stream socket `socket` as `writev` would, telling the kernel that more
+/// follows at once (Linux's MSG_MORE): what a [`send_file`] sends next goes in the same packets,
+/// not behind a small one of its own. `WouldBlock` when a nonblocking socket takes nothing now;
+/// `Unsupported` where [`sends_files`] is false.
+pub fn send_with_more(socket: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    if linux_ways() {
+        return linux::send_with_more(socket, bufs);
+    }
+    let _ = (socket, bufs);
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "MSG_MORE is used only on Linux",
+    ))
 }
 
 /// Tune the allocator for data buffers allocated and freed at line rate. Call before any thread
