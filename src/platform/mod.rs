@@ -348,6 +348,59 @@ mod tests {
     }
 
     #[test]
+    fn files_are_sent_from_their_offset_behind_a_header_and_end_where_the_file_now_ends() {
+        use std::io::Read;
+        use std::os::fd::AsFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("image");
+        let image: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &image).unwrap();
+        let file = File::open(&path).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut receiver, _) = listener.accept().unwrap();
+        let header = [0xa5u8; 48];
+        let bufs = [
+            io::IoSlice::new(&header[..20]),
+            io::IoSlice::new(&header[20..]),
+        ];
+        let Ok(written) = send_with_more(sender.as_fd(), &bufs) else {
+            assert!(!sends_files());
+            let err = send_file(sender.as_fd(), &file, 0, 10).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::Unsupported);
+            return;
+        };
+        assert!(sends_files());
+        assert_eq!(written, header.len());
+        let mut at = 1000u64;
+        while at < 61_000 {
+            let sent = send_file(sender.as_fd(), &file, at, (61_000 - at) as usize).unwrap();
+            assert!(sent > 0);
+            at += sent as u64;
+        }
+        let mut got = vec![0u8; 48 + 60_000];
+        receiver.read_exact(&mut got).unwrap();
+        assert_eq!(got[..48], header);
+        assert!(got[48..] == image[1000..61_000]);
+
+        // Cut under the sender: what is left is sent, then nothing.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(70_000)
+            .unwrap();
+        assert_eq!(
+            send_file(sender.as_fd(), &file, 65_000, 20_000).unwrap(),
+            5_000
+        );
+        assert_eq!(send_file(sender.as_fd(), &file, 70_000, 20_000).unwrap(), 0);
+        let mut tail = vec![0u8; 5_000];
+        receiver.read_exact(&mut tail).unwrap();
+        assert!(tail == image[65_000..70_000]);
+    }
+
+    #[test]
     fn punched_or_refused_never_changes_other_bytes() {
         use std::os::unix::fs::FileExt;
         let dir = tempfile::tempdir().unwrap();
