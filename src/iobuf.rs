@@ -85,10 +85,10 @@ pub fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes>
             }
         }
     }
-    Ok(Bytes::from_owner(pool::READS.lend(buffer)).slice(..len))
+    Ok(pool::READS.freeze(buffer).slice(..len))
 }
 
-/// Read buffers kept for reuse. A read of a few MiB into a fresh allocation may be handed fresh
+/// Read buffers kept for reuse (file reads, and the data segments the iSCSI reader lands). A read of a few MiB into a fresh allocation may be handed fresh
 /// pages by the kernel each time, and fault every one of them in while it copies (measured with
 /// perf: the largest cost of reading a cached image); a buffer from the pool has been touched
 /// before. Buffers are kept by size class (powers of two from 64 KiB), at most [`pool::KEEP`]
@@ -148,6 +148,12 @@ pub mod pool {
                 buffer: Some(buffer),
                 pool: self,
             }
+        }
+
+        /// The filled part of `buffer` as [`bytes::Bytes`] (no copy); the buffer comes back to
+        /// this pool when the last of them is dropped.
+        pub fn freeze(&'static self, buffer: AlignedBuffer) -> bytes::Bytes {
+            bytes::Bytes::from_owner(self.lend(buffer))
         }
 
         /// Bytes of free buffers kept now.
@@ -241,9 +247,46 @@ impl AlignedBuffer {
     }
 }
 
+impl std::fmt::Debug for AlignedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AlignedBuffer({} of {} bytes)",
+            self.filled, self.capacity
+        )
+    }
+}
+
 impl AsRef<[u8]> for AlignedBuffer {
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
+    }
+}
+
+// SAFETY: `chunk_mut` is the unfilled rest of the allocation, and `advance_mut` only counts bytes
+// the caller has written there (the trait's contract), never past the capacity.
+unsafe impl bytes::BufMut for AlignedBuffer {
+    fn remaining_mut(&self) -> usize {
+        self.capacity - self.filled
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(
+            cnt <= self.remaining_mut(),
+            "advanced past the buffer's end"
+        );
+        self.filled += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        // SAFETY: the bytes from `filled` to `capacity` lie within the allocation and belong to
+        // self; they may be uninitialised, which `UninitSlice` allows.
+        unsafe {
+            bytes::buf::UninitSlice::from_raw_parts_mut(
+                self.ptr.as_ptr().add(self.filled),
+                self.capacity - self.filled,
+            )
+        }
     }
 }
 
