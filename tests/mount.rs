@@ -98,6 +98,15 @@ fn unmount_ok(mountpoint: &Mountpoint) {
     });
 }
 
+/// `diff -r` finds no difference between the source tree and the mounted `files/`.
+fn assert_same_tree(tree: &Path, files: &Path) {
+    let out = run_bounded(
+        Command::new("diff").arg("-r").arg(tree).arg(files),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "diff -r: {out:?}");
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -495,14 +504,7 @@ fn published_cd_mounts_exact_and_an_offline_remount_serves_the_cache() {
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("bytes fetched"), "{stats}");
 
-    let out = run_bounded(
-        Command::new("diff")
-            .arg("-r")
-            .arg(&cd.tree)
-            .arg(mp.path.join("files")),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "diff -r: {out:?}");
+    assert_same_tree(&cd.tree, &mp.path.join("files"));
     unmount_ok(&mp);
 
     // The way mount(8) and /etc/fstab get here: mount.fuse3 runs `isomount NAME DIR -o OPTS`.
@@ -563,14 +565,7 @@ fn a_blake3_published_cd_mounts_exact_and_remounts_offline() {
     cd.mount_ok(&mp, &[]);
     assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == truth);
     assert_eq!(read(&mp.path.join("info/chunk-hash")), "blake3\n");
-    let out = run_bounded(
-        Command::new("diff")
-            .arg("-r")
-            .arg(&cd.tree)
-            .arg(mp.path.join("files")),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "diff -r: {out:?}");
+    assert_same_tree(&cd.tree, &mp.path.join("files"));
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("verification failures: 0"), "{stats}");
     unmount_ok(&mp);
