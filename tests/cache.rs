@@ -17,10 +17,17 @@ struct Published {
     tgtd: Tgtd,
     image: PathBuf,
     catalog: PathBuf,
+    /// The chunk hash algorithm it is published with.
+    hash: &'static str,
 }
 
 impl Published {
     fn new(test: &str, size: u64, seed: u64) -> Published {
+        Published::hashed(test, size, seed, "sha256")
+    }
+
+    /// [`Published::new`] with chunk hashes of `hash` (`publish --hash`).
+    fn hashed(test: &str, size: u64, seed: u64, hash: &'static str) -> Published {
         let dir = tempfile::tempdir().unwrap();
         let image = random_file(dir.path(), "image.img", size, seed);
         let tgtd = Tgtd::start(test, &[TargetSpec::new(IQN, vec![LunSpec::disk(&image)])]);
@@ -30,6 +37,7 @@ impl Published {
             tgtd,
             image,
             catalog,
+            hash,
         };
         let portal = p.tgtd.portal();
         p.publish("img", &[&portal]);
@@ -40,7 +48,8 @@ impl Published {
         let mut cmd = isomount();
         cmd.arg("publish")
             .arg(&self.image)
-            .args(["--name", name, "--target", IQN, "--lun", "1", "-o"])
+            .args(["--name", name, "--target", IQN, "--lun", "1"])
+            .args(["--hash", self.hash, "-o"])
             .arg(&self.catalog);
         for p in portals {
             cmd.args(["--portal", p]);
@@ -156,7 +165,35 @@ fn publish_list_cat_fetch_offline_and_target_gone() {
 
 #[test]
 fn corrupt_cache_is_detected_never_served_and_healed() {
-    let mut p = Published::new("cache_corrupt", 4 * MIB, 12);
+    corrupt_cache_is_detected_never_served_and_healed_under(Published::new(
+        "cache_corrupt",
+        4 * MIB,
+        12,
+    ));
+}
+
+/// The same under a manifest of BLAKE3 chunk hashes: `cache verify` and reads re-hash with BLAKE3,
+/// and `info` says which algorithm.
+#[test]
+fn corrupt_cache_under_a_blake3_manifest_is_detected_and_healed() {
+    let p = Published::hashed("cache_corrupt_blake3", 4 * MIB, 14, "blake3");
+    let info = p.run(&["info", "img"]);
+    assert_ok(&info, "info");
+    let line = text(&info.stdout)
+        .lines()
+        .find(|l| l.starts_with("chunk-hash"))
+        .map(str::to_string);
+    assert_eq!(
+        line.as_deref()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["chunk-hash", "blake3"]),
+        "{}",
+        text(&info.stdout)
+    );
+    corrupt_cache_is_detected_never_served_and_healed_under(p);
+}
+
+fn corrupt_cache_is_detected_never_served_and_healed_under(mut p: Published) {
     let want = p.bytes();
     assert_ok(&p.run(&["fetch", "img"]), "fetch");
     let data = p.store_data();

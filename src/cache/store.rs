@@ -1,7 +1,7 @@
 //! One image's chunk store: a sparse data file and an index of what it holds.
 //!
 //! Chunk `i` lives at byte `i * chunk size` of `data`. The index says which chunks are present,
-//! with the sha256 of the bytes written, their CRC32C and when each was last used. Index layout,
+//! with the hash the bytes were verified as, their CRC32C and when each was last used. Index layout,
 //! version 2 (integers big-endian):
 //! ```text
 //!  offset  size  field
@@ -15,7 +15,9 @@
 //!      32     4  CRC32C of bytes 0..32 (header checksum)
 //!      36    28  reserved, zero
 //!      64  48*n  one record per chunk:
-//!                  +0  32  sha256 of the chunk's bytes as written (what they were verified as)
+//!                  +0  32  hash of the chunk's bytes as written (what they were verified as:
+//!                          the manifest's hash, sha256 or BLAKE3 as the manifest says; sha256
+//!                          for an image with no manifest)
 //!                  +32  4  CRC32C of the same bytes
 //!                  +36  4  reserved, zero
 //!                  +40  8  last use, microseconds since the Unix epoch; 0 = absent
@@ -23,8 +25,9 @@
 //! Crash safety: a chunk's bytes are written and `fdatasync`ed before its record is written, so
 //! after `kill -9` or power loss every record that says "present" describes bytes on disk. Dropping
 //! a chunk clears its record and syncs the index before the bytes are discarded. Readers check
-//! what they read against the record's CRC32C, and re-hash with sha256 when it disagrees (a torn
-//! record or a damaged disk shows up as a mismatch and a miss). Version 1 (no CRC) stores are
+//! what they read against the record's CRC32C, and re-hash in the manifest's algorithm when it or
+//! the record's hash disagrees (a torn record or a damaged disk shows up as a mismatch and a miss;
+//! see `image::verify`). Version 1 (no CRC) stores are
 //! started afresh. Whoever writes records holds an exclusive flock on `index` meanwhile, so uses
 //! can be recorded by reading a run of records and writing it back whole.
 //!
