@@ -305,6 +305,29 @@ impl Drop for AlignedBuffer {
     }
 }
 
+/// Write all of `parts`, back to back, with as few vectored writes as the writer takes.
+pub fn write_all_vectored<W: std::io::Write>(out: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::{ErrorKind, IoSlice};
+    /// Slices per call: IOV_MAX on every system we run on is at least this.
+    const PER_CALL: usize = 1024;
+    let mut slices: Vec<IoSlice> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        let n = left.len().min(PER_CALL);
+        match out.write_vectored(&left[..n]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut left, written),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Write `bytes` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_atomic_all(&[(path, bytes)])

@@ -722,3 +722,46 @@ fn a_bad_https_manifest_never_replaces_the_good_kept_copy() {
         "{err}"
     );
 }
+
+#[test]
+fn cat_to_a_reader_that_stops_early_writes_a_true_prefix_and_ends_quietly() {
+    use std::io::Read;
+    let p = Published::new("cache_cat_prefix", 4 * MIB, 23);
+    let want = p.bytes();
+    let mut child = isomount()
+        .arg("--catalog")
+        .arg(&p.catalog)
+        .arg("--cache-dir")
+        .arg(p.cache_dir())
+        .args(["cat", "img"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = vec![0u8; 300_001];
+    stdout.read_exact(&mut head).unwrap();
+    assert!(head[..] == want[..head.len()], "a true prefix");
+    drop(stdout);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "cat did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "a closed stdout ends quietly: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -141,21 +141,9 @@ impl Direct {
 
     /// Page-aligned `parts` back to back at `at`, from where they lie.
     fn write_in_place(&mut self, parts: &[&[u8]], at: u64) -> bool {
-        use std::io::{IoSlice, Seek, SeekFrom, Write};
-        if self.file.seek(SeekFrom::Start(at)).is_err() {
-            return false;
-        }
-        let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
-        let mut left = &mut slices[..];
-        while !left.is_empty() {
-            match self.file.write_vectored(left) {
-                Ok(0) => return false,
-                Ok(n) => IoSlice::advance_slices(&mut left, n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        true
+        use std::io::{Seek, SeekFrom};
+        self.file.seek(SeekFrom::Start(at)).is_ok()
+            && crate::iobuf::write_all_vectored(&mut self.file, parts).is_ok()
     }
 
     /// `parts` back to back at `at`, each copied into the aligned bounce buffer first.
@@ -493,6 +481,19 @@ impl Store {
             .collect())
     }
 
+    /// The records of chunks `first..=last` (within the image), read fresh in one read.
+    pub fn records_range(&self, first: u64, last: u64) -> Result<Vec<Record>, CacheError> {
+        let count = last.saturating_sub(first).saturating_add(1) as usize;
+        let mut raw = vec![0u8; count * RECORD_LEN as usize];
+        self.index
+            .read_exact_at(&mut raw, record_offset(first))
+            .map_err(|e| io(&self.dir.join("index"), e))?;
+        Ok(raw
+            .chunks_exact(RECORD_LEN as usize)
+            .map(Record::parse)
+            .collect())
+    }
+
     /// Chunks `first..=last` in one read, when every one of them is present: the bytes (from
     /// the start of `first`) and their records. Unchecked: the caller hashes them.
     pub fn get_range(
@@ -503,15 +504,7 @@ impl Store {
         if first > last || last >= self.geometry.chunks() {
             return Ok(None);
         }
-        let count = (last - first + 1) as usize;
-        let mut raw = vec![0u8; count * RECORD_LEN as usize];
-        self.index
-            .read_exact_at(&mut raw, record_offset(first))
-            .map_err(|e| io(&self.dir.join("index"), e))?;
-        let records: Vec<Record> = raw
-            .chunks_exact(RECORD_LEN as usize)
-            .map(Record::parse)
-            .collect();
+        let records = self.records_range(first, last)?;
         if !records.iter().all(Record::present) {
             return Ok(None);
         }
@@ -687,15 +680,34 @@ impl Store {
         self.data.sync_data().map_err(|e| io(&data_path(), e))?;
         let now = now_micros();
         let _held = self.lock_records()?;
-        let written = chunks.iter().filter(|(i, b, _)| fits(*i, b));
-        for ((index, _, hash), crc) in written.zip(crcs) {
+        // The records of adjacent chunks go out in one write (each record stands on its own: a
+        // write torn between them leaves whole records, checked like any other).
+        let mut records: Vec<u8> = Vec::new();
+        let mut first = 0u64;
+        let mut written = chunks
+            .iter()
+            .filter(|(i, b, _)| fits(*i, b))
+            .zip(crcs)
+            .peekable();
+        while let Some(((index, _, hash), crc)) = written.next() {
+            if records.is_empty() {
+                first = *index;
+            }
             let mut rec = [0u8; RECORD_LEN as usize];
             rec[..HASH_LEN].copy_from_slice(hash);
             rec[HASH_LEN..HASH_LEN + 4].copy_from_slice(&crc.to_be_bytes());
             rec[LAST_USE_AT..].copy_from_slice(&now.to_be_bytes());
+            records.extend_from_slice(&rec);
+            if written
+                .peek()
+                .is_some_and(|((next, _, _), _)| *next == index + 1)
+            {
+                continue;
+            }
             self.index
-                .write_all_at(&rec, record_offset(*index))
+                .write_all_at(&records, record_offset(first))
                 .map_err(|e| io(&self.dir.join("index"), e))?;
+            records.clear();
         }
         Ok(())
     }
