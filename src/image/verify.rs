@@ -21,6 +21,12 @@ use bytes::Bytes;
 use crate::cache::Record;
 use crate::manifest::{Hash, HashAlg, Manifest};
 
+/// Bytes of chunks hashed in place, on the worker that asks, at most (about 150 µs of sha256):
+/// handing a batch to the blocking pool and back costs wake-ups of two threads, and with one
+/// handoff per READ that was 7 % of a cold `cat NAME`'s CPU time (1.464 against 1.356 CPU-s per
+/// GiB), with no change in its speed on loopback or through a 20 ms link.
+pub const HASH_IN_PLACE_BYTES: usize = 256 << 10;
+
 /// Bytes that matched the manifest (or the hash recorded on first fetch). Only this module
 /// constructs it, so unverified bytes cannot reach a reader by accident.
 #[derive(Clone, PartialEq, Eq)]
@@ -187,16 +193,20 @@ impl Reference {
 
 #[async_trait]
 impl Verify for Reference {
-    /// Hashing runs on the blocking pool: a worker busy hashing would hold up a session's own
-    /// task (Data-In waiting in the socket) until it yields.
+    /// A batch of up to [`HASH_IN_PLACE_BYTES`] (one READ's Data-In, as a rule) is hashed on
+    /// the task's own worker; a larger one runs on the blocking pool, as a worker busy hashing
+    /// holds up the other tasks queued on it (a session's, with Data-In waiting in the socket).
     async fn verify(&self, chunks: Vec<(u64, Bytes)>) -> Result<VerifiedChunks, Lie> {
-        let to_hash: Vec<Bytes> = chunks.iter().map(|(_, b)| b.clone()).collect();
         let alg = self.hash_alg();
-        let hashes: Vec<Hash> = tokio::task::spawn_blocking(move || {
-            to_hash.iter().map(|b| alg.hash_chunk(b)).collect()
-        })
-        .await
-        .unwrap_or_default();
+        let bytes: usize = chunks.iter().map(|(_, b)| b.len()).sum();
+        let hashes: Vec<Hash> = if bytes <= HASH_IN_PLACE_BYTES {
+            chunks.iter().map(|(_, b)| alg.hash_chunk(b)).collect()
+        } else {
+            let to_hash: Vec<Bytes> = chunks.iter().map(|(_, b)| b.clone()).collect();
+            tokio::task::spawn_blocking(move || to_hash.iter().map(|b| alg.hash_chunk(b)).collect())
+                .await
+                .unwrap_or_default()
+        };
         let mut verified = Vec::with_capacity(chunks.len());
         for (k, (i, bytes)) in chunks.into_iter().enumerate() {
             let checked = match hashes.get(k) {
@@ -259,6 +269,29 @@ mod tests {
             "first-seen hashes are sha256"
         );
         assert!(first_use.verify(chunks(&bad, 4096)).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_hashed_in_place_and_on_the_blocking_pool_are_checked_alike() {
+        let size = 64 << 10;
+        let data: Vec<u8> = (0..HASH_IN_PLACE_BYTES * 2)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let manifest = Manifest::build(&data[..], size as u32, HashAlg::Sha256).unwrap();
+        let reference = Reference::new(Some(manifest));
+        let small = chunks(&data[..HASH_IN_PLACE_BYTES], size);
+        assert_eq!(reference.verify(small).await.unwrap().len(), 4);
+        let mut bad = data.clone();
+        bad[HASH_IN_PLACE_BYTES + 3 * size + 1] ^= 1;
+        for (at, batch) in [(0, &data), (1, &bad)] {
+            let all = chunks(batch, size);
+            assert!(all.iter().map(|(_, b)| b.len()).sum::<usize>() > HASH_IN_PLACE_BYTES);
+            match reference.verify(all).await {
+                Ok(good) if at == 0 => assert_eq!(good.len(), 8),
+                Err(lie) if at == 1 => assert_eq!((lie.verified.len(), lie.chunk), (7, 7)),
+                other => panic!("{:?}", other.map(|v| v.len()).map_err(|l| l.chunk)),
+            }
+        }
     }
 
     #[test]
