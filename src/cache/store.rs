@@ -123,10 +123,43 @@ impl Direct {
     }
 
     /// Write aligned `parts` back to back at `at` with direct I/O, pushing each part's CRC32C
-    /// onto `crcs` (taken from the bounce buffer right after the copy, while it is in the CPU's
-    /// cache, rather than from the part). False when the file system refused: the caller writes
-    /// them the usual way.
+    /// onto `crcs`. Parts that lie page-aligned in memory (as the iSCSI reader lands a READ's
+    /// data, and as store reads come) are written from where they lie, in one vectored write;
+    /// others are copied into the bounce buffer first, their CRC32C taken from the copy right
+    /// after it is made, while it is in the CPU's cache. False when the file system refused: the
+    /// caller writes them the usual way.
     fn write(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
+        if parts
+            .iter()
+            .all(|p| p.as_ptr() as usize % DIRECT_ALIGN == 0)
+        {
+            crcs.extend(parts.iter().map(|p| crc32c::crc32c(p)));
+            return self.write_in_place(parts, at);
+        }
+        self.write_through_bounce(parts, at, crcs)
+    }
+
+    /// Page-aligned `parts` back to back at `at`, from where they lie.
+    fn write_in_place(&mut self, parts: &[&[u8]], at: u64) -> bool {
+        use std::io::{IoSlice, Seek, SeekFrom, Write};
+        if self.file.seek(SeekFrom::Start(at)).is_err() {
+            return false;
+        }
+        let mut slices: Vec<IoSlice> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut left = &mut slices[..];
+        while !left.is_empty() {
+            match self.file.write_vectored(left) {
+                Ok(0) => return false,
+                Ok(n) => IoSlice::advance_slices(&mut left, n),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// `parts` back to back at `at`, each copied into the aligned bounce buffer first.
+    fn write_through_bounce(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
         if self.buffer.is_none() {
             let Some(mut buffer) = AlignedBuffer::new(DIRECT_BUFFER) else {
                 return false;
@@ -915,6 +948,63 @@ mod tests {
             let (bytes, _) = store.get(i as u64).unwrap().unwrap();
             assert_eq!(record.crc, crc32c::crc32c(&bytes), "chunk {i}");
             assert_eq!(record.hash, sha256(&bytes), "chunk {i}");
+        }
+    }
+
+    #[test]
+    fn chunks_aligned_in_memory_are_written_in_place_and_others_through_the_bounce_buffer() {
+        use bytes::BufMut;
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 8 * 4096,
+        };
+        let store = Store::open_or_create(dir.path(), g, "", None).unwrap();
+        let pattern: Vec<u8> = (0..8 * 4096)
+            .map(|i: usize| (i * 7 + i / 4096) as u8)
+            .collect();
+        // Chunks 0..4 as slices of one aligned buffer (as the iSCSI reader lands a READ).
+        let mut landed = crate::iobuf::pool::READS.take(4 * 4096).unwrap();
+        landed.put_slice(&pattern[..4 * 4096]);
+        let landed = crate::iobuf::pool::READS.freeze(landed);
+        let aligned: Vec<(u64, &[u8], Hash)> = (0..4)
+            .map(|i| {
+                let bytes = &landed[i * 4096..(i + 1) * 4096];
+                (i as u64, bytes, sha256(bytes))
+            })
+            .collect();
+        store.put(&aligned).unwrap();
+        let bounce_made = |store: &Store| {
+            store
+                .direct
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|d| d.buffer.is_some())
+        };
+        assert_ne!(
+            bounce_made(&store),
+            Some(true),
+            "aligned chunks need no bounce buffer"
+        );
+        // Chunks 4..8 from memory one byte off alignment.
+        let mut shifted = vec![0u8; 4 * 4096 + 1];
+        shifted[1..].copy_from_slice(&pattern[4 * 4096..]);
+        let unaligned: Vec<(u64, &[u8], Hash)> = (0..4)
+            .map(|i| {
+                let bytes = &shifted[1 + i * 4096..1 + (i + 1) * 4096];
+                (4 + i as u64, bytes, sha256(bytes))
+            })
+            .collect();
+        store.put(&unaligned).unwrap();
+        if store.direct.lock().unwrap().is_some() {
+            assert_eq!(bounce_made(&store), Some(true), "copied to be written");
+        }
+        for (i, record) in store.records().unwrap().iter().enumerate() {
+            let expected = &pattern[i * 4096..(i + 1) * 4096];
+            let (bytes, _) = store.get(i as u64).unwrap().unwrap();
+            assert_eq!(&bytes[..], expected, "chunk {i}");
+            assert_eq!(record.crc, crc32c::crc32c(expected), "chunk {i}");
         }
     }
 
