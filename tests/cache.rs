@@ -62,16 +62,20 @@ impl Published {
         self.dir.path().join("cache")
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        isomount()
-            .arg("--catalog")
+    /// `isomount` with this catalog and cache, and `args`.
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = isomount();
+        cmd.arg("--catalog")
             .arg(&self.catalog)
             .arg("--cache-dir")
             .arg(self.cache_dir())
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -257,12 +261,8 @@ fn kill_9_during_fetch_leaves_a_verifiable_cache() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut child = isomount()
-            .arg("--catalog")
-            .arg(&p.catalog)
-            .arg("--cache-dir")
-            .arg(p.cache_dir())
-            .args(["fetch", "img"])
+        let mut child = p
+            .command(&["fetch", "img"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -728,13 +728,8 @@ fn cat_to_a_reader_that_stops_early_writes_a_true_prefix_and_ends_quietly() {
     use std::io::Read;
     let p = Published::new("cache_cat_prefix", 4 * MIB, 23);
     let want = p.bytes();
-    let mut child = isomount()
-        .arg("--catalog")
-        .arg(&p.catalog)
-        .arg("--cache-dir")
-        .arg(p.cache_dir())
-        .args(["cat", "img"])
-        .stdin(Stdio::null())
+    let mut child = p
+        .command(&["cat", "img"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
