@@ -451,7 +451,8 @@ fn publish(dir: &Path, name: &str, image: &Path, target: &str, portal: &str) -> 
     use isomount::catalog::{upsert_entry, PublishedEntry};
     use isomount::manifest::Manifest;
     let bytes = std::fs::read(image).unwrap();
-    let manifest = Manifest::build(&bytes[..], 64 << 10).unwrap();
+    let manifest =
+        Manifest::build(&bytes[..], 64 << 10, isomount::manifest::HashAlg::Sha256).unwrap();
     std::fs::write(dir.join(format!("{name}.manifest")), manifest.to_bytes()).unwrap();
     let catalog = dir.join("catalog.toml");
     let entry = PublishedEntry {
