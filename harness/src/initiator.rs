@@ -13,7 +13,11 @@ use isomount::iscsi::pdu::{
     TextRequest, BHS_LEN, RESERVED_TAG,
 };
 use isomount::iscsi::text;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::platform;
+use std::os::fd::AsFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// What we declare as our MaxRecvDataSegmentLength unless told otherwise: small, so that
@@ -160,6 +164,22 @@ impl DataInProgress {
                 }))
             }
             other => Err(RawError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+/// What a streamed command does with its Data-In bytes.
+enum Landing<F> {
+    /// Shown to the caller (offset in the command's data, bytes).
+    Shown(F),
+    /// Taken off the socket unseen.
+    Discarded,
+}
+
+impl<F: FnMut(u32, &[u8])> Landing<F> {
+    fn show(&mut self, at: u32, data: &[u8]) {
+        if let Landing::Shown(on_data) = self {
+            on_data(at, data);
         }
     }
 }
@@ -439,7 +459,29 @@ impl RawInitiator {
         &mut self,
         cdb: &[u8],
         expected: u32,
-        mut on_data: impl FnMut(u32, &[u8]),
+        on_data: impl FnMut(u32, &[u8]),
+    ) -> Result<Completion, RawError> {
+        self.stream_command(cdb, expected, Landing::Shown(on_data))
+            .await
+    }
+
+    /// As [`RawInitiator::command_streamed`], for load that does not look at the data: the
+    /// Data-In bytes are taken off the socket without being copied out where the system can
+    /// (the harness's `platform::discard_received`), so the client's CPU goes to the protocol.
+    pub async fn command_discarding(
+        &mut self,
+        cdb: &[u8],
+        expected: u32,
+    ) -> Result<Completion, RawError> {
+        self.stream_command(cdb, expected, Landing::<fn(u32, &[u8])>::Discarded)
+            .await
+    }
+
+    async fn stream_command<F: FnMut(u32, &[u8])>(
+        &mut self,
+        cdb: &[u8],
+        expected: u32,
+        mut landing: Landing<F>,
     ) -> Result<Completion, RawError> {
         let itt = self.send_command(cdb, expected).await?;
         let mut progress = DataInProgress::new(itt, self.max_recv);
@@ -450,7 +492,7 @@ impl RawInitiator {
             let streamable = plain && head[0] & 0x3f == DATA_IN_OPCODE && head[4] == 0;
             if !streamable {
                 let pdu = self.recv_answer().await?;
-                if let Some(done) = progress.answer(&pdu, |at, data| on_data(at, data))? {
+                if let Some(done) = progress.answer(&pdu, |at, data| landing.show(at, data))? {
                     return Ok(done);
                 }
                 continue;
@@ -465,7 +507,7 @@ impl RawInitiator {
             let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
             progress.check(&d, len)?;
             self.buf.advance(BHS_LEN);
-            self.stream_segment(d.buffer_offset, len, &mut on_data)
+            self.stream_segment(d.buffer_offset, len, &mut landing)
                 .await?;
             if let Some(done) = progress.received(&d, len)? {
                 return Ok(done);
@@ -491,32 +533,48 @@ impl RawInitiator {
     }
 
     /// A data segment of `len` bytes (and its padding) at `offset` in the command's data: what
-    /// `buf` already holds, then the socket's bytes read into this thread's scratch buffer.
-    async fn stream_segment(
+    /// `buf` already holds, then the socket's bytes, read into this thread's scratch buffer or
+    /// discarded.
+    async fn stream_segment<F: FnMut(u32, &[u8])>(
         &mut self,
         offset: u32,
         len: usize,
-        on_data: &mut impl FnMut(u32, &[u8]),
+        landing: &mut Landing<F>,
     ) -> Result<(), RawError> {
         let padded = len + (4 - len % 4) % 4;
         let held = self.buf.len().min(padded);
         let shown = held.min(len);
         if shown > 0 {
-            on_data(offset, &self.buf[..shown]);
+            landing.show(offset, &self.buf[..shown]);
         }
         self.buf.advance(held);
         let mut done = held;
+        let mut discard = matches!(landing, Landing::Discarded);
         while done < padded {
             tokio::time::timeout(self.timeout, self.stream.readable())
                 .await
                 .map_err(|_| RawError::Timeout)??;
+            let want = padded - done;
+            if discard {
+                let stream = &self.stream;
+                match stream.try_io(Interest::READABLE, || {
+                    platform::discard_received(stream.as_fd(), want)
+                }) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => discard = false,
+                    Ok(0) => return Err(RawError::Closed),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            }
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
-                let want = (padded - done).min(scratch.len());
+                let want = want.min(scratch.len());
                 let n = self.stream.try_read(&mut scratch[..want])?;
                 let data_end = len.saturating_sub(done).min(n);
                 if data_end > 0 {
-                    on_data(offset + done as u32, &scratch[..data_end]);
+                    landing.show(offset + done as u32, &scratch[..data_end]);
                 }
                 Ok::<usize, std::io::Error>(n)
             });
