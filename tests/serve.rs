@@ -239,7 +239,8 @@ async fn read_all(raw: &mut RawInitiator, block: u32, size: u64) -> Vec<u8> {
 }
 
 /// The whole image in reads of 1 MiB and odd sizes, each Data-In piece put where its offset
-/// says (the load client's way: segments streamed, not gathered).
+/// says (the load client's way: segments streamed, not gathered); each range is first read and
+/// discarded unseen, which must leave the session in step for the next read.
 async fn read_all_streamed(raw: &mut RawInitiator, block: u32, size: u64) -> Vec<u8> {
     let blocks = (size / u64::from(block)) as u32;
     let mut out = vec![0u8; size as usize];
@@ -250,6 +251,11 @@ async fn read_all_streamed(raw: &mut RawInitiator, block: u32, size: u64) -> Vec
         let n = step.min(blocks - lba);
         let start = (lba * block) as usize;
         let want = n * block;
+        let discarded = raw
+            .command_discarding(&read10(lba, n as u16), want)
+            .await
+            .unwrap();
+        assert_eq!((discarded.status, discarded.data_len), (0, want as usize));
         let done = raw
             .command_streamed(&read10(lba, n as u16), want, |at, data| {
                 let from = start + at as usize;
