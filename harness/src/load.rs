@@ -239,12 +239,12 @@ async fn read_region(
         let offset = lba * block;
         let mut mismatched = 0u64;
         let result = session
-            .command_with(&read10(lba as u32, count as u16), want, |at, data| {
+            .command_streamed(&read10(lba as u32, count as u16), want, |at, data| {
                 if let Some(image) = &expected {
                     let from = (offset + u64::from(at)) as usize;
                     let same = image
                         .get(from..from + data.len())
-                        .is_some_and(|want| want == data.as_ref());
+                        .is_some_and(|want| want == data);
                     if !same {
                         mismatched += data.len() as u64;
                     }

@@ -6,8 +6,9 @@
 //! The reader decodes PDUs and keeps the command window; each SCSI command runs as its own task
 //! (at most [`TASKS_PER_SESSION`] at once, so a flood of commands waits in TCP, not in memory);
 //! one writer stamps StatSN/ExpCmdSN/MaxCmdSN in send order and batches PDUs into few writes.
-//! Read data is streamed from the source in pieces of [`READ_PIECE`] bytes and cut into Data-In
-//! PDUs of the initiator's MaxRecvDataSegmentLength, the status riding in the last one.
+//! Read data is streamed from the source in pieces of [`READ_PIECE`] bytes (a mapped image's in
+//! pieces of a burst or more) and cut into Data-In PDUs of the initiator's
+//! MaxRecvDataSegmentLength, the status riding in the last one.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -24,7 +25,7 @@ use tokio::task::AbortHandle;
 use super::export::Payload;
 use super::login::{Login, Negotiated, Step, CMD_WINDOW, MAX_RECV_DATA};
 use super::scsi::{self, Outcome, Sense};
-use super::{Availability, ExportedTarget, Server};
+use super::{Availability, ExportedTarget, LunData, Server};
 use crate::iscsi::pdu::{
     self, AsyncMessage, Bhs, DataIn, Framing, LogoutResponse, NopIn, Pdu, PduError, Reject,
     ScsiCommand, ScsiResponse, TaskMgmtResponse, TextResponse, BHS_LEN, RESERVED_TAG,
@@ -36,6 +37,9 @@ use crate::iscsi::text;
 pub const TASKS_PER_SESSION: usize = 32;
 /// Bytes read from the source at a time for one command.
 pub const READ_PIECE: usize = 64 * 1024;
+/// Bytes taken from a mapped image at a time for one command: slices of the mapping cost no
+/// memory, so a whole burst goes out as one Data-In (fewer, larger PDUs for both ends to handle).
+const MAPPED_PIECE: usize = 1024 * 1024;
 /// How long logout waits for running commands.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bytes the writer gathers before one write.
@@ -768,9 +772,13 @@ async fn run_command(
                 return send_status(tx, &cmd, 0, residual, None).await;
             }
             let mut stream = DataInStream::new(&cmd, limits, total);
+            let piece_len = match (&target.data, limits.read_for) {
+                (LunData::Mapped(_), ReadFor::Sending) => MAPPED_PIECE,
+                _ => READ_PIECE,
+            };
             let mut done = 0u64;
             while done < total {
-                let piece = (total - done).min(READ_PIECE as u64) as usize;
+                let piece = (total - done).min(piece_len as u64) as usize;
                 match read_padded(target, offset + done, piece, limits.read_for).await {
                     Ok(data) => {
                         target.stats.add_bytes_read(data.len() as u64);
