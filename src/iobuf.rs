@@ -134,10 +134,11 @@ pub mod pool {
             let capacity = class(len);
             let kept = {
                 let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-                let at = kept.0.iter().position(|b| b.capacity == capacity);
+                // The most recently given back: its lines may still be in the CPU's cache.
+                let at = kept.0.iter().rposition(|b| b.capacity == capacity);
                 at.map(|at| {
                     kept.1 -= capacity;
-                    kept.0.swap_remove(at)
+                    kept.0.remove(at)
                 })
             };
             let mut buffer = match kept {
@@ -455,6 +456,16 @@ mod tests {
             256 << 10,
             "no more than the limit is kept"
         );
+    }
+
+    #[test]
+    fn the_buffer_given_back_last_is_taken_first() {
+        static POOL: pool::Pool = pool::Pool::new(1 << 20);
+        let (older, newer) = (POOL.take(100_000).unwrap(), POOL.take(100_000).unwrap());
+        let newer_at = newer.ptr;
+        drop(POOL.lend(older));
+        drop(POOL.lend(newer));
+        assert_eq!(POOL.take(100_000).unwrap().ptr, newer_at);
     }
 
     #[test]

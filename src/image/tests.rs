@@ -24,6 +24,8 @@ struct FaultySource {
     corrupt_at: Mutex<Option<u64>>,
     /// Answer reads in pieces of this many bytes (as a LUN does, one per command).
     piece: Option<usize>,
+    /// The read size it says suits it (the default when None).
+    run_bytes: Option<usize>,
     label: String,
 }
 
@@ -35,7 +37,14 @@ impl FaultySource {
             fail_next: AtomicU32::new(0),
             corrupt_at: Mutex::new(None),
             piece: None,
+            run_bytes: None,
             label: "a".into(),
+        })
+    }
+    fn with_run_bytes(data: Vec<u8>, run_bytes: usize) -> Arc<FaultySource> {
+        Arc::new(FaultySource {
+            run_bytes: Some(run_bytes),
+            ..Arc::into_inner(FaultySource::new(data)).unwrap()
         })
     }
     fn in_pieces(data: Vec<u8>, piece: usize) -> Arc<FaultySource> {
@@ -76,6 +85,9 @@ impl BlockSource for Named {
     }
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
         self.source.read(offset, len)
+    }
+    fn run_bytes(&self) -> usize {
+        self.source.run_bytes()
     }
 }
 
@@ -133,6 +145,9 @@ impl BlockSource for FaultySource {
             Err(e) => futures_util::stream::once(async move { Err(e) }).boxed(),
         };
         stream
+    }
+    fn run_bytes(&self) -> usize {
+        self.run_bytes.unwrap_or(crate::source::DEFAULT_RUN_BYTES)
     }
 }
 
@@ -288,6 +303,18 @@ async fn misses_coalesce_into_one_read() {
         (1 << 20) / MAX_RUN_BYTES,
         "16 missing chunks must be READs of {MAX_RUN_BYTES} bytes"
     );
+}
+
+/// A source that asks for larger reads (a web mirror: each range request costs a round trip)
+/// gets runs of that size.
+#[tokio::test]
+async fn misses_coalesce_into_runs_of_the_size_the_source_asks_for() {
+    let bytes = data(2 << 20, 3);
+    let src = FaultySource::with_run_bytes(bytes.clone(), 1 << 20);
+    let image = Image::new(spec(&bytes, true, vec![mirror("a", &src)], false), None);
+    let got = image.read(0, 2 << 20).await.unwrap();
+    assert!(got[..] == bytes[..]);
+    assert_eq!(src.reads(), 2, "32 missing chunks must be 2 READs of 1 MiB");
 }
 
 #[tokio::test]
