@@ -455,7 +455,7 @@ SCALE_SESSIONS=${SCALE_SESSIONS:-4096}
 TGTD_SESSIONS=${TGTD_SESSIONS:-256}
 echo
 echo "many sessions (loadclient: N sessions logged in, the reading ones each on its own region, 256 KiB at a time,"
-echo "one command at a time; the others idle, answering pings), aggregate MiB/s, median of $RUNS runs"
+echo "one command at a time, the data taken off the socket unseen; the others idle, answering pings), aggregate MiB/s, median of $RUNS runs"
 hard=$(ulimit -Hn)
 echo "file descriptors: soft $(ulimit -Sn), hard $hard (serve and loadclient raise the soft limit to the hard one)"
 printf '%-34s %12s %12s %8s\n' "row (16 sessions vs many)" "16" "many" "ratio"

@@ -4,7 +4,9 @@
 //! idle session ([`rss_kib`] of the target's process before and after).
 //!
 //! Every session is its own connection and its own tokio task; one command at a time each, so
-//! the load is the number of sessions, not a deep queue on a few.
+//! the load is the number of sessions, not a deep queue on a few. Read data that is compared
+//! with the image lands in one buffer per thread; data that is not is taken off the socket
+//! unseen: a client sharing the target's cores should cost as little as one on its own machine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
