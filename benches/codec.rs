@@ -1,10 +1,13 @@
 //! Codec micro-benchmarks: the per-byte work on the read path of every Data-In PDU (RFC 7143
-//! §11.7): CRC32C data digests, and decoding a full data segment from a receive buffer.
+//! §11.7): CRC32C data digests, and decoding a full data segment from a receive buffer; and the
+//! per-byte work of verifying every chunk, whatever its source: the chunk hash, sha256 beside
+//! BLAKE3 (`publish --hash`), at the default chunk size and the others.
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use isomount::iscsi::digest::crc32c;
 use isomount::iscsi::pdu::{self, Bhs, DataIn, Framing, Pdu};
+use isomount::manifest::HashAlg;
 
 const SEGMENTS: [usize; 3] = [8 * 1024, 64 * 1024, 256 * 1024];
 
@@ -82,5 +85,19 @@ fn encode_data_in(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, crc, decode_data_in, encode_data_in);
+fn chunk_hash(c: &mut Criterion) {
+    let mut group = c.benchmark_group("chunk_hash");
+    for len in [16 * 1024, 64 * 1024, 1024 * 1024] {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        group.throughput(Throughput::Bytes(len as u64));
+        for alg in [HashAlg::Sha256, HashAlg::Blake3] {
+            group.bench_with_input(BenchmarkId::new(alg.name(), len), &data, |b, data| {
+                b.iter(|| alg.hash_chunk(black_box(data)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, crc, decode_data_in, encode_data_in, chunk_hash);
 criterion_main!(benches);

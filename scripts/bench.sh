@@ -88,9 +88,15 @@ PIDS+=($!)
 for _ in $(seq 100); do [ -s "$WORK/web-proxy.out" ] && break; sleep 0.1; done
 read -r SLOW_WEB <"$WORK/web-proxy.out" || { echo "bench: faultproxy did not start" >&2; exit 1; }
 SLOW_WEB_URL="http://$SLOW_WEB/disk.img"
+# The same mirrors published again with BLAKE3 chunk hashes (`publish --hash blake3`) as
+# web-blake3 and web-slow-blake3, for the rows marked "(blake3 manifest)".
 for name in web:"$WEB_URL" web-slow:"$SLOW_WEB_URL"; do
-    "$BIN/isomount" publish "$WORK/disk.img" --name "${name%%:*}" --url "${name#*:}" \
-        -o "$WORK/web.toml" >/dev/null 2>"$WORK/publish.err" || { cat "$WORK/publish.err" >&2; exit 1; }
+    for hash in sha256 blake3; do
+        suffix=${hash/sha256/}
+        "$BIN/isomount" publish "$WORK/disk.img" --name "${name%%:*}${suffix:+-$suffix}" --url "${name#*:}" \
+            --hash "$hash" -o "$WORK/web.toml" >/dev/null 2>"$WORK/publish.err" ||
+            { cat "$WORK/publish.err" >&2; exit 1; }
+    done
 done
 
 # --- measurements: each prints one MiB/s figure for one run ------------------------------------
@@ -216,16 +222,17 @@ cpu_seconds() {                          # command…: its user + system CPU-sec
 }
 per_gib() { awk -v s="$1" -v m="$SIZE_MIB" 'BEGIN { printf "%.3f\n", s * 1024 / m }'; }
 measure_sha256_cpu() { cat "$1" >/dev/null; per_gib "$(cpu_seconds openssl dgst -sha256 "$1")"; }
+# $1: the catalog naming `bench` (catalog.toml; catalog-blake3.toml for the BLAKE3 manifest).
 measure_cat_name_cold_cpu() {
     rm -rf "$WORK/cache-cpu"
-    per_gib "$(cpu_seconds "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$WORK/cache-cpu" cat bench)"
+    per_gib "$(cpu_seconds "$BIN/isomount" --catalog "$1" --cache-dir "$WORK/cache-cpu" cat bench)"
 }
 # The mount daemon's CPU-seconds (all its threads, start-up included) plus `dd`'s, read from
-# /proc before unmounting.
+# /proc before unmounting. $1: the catalog, as above.
 measure_mount_cold_cpu() {
     local pid reader
     rm -rf "$WORK/cache-cpu"
-    mount_bench "$WORK/cache-cpu"
+    mount_bench "$WORK/cache-cpu" "$1"
     pid=$(pgrep -n -f -- "--cache-dir $WORK/cache-cpu mount")    # the newest: an unmounted one may still be exiting
     drop_caches
     reader=$(cpu_seconds dd if="$MNT/bench.img" of=/dev/null bs=1M)
@@ -390,6 +397,9 @@ command -v curl >/dev/null || { echo "bench: curl is missing" >&2; exit 1; }
 row "web: curl vs cat NAME" measure_curl "$WEB_URL" -- measure_web_cat_cold web
 row "web +${LATENCY_MS}ms/way: curl vs cat NAME" measure_curl "$SLOW_WEB_URL" \
     -- measure_web_cat_cold web-slow
+row "web: curl vs cat NAME (blake3 manifest)" measure_curl "$WEB_URL" -- measure_web_cat_cold web-blake3
+row "web +${LATENCY_MS}ms/way: curl vs cat NAME (blake3 manifest)" measure_curl "$SLOW_WEB_URL" \
+    -- measure_web_cat_cold web-slow-blake3
 row "target: tgtd vs serve, iscsi-perf" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
     -- measure_iscsi_perf "$SERVE_URL"
 row "target: tgtd vs serve, 4 KiB reads" measure_iscsi_perf_small "iscsi://$PORTAL/$IQN/$LUN" \
@@ -403,6 +413,10 @@ if [ "$(id -u)" = 0 ]; then
     "$BIN/isomount" publish "$WORK/disk.img" --name bench --target "$IQN" --lun "$LUN" \
         --portal "$PORTAL" -o "$WORK/catalog.toml" >/dev/null 2>"$WORK/publish.err" ||
         { cat "$WORK/publish.err" >&2; exit 1; }
+    # The same LUN published with BLAKE3 chunk hashes, also as `bench`, in a catalog of its own.
+    "$BIN/isomount" publish "$WORK/disk.img" --name bench --hash blake3 --target "$IQN" --lun "$LUN" \
+        --portal "$PORTAL" -o "$WORK/catalog-blake3.toml" --manifest "$WORK/bench-blake3.manifest" \
+        >/dev/null 2>"$WORK/publish.err" || { cat "$WORK/publish.err" >&2; exit 1; }
     row "mount: iscsi-perf vs cold dd" measure_iscsi_perf "iscsi://$PORTAL/$IQN/$LUN" \
         -- measure_mount_cold "$MNT"
     sed "s|\"$PORTAL\"|\"$SLOW_PORTAL\"|" "$WORK/catalog.toml" >"$WORK/catalog-slow.toml"
@@ -422,9 +436,15 @@ if [ "$(id -u)" = 0 ]; then
     row "cat NAME: file vs cache, cold pages" measure_file_cold "$WORK/disk.img" \
         -- measure_cat_name_cached "$WORK/cache-cat"
     row "cold CPU s/GiB: sha256 vs cat NAME" measure_sha256_cpu "$WORK/disk.img" \
-        -- measure_cat_name_cold_cpu -
+        -- measure_cat_name_cold_cpu "$WORK/catalog.toml"
     row "cold CPU s/GiB: sha256 vs mount+dd" measure_sha256_cpu "$WORK/disk.img" \
-        -- measure_mount_cold_cpu -
+        -- measure_mount_cold_cpu "$WORK/catalog.toml"
+    # The floor stays `openssl dgst -sha256` of the same bytes (the cost the issue names); ours
+    # verifies with BLAKE3.
+    row "cold CPU s/GiB: sha256 vs cat NAME (blake3 manifest)" measure_sha256_cpu "$WORK/disk.img" \
+        -- measure_cat_name_cold_cpu "$WORK/catalog-blake3.toml"
+    row "cold CPU s/GiB: sha256 vs mount+dd (blake3 manifest)" measure_sha256_cpu "$WORK/disk.img" \
+        -- measure_mount_cold_cpu "$WORK/catalog-blake3.toml"
 else
     echo "mount rows skipped: they need root (drop_caches)"
 fi
@@ -435,7 +455,7 @@ SCALE_SESSIONS=${SCALE_SESSIONS:-4096}
 TGTD_SESSIONS=${TGTD_SESSIONS:-256}
 echo
 echo "many sessions (loadclient: N sessions logged in, the reading ones each on its own region, 256 KiB at a time,"
-echo "one command at a time; the others idle, answering pings), aggregate MiB/s, median of $RUNS runs"
+echo "one command at a time, the data taken off the socket unseen; the others idle, answering pings), aggregate MiB/s, median of $RUNS runs"
 hard=$(ulimit -Hn)
 echo "file descriptors: soft $(ulimit -Sn), hard $hard (serve and loadclient raise the soft limit to the hard one)"
 printf '%-34s %12s %12s %8s\n' "row (16 sessions vs many)" "16" "many" "ratio"

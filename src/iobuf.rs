@@ -10,16 +10,22 @@ use bytes::Bytes;
 /// Alignment of every buffer: the page size, which covers direct I/O's block alignment.
 pub const ALIGN: usize = 4096;
 
-/// Consecutive pieces as one buffer: the piece itself when there is one, else a copy of them all.
+/// Consecutive pieces as one buffer: the piece itself when there is one, else a copy of them all
+/// into a buffer from the [`pool`] (touched before, so the copy takes no page faults).
 pub fn join(mut parts: Vec<Bytes>) -> Bytes {
     if parts.len() <= 1 {
         return parts.pop().unwrap_or_default();
     }
-    let mut joined = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
-    for p in parts {
-        joined.extend_from_slice(&p);
+    let len = parts.iter().map(Bytes::len).sum();
+    let Some(mut joined) = pool::READS.take(len) else {
+        let mut joined = bytes::BytesMut::with_capacity(len);
+        parts.iter().for_each(|p| joined.extend_from_slice(p));
+        return joined.freeze();
+    };
+    for p in &parts {
+        bytes::BufMut::put_slice(&mut joined, p);
     }
-    joined.freeze()
+    pool::READS.freeze(joined)
 }
 
 /// The first bytes of an image, read while connecting to a source (in the round trip that
@@ -85,10 +91,10 @@ pub fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes>
             }
         }
     }
-    Ok(Bytes::from_owner(pool::READS.lend(buffer)).slice(..len))
+    Ok(pool::READS.freeze(buffer).slice(..len))
 }
 
-/// Read buffers kept for reuse. A read of a few MiB into a fresh allocation may be handed fresh
+/// Read buffers kept for reuse (file reads, and the data segments the iSCSI reader lands). A read of a few MiB into a fresh allocation may be handed fresh
 /// pages by the kernel each time, and fault every one of them in while it copies (measured with
 /// perf: the largest cost of reading a cached image); a buffer from the pool has been touched
 /// before. Buffers are kept by size class (powers of two from 64 KiB), at most [`pool::KEEP`]
@@ -128,10 +134,11 @@ pub mod pool {
             let capacity = class(len);
             let kept = {
                 let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-                let at = kept.0.iter().position(|b| b.capacity == capacity);
+                // The most recently given back: its lines may still be in the CPU's cache.
+                let at = kept.0.iter().rposition(|b| b.capacity == capacity);
                 at.map(|at| {
                     kept.1 -= capacity;
-                    kept.0.swap_remove(at)
+                    kept.0.remove(at)
                 })
             };
             let mut buffer = match kept {
@@ -148,6 +155,12 @@ pub mod pool {
                 buffer: Some(buffer),
                 pool: self,
             }
+        }
+
+        /// The filled part of `buffer` as [`bytes::Bytes`] (no copy); the buffer comes back to
+        /// this pool when the last of them is dropped.
+        pub fn freeze(&'static self, buffer: AlignedBuffer) -> bytes::Bytes {
+            bytes::Bytes::from_owner(self.lend(buffer))
         }
 
         /// Bytes of free buffers kept now.
@@ -241,9 +254,46 @@ impl AlignedBuffer {
     }
 }
 
+impl std::fmt::Debug for AlignedBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AlignedBuffer({} of {} bytes)",
+            self.filled, self.capacity
+        )
+    }
+}
+
 impl AsRef<[u8]> for AlignedBuffer {
     fn as_ref(&self) -> &[u8] {
         self.as_slice()
+    }
+}
+
+// SAFETY: `chunk_mut` is the unfilled rest of the allocation, and `advance_mut` only counts bytes
+// the caller has written there (the trait's contract), never past the capacity.
+unsafe impl bytes::BufMut for AlignedBuffer {
+    fn remaining_mut(&self) -> usize {
+        self.capacity - self.filled
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(
+            cnt <= self.remaining_mut(),
+            "advanced past the buffer's end"
+        );
+        self.filled += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        // SAFETY: the bytes from `filled` to `capacity` lie within the allocation and belong to
+        // self; they may be uninitialised, which `UninitSlice` allows.
+        unsafe {
+            bytes::buf::UninitSlice::from_raw_parts_mut(
+                self.ptr.as_ptr().add(self.filled),
+                self.capacity - self.filled,
+            )
+        }
     }
 }
 
@@ -254,6 +304,29 @@ impl Drop for AlignedBuffer {
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
         }
     }
+}
+
+/// Write all of `parts`, back to back, with as few vectored writes as the writer takes.
+pub fn write_all_vectored<W: std::io::Write>(out: &mut W, parts: &[&[u8]]) -> std::io::Result<()> {
+    use std::io::{ErrorKind, IoSlice};
+    /// Slices per call: IOV_MAX on every system we run on is at least this.
+    const PER_CALL: usize = 1024;
+    let mut slices: Vec<IoSlice> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        let n = left.len().min(PER_CALL);
+        match out.write_vectored(&left[..n]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(written) => IoSlice::advance_slices(&mut left, written),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Write `bytes` to `path` through a temporary file, fsync and rename.
@@ -386,6 +459,16 @@ mod tests {
     }
 
     #[test]
+    fn the_buffer_given_back_last_is_taken_first() {
+        static POOL: pool::Pool = pool::Pool::new(1 << 20);
+        let (older, newer) = (POOL.take(100_000).unwrap(), POOL.take(100_000).unwrap());
+        let newer_at = newer.ptr;
+        drop(POOL.lend(older));
+        drop(POOL.lend(newer));
+        assert_eq!(POOL.take(100_000).unwrap().ptr, newer_at);
+    }
+
+    #[test]
     fn reads_into_reused_buffers_hold_the_new_bytes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
@@ -396,6 +479,19 @@ mod tests {
             let got = read_fresh(&file, start as u64, 200_000).unwrap();
             assert_eq!(&got[..], &data[start..start + 200_000]);
         }
+    }
+
+    #[test]
+    fn a_join_is_the_piece_itself_or_an_exact_copy_into_an_aligned_buffer() {
+        let one = Bytes::from_static(b"only");
+        assert_eq!(join(vec![one.clone()]).as_ptr(), one.as_ptr(), "not copied");
+        assert!(join(Vec::new()).is_empty());
+        let pieces: Vec<Bytes> = (0..5u8)
+            .map(|k| Bytes::from(vec![k; 1000 + usize::from(k)]))
+            .collect();
+        let joined = join(pieces.clone());
+        assert_eq!(joined.as_ptr() as usize % ALIGN, 0);
+        assert_eq!(joined.to_vec(), pieces.concat());
     }
 
     #[test]

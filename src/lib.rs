@@ -16,8 +16,12 @@
 //!           ◄┘ image/cached.rs    kept in memory, written behind to the store (image/writer.rs)
 //!   ◄┘ verified bytes back to the kernel
 //! ```
-//! A cache hit writes nothing: recency for eviction is kept in memory and written in batches by
-//! the writer thread, and store reads go into reused buffers (`iobuf::pool`). When every chunk
+//! A miss copies its bytes once, out of the socket: `iscsi/reader.rs` lands each Data-In segment
+//! in a page-aligned buffer from `iobuf::pool`, and the same memory is hashed, written to the
+//! store with direct I/O and handed to the reader (a FUSE read of several pieces is joined into
+//! one pooled buffer: fuser replies from one slice). A cache hit writes nothing: recency for
+//! eviction is kept in memory and written in batches by the writer thread, and store reads go
+//! into reused buffers (`iobuf::pool`). When every chunk
 //! is in the store and verified, opening the image file may hand the kernel the store's data
 //! file instead (`image/passthrough.rs`: read back and checked at open, or for a large store
 //! sealed by `cache/store.rs`, behind its first open), and reads then never reach isomount.

@@ -17,10 +17,17 @@ struct Published {
     tgtd: Tgtd,
     image: PathBuf,
     catalog: PathBuf,
+    /// The chunk hash algorithm it is published with.
+    hash: &'static str,
 }
 
 impl Published {
     fn new(test: &str, size: u64, seed: u64) -> Published {
+        Published::hashed(test, size, seed, "sha256")
+    }
+
+    /// [`Published::new`] with chunk hashes of `hash` (`publish --hash`).
+    fn hashed(test: &str, size: u64, seed: u64, hash: &'static str) -> Published {
         let dir = tempfile::tempdir().unwrap();
         let image = random_file(dir.path(), "image.img", size, seed);
         let tgtd = Tgtd::start(test, &[TargetSpec::new(IQN, vec![LunSpec::disk(&image)])]);
@@ -30,6 +37,7 @@ impl Published {
             tgtd,
             image,
             catalog,
+            hash,
         };
         let portal = p.tgtd.portal();
         p.publish("img", &[&portal]);
@@ -40,7 +48,8 @@ impl Published {
         let mut cmd = isomount();
         cmd.arg("publish")
             .arg(&self.image)
-            .args(["--name", name, "--target", IQN, "--lun", "1", "-o"])
+            .args(["--name", name, "--target", IQN, "--lun", "1"])
+            .args(["--hash", self.hash, "-o"])
             .arg(&self.catalog);
         for p in portals {
             cmd.args(["--portal", p]);
@@ -53,16 +62,20 @@ impl Published {
         self.dir.path().join("cache")
     }
 
-    fn run(&self, args: &[&str]) -> Output {
-        isomount()
-            .arg("--catalog")
+    /// `isomount` with this catalog and cache, and `args`.
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = isomount();
+        cmd.arg("--catalog")
             .arg(&self.catalog)
             .arg("--cache-dir")
             .arg(self.cache_dir())
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     fn bytes(&self) -> Vec<u8> {
@@ -156,7 +169,35 @@ fn publish_list_cat_fetch_offline_and_target_gone() {
 
 #[test]
 fn corrupt_cache_is_detected_never_served_and_healed() {
-    let mut p = Published::new("cache_corrupt", 4 * MIB, 12);
+    corrupt_cache_is_detected_never_served_and_healed_under(Published::new(
+        "cache_corrupt",
+        4 * MIB,
+        12,
+    ));
+}
+
+/// The same under a manifest of BLAKE3 chunk hashes: `cache verify` and reads re-hash with BLAKE3,
+/// and `info` says which algorithm.
+#[test]
+fn corrupt_cache_under_a_blake3_manifest_is_detected_and_healed() {
+    let p = Published::hashed("cache_corrupt_blake3", 4 * MIB, 14, "blake3");
+    let info = p.run(&["info", "img"]);
+    assert_ok(&info, "info");
+    let line = text(&info.stdout)
+        .lines()
+        .find(|l| l.starts_with("chunk-hash"))
+        .map(str::to_string);
+    assert_eq!(
+        line.as_deref()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>()),
+        Some(vec!["chunk-hash", "blake3"]),
+        "{}",
+        text(&info.stdout)
+    );
+    corrupt_cache_is_detected_never_served_and_healed_under(p);
+}
+
+fn corrupt_cache_is_detected_never_served_and_healed_under(mut p: Published) {
     let want = p.bytes();
     assert_ok(&p.run(&["fetch", "img"]), "fetch");
     let data = p.store_data();
@@ -220,12 +261,8 @@ fn kill_9_during_fetch_leaves_a_verifiable_cache() {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let mut child = isomount()
-            .arg("--catalog")
-            .arg(&p.catalog)
-            .arg("--cache-dir")
-            .arg(p.cache_dir())
-            .args(["fetch", "img"])
+        let mut child = p
+            .command(&["fetch", "img"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -684,4 +721,42 @@ fn a_bad_https_manifest_never_replaces_the_good_kept_copy() {
         !list.status.success() && err.contains("the copy kept from before is refused"),
         "{err}"
     );
+}
+
+#[test]
+fn cat_to_a_reader_that_stops_early_writes_a_true_prefix_and_ends_quietly() {
+    use std::io::Read;
+    let p = Published::new("cache_cat_prefix", 4 * MIB, 23);
+    let want = p.bytes();
+    let mut child = p
+        .command(&["cat", "img"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = vec![0u8; 300_001];
+    stdout.read_exact(&mut head).unwrap();
+    assert!(head[..] == want[..head.len()], "a true prefix");
+    drop(stdout);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "cat did not end"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "a closed stdout ends quietly: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }

@@ -98,6 +98,15 @@ fn unmount_ok(mountpoint: &Mountpoint) {
     });
 }
 
+/// `diff -r` finds no difference between the source tree and the mounted `files/`.
+fn assert_same_tree(tree: &Path, files: &Path) {
+    let out = run_bounded(
+        Command::new("diff").arg("-r").arg(tree).arg(files),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "diff -r: {out:?}");
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -399,6 +408,18 @@ fn publish_cd(dir: &Path, test: &str) -> Published {
 
 /// `image` served as LUN 1 of a real tgtd (a CD or a disk) and published as `testcd`.
 fn publish(dir: &Path, test: &str, tree: PathBuf, iso: PathBuf, cd: bool) -> Published {
+    publish_with(dir, test, tree, iso, cd, &[])
+}
+
+/// [`publish`] with more `publish` options (`--hash blake3`).
+fn publish_with(
+    dir: &Path,
+    test: &str,
+    tree: PathBuf,
+    iso: PathBuf,
+    cd: bool,
+    options: &[&str],
+) -> Published {
     let lun = if cd {
         common::LunSpec::cd(&iso)
     } else {
@@ -411,7 +432,9 @@ fn publish(dir: &Path, test: &str, tree: PathBuf, iso: PathBuf, cd: bool) -> Pub
             .arg("publish")
             .arg(&iso)
             .args(["--name", "testcd", "--target", CD_IQN, "--lun", "1"])
-            .args(["--portal", &tgtd.portal(), "-o"])
+            .args(["--portal", &tgtd.portal()])
+            .args(options)
+            .arg("-o")
             .arg(&catalog),
         Duration::from_secs(60),
     );
@@ -481,14 +504,7 @@ fn published_cd_mounts_exact_and_an_offline_remount_serves_the_cache() {
     let stats = read(&mp.path.join("info/stats"));
     assert!(stats.contains("bytes fetched"), "{stats}");
 
-    let out = run_bounded(
-        Command::new("diff")
-            .arg("-r")
-            .arg(&cd.tree)
-            .arg(mp.path.join("files")),
-        Duration::from_secs(60),
-    );
-    assert!(out.status.success(), "diff -r: {out:?}");
+    assert_same_tree(&cd.tree, &mp.path.join("files"));
     unmount_ok(&mp);
 
     // The way mount(8) and /etc/fstab get here: mount.fuse3 runs `isomount NAME DIR -o OPTS`.
@@ -524,6 +540,39 @@ fn published_cd_mounts_exact_and_an_offline_remount_serves_the_cache() {
     cd.mount_ok(&mp, &["--offline"]);
     assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == truth);
     assert_eq!(read(&mp.path.join("info/portal")), "offline\n");
+    unmount_ok(&mp);
+}
+
+/// A CD published with BLAKE3 chunk hashes (manifest version 2): the mount reads it byte-exact
+/// from tgtd, says which algorithm in `info/`, and an offline remount serves it from a cache
+/// whose records are BLAKE3 hashes.
+#[test]
+fn a_blake3_published_cd_mounts_exact_and_remounts_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tree, iso) = make_iso(dir.path());
+    let mut cd = publish_with(
+        dir.path(),
+        "blake3_published_cd",
+        tree,
+        iso,
+        true,
+        &["--hash", "blake3"],
+    );
+    let manifest = std::fs::read(dir.path().join("testcd.manifest")).unwrap();
+    assert_eq!(&manifest[8..12], &[0, 2, 0, 2], "version 2, BLAKE3");
+    let truth = std::fs::read(&cd.iso).unwrap();
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    cd.mount_ok(&mp, &[]);
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == truth);
+    assert_eq!(read(&mp.path.join("info/chunk-hash")), "blake3\n");
+    assert_same_tree(&cd.tree, &mp.path.join("files"));
+    let stats = read(&mp.path.join("info/stats"));
+    assert!(stats.contains("verification failures: 0"), "{stats}");
+    unmount_ok(&mp);
+
+    drop(cd.tgtd.take());
+    cd.mount_ok(&mp, &["--offline"]);
+    assert!(std::fs::read(mp.path.join("testcd.iso")).unwrap() == truth);
     unmount_ok(&mp);
 }
 

@@ -205,6 +205,87 @@ fn publish_root_hashes_only_new_or_changed_images() {
     assert!(!last.contains("set3-disk-03"));
 }
 
+/// `publish --root --hash blake3`: version 2 manifests, still pinned by their sha256; a run with
+/// another algorithm hashes everything again; a state file from before `--hash` (no `hash` key)
+/// stands for sha256.
+#[test]
+fn publish_root_hash_algorithm_is_recorded_and_a_change_rehashes() {
+    let dir = test_dir("publish_root_hash");
+    let root = dir.path().join("tree");
+    let images = make_tree(&root, 3);
+    let catalog = dir.path().join("www/mirror.toml");
+    let manifest_of = |rel: &Path| {
+        let name = rel.to_str().unwrap().replace('/', "-").replace(".img", "");
+        catalog.with_file_name(format!("{name}.manifest"))
+    };
+
+    let first = text(&publish_root(&root, &catalog, &["--hash", "blake3"]).stderr);
+    assert_eq!(lines_starting(&first, "hashed").len(), 3, "{first}");
+    let catalog_text = std::fs::read_to_string(&catalog).unwrap();
+    for rel in &images {
+        let manifest = std::fs::read(manifest_of(rel)).unwrap();
+        assert_eq!(
+            &manifest[8..12],
+            &[0, 2, 0, 2],
+            "{}: version 2, BLAKE3",
+            rel.display()
+        );
+        let pin = isomount::manifest::sha256(&manifest);
+        assert!(
+            catalog_text.contains(&hex(&pin)),
+            "pinned by sha256: {catalog_text}"
+        );
+    }
+    let again = text(&publish_root(&root, &catalog, &["--hash", "blake3"]).stderr);
+    assert!(lines_starting(&again, "hashed").is_empty(), "{again}");
+
+    let sha = text(&publish_root(&root, &catalog, &[]).stderr);
+    assert_eq!(
+        sha.matches("(the hash algorithm changed)").count(),
+        3,
+        "{sha}"
+    );
+    for rel in &images {
+        assert_eq!(
+            &std::fs::read(manifest_of(rel)).unwrap()[8..12],
+            &[0, 1, 0, 0]
+        );
+    }
+    let state = catalog.with_file_name("mirror.toml.publish-state");
+    let recorded = std::fs::read_to_string(&state).unwrap();
+    assert_eq!(
+        recorded.matches("hash = \"sha256\"").count(),
+        3,
+        "{recorded}"
+    );
+    let older: String = recorded
+        .lines()
+        .filter(|l| !l.starts_with("hash = "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&state, older).unwrap();
+    let old_state = text(&publish_root(&root, &catalog, &[]).stderr);
+    assert!(
+        lines_starting(&old_state, "hashed").is_empty(),
+        "{old_state}"
+    );
+
+    let out = isomount()
+        .arg("publish")
+        .arg("--root")
+        .arg(&root)
+        .args(["--portal", PORTAL, "--hash", "md5", "-o"])
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("`md5`"), "{}", text(&out.stderr));
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[test]
 fn publish_root_refuses_bad_arguments_clearly() {
     let dir = test_dir("publish_root_args");

@@ -238,6 +238,38 @@ async fn read_all(raw: &mut RawInitiator, block: u32, size: u64) -> Vec<u8> {
     out
 }
 
+/// The whole image in reads of 1 MiB and odd sizes, each Data-In piece put where its offset
+/// says (the load client's way: segments streamed, not gathered); each range is first read and
+/// discarded unseen, which must leave the session in step for the next read.
+async fn read_all_streamed(raw: &mut RawInitiator, block: u32, size: u64) -> Vec<u8> {
+    let blocks = (size / u64::from(block)) as u32;
+    let mut out = vec![0u8; size as usize];
+    let mut lba = 0u32;
+    let mut big = true;
+    while lba < blocks {
+        let step = if big { (1 << 20) / block } else { 77 };
+        let n = step.min(blocks - lba);
+        let start = (lba * block) as usize;
+        let want = n * block;
+        let discarded = raw
+            .command_discarding(&read10(lba, n as u16), want)
+            .await
+            .unwrap();
+        assert_eq!((discarded.status, discarded.data_len), (0, want as usize));
+        let done = raw
+            .command_streamed(&read10(lba, n as u16), want, |at, data| {
+                let from = start + at as usize;
+                out[from..from + data.len()].copy_from_slice(data);
+            })
+            .await
+            .unwrap();
+        assert_eq!((done.status, done.data_len), (0, want as usize));
+        lba += n;
+        big = !big;
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_reads_are_byte_exact_with_and_without_digests() {
     let dir = tempfile::tempdir().unwrap();
@@ -255,6 +287,16 @@ async fn raw_reads_are_byte_exact_with_and_without_digests() {
             assert!(
                 got == want,
                 "{stem} (digests {digests}) differs from the file"
+            );
+            // Large segments (the image's data sent from the file where the system can),
+            // streamed by the client.
+            let mut raw = raw_from(&serve.portal, "127.0.0.1").await;
+            raw.max_recv = 256 * 1024;
+            assert_eq!(raw.login_normal(&name, digests).await.unwrap(), (0, 0));
+            let got = read_all_streamed(&mut raw, block, want.len() as u64).await;
+            assert!(
+                got == want,
+                "{stem} (digests {digests}, streamed) differs from the file"
             );
         }
     }
@@ -415,7 +457,8 @@ fn publish(dir: &Path, name: &str, image: &Path, target: &str, portal: &str) -> 
     use isomount::catalog::{upsert_entry, PublishedEntry};
     use isomount::manifest::Manifest;
     let bytes = std::fs::read(image).unwrap();
-    let manifest = Manifest::build(&bytes[..], 64 << 10).unwrap();
+    let manifest =
+        Manifest::build(&bytes[..], 64 << 10, isomount::manifest::HashAlg::Sha256).unwrap();
     std::fs::write(dir.join(format!("{name}.manifest")), manifest.to_bytes()).unwrap();
     let catalog = dir.join("catalog.toml");
     let entry = PublishedEntry {

@@ -245,6 +245,16 @@ async fn an_image_truncated_in_place_ends_its_readers_cleanly_and_serve_lives_on
     let (done, _) = digests.command(&read10(0, 2048), 1 << 20).await.unwrap();
     assert_eq!(done.status, 0);
 
+    // Logged in before the cut, so that its target is the old one (64 KiB Data-In segments).
+    let mut straddler = RawInitiator::connect(&serve.portal).await.unwrap();
+    straddler.max_recv = 256 * 1024;
+    let status = straddler
+        .login_normal(&format!("{PREFIX}:big"), false)
+        .await
+        .unwrap();
+    assert_eq!(status, (0, 0));
+    straddler.clear_unit_attention().await.unwrap();
+
     // What an operator should never do, and may: cut the served file in place.
     std::fs::OpenOptions::new()
         .write(true)
@@ -252,6 +262,15 @@ async fn an_image_truncated_in_place_ends_its_readers_cleanly_and_serve_lives_on
         .unwrap()
         .set_len(4096)
         .unwrap();
+    // A read that starts inside the new end and runs past it: its Data-In header promises
+    // bytes that are gone, so the connection ends rather than carry a short segment.
+    let straddling = straddler
+        .command_with(&read10(0, 128), 64 << 10, |_, _| {})
+        .await;
+    assert!(
+        !matches!(straddling, Ok(ref done) if done.status == 0),
+        "a read across the new end got GOOD: {straddling:?}"
+    );
     // Reads past the new end, straight away (before any rescan) and after: each ends in a
     // clean way (an error status, or the connection closed), never with wrong bytes.
     for client in [&mut reader, &mut digests] {

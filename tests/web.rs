@@ -51,11 +51,16 @@ impl Image {
     /// Publish the image as `name` with these mirrors into `catalog.toml` (the manifest beside
     /// it); returns a client for it.
     fn publish(&self, name: &str, portals: &[&str], urls: &[&str]) -> Client {
+        self.publish_hashed(name, portals, urls, "sha256")
+    }
+
+    /// [`Image::publish`] with chunk hashes of `hash` (`publish --hash`).
+    fn publish_hashed(&self, name: &str, portals: &[&str], urls: &[&str], hash: &str) -> Client {
         let catalog = self.dir.path().join("catalog.toml");
         let mut cmd = isomount();
         cmd.arg("publish")
             .arg(self.iso())
-            .args(["--name", name, "-o"])
+            .args(["--name", name, "--hash", hash, "-o"])
             .arg(&catalog);
         if !portals.is_empty() {
             cmd.args(["--target", IQN]);
@@ -330,7 +335,18 @@ fn a_mirror_that_ignores_range_is_passed_over_without_being_downloaded() {
 
 #[test]
 fn a_mirror_serving_one_wrong_chunk_is_caught_and_the_next_one_serves_it() {
-    let image = Image::new("web_wrong_chunk");
+    wrong_chunk_is_caught_and_the_next_mirror_serves_it("web_wrong_chunk", "sha256");
+}
+
+#[test]
+fn a_mirror_serving_one_wrong_chunk_is_caught_under_a_blake3_manifest() {
+    wrong_chunk_is_caught_and_the_next_mirror_serves_it("web_wrong_chunk_blake3", "blake3");
+}
+
+/// A mirror serving one wrong chunk, with the image published with chunk hashes of `hash`: alone
+/// it is refused, naming the chunk; beside a good mirror, every way of reading is byte-exact.
+fn wrong_chunk_is_caught_and_the_next_mirror_serves_it(test: &str, hash: &str) {
+    let image = Image::new(test);
     // One byte inside kernel.bin (well past the ISO's directories) is wrong on the first mirror.
     let iso = image.bytes();
     let kernel = std::fs::read(image.tree.join("kernel.bin")).unwrap();
@@ -338,16 +354,17 @@ fn a_mirror_serving_one_wrong_chunk_is_caught_and_the_next_one_serves_it() {
         .windows(64)
         .position(|w| w == &kernel[1 << 20..(1 << 20) + 64])
         .expect("kernel.bin in the image") as u64;
-    let liar = Nginx::start("web_wrong_chunk", &image.corrupt_copy(at));
-    let good = Nginx::start("web_wrong_chunk", &image.www);
+    let liar = Nginx::start(test, &image.corrupt_copy(at));
+    let good = Nginx::start(test, &image.www);
 
     // Alone, the lie is refused: cat stops before the bad chunk, naming it.
-    let alone = image.publish("webcd", &[], &[&liar.url("image.iso")]);
+    let alone = image.publish_hashed("webcd", &[], &[&liar.url("image.iso")], hash);
     let out = alone.run("alone", &["cat", "NAME"]);
     assert!(!out.status.success(), "a lie was served");
     assert!(
-        text(&out.stderr).contains("failed verification"),
-        "{}",
+        text(&out.stderr).contains("failed verification")
+            && text(&out.stderr).contains(&format!("({hash} ")),
+        "the error names the failure and the algorithm: {}",
         text(&out.stderr)
     );
     assert!(
@@ -359,10 +376,11 @@ fn a_mirror_serving_one_wrong_chunk_is_caught_and_the_next_one_serves_it() {
         "what came out is not a prefix of the image"
     );
 
-    let client = image.publish(
+    let client = image.publish_hashed(
         "webcd",
         &[],
         &[&liar.url("image.iso"), &good.url("image.iso")],
+        hash,
     );
     let stats = every_way_byte_exact(&image, &client, "http");
     assert!(!stats.contains("verification failures: 0"), "{stats}");

@@ -14,7 +14,7 @@ use isomount::iscsi::pdu::{
     Stage, TaskMgmtRequest, TaskMgmtResponse, TextRequest, TextResponse,
 };
 use isomount::iscsi::text;
-use isomount::manifest::Manifest;
+use isomount::manifest::{HashAlg, Manifest};
 use isomount::scsi;
 use isomount::target::scsi::{DeviceType, LogicalUnit, Outcome, Sense};
 
@@ -70,9 +70,17 @@ fn sample_from_descriptors(iso: &[u8]) -> Vec<u8> {
 
 fn manifests(sample_iso: &[u8]) -> Vec<Seed> {
     let pattern: Vec<u8> = (0..10_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    let build = |data: &[u8], chunk| Manifest::build(data, chunk).expect("manifest").to_bytes();
+    let build = |data: &[u8], chunk| {
+        Manifest::build(data, chunk, HashAlg::Sha256)
+            .expect("manifest")
+            .to_bytes()
+    };
+    let blake3 = Manifest::build(&pattern[..], 4096, HashAlg::Blake3)
+        .expect("manifest")
+        .to_bytes();
     vec![
         seed("manifest", "three-chunks", build(&pattern, 4096)),
+        seed("manifest", "three-chunks-blake3", blake3),
         seed("manifest", "one-chunk", build(&pattern[..100], 65536)),
         seed("manifest", "sample-iso", build(sample_iso, 65536)),
     ]

@@ -4,15 +4,20 @@
 //! MaxRecvDataSegmentLength, status only in the final PDU). Pings (NOP-In) are answered and
 //! asynchronous messages recorded while it waits.
 
+use std::cell::RefCell;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use isomount::iscsi::pdu::{
-    self, Bhs, Framing, LoginRequest, LogoutRequest, NopOut, Pdu, ScsiCommand, Stage, TextRequest,
-    RESERVED_TAG,
+    self, Bhs, DataIn, Framing, LoginRequest, LogoutRequest, NopOut, Pdu, ScsiCommand, Stage,
+    TextRequest, BHS_LEN, RESERVED_TAG,
 };
 use isomount::iscsi::text;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::platform;
+use std::os::fd::AsFd;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// What we declare as our MaxRecvDataSegmentLength unless told otherwise: small, so that
@@ -69,6 +74,116 @@ impl Completion {
     }
 }
 
+/// The checks on one command's Data-In sequence: ITT, DataSN and buffer offsets in order,
+/// segments within our MaxRecvDataSegmentLength, status only with the F bit.
+struct DataInProgress {
+    itt: u32,
+    max_recv: u32,
+    next_sn: u32,
+    received: usize,
+}
+
+impl DataInProgress {
+    fn new(itt: u32, max_recv: u32) -> DataInProgress {
+        DataInProgress {
+            itt,
+            max_recv,
+            next_sn: 0,
+            received: 0,
+        }
+    }
+
+    /// A Data-In of `len` bytes about to be taken: is it the one due?
+    fn check(&self, d: &DataIn, len: usize) -> Result<(), RawError> {
+        let broken = |why: String| Err(RawError::Protocol(why));
+        if d.itt != self.itt {
+            return broken(format!("Data-In for ITT {} during {}", d.itt, self.itt));
+        }
+        if d.data_sn != self.next_sn {
+            return broken(format!(
+                "DataSN {} where {} was due",
+                d.data_sn, self.next_sn
+            ));
+        }
+        if d.buffer_offset as usize != self.received {
+            return broken(format!(
+                "buffer offset {} where {} was due",
+                d.buffer_offset, self.received
+            ));
+        }
+        if len > self.max_recv as usize {
+            return broken(format!(
+                "a Data-In of {len} bytes, past our MaxRecvDataSegmentLength"
+            ));
+        }
+        Ok(())
+    }
+
+    /// A checked Data-In of `len` bytes taken: the command's end when it carried the status.
+    fn received(&mut self, d: &DataIn, len: usize) -> Result<Option<Completion>, RawError> {
+        self.next_sn += 1;
+        self.received += len;
+        match d.status {
+            Some(_) if !d.fin => Err(RawError::Protocol(
+                "status in a Data-In without the F bit".into(),
+            )),
+            Some(status) => Ok(Some(Completion {
+                status,
+                sense: Bytes::new(),
+                data_len: self.received,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// A whole PDU answering the command: its data shown to `on_data`; the command's end when
+    /// it carried the status.
+    fn answer(
+        &mut self,
+        pdu: &Pdu,
+        on_data: impl FnOnce(u32, &Bytes),
+    ) -> Result<Option<Completion>, RawError> {
+        match &pdu.bhs {
+            Bhs::DataIn(d) => {
+                self.check(d, pdu.data.len())?;
+                on_data(d.buffer_offset, &pdu.data);
+                self.received(d, pdu.data.len())
+            }
+            Bhs::ScsiResponse(r) => {
+                if r.itt != self.itt {
+                    return Err(RawError::Protocol(format!(
+                        "SCSI Response for ITT {} during {}",
+                        r.itt, self.itt
+                    )));
+                }
+                let (sense, _) = pdu::split_sense(&pdu.data).map_err(RawError::Pdu)?;
+                Ok(Some(Completion {
+                    status: r.status,
+                    sense,
+                    data_len: self.received,
+                }))
+            }
+            other => Err(RawError::Protocol(format!("unexpected {other:?}"))),
+        }
+    }
+}
+
+/// What a streamed command does with its Data-In bytes.
+enum Landing<F> {
+    /// Shown to the caller (offset in the command's data, bytes).
+    Shown(F),
+    /// Taken off the socket unseen.
+    Discarded,
+}
+
+impl<F: FnMut(u32, &[u8])> Landing<F> {
+    fn show(&mut self, at: u32, data: &[u8]) {
+        if let Landing::Shown(on_data) = self {
+            on_data(at, data);
+        }
+    }
+}
+
 /// One connection to a target.
 pub struct RawInitiator {
     pub stream: TcpStream,
@@ -86,6 +201,19 @@ pub struct RawInitiator {
     /// Asynchronous message events received (AsyncEvent codes), in order.
     pub events: Vec<u8>,
 }
+
+/// Bytes of a Data-In segment read at a time by [`RawInitiator::command_streamed`].
+const SCRATCH_LEN: usize = 256 * 1024;
+
+thread_local! {
+    /// Where [`RawInitiator::command_streamed`] lands Data-In: one buffer per thread, shared by
+    /// every session the thread serves, so the kernel's copy writes memory that stays in cache
+    /// (thousands of sessions each with their own buffer would write a GiB of cold memory).
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_LEN]);
+}
+
+/// The opcode of a Data-In PDU (RFC 7143 §11.7).
+const DATA_IN_OPCODE: u8 = 0x25;
 
 /// READ(10) of `blocks` blocks at `lba`.
 pub fn read10(lba: u32, blocks: u16) -> [u8; 10] {
@@ -285,13 +413,8 @@ impl RawInitiator {
         ids
     }
 
-    /// One SCSI command; `on_data(offset, bytes)` sees each Data-In segment as it arrives.
-    pub async fn command_with(
-        &mut self,
-        cdb: &[u8],
-        expected: u32,
-        mut on_data: impl FnMut(u32, &Bytes),
-    ) -> Result<Completion, RawError> {
+    /// Send a SCSI command expecting `expected` bytes of Data-In; its ITT.
+    async fn send_command(&mut self, cdb: &[u8], expected: u32) -> Result<u32, RawError> {
         let (itt, cmd_sn) = self.next_ids();
         let mut full = [0u8; 16];
         full[..cdb.len()].copy_from_slice(cdb);
@@ -308,59 +431,161 @@ impl RawInitiator {
             ..Default::default()
         };
         self.send(Pdu::new(Bhs::ScsiCommand(cmd))).await?;
-        let mut received = 0usize;
-        let mut next_sn = 0;
-        let broken = |why: String| Err(RawError::Protocol(why));
+        Ok(itt)
+    }
+
+    /// One SCSI command; `on_data(offset, bytes)` sees each Data-In segment as it arrives.
+    pub async fn command_with(
+        &mut self,
+        cdb: &[u8],
+        expected: u32,
+        mut on_data: impl FnMut(u32, &Bytes),
+    ) -> Result<Completion, RawError> {
+        let itt = self.send_command(cdb, expected).await?;
+        let mut progress = DataInProgress::new(itt, self.max_recv);
         loop {
             let pdu = self.recv_answer().await?;
-            match pdu.bhs {
-                Bhs::DataIn(d) => {
-                    if d.itt != itt {
-                        return broken(format!("Data-In for ITT {} during {itt}", d.itt));
-                    }
-                    if d.data_sn != next_sn {
-                        return broken(format!("DataSN {} where {next_sn} was due", d.data_sn));
-                    }
-                    if d.buffer_offset as usize != received {
-                        return broken(format!(
-                            "buffer offset {} where {received} was due",
-                            d.buffer_offset
-                        ));
-                    }
-                    if pdu.data.len() > self.max_recv as usize {
-                        return broken(format!(
-                            "a Data-In of {} bytes, past our MaxRecvDataSegmentLength",
-                            pdu.data.len()
-                        ));
-                    }
-                    next_sn += 1;
-                    on_data(d.buffer_offset, &pdu.data);
-                    received += pdu.data.len();
-                    if let Some(status) = d.status {
-                        if !d.fin {
-                            return broken("status in a Data-In without the F bit".into());
-                        }
-                        return Ok(Completion {
-                            status,
-                            sense: Bytes::new(),
-                            data_len: received,
-                        });
-                    }
-                }
-                Bhs::ScsiResponse(r) => {
-                    if r.itt != itt {
-                        return broken(format!("SCSI Response for ITT {} during {itt}", r.itt));
-                    }
-                    let (sense, _) = pdu::split_sense(&pdu.data).map_err(RawError::Pdu)?;
-                    return Ok(Completion {
-                        status: r.status,
-                        sense,
-                        data_len: received,
-                    });
-                }
-                other => return broken(format!("unexpected {other:?}")),
+            if let Some(done) = progress.answer(&pdu, |at, data| on_data(at, data))? {
+                return Ok(done);
             }
         }
+    }
+
+    /// As [`RawInitiator::command_with`], for load: a Data-In's segment is read from the socket
+    /// in pieces straight into a buffer of this thread's, each piece shown to `on_data` (its
+    /// offset in the command's data, its bytes) and not kept. With digests, or a PDU with AHS,
+    /// the whole PDU goes through the codec as in `command_with`.
+    pub async fn command_streamed(
+        &mut self,
+        cdb: &[u8],
+        expected: u32,
+        on_data: impl FnMut(u32, &[u8]),
+    ) -> Result<Completion, RawError> {
+        self.stream_command(cdb, expected, Landing::Shown(on_data))
+            .await
+    }
+
+    /// As [`RawInitiator::command_streamed`], for load that does not look at the data: the
+    /// Data-In bytes are taken off the socket without being copied out where the system can
+    /// (the harness's `platform::discard_received`), so the client's CPU goes to the protocol.
+    pub async fn command_discarding(
+        &mut self,
+        cdb: &[u8],
+        expected: u32,
+    ) -> Result<Completion, RawError> {
+        self.stream_command(cdb, expected, Landing::<fn(u32, &[u8])>::Discarded)
+            .await
+    }
+
+    async fn stream_command<F: FnMut(u32, &[u8])>(
+        &mut self,
+        cdb: &[u8],
+        expected: u32,
+        mut landing: Landing<F>,
+    ) -> Result<Completion, RawError> {
+        let itt = self.send_command(cdb, expected).await?;
+        let mut progress = DataInProgress::new(itt, self.max_recv);
+        let plain = !self.framing.header_digest && !self.framing.data_digest;
+        loop {
+            self.fill_header().await?;
+            let head: [u8; BHS_LEN] = self.buf[..BHS_LEN].try_into().expect("a whole header");
+            let streamable = plain && head[0] & 0x3f == DATA_IN_OPCODE && head[4] == 0;
+            if !streamable {
+                let pdu = self.recv_answer().await?;
+                if let Some(done) = progress.answer(&pdu, |at, data| landing.show(at, data))? {
+                    return Ok(done);
+                }
+                continue;
+            }
+            let bhs = Bhs::from_bytes(&head).map_err(RawError::Pdu)?;
+            if let Some(sn) = stat_sn(&bhs) {
+                self.exp_stat_sn = sn.wrapping_add(1);
+            }
+            let Bhs::DataIn(d) = bhs else {
+                return Err(RawError::Protocol("a Data-In that does not decode".into()));
+            };
+            let len = u32::from_be_bytes([0, head[5], head[6], head[7]]) as usize;
+            progress.check(&d, len)?;
+            self.buf.advance(BHS_LEN);
+            self.stream_segment(d.buffer_offset, len, &mut landing)
+                .await?;
+            if let Some(done) = progress.received(&d, len)? {
+                return Ok(done);
+            }
+        }
+    }
+
+    /// Read until `buf` holds at least a basic header, and no further (the data segment that
+    /// follows is for [`RawInitiator::stream_segment`]).
+    async fn fill_header(&mut self) -> Result<(), RawError> {
+        let mut piece = [0u8; BHS_LEN];
+        while self.buf.len() < BHS_LEN {
+            let want = BHS_LEN - self.buf.len();
+            let n = tokio::time::timeout(self.timeout, self.stream.read(&mut piece[..want]))
+                .await
+                .map_err(|_| RawError::Timeout)??;
+            if n == 0 {
+                return Err(RawError::Closed);
+            }
+            self.buf.extend_from_slice(&piece[..n]);
+        }
+        Ok(())
+    }
+
+    /// A data segment of `len` bytes (and its padding) at `offset` in the command's data: what
+    /// `buf` already holds, then the socket's bytes, read into this thread's scratch buffer or
+    /// discarded.
+    async fn stream_segment<F: FnMut(u32, &[u8])>(
+        &mut self,
+        offset: u32,
+        len: usize,
+        landing: &mut Landing<F>,
+    ) -> Result<(), RawError> {
+        let padded = len + (4 - len % 4) % 4;
+        let held = self.buf.len().min(padded);
+        let shown = held.min(len);
+        if shown > 0 {
+            landing.show(offset, &self.buf[..shown]);
+        }
+        self.buf.advance(held);
+        let mut done = held;
+        let mut discard = matches!(landing, Landing::Discarded);
+        while done < padded {
+            tokio::time::timeout(self.timeout, self.stream.readable())
+                .await
+                .map_err(|_| RawError::Timeout)??;
+            let want = padded - done;
+            if discard {
+                let stream = &self.stream;
+                match stream.try_io(Interest::READABLE, || {
+                    platform::discard_received(stream.as_fd(), want)
+                }) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Unsupported => discard = false,
+                    Ok(0) => return Err(RawError::Closed),
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+                continue;
+            }
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let want = want.min(scratch.len());
+                let n = self.stream.try_read(&mut scratch[..want])?;
+                let data_end = len.saturating_sub(done).min(n);
+                if data_end > 0 {
+                    landing.show(offset + done as u32, &scratch[..data_end]);
+                }
+                Ok::<usize, std::io::Error>(n)
+            });
+            match read {
+                Ok(0) => return Err(RawError::Closed),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     /// TEST UNIT READY until GOOD (at most a few times): a new session's UNIT ATTENTION

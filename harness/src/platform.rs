@@ -9,6 +9,7 @@
 //! (one that ends normally still kills its children in `Drop`).
 
 use std::io;
+use std::os::fd::BorrowedFd;
 
 /// Run in the forked child before exec (async-signal-safe calls only): SIGKILL this process
 /// when its parent thread ends.
@@ -143,4 +144,30 @@ pub fn processes_with(program: &str, arg: &std::ffi::OsStr) -> Vec<u32> {
             (ours && args.contains(&want)).then_some(pid)
         })
         .collect()
+}
+
+/// Take up to `len` received bytes off the stream socket `socket` without copying them anywhere:
+/// Linux's recv(MSG_TRUNC), which on TCP discards (what a load client that does not look at the
+/// data needs, so its CPU goes to the protocol and not to a copy). How many went (0: the peer
+/// closed); `WouldBlock` when none are there; `Unsupported` elsewhere: read them instead.
+pub fn discard_received(socket: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: with MSG_TRUNC, TCP writes nothing to the (null) buffer.
+        let got = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                std::ptr::null_mut(),
+                len,
+                libc::MSG_TRUNC | libc::MSG_DONTWAIT,
+            )
+        };
+        usize::try_from(got).map_err(|_| io::Error::last_os_error())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (socket, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }

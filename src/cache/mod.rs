@@ -25,7 +25,7 @@ use std::sync::Mutex;
 
 pub use store::{Geometry, Record, Store};
 
-use crate::manifest::{sha256, Manifest};
+use crate::manifest::{sha256, HashAlg, Manifest};
 
 /// Why a cache operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -319,7 +319,8 @@ impl Cache {
         std::fs::remove_dir_all(&trash).map_err(io)
     }
 
-    /// Re-hash every present chunk of every store; drop and report the corrupt ones. A store's
+    /// Re-hash every present chunk of every store (in its manifest's chunk hash algorithm; sha256
+    /// for an image with no manifest); drop and report the corrupt ones. A store's
     /// manifest copy is checked against its pin first: a damaged copy is replaced from `fresh`
     /// when that gives one matching the pin, else named, and its chunks are kept unchecked
     /// (only a manifest that matches its pin may condemn a chunk).
@@ -383,7 +384,10 @@ impl Cache {
                 check.checked += 1;
                 let ok = match store.get(i) {
                     Ok(Some((bytes, rec))) => {
-                        let h = sha256(&bytes);
+                        let h = manifest
+                            .as_ref()
+                            .map_or(HashAlg::Sha256, Manifest::hash_alg)
+                            .hash_chunk(&bytes);
                         rec.hash == h && manifest.as_ref().is_none_or(|m| m.hash(i) == Some(&h))
                     }
                     Ok(None) => true,

@@ -1,7 +1,7 @@
 //! One image's chunk store: a sparse data file and an index of what it holds.
 //!
 //! Chunk `i` lives at byte `i * chunk size` of `data`. The index says which chunks are present,
-//! with the sha256 of the bytes written, their CRC32C and when each was last used. Index layout,
+//! with the hash the bytes were verified as, their CRC32C and when each was last used. Index layout,
 //! version 2 (integers big-endian):
 //! ```text
 //!  offset  size  field
@@ -15,7 +15,9 @@
 //!      32     4  CRC32C of bytes 0..32 (header checksum)
 //!      36    28  reserved, zero
 //!      64  48*n  one record per chunk:
-//!                  +0  32  sha256 of the chunk's bytes as written (what they were verified as)
+//!                  +0  32  hash of the chunk's bytes as written (what they were verified as:
+//!                          the manifest's hash, sha256 or BLAKE3 as the manifest says; sha256
+//!                          for an image with no manifest)
 //!                  +32  4  CRC32C of the same bytes
 //!                  +36  4  reserved, zero
 //!                  +40  8  last use, microseconds since the Unix epoch; 0 = absent
@@ -23,8 +25,9 @@
 //! Crash safety: a chunk's bytes are written and `fdatasync`ed before its record is written, so
 //! after `kill -9` or power loss every record that says "present" describes bytes on disk. Dropping
 //! a chunk clears its record and syncs the index before the bytes are discarded. Readers check
-//! what they read against the record's CRC32C, and re-hash with sha256 when it disagrees (a torn
-//! record or a damaged disk shows up as a mismatch and a miss). Version 1 (no CRC) stores are
+//! what they read against the record's CRC32C, and re-hash in the manifest's algorithm when it or
+//! the record's hash disagrees (a torn record or a damaged disk shows up as a mismatch and a miss;
+//! see `image::verify`). Version 1 (no CRC) stores are
 //! started afresh. Whoever writes records holds an exclusive flock on `index` meanwhile, so uses
 //! can be recorded by reading a run of records and writing it back whole.
 //!
@@ -120,10 +123,31 @@ impl Direct {
     }
 
     /// Write aligned `parts` back to back at `at` with direct I/O, pushing each part's CRC32C
-    /// onto `crcs` (taken from the bounce buffer right after the copy, while it is in the CPU's
-    /// cache, rather than from the part). False when the file system refused: the caller writes
-    /// them the usual way.
+    /// onto `crcs`. Parts that lie page-aligned in memory (as the iSCSI reader lands a READ's
+    /// data, and as store reads come) are written from where they lie, in one vectored write;
+    /// others are copied into the bounce buffer first, their CRC32C taken from the copy right
+    /// after it is made, while it is in the CPU's cache. False when the file system refused: the
+    /// caller writes them the usual way.
     fn write(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
+        if parts
+            .iter()
+            .all(|p| p.as_ptr() as usize % DIRECT_ALIGN == 0)
+        {
+            crcs.extend(parts.iter().map(|p| crc32c::crc32c(p)));
+            return self.write_in_place(parts, at);
+        }
+        self.write_through_bounce(parts, at, crcs)
+    }
+
+    /// Page-aligned `parts` back to back at `at`, from where they lie.
+    fn write_in_place(&mut self, parts: &[&[u8]], at: u64) -> bool {
+        use std::io::{Seek, SeekFrom};
+        self.file.seek(SeekFrom::Start(at)).is_ok()
+            && crate::iobuf::write_all_vectored(&mut self.file, parts).is_ok()
+    }
+
+    /// `parts` back to back at `at`, each copied into the aligned bounce buffer first.
+    fn write_through_bounce(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
         if self.buffer.is_none() {
             let Some(mut buffer) = AlignedBuffer::new(DIRECT_BUFFER) else {
                 return false;
@@ -457,6 +481,19 @@ impl Store {
             .collect())
     }
 
+    /// The records of chunks `first..=last` (within the image), read fresh in one read.
+    pub fn records_range(&self, first: u64, last: u64) -> Result<Vec<Record>, CacheError> {
+        let count = last.saturating_sub(first).saturating_add(1) as usize;
+        let mut raw = vec![0u8; count * RECORD_LEN as usize];
+        self.index
+            .read_exact_at(&mut raw, record_offset(first))
+            .map_err(|e| io(&self.dir.join("index"), e))?;
+        Ok(raw
+            .chunks_exact(RECORD_LEN as usize)
+            .map(Record::parse)
+            .collect())
+    }
+
     /// Chunks `first..=last` in one read, when every one of them is present: the bytes (from
     /// the start of `first`) and their records. Unchecked: the caller hashes them.
     pub fn get_range(
@@ -467,15 +504,7 @@ impl Store {
         if first > last || last >= self.geometry.chunks() {
             return Ok(None);
         }
-        let count = (last - first + 1) as usize;
-        let mut raw = vec![0u8; count * RECORD_LEN as usize];
-        self.index
-            .read_exact_at(&mut raw, record_offset(first))
-            .map_err(|e| io(&self.dir.join("index"), e))?;
-        let records: Vec<Record> = raw
-            .chunks_exact(RECORD_LEN as usize)
-            .map(Record::parse)
-            .collect();
+        let records = self.records_range(first, last)?;
         if !records.iter().all(Record::present) {
             return Ok(None);
         }
@@ -651,15 +680,34 @@ impl Store {
         self.data.sync_data().map_err(|e| io(&data_path(), e))?;
         let now = now_micros();
         let _held = self.lock_records()?;
-        let written = chunks.iter().filter(|(i, b, _)| fits(*i, b));
-        for ((index, _, hash), crc) in written.zip(crcs) {
+        // The records of adjacent chunks go out in one write (each record stands on its own: a
+        // write torn between them leaves whole records, checked like any other).
+        let mut records: Vec<u8> = Vec::new();
+        let mut first = 0u64;
+        let mut written = chunks
+            .iter()
+            .filter(|(i, b, _)| fits(*i, b))
+            .zip(crcs)
+            .peekable();
+        while let Some(((index, _, hash), crc)) = written.next() {
+            if records.is_empty() {
+                first = *index;
+            }
             let mut rec = [0u8; RECORD_LEN as usize];
             rec[..HASH_LEN].copy_from_slice(hash);
             rec[HASH_LEN..HASH_LEN + 4].copy_from_slice(&crc.to_be_bytes());
             rec[LAST_USE_AT..].copy_from_slice(&now.to_be_bytes());
+            records.extend_from_slice(&rec);
+            if written
+                .peek()
+                .is_some_and(|((next, _, _), _)| *next == index + 1)
+            {
+                continue;
+            }
             self.index
-                .write_all_at(&rec, record_offset(*index))
+                .write_all_at(&records, record_offset(first))
                 .map_err(|e| io(&self.dir.join("index"), e))?;
+            records.clear();
         }
         Ok(())
     }
@@ -912,6 +960,63 @@ mod tests {
             let (bytes, _) = store.get(i as u64).unwrap().unwrap();
             assert_eq!(record.crc, crc32c::crc32c(&bytes), "chunk {i}");
             assert_eq!(record.hash, sha256(&bytes), "chunk {i}");
+        }
+    }
+
+    #[test]
+    fn chunks_aligned_in_memory_are_written_in_place_and_others_through_the_bounce_buffer() {
+        use bytes::BufMut;
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 8 * 4096,
+        };
+        let store = Store::open_or_create(dir.path(), g, "", None).unwrap();
+        let pattern: Vec<u8> = (0..8 * 4096)
+            .map(|i: usize| (i * 7 + i / 4096) as u8)
+            .collect();
+        // Chunks 0..4 as slices of one aligned buffer (as the iSCSI reader lands a READ).
+        let mut landed = crate::iobuf::pool::READS.take(4 * 4096).unwrap();
+        landed.put_slice(&pattern[..4 * 4096]);
+        let landed = crate::iobuf::pool::READS.freeze(landed);
+        let aligned: Vec<(u64, &[u8], Hash)> = (0..4)
+            .map(|i| {
+                let bytes = &landed[i * 4096..(i + 1) * 4096];
+                (i as u64, bytes, sha256(bytes))
+            })
+            .collect();
+        store.put(&aligned).unwrap();
+        let bounce_made = |store: &Store| {
+            store
+                .direct
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|d| d.buffer.is_some())
+        };
+        assert_ne!(
+            bounce_made(&store),
+            Some(true),
+            "aligned chunks need no bounce buffer"
+        );
+        // Chunks 4..8 from memory one byte off alignment.
+        let mut shifted = vec![0u8; 4 * 4096 + 1];
+        shifted[1..].copy_from_slice(&pattern[4 * 4096..]);
+        let unaligned: Vec<(u64, &[u8], Hash)> = (0..4)
+            .map(|i| {
+                let bytes = &shifted[1 + i * 4096..1 + (i + 1) * 4096];
+                (4 + i as u64, bytes, sha256(bytes))
+            })
+            .collect();
+        store.put(&unaligned).unwrap();
+        if store.direct.lock().unwrap().is_some() {
+            assert_eq!(bounce_made(&store), Some(true), "copied to be written");
+        }
+        for (i, record) in store.records().unwrap().iter().enumerate() {
+            let expected = &pattern[i * 4096..(i + 1) * 4096];
+            let (bytes, _) = store.get(i as u64).unwrap().unwrap();
+            assert_eq!(&bytes[..], expected, "chunk {i}");
+            assert_eq!(record.crc, crc32c::crc32c(expected), "chunk {i}");
         }
     }
 

@@ -5,7 +5,7 @@
 //! catalog names go through the image core (the cache and verification).
 
 use std::future::Future;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -116,14 +116,16 @@ where
     });
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        // Straight to the descriptor, each read's pieces in one vectored write: std's stdout is
+        // line-buffered, which splits every piece at its last newline (two writes per piece and
+        // a copy of its tail).
+        use std::os::fd::AsFd;
+        let mut out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
         while let Some(parts) = rx.blocking_recv() {
-            for data in parts {
-                out.write_all(&data)?;
-            }
+            let slices: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+            crate::iobuf::write_all_vectored(&mut out, &slices)?;
         }
-        out.flush()
+        Ok(())
     });
     let chunk = chunk.max(1) as u64;
     let mut in_flight = std::collections::VecDeque::new();

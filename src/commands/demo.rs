@@ -16,7 +16,7 @@ use crate::catalog::{upsert_entry, PublishedEntry};
 use crate::config::Config;
 use crate::fs::{ImageReadAt, ImageView};
 use crate::iso9660::{IsoFs, Kind, ReadAt, ROOT_INO};
-use crate::manifest::{Manifest, DEFAULT_CHUNK_SIZE};
+use crate::manifest::{HashAlg, Manifest, DEFAULT_CHUNK_SIZE};
 use crate::source::iscsi::IscsiSource;
 use crate::target::config::AllowList;
 use crate::target::scsi::{DeviceType, LogicalUnit};
@@ -190,7 +190,7 @@ async fn start_target() -> anyhow::Result<String> {
 
 /// The manifest and catalog entry for the sample, as `isomount publish` would write them.
 fn write_catalog(dir: &Path, portal: &str) -> anyhow::Result<PathBuf> {
-    let manifest = Manifest::build(SAMPLE_ISO, DEFAULT_CHUNK_SIZE)
+    let manifest = Manifest::build(SAMPLE_ISO, DEFAULT_CHUNK_SIZE, HashAlg::default())
         .context("while building the sample's manifest")?;
     let manifest_path = dir.join("sample.manifest");
     std::fs::write(&manifest_path, manifest.to_bytes()).context("while writing the manifest")?;

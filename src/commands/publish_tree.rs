@@ -12,6 +12,7 @@
 //! path = "netbsd/5.0/i386.iso"   # relative to the root
 //! name = "netbsd-5.0-i386"
 //! chunk_size = 65536
+//! hash = "sha256"                # the chunk hash algorithm (absent: sha256)
 //! manifest_sha256 = "…"          # the pin of NAME.manifest
 //! [image.stat]                   # absent when the file was modified too recently to trust
 //! size = 367001600               #   its timestamp (it is hashed again next time)
@@ -19,8 +20,8 @@
 //! inode = 1234
 //! device = 2049
 //! ```
-//! An image is skipped when its size, mtime, inode and device, the chunk size and its name are
-//! those recorded and its manifest still hashes to the recorded pin; `--rehash` hashes everything.
+//! An image is skipped when its size, mtime, inode and device, the chunk size, the hash algorithm
+//! and its name are those recorded and its manifest still hashes to the recorded pin; `--rehash` hashes everything.
 //! The catalog is all-or-nothing: it is written (atomically, entries in path order, the same
 //! bytes for the same tree) only when every image was hashed; manifests of images that are gone
 //! are removed.
@@ -39,7 +40,7 @@ use serde::{Deserialize, Serialize};
 use super::publish::PublishArgs;
 use crate::catalog::{self, PublishedEntry};
 use crate::config::Config;
-use crate::manifest::{self, Manifest};
+use crate::manifest::{self, HashAlg, Manifest};
 use crate::target::config;
 use crate::tree::{self, FileStamp, ImagePatterns, TreeImage};
 
@@ -106,8 +107,24 @@ struct Recorded {
     path: PathBuf,
     name: String,
     chunk_size: u32,
+    #[serde(default, with = "hash_alg_name")]
+    hash: HashAlg,
     manifest_sha256: String,
     stat: Option<Stat>,
+}
+
+/// [`HashAlg`] in the state file, by name.
+mod hash_alg_name {
+    use crate::manifest::HashAlg;
+
+    pub fn serialize<S: serde::Serializer>(alg: &HashAlg, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(alg.name())
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashAlg, D::Error> {
+        let name = <String as serde::Deserialize>::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// The part of a [`FileStamp`] that tells one version of an image from another, as recorded.
@@ -202,7 +219,7 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
         let plan = match recorded.get(image.relative.as_path()) {
             _ if args.tree.rehash => Plan::Hash(None),
             None => Plan::Hash(None),
-            Some(r) => match unchanged(r, &image, args.chunk_size, &dir) {
+            Some(r) => match unchanged(r, &image, args.chunk_size, args.hash, &dir) {
                 Ok(()) => Plan::Unchanged((*r).clone(), image.stamp.size),
                 Err(why) => Plan::Hash(Some(why)),
             },
@@ -226,7 +243,7 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
             let Plan::Hash(why) = plan else {
                 return None;
             };
-            match hash_image(image, args.chunk_size, &dir, &|n| bar.inc(n)) {
+            match hash_image(image, args.chunk_size, args.hash, &dir, &|n| bar.inc(n)) {
                 Ok(done) => {
                     let why = why.as_deref().map_or(String::new(), |w| format!(" ({w})"));
                     bar.suspend(|| {
@@ -361,6 +378,7 @@ fn unchanged(
     recorded: &Recorded,
     image: &TreeImage,
     chunk_size: u32,
+    hash: HashAlg,
     dir: &Path,
 ) -> Result<(), String> {
     match recorded.stat {
@@ -373,6 +391,9 @@ fn unchanged(
     }
     if recorded.chunk_size != chunk_size {
         return Err("the chunk size changed".into());
+    }
+    if recorded.hash != hash {
+        return Err("the hash algorithm changed".into());
     }
     let manifest = std::fs::read(dir.join(manifest_file(&image.names.name)))
         .map_err(|_| "its manifest is missing".to_string())?;
@@ -387,13 +408,14 @@ fn unchanged(
 fn hash_image(
     image: &TreeImage,
     chunk_size: u32,
+    hash: HashAlg,
     dir: &Path,
     hashed: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Hashed> {
     let file = std::fs::File::open(&image.path).context("while opening it")?;
     let before = FileStamp::of(&file.metadata()?);
-    let manifest =
-        Manifest::hash_file(&file, before.size, chunk_size, hashed).context("while hashing it")?;
+    let manifest = Manifest::hash_file(&file, before.size, chunk_size, hash, hashed)
+        .context("while hashing it")?;
     let after = FileStamp::of(&std::fs::metadata(&image.path)?);
     if !after.same_version(&before) {
         anyhow::bail!("it changed while it was being hashed; publish again once it is complete");
@@ -407,6 +429,7 @@ fn hash_image(
             path: image.relative.clone(),
             name: image.names.name.clone(),
             chunk_size,
+            hash,
             manifest_sha256: manifest.pin(),
             stat: Stat::settled(&before, SystemTime::now()),
         },

@@ -303,7 +303,16 @@ impl Cached {
         }
         let (me, reference) = (self.clone(), reference.clone());
         let gather = move || {
-            if in_memory.iter().all(Option::is_none) {
+            // The span's records in one read: a cold read looks no further.
+            let stored: Vec<bool> = match me
+                .store
+                .as_ref()
+                .map(|s| s.records_range(span.first, span.last))
+            {
+                Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),
+                _ => vec![true; span.count()],
+            };
+            if in_memory.iter().all(Option::is_none) && stored.iter().all(|&s| s) {
                 if let Some(all) = me.lookup_run(span.first, span.last, &reference) {
                     return Ok(all);
                 }
@@ -311,7 +320,10 @@ impl Cached {
             Err(span
                 .chunks()
                 .zip(in_memory)
-                .map(|(i, m)| m.or_else(|| me.lookup(i, &reference)))
+                .zip(stored)
+                .map(|((i, m), stored)| {
+                    m.or_else(|| stored.then(|| me.lookup(i, &reference)).flatten())
+                })
                 .collect())
         };
         match tokio::task::spawn_blocking(gather).await {

@@ -5,7 +5,9 @@
 //! An image is cut into chunks of the manifest's chunk size (the last one may be short); chunk
 //! `i` holds bytes `i * chunk size ..` ([`Geometry`]).
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
+
+use crate::iobuf::{pool, AlignedBuffer};
 
 pub use crate::cache::Geometry;
 
@@ -86,12 +88,14 @@ pub fn runs(geometry: Geometry, chunks: &[u64], max_bytes: u64) -> Vec<Run> {
 }
 
 /// Consecutive pieces of a read cut into chunks: a chunk that lies within one piece is a slice
-/// of it; only a chunk that straddles pieces is copied.
+/// of it; only a chunk that straddles pieces is copied, into a page-aligned buffer (so that the
+/// cache writes it with direct I/O from where it lies, like a slice of a READ's data).
 pub struct Cutter {
     /// Lengths of the chunks still to come, next last (for popping).
     lens: Vec<usize>,
     next: u64,
-    partial: BytesMut,
+    /// The chunk being put together from pieces, when one is.
+    partial: Option<AlignedBuffer>,
 }
 
 impl Cutter {
@@ -102,7 +106,7 @@ impl Cutter {
         Cutter {
             lens,
             next: first,
-            partial: BytesMut::new(),
+            partial: None,
         }
     }
 
@@ -118,18 +122,23 @@ impl Cutter {
             let Some(&len) = self.lens.last() else {
                 return Err(format!("{} bytes more than asked for", piece.len()));
             };
-            let chunk = if self.partial.is_empty() && piece.len() >= len {
-                piece.split_to(len)
-            } else {
-                let take = (len - self.partial.len()).min(piece.len());
-                if self.partial.is_empty() {
-                    self.partial.reserve(len);
+            let chunk = match self.partial.take() {
+                None if piece.len() >= len => piece.split_to(len),
+                partial => {
+                    let mut partial = match partial {
+                        Some(partial) => partial,
+                        None => pool::READS
+                            .take(len)
+                            .ok_or_else(|| format!("no memory for a chunk of {len} bytes"))?,
+                    };
+                    let take = (len - partial.len()).min(piece.len());
+                    partial.put_slice(&piece.split_to(take));
+                    if partial.len() < len {
+                        self.partial = Some(partial);
+                        continue;
+                    }
+                    pool::READS.freeze(partial)
                 }
-                self.partial.extend_from_slice(&piece.split_to(take));
-                if self.partial.len() < len {
-                    continue;
-                }
-                self.partial.split().freeze()
             };
             self.lens.pop();
             out.push((self.next, chunk));
@@ -141,7 +150,11 @@ impl Cutter {
     /// The bytes of an incomplete chunk when the pieces ended early (None when nothing was
     /// missing).
     pub fn finish(self) -> Option<Bytes> {
-        (!self.lens.is_empty()).then(|| self.partial.freeze())
+        (!self.lens.is_empty()).then(|| {
+            self.partial
+                .map(|p| pool::READS.freeze(p))
+                .unwrap_or_default()
+        })
     }
 }
 

@@ -171,6 +171,7 @@ impl Image {
                 .clone()
                 .unwrap_or_else(|| "none (chunk hashes recorded on first fetch)".into()),
         ));
+        out.push(("chunk-hash".into(), self.chunk_hash()));
         out.push(("portal".into(), self.current_portal()));
         out.push(("source".into(), self.current_kind()));
         if !self.offline {
@@ -183,6 +184,16 @@ impl Image {
             }
         }
         out
+    }
+
+    /// The chunk hash algorithm ("sha256", "blake3"), and for an image with no manifest where
+    /// its hashes come from.
+    fn chunk_hash(&self) -> String {
+        let alg = self.reference.hash_alg();
+        match self.manifest_pin {
+            Some(_) => alg.to_string(),
+            None => format!("{alg} (recorded on first fetch)"),
+        }
     }
 
     /// The kind of the source in use ("iscsi", "http"), "offline" or "none".

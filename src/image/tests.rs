@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 use super::fetch::MAX_RUN_BYTES;
 use super::*;
 use crate::config::DEFAULT_READ_TIMEOUT;
+use crate::manifest::HashAlg;
 use crate::source::{Pieces, SourceError, SourceIdentity};
 
 /// A source over bytes in memory that counts reads and can fail or lie.
@@ -23,6 +24,8 @@ struct FaultySource {
     corrupt_at: Mutex<Option<u64>>,
     /// Answer reads in pieces of this many bytes (as a LUN does, one per command).
     piece: Option<usize>,
+    /// The read size it says suits it (the default when None).
+    run_bytes: Option<usize>,
     label: String,
 }
 
@@ -34,7 +37,14 @@ impl FaultySource {
             fail_next: AtomicU32::new(0),
             corrupt_at: Mutex::new(None),
             piece: None,
+            run_bytes: None,
             label: "a".into(),
+        })
+    }
+    fn with_run_bytes(data: Vec<u8>, run_bytes: usize) -> Arc<FaultySource> {
+        Arc::new(FaultySource {
+            run_bytes: Some(run_bytes),
+            ..Arc::into_inner(FaultySource::new(data)).unwrap()
         })
     }
     fn in_pieces(data: Vec<u8>, piece: usize) -> Arc<FaultySource> {
@@ -75,6 +85,9 @@ impl BlockSource for Named {
     }
     fn read(&self, offset: u64, len: usize) -> Pieces<'_> {
         self.source.read(offset, len)
+    }
+    fn run_bytes(&self) -> usize {
+        self.source.run_bytes()
     }
 }
 
@@ -133,6 +146,9 @@ impl BlockSource for FaultySource {
         };
         stream
     }
+    fn run_bytes(&self) -> usize {
+        self.run_bytes.unwrap_or(crate::source::DEFAULT_RUN_BYTES)
+    }
 }
 
 /// A portal that refuses every connection.
@@ -175,7 +191,18 @@ fn spec(
     sources: Vec<Arc<dyn BlockSource>>,
     offline: bool,
 ) -> ImageSpec {
-    let manifest = Manifest::build(bytes, CHUNK).unwrap();
+    spec_hashed(bytes, HashAlg::Sha256, with_manifest, sources, offline)
+}
+
+/// [`spec`] with a manifest of chunk hashes in `hash_alg`.
+fn spec_hashed(
+    bytes: &[u8],
+    hash_alg: HashAlg,
+    with_manifest: bool,
+    sources: Vec<Arc<dyn BlockSource>>,
+    offline: bool,
+) -> ImageSpec {
+    let manifest = Manifest::build(bytes, CHUNK, hash_alg).unwrap();
     let identity = if with_manifest {
         format!("manifest:{}", manifest.pin())
     } else {
@@ -276,6 +303,18 @@ async fn misses_coalesce_into_one_read() {
         (1 << 20) / MAX_RUN_BYTES,
         "16 missing chunks must be READs of {MAX_RUN_BYTES} bytes"
     );
+}
+
+/// A source that asks for larger reads (a web mirror: each range request costs a round trip)
+/// gets runs of that size.
+#[tokio::test]
+async fn misses_coalesce_into_runs_of_the_size_the_source_asks_for() {
+    let bytes = data(2 << 20, 3);
+    let src = FaultySource::with_run_bytes(bytes.clone(), 1 << 20);
+    let image = Image::new(spec(&bytes, true, vec![mirror("a", &src)], false), None);
+    let got = image.read(0, 2 << 20).await.unwrap();
+    assert!(got[..] == bytes[..]);
+    assert_eq!(src.reads(), 2, "32 missing chunks must be 2 READs of 1 MiB");
 }
 
 #[tokio::test]
@@ -440,6 +479,22 @@ async fn facts_and_stats_describe_the_image() {
     assert_eq!(facts["target"], "iqn.test");
     assert_eq!(facts["portal"], "127.0.0.1:3260");
     assert_eq!(facts["manifest"].len(), 64);
+    assert_eq!(facts["chunk-hash"], "sha256");
+    let blake3 = Image::new(
+        spec_hashed(
+            &bytes,
+            HashAlg::Blake3,
+            true,
+            vec![mirror("a", &src)],
+            false,
+        ),
+        None,
+    );
+    let facts: HashMap<String, String> = blake3.facts().into_iter().collect();
+    assert_eq!(facts["chunk-hash"], "blake3");
+    let unpinned = Image::new(spec(&bytes, false, vec![mirror("a", &src)], false), None);
+    let facts: HashMap<String, String> = unpinned.facts().into_iter().collect();
+    assert_eq!(facts["chunk-hash"], "sha256 (recorded on first fetch)");
     let stats = image.stats();
     assert!(stats.contains("misses: 1\n"), "{stats}");
     assert!(stats.contains("bytes fetched: 10000\n"), "{stats}");
@@ -491,6 +546,57 @@ async fn a_torn_record_falls_back_to_sha256_and_damaged_bytes_are_fetched_again(
         src.reads(),
         before + 1,
         "the damaged chunk is fetched again"
+    );
+}
+
+/// The same image republished with BLAKE3 chunk hashes, over the store its sha256 manifest
+/// filled: no record is believed without a BLAKE3 check. Intact chunks pass (hashed again, not
+/// fetched); a chunk whose bytes were replaced, its record (sha256 and CRC32C) made to agree with
+/// the new bytes, is fetched again.
+#[tokio::test]
+async fn a_store_filled_under_sha256_is_checked_again_under_a_blake3_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(4 * CHUNK as usize, 13);
+    let src = FaultySource::new(bytes.clone());
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
+    let data_path = store_dir.join("data");
+    let mut raw = std::fs::read(&data_path).unwrap();
+    let chunk1 = CHUNK as usize..2 * CHUNK as usize;
+    raw[chunk1.start + 77] ^= 0x10;
+    let index_path = store_dir.join("index");
+    let mut index = std::fs::read(&index_path).unwrap();
+    let record =
+        crate::cache::store::INDEX_HEADER_LEN as usize + crate::cache::store::RECORD_LEN as usize;
+    index[record..record + 32].copy_from_slice(&crate::manifest::sha256(&raw[chunk1.clone()]));
+    index[record + 32..record + 36]
+        .copy_from_slice(&crc32c::crc32c(&raw[chunk1.clone()]).to_be_bytes());
+    std::fs::write(&index_path, &index).unwrap();
+    std::fs::write(&data_path, &raw).unwrap();
+
+    let sha256_identity = spec(&bytes, true, Vec::new(), false).identity;
+    let mut republished = spec_hashed(
+        &bytes,
+        HashAlg::Blake3,
+        true,
+        vec![mirror("a", &src)],
+        false,
+    );
+    republished.identity = sha256_identity;
+    let image = Image::new(republished, cache(dir.path(), None));
+    assert!(image.read(0, bytes.len()).await.unwrap()[..] == bytes[..]);
+    let stats = image.stats();
+    assert!(
+        stats.contains(&format!("bytes fetched: {CHUNK}\n")),
+        "intact chunks pass by their BLAKE3 hash; only the replaced one is fetched again: {stats}"
+    );
+    image.flush().await;
+    drop(image);
+    let store = crate::cache::Store::open_existing(&store_dir).unwrap();
+    let blake3 = HashAlg::Blake3.hash_chunk(&bytes[chunk1]);
+    assert_eq!(
+        store.record(1).unwrap().hash,
+        blake3,
+        "refetched under BLAKE3"
     );
 }
 

@@ -529,9 +529,32 @@ fn padding(len: usize) -> usize {
     (4 - len % 4) % 4
 }
 
-/// Total length on the wire of the PDU at the start of `buf`, once its BHS is there.
-/// Checks the data segment against `framing.max_recv_data` before anything is allocated.
-pub fn frame_len(buf: &[u8], framing: &Framing) -> Result<Option<usize>, PduError> {
+/// Where the parts of a frame lie, from the start of its BHS (§11.1: BHS, AHS, header digest,
+/// data segment, padding to 4, data digest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// End of the BHS and AHS (what the header digest covers).
+    pub header_end: usize,
+    /// Start of the data segment (after the header digest, when in effect).
+    pub data_start: usize,
+    /// The data segment's length without its padding.
+    pub data_len: usize,
+    /// The data segment's length with its padding (what the data digest covers).
+    pub padded_len: usize,
+    /// Length of the data digest: 4 when in effect and there is data, else 0.
+    pub data_digest_len: usize,
+}
+
+impl Layout {
+    /// Total length on the wire.
+    pub fn total(&self) -> usize {
+        self.data_start + self.padded_len + self.data_digest_len
+    }
+}
+
+/// The layout of the PDU at the start of `buf`, once its BHS is there. Checks the data segment
+/// against `framing.max_recv_data` before anything is allocated.
+pub fn layout(buf: &[u8], framing: &Framing) -> Result<Option<Layout>, PduError> {
     if buf.len() < BHS_LEN {
         return Ok(None);
     }
@@ -544,56 +567,106 @@ pub fn frame_len(buf: &[u8], framing: &Framing) -> Result<Option<usize>, PduErro
         });
     }
     let data_len = data_len as usize;
+    let header_end = BHS_LEN + ahs_len;
     let header_digest = if framing.header_digest { 4 } else { 0 };
-    let data_digest = if framing.data_digest && data_len > 0 {
+    let data_digest_len = if framing.data_digest && data_len > 0 {
         4
     } else {
         0
     };
-    Ok(Some(
-        BHS_LEN + ahs_len + header_digest + data_len + padding(data_len) + data_digest,
-    ))
+    Ok(Some(Layout {
+        header_end,
+        data_start: header_end + header_digest,
+        data_len,
+        padded_len: data_len + padding(data_len),
+        data_digest_len,
+    }))
+}
+
+/// Total length on the wire of the PDU at the start of `buf`, once its BHS is there.
+/// Checks the data segment against `framing.max_recv_data` before anything is allocated.
+pub fn frame_len(buf: &[u8], framing: &Framing) -> Result<Option<usize>, PduError> {
+    Ok(layout(buf, framing)?.map(|l| l.total()))
+}
+
+/// The BHS of a frame's `header` (its first `layout.data_start` bytes), once the header digest,
+/// when in effect, matches.
+fn check_header(header: &[u8], layout: &Layout, framing: &Framing) -> Result<Bhs, PduError> {
+    if framing.header_digest {
+        let want = digest::crc32c(&header[..layout.header_end]);
+        if header[layout.header_end..layout.data_start] != digest::to_wire(want) {
+            return Err(PduError::HeaderDigest);
+        }
+    }
+    let mut raw = [0u8; BHS_LEN];
+    raw.copy_from_slice(&header[..BHS_LEN]);
+    Bhs::from_bytes(&raw)
+}
+
+/// Whether the data segment with its padding matches the data digest that followed it, when
+/// one is in effect.
+fn check_data(padded: &[u8], data_digest: &[u8], layout: &Layout) -> Result<(), PduError> {
+    if layout.data_digest_len > 0 && data_digest != digest::to_wire(digest::crc32c(padded)) {
+        return Err(PduError::DataDigest);
+    }
+    Ok(())
 }
 
 /// Take one PDU off the front of `buf`. `Ok(None)`: not all of it has arrived (more capacity is
 /// reserved for it). The data segment is split off `buf` without copying.
 pub fn decode(buf: &mut BytesMut, framing: &Framing) -> Result<Option<Pdu>, PduError> {
-    let Some(total) = frame_len(buf, framing)? else {
+    let Some(layout) = layout(buf, framing)? else {
         return Ok(None);
     };
+    let total = layout.total();
     if buf.len() < total {
         buf.reserve(total - buf.len());
         return Ok(None);
     }
-    let ahs_len = usize::from(buf[4]) * 4;
-    let data_len = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
-    let header_end = BHS_LEN + ahs_len;
-    if framing.header_digest {
-        let want = digest::crc32c(&buf[..header_end]);
-        if buf[header_end..header_end + 4] != digest::to_wire(want) {
-            return Err(PduError::HeaderDigest);
-        }
-    }
-    let mut raw = [0u8; BHS_LEN];
-    raw.copy_from_slice(&buf[..BHS_LEN]);
-    let bhs = Bhs::from_bytes(&raw)?;
-    let data_start = header_end + if framing.header_digest { 4 } else { 0 };
-    let padded_end = data_start + data_len + padding(data_len);
-    if framing.data_digest && data_len > 0 {
-        let want = digest::crc32c(&buf[data_start..padded_end]);
-        if buf[padded_end..padded_end + 4] != digest::to_wire(want) {
-            return Err(PduError::DataDigest);
-        }
-    }
+    let bhs = check_header(&buf[..layout.data_start], &layout, framing)?;
+    let padded_end = layout.data_start + layout.padded_len;
+    check_data(
+        &buf[layout.data_start..padded_end],
+        &buf[padded_end..total],
+        &layout,
+    )?;
     let mut frame = buf.split_to(total);
-    let ahs = frame.split_to(header_end).split_off(BHS_LEN).freeze();
-    let mut data = frame.split_off(data_start - header_end);
-    data.truncate(data_len);
+    let ahs = frame
+        .split_to(layout.header_end)
+        .split_off(BHS_LEN)
+        .freeze();
+    let mut data = frame.split_off(layout.data_start - layout.header_end);
+    data.truncate(layout.data_len);
     Ok(Some(Pdu {
         bhs,
         ahs,
         data: data.freeze(),
     }))
+}
+
+/// A PDU received in parts: `header` (BHS, AHS and header digest: `layout.data_start` bytes), its
+/// data segment with its padding `padded` (received elsewhere, e.g. into an aligned buffer; kept
+/// without copying), and the data digest that followed it (`layout.data_digest_len` bytes).
+pub fn decode_parts(
+    header: &[u8],
+    padded: Bytes,
+    data_digest: &[u8],
+    layout: &Layout,
+    framing: &Framing,
+) -> Result<Pdu, PduError> {
+    if header.len() != layout.data_start
+        || padded.len() != layout.padded_len
+        || data_digest.len() != layout.data_digest_len
+    {
+        return Err(PduError::Malformed("a PDU's parts do not match its header"));
+    }
+    let bhs = check_header(header, layout, framing)?;
+    check_data(&padded, data_digest, layout)?;
+    Ok(Pdu {
+        bhs,
+        ahs: Bytes::copy_from_slice(&header[BHS_LEN..layout.header_end]),
+        data: padded.slice(..layout.data_len),
+    })
 }
 
 /// Split a SCSI Response's data segment into sense data and response data (§11.4.7).

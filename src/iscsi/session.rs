@@ -25,7 +25,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use tokio::sync::oneshot;
 
 use super::login::LoginOutcome;
@@ -35,6 +35,7 @@ use super::pdu::{
 use super::reader::ReadError;
 use super::text::Params;
 use super::IscsiError;
+use crate::iobuf::{pool, AlignedBuffer};
 use crate::scsi::Cdb;
 
 /// `a < b` in 32-bit serial number arithmetic (RFC 1982).
@@ -113,13 +114,14 @@ pub struct CommandOutcome {
     pub sense: Bytes,
 }
 
-/// Data-In segments of one command, joined in order without copying when there is only one.
+/// Data-In segments of one command, joined in order without copying when there is only one
+/// (several are copied into one page-aligned buffer, as the reader lands a single segment).
 #[derive(Debug, Default)]
 pub(super) enum Assembly {
     #[default]
     Empty,
     One(Bytes),
-    Many(BytesMut),
+    Many(AlignedBuffer),
 }
 
 impl Assembly {
@@ -148,13 +150,15 @@ impl Assembly {
         *self = match std::mem::take(self) {
             Self::Empty => Self::One(data),
             Self::One(first) => {
-                let mut joined = BytesMut::with_capacity(limit as usize);
-                joined.extend_from_slice(&first);
-                joined.extend_from_slice(&data);
+                let mut joined = pool::READS
+                    .take(limit as usize)
+                    .ok_or_else(|| format!("no memory for {limit} bytes of Data-In"))?;
+                joined.put_slice(&first);
+                joined.put_slice(&data);
                 Self::Many(joined)
             }
             Self::Many(mut joined) => {
-                joined.extend_from_slice(&data);
+                joined.put_slice(&data);
                 Self::Many(joined)
             }
         };
@@ -166,7 +170,7 @@ impl Assembly {
         match std::mem::take(self) {
             Self::Empty => Bytes::new(),
             Self::One(b) => b,
-            Self::Many(b) => b.freeze(),
+            Self::Many(b) => pool::READS.freeze(b),
         }
     }
 }

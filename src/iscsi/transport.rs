@@ -70,7 +70,7 @@ impl Conn {
                     let _ = stream.set_nodelay(true);
                     return Ok(Self {
                         stream,
-                        pdus: PduReader::new(Framing::default(), Buffering::Streaming),
+                        pdus: PduReader::new(Framing::default(), Buffering::Aligned),
                         portal: portal.to_string(),
                         timeout,
                         exchanges: 1,

@@ -88,7 +88,7 @@ mod tests {
     use crate::source::{read_all, MemorySource};
 
     fn image(bytes: &'static [u8], corrupt_upstream: bool) -> Arc<Image> {
-        let manifest = Manifest::build(bytes, 4096).unwrap();
+        let manifest = Manifest::build(bytes, 4096, crate::manifest::HashAlg::Sha256).unwrap();
         let upstream: Vec<u8> = if corrupt_upstream {
             bytes.iter().map(|b| b ^ 1).collect()
         } else {

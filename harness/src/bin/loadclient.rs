@@ -2,7 +2,9 @@
 //!  [--logins-at-once L] [--server-pid PID]`
 //!
 //! Logs N sessions in to TARGET (default 4096), lets M of them (default all) read their own
-//! regions K KiB at a time (default 256) for S seconds (default 10) while the rest idle, and
+//! regions K KiB at a time (default 256; the data is taken off the socket unseen, so the client's
+//! CPU goes to the protocol, as on a machine of its own) for S seconds (default 10) while the
+//! rest idle, and
 //! prints one `key value` line per figure: sessions logged in, login time, aggregate MiB/s,
 //! errors; with --server-pid, the target process's resident memory before the logins, with
 //! the sessions logged in and idle, and per session. Then logs everyone out.
