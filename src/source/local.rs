@@ -16,7 +16,7 @@ fn out_of_range(offset: u64, len: usize, size: u64) -> SourceError {
 /// A local file, read through the page cache into fresh buffers.
 pub struct FileSource {
     path: std::path::PathBuf,
-    file: std::sync::Arc<std::fs::File>,
+    file: std::fs::File,
     size: u64,
     block_size: u32,
 }
@@ -37,15 +37,10 @@ impl FileSource {
     ) -> Self {
         Self {
             path: path.to_path_buf(),
-            file: std::sync::Arc::new(file),
+            file,
             size,
             block_size,
         }
-    }
-
-    /// The open file itself (`serve` sends image data straight from it).
-    pub fn shared_file(&self) -> std::sync::Arc<std::fs::File> {
-        self.file.clone()
     }
 
     pub fn size(&self) -> u64 {

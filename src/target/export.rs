@@ -41,7 +41,7 @@ pub enum LunData {
 pub struct MappedFile {
     map: MemorySource,
     file: FileSource,
-    /// The same open file (one descriptor), for the kernel to send from.
+    /// The same open file, for the kernel to send from.
     sendable: Arc<File>,
 }
 
@@ -172,8 +172,8 @@ pub fn export_file(
             "{shown}: changed while it was being opened"
         )));
     }
+    let sendable = Arc::new(file.try_clone().map_err(|e| io("cannot open", e))?);
     let file = FileSource::from_file(image.path, file, size, device.block_size());
-    let sendable = file.shared_file();
     let map = MemorySource::new(map, device.block_size());
     // The serial changes with the file's version, so an initiator that reconnects after a
     // replacement sees a different unit rather than mixing the two versions' bytes.
