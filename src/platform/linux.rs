@@ -165,16 +165,7 @@ pub fn send_file(socket: BorrowedFd<'_>, file: &File, at: u64, len: usize) -> io
     let mut at = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
     // SAFETY: both descriptors are open for the call; `at` is a valid off_t the call updates.
     let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut at, len) };
-    usize::try_from(sent).map_err(|_| {
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            // A file system that cannot be spliced from, or no file at all.
-            Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ESPIPE) => {
-                io::Error::new(io::ErrorKind::Unsupported, err)
-            }
-            _ => err,
-        }
-    })
+    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
 /// sendmsg(2) with MSG_MORE (and MSG_NOSIGNAL: a closed peer is an error, not a signal).

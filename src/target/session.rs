@@ -1096,11 +1096,7 @@ async fn write_loop<W: Sink>(
 ) -> Option<WriteEnd> {
     const COPY_BELOW: usize = 4096;
     const BATCH_BUFFER: usize = 64 * 1024;
-    let mut data_path = if writer.sends_files() {
-        DataPath::Files
-    } else {
-        DataPath::Mappings
-    };
+    let sends_files = writer.sends_files();
     let mut small = BytesMut::new();
     let mut segments: VecDeque<Segment> = VecDeque::new();
     while let Some(first) = rx.recv().await {
@@ -1121,7 +1117,7 @@ async fn write_loop<W: Sink>(
             let data_len = pdu.wire_data().len();
             match &out.data_from {
                 _ if data_len == 0 => {}
-                DataFrom::File { file, offset } if data_path == DataPath::Files => {
+                DataFrom::File { file, offset } if sends_files => {
                     segments.push_back(Segment::Memory(small.split().freeze()));
                     segments.push_back(Segment::File {
                         file: file.clone(),
@@ -1154,8 +1150,9 @@ async fn write_loop<W: Sink>(
             segments.push_back(Segment::Memory(small.split().freeze()));
         }
         write_several_from_mappings(&mut segments);
-        let writing = write_all_segments(&mut writer, &mut segments, &mut data_path);
-        match tokio::time::timeout(stall_limit, writing).await {
+        match tokio::time::timeout(stall_limit, write_all_segments(&mut writer, &mut segments))
+            .await
+        {
             Ok(Ok(())) => {}
             // Closing our side tells the initiator at once, and a well-behaved one closes its
             // side, which ends the reader too.
@@ -1214,24 +1211,12 @@ fn write_several_from_mappings(segments: &mut VecDeque<Segment>) {
     }
 }
 
-/// How a connection's writer sends the data of image files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DataPath {
-    /// From the files (sendfile).
-    Files,
-    /// From their mappings (writev): where the system or the sink cannot send files, or a file
-    /// system refused to.
-    Mappings,
-}
-
 /// Write every segment, in order, with as few system calls as the socket allows. A file that
 /// ends before its segment does (truncated while served) fails the write: the PDU's header has
-/// promised the bytes, so the connection must end. A file whose file system cannot be sent from
-/// goes from its mapping, and so does every file after it on this connection.
+/// promised the bytes, so the connection must end.
 async fn write_all_segments<W: Sink>(
     writer: &mut W,
     segments: &mut VecDeque<Segment>,
-    data_path: &mut DataPath,
 ) -> io::Result<()> {
     const MAX_SLICES: usize = 64;
     while let Some(front) = segments.front_mut() {
@@ -1239,20 +1224,7 @@ async fn write_all_segments<W: Sink>(
             file, offset, len, ..
         } = front
         {
-            let sent = match writer.send_file(file, *offset, *len).await {
-                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    tracing::info!("data goes from mappings on this connection: {e}");
-                    *data_path = DataPath::Mappings;
-                    for segment in segments.iter_mut() {
-                        if let Segment::File { len, mapped, .. } = segment {
-                            let unsent = mapped.slice(mapped.len() - *len..);
-                            *segment = Segment::Memory(unsent);
-                        }
-                    }
-                    continue;
-                }
-                sent => sent?,
-            };
+            let sent = writer.send_file(file, *offset, *len).await?;
             if sent == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -1352,127 +1324,6 @@ mod tests {
                 Segment::File { offset, len, .. } => format!("file {offset}+{len}"),
             })
             .collect()
-    }
-
-    /// A sink that writes into memory and sends files its own way.
-    struct FakeSink {
-        out: Vec<u8>,
-        files: FakeFiles,
-    }
-
-    enum FakeFiles {
-        /// As a file system that cannot be spliced from.
-        Refused,
-        /// At most three bytes a call, read with pread (0 past the file's end).
-        ThreeAtATime,
-    }
-
-    impl AsyncWrite for FakeSink {
-        fn poll_write(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            self.out.extend_from_slice(buf);
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    impl Sink for FakeSink {
-        fn sends_files(&self) -> bool {
-            true
-        }
-
-        async fn write_before_file(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-            self.write_vectored(bufs).await
-        }
-
-        async fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
-            use std::os::unix::fs::FileExt;
-            match self.files {
-                FakeFiles::Refused => Err(io::ErrorKind::Unsupported.into()),
-                FakeFiles::ThreeAtATime => {
-                    let mut piece = vec![0u8; len.min(3)];
-                    let n = file.read_at(&mut piece, offset)?;
-                    self.out.extend_from_slice(&piece[..n]);
-                    Ok(n)
-                }
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn file_segments_go_in_order_from_the_file_from_the_mapping_or_end_the_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("image");
-        std::fs::write(&path, b"abcdefgh").unwrap();
-        let file = Arc::new(File::open(&path).unwrap());
-        let batch = || -> VecDeque<Segment> {
-            [
-                Segment::Memory(Bytes::from_static(b"<h1>")),
-                file_segment(&file, 0, b"ABCDE"),
-                Segment::Memory(Bytes::from_static(b"<h2>")),
-                file_segment(&file, 5, b"FGH"),
-                Segment::Memory(Bytes::from_static(b"<end>")),
-            ]
-            .into()
-        };
-        // The mapped bytes are upper case here, to tell the two ways apart.
-        let mut sink = FakeSink {
-            out: Vec::new(),
-            files: FakeFiles::ThreeAtATime,
-        };
-        let mut path_taken = DataPath::Files;
-        let mut segments = batch();
-        write_all_segments(&mut sink, &mut segments, &mut path_taken)
-            .await
-            .unwrap();
-        assert_eq!(sink.out, b"<h1>abcde<h2>fgh<end>");
-        assert_eq!(path_taken, DataPath::Files);
-
-        let mut sink = FakeSink {
-            out: Vec::new(),
-            files: FakeFiles::Refused,
-        };
-        let mut segments = batch();
-        write_all_segments(&mut sink, &mut segments, &mut path_taken)
-            .await
-            .unwrap();
-        assert_eq!(sink.out, b"<h1>ABCDE<h2>FGH<end>");
-        assert_eq!(path_taken, DataPath::Mappings);
-
-        // Cut under the writer: what is there goes, then the write fails.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(4)
-            .unwrap();
-        let mut sink = FakeSink {
-            out: Vec::new(),
-            files: FakeFiles::ThreeAtATime,
-        };
-        let mut path_taken = DataPath::Files;
-        let mut segments = batch();
-        let err = write_all_segments(&mut sink, &mut segments, &mut path_taken)
-            .await
-            .unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
-        assert_eq!(sink.out, b"<h1>abcd");
     }
 
     #[test]
