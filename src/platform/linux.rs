@@ -161,8 +161,13 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// sendfile(2) at an explicit offset (the file's own position is left alone, so sessions share
 /// one descriptor).
-pub fn send_file(socket: BorrowedFd<'_>, file: &File, at: u64, len: usize) -> io::Result<usize> {
-    let mut at = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
+pub fn send_file(
+    socket: BorrowedFd<'_>,
+    file: &File,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
+    let mut at = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
     // SAFETY: both descriptors are open for the call; `at` is a valid off_t the call updates.
     let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut at, len) };
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())

@@ -264,17 +264,22 @@ pub fn sends_files() -> bool {
     false
 }
 
-/// Send up to `len` bytes of `file` from byte `at` to the stream socket `socket`, taken by the
+/// Send up to `len` bytes of `file` from `offset` to the stream socket `socket`, taken by the
 /// kernel from the file's pages without a copy through user space or into the socket (Linux's
 /// sendfile(2)). How many bytes went: fewer than `len` when the socket's buffer filled, 0 when
-/// the file now ends at or before `at` (it was truncated); `WouldBlock` when a nonblocking
+/// the file now ends at or before `offset` (it was truncated); `WouldBlock` when a nonblocking
 /// socket takes nothing now. `Unsupported` where [`sends_files`] is false.
-pub fn send_file(socket: BorrowedFd<'_>, file: &File, at: u64, len: usize) -> io::Result<usize> {
+pub fn send_file(
+    socket: BorrowedFd<'_>,
+    file: &File,
+    offset: u64,
+    len: usize,
+) -> io::Result<usize> {
     #[cfg(target_os = "linux")]
     if linux_ways() {
-        return linux::send_file(socket, file, at, len);
+        return linux::send_file(socket, file, offset, len);
     }
-    let _ = (socket, file, at, len);
+    let _ = (socket, file, offset, len);
     Err(io::Error::new(
         io::ErrorKind::Unsupported,
         "files are sent with sendfile(2) only on Linux",
