@@ -1123,7 +1123,6 @@ async fn write_loop<W: Sink>(
                         file: file.clone(),
                         offset: *offset,
                         len: data_len,
-                        mapped: pdu.data.slice(..data_len),
                     });
                 }
                 DataFrom::File { .. } => {
@@ -1149,7 +1148,6 @@ async fn write_loop<W: Sink>(
         if !small.is_empty() {
             segments.push_back(Segment::Memory(small.split().freeze()));
         }
-        write_several_from_mappings(&mut segments);
         match tokio::time::timeout(stall_limit, write_all_segments(&mut writer, &mut segments))
             .await
         {
@@ -1186,29 +1184,7 @@ enum Segment {
         file: Arc<File>,
         offset: u64,
         len: usize,
-        /// The same bytes in the file's mapping.
-        mapped: Bytes,
     },
-}
-
-/// A batch of several file segments (an initiator with many commands in flight) goes out in one
-/// vectored write from the mappings; only a lone one is sent from the file. Sending from the
-/// file takes two calls per PDU (header, file) where `writev` takes one per batch, and measured
-/// on loopback with libiscsi's iscsi-perf (32 commands in flight) it halved the throughput, while
-/// with thousands of sessions of one command each it cut serve's CPU per byte by a fifth.
-fn write_several_from_mappings(segments: &mut VecDeque<Segment>) {
-    let files = segments
-        .iter()
-        .filter(|s| matches!(s, Segment::File { .. }))
-        .count();
-    if files < 2 {
-        return;
-    }
-    for segment in segments.iter_mut() {
-        if let Segment::File { mapped, .. } = segment {
-            *segment = Segment::Memory(std::mem::take(mapped));
-        }
-    }
 }
 
 /// Write every segment, in order, with as few system calls as the socket allows. A file that
@@ -1220,10 +1196,7 @@ async fn write_all_segments<W: Sink>(
 ) -> io::Result<()> {
     const MAX_SLICES: usize = 64;
     while let Some(front) = segments.front_mut() {
-        if let Segment::File {
-            file, offset, len, ..
-        } = front
-        {
+        if let Segment::File { file, offset, len } = front {
             let sent = writer.send_file(file, *offset, *len).await?;
             if sent == 0 {
                 return Err(io::Error::new(
@@ -1300,59 +1273,5 @@ fn stamp(bhs: &mut Bhs, stat_sn: &mut u32, exp: u32, max: u32) {
         Bhs::LogoutResponse(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (next(), exp, max),
         Bhs::Reject(p) => (p.stat_sn, p.exp_cmd_sn, p.max_cmd_sn) = (next(), exp, max),
         _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file_segment(file: &Arc<File>, offset: u64, bytes: &'static [u8]) -> Segment {
-        Segment::File {
-            file: file.clone(),
-            offset,
-            len: bytes.len(),
-            mapped: Bytes::from_static(bytes),
-        }
-    }
-
-    fn shape(segments: &VecDeque<Segment>) -> Vec<String> {
-        segments
-            .iter()
-            .map(|s| match s {
-                Segment::Memory(b) => format!("memory {}", String::from_utf8_lossy(b)),
-                Segment::File { offset, len, .. } => format!("file {offset}+{len}"),
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_lone_file_segment_is_sent_from_the_file_and_several_from_their_mappings() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("image");
-        std::fs::write(&path, b"abcdefgh").unwrap();
-        let file = Arc::new(File::open(&path).unwrap());
-
-        let mut lone: VecDeque<Segment> = [
-            Segment::Memory(Bytes::from_static(b"h1")),
-            file_segment(&file, 0, b"abcd"),
-            Segment::Memory(Bytes::from_static(b"s1")),
-        ]
-        .into();
-        write_several_from_mappings(&mut lone);
-        assert_eq!(shape(&lone), ["memory h1", "file 0+4", "memory s1"]);
-
-        let mut several: VecDeque<Segment> = [
-            Segment::Memory(Bytes::from_static(b"h1")),
-            file_segment(&file, 0, b"abcd"),
-            Segment::Memory(Bytes::from_static(b"h2")),
-            file_segment(&file, 4, b"efgh"),
-        ]
-        .into();
-        write_several_from_mappings(&mut several);
-        assert_eq!(
-            shape(&several),
-            ["memory h1", "memory abcd", "memory h2", "memory efgh"]
-        );
     }
 }
