@@ -1,11 +1,11 @@
 //! Linux's own ways: the mount table in /proc, read-ahead in /sys, umount2, fusermount3, several
 //! FUSE threads with cloned descriptors, passthrough, direct I/O, hole punching, glibc's
-//! allocator tunables, sendfile. Taken unless `ISOMOUNT_FORCE_PORTABLE=1`.
+//! allocator tunables. Taken unless `ISOMOUNT_FORCE_PORTABLE=1`.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -157,38 +157,6 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
         Some(libc::EOPNOTSUPP) => Err(io::Error::new(io::ErrorKind::Unsupported, err)),
         _ => Err(err),
     }
-}
-
-/// sendfile(2) at an explicit offset (the file's own position is left alone, so sessions share
-/// one descriptor).
-pub fn send_file(
-    socket: BorrowedFd<'_>,
-    file: &File,
-    offset: u64,
-    len: usize,
-) -> io::Result<usize> {
-    let mut at = libc::off_t::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: both descriptors are open for the call; `at` is a valid off_t the call updates.
-    let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut at, len) };
-    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
-}
-
-/// sendmsg(2) with MSG_MORE (and MSG_NOSIGNAL: a closed peer is an error, not a signal).
-pub fn send_with_more(socket: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain data; all-zero is valid (no name, no control data).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    // IoSlice is ABI-compatible with iovec; sendmsg only reads the buffers.
-    msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-    msg.msg_iovlen = bufs.len().min(libc::UIO_MAXIOV as usize) as _;
-    // SAFETY: the descriptor is open; msg points at `bufs`, valid for the call.
-    let sent = unsafe {
-        libc::sendmsg(
-            socket.as_raw_fd(),
-            &msg,
-            libc::MSG_MORE | libc::MSG_NOSIGNAL,
-        )
-    };
-    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
 }
 
 /// Data buffers of a few hundred KiB are allocated and freed at line rate. glibc's default is

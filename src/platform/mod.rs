@@ -20,7 +20,6 @@
 //! | space of evicted chunks | fallocate(PUNCH_HOLE) | FreeBSD fspacectl, macOS F_PUNCHHOLE, else none: the store is rewritten |
 //! | freed memory | kept (glibc mallopt) | the allocator's default |
 //! | host name | gethostname(3) | gethostname(3) |
-//! | `serve`'s read data | sendfile(2) from the image file | writev(2) from its mapping |
 //!
 //! The harness crate has its own small platform file (`harness/src/platform.rs`) for the one
 //! difference it has: children that die with the test process.
@@ -39,7 +38,7 @@ use unix as native;
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -255,53 +254,6 @@ pub fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
     unix::punch_hole(file, offset, len)
 }
 
-/// Whether [`send_file`] sends (Linux's own ways); elsewhere the caller writes the bytes.
-pub fn sends_files() -> bool {
-    #[cfg(target_os = "linux")]
-    if linux_ways() {
-        return true;
-    }
-    false
-}
-
-/// Send up to `len` bytes of `file` from `offset` to the stream socket `socket`, taken by the
-/// kernel from the file's pages without a copy through user space or into the socket (Linux's
-/// sendfile(2)). How many bytes went: fewer than `len` when the socket's buffer filled, 0 when
-/// the file now ends at or before `offset` (it was truncated); `WouldBlock` when a nonblocking
-/// socket takes nothing now. `Unsupported` where [`sends_files`] is false.
-pub fn send_file(
-    socket: BorrowedFd<'_>,
-    file: &File,
-    offset: u64,
-    len: usize,
-) -> io::Result<usize> {
-    #[cfg(target_os = "linux")]
-    if linux_ways() {
-        return linux::send_file(socket, file, offset, len);
-    }
-    let _ = (socket, file, offset, len);
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "files are sent with sendfile(2) only on Linux",
-    ))
-}
-
-/// Write `bufs` to the stream socket `socket` as `writev` would, telling the kernel that more
-/// follows at once (Linux's MSG_MORE): what a [`send_file`] sends next goes in the same packets,
-/// not behind a small one of its own. `WouldBlock` when a nonblocking socket takes nothing now;
-/// `Unsupported` where [`sends_files`] is false.
-pub fn send_with_more(socket: BorrowedFd<'_>, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-    #[cfg(target_os = "linux")]
-    if linux_ways() {
-        return linux::send_with_more(socket, bufs);
-    }
-    let _ = (socket, bufs);
-    Err(io::Error::new(
-        io::ErrorKind::Unsupported,
-        "MSG_MORE is used only on Linux",
-    ))
-}
-
 /// Tune the allocator for data buffers allocated and freed at line rate. Call before any thread
 /// starts.
 pub fn keep_freed_memory() {
@@ -345,59 +297,6 @@ mod tests {
         assert_eq!(mounted_at(&path), None);
         assert_eq!(unix::mounted_at(&path), None);
         assert!(unix::mounted_at(Path::new("/")).is_some());
-    }
-
-    #[test]
-    fn files_are_sent_from_their_offset_behind_a_header_and_end_where_the_file_now_ends() {
-        use std::io::Read;
-        use std::os::fd::AsFd;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("image");
-        let image: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&path, &image).unwrap();
-        let file = File::open(&path).unwrap();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let sender = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut receiver, _) = listener.accept().unwrap();
-        let header = [0xa5u8; 48];
-        let bufs = [
-            io::IoSlice::new(&header[..20]),
-            io::IoSlice::new(&header[20..]),
-        ];
-        let Ok(written) = send_with_more(sender.as_fd(), &bufs) else {
-            assert!(!sends_files());
-            let err = send_file(sender.as_fd(), &file, 0, 10).unwrap_err();
-            assert_eq!(err.kind(), io::ErrorKind::Unsupported);
-            return;
-        };
-        assert!(sends_files());
-        assert_eq!(written, header.len());
-        let mut at = 1000u64;
-        while at < 61_000 {
-            let sent = send_file(sender.as_fd(), &file, at, (61_000 - at) as usize).unwrap();
-            assert!(sent > 0);
-            at += sent as u64;
-        }
-        let mut got = vec![0u8; 48 + 60_000];
-        receiver.read_exact(&mut got).unwrap();
-        assert_eq!(got[..48], header);
-        assert!(got[48..] == image[1000..61_000]);
-
-        // Cut under the sender: what is left is sent, then nothing.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap()
-            .set_len(70_000)
-            .unwrap();
-        assert_eq!(
-            send_file(sender.as_fd(), &file, 65_000, 20_000).unwrap(),
-            5_000
-        );
-        assert_eq!(send_file(sender.as_fd(), &file, 70_000, 20_000).unwrap(), 0);
-        let mut tail = vec![0u8; 5_000];
-        receiver.read_exact(&mut tail).unwrap();
-        assert!(tail == image[65_000..70_000]);
     }
 
     #[test]

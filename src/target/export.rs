@@ -1,19 +1,15 @@
 //! An image file as an exported LUN, and where a LUN's bytes come from.
 //!
-//! Image files are opened once and mapped read-only. A READ's data goes to the socket without
-//! passing through user space: sent from the open file by the kernel (`sendfile`, where
-//! `platform::sends_files`), else written from the mapping with one copy made by the kernel in
-//! `writev`. What may happen to a served file, and why serving it stays safe:
-//! - renamed over, or removed: the open file and the mapping keep the old inode and its bytes,
-//!   whole;
-//! - truncated in place: pages past the new end are gone. `sendfile` then sends less than asked,
-//!   and nothing at all past the end; the writer, whose PDU header already promised the length,
-//!   closes the connection. Mapped pages touched from user space would raise SIGBUS, which would
-//!   kill the server; touched by the kernel inside `writev` they make the call fail with EFAULT,
-//!   which ends one connection. So mapped bytes are only ever handed to the kernel
-//!   ([`Payload::Mapped`]), and what user space must look at (data digests, VERIFY comparisons,
-//!   a padded last block) is read with `pread`, which sees the short file and fails cleanly
-//!   ([`LunData::read_to_inspect`]).
+//! Image files are mapped read-only, and a READ's data goes from the mapping to the socket with
+//! one copy, made by the kernel in `writev`. What may happen to a served file, and why serving
+//! it stays safe:
+//! - renamed over, or removed: the mapping keeps the old inode and its bytes, whole;
+//! - truncated in place: pages past the new end are gone. Touched from user space they raise
+//!   SIGBUS, which would kill the server; touched by the kernel inside `writev` they make the
+//!   call fail with EFAULT, which ends one connection. So mapped bytes are only ever handed to
+//!   the kernel ([`Payload::Mapped`]), and what user space must look at (data digests, VERIFY
+//!   comparisons, a padded last block) is read with `pread`, which sees the short file and
+//!   fails cleanly ([`LunData::read_to_inspect`]).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -41,8 +37,6 @@ pub enum LunData {
 pub struct MappedFile {
     map: MemorySource,
     file: FileSource,
-    /// The same open file, for the kernel to send from.
-    sendable: Arc<File>,
 }
 
 /// Bytes read to be sent.
@@ -51,16 +45,7 @@ pub enum Payload {
     /// Ordinary memory: may be copied and hashed.
     Owned(Bytes),
     /// Pages of a mapped file: only the kernel may read them (see the module doc).
-    Mapped(FileSlice),
-}
-
-/// Bytes of an open image file: where they are in the file, and the same bytes in its mapping.
-#[derive(Debug, Clone)]
-pub struct FileSlice {
-    pub file: Arc<File>,
-    pub offset: u64,
-    /// Only to hand to the kernel (see the module doc).
-    pub mapped: Bytes,
+    Mapped(Bytes),
 }
 
 impl Payload {
@@ -75,8 +60,7 @@ impl Payload {
     /// The bytes, to slice and pass on (not to read, for [`Payload::Mapped`]).
     pub fn bytes(&self) -> &Bytes {
         match self {
-            Payload::Owned(b) => b,
-            Payload::Mapped(slice) => &slice.mapped,
+            Payload::Owned(b) | Payload::Mapped(b) => b,
         }
     }
 
@@ -84,15 +68,7 @@ impl Payload {
     pub fn split_to(&mut self, at: usize) -> Payload {
         match self {
             Payload::Owned(b) => Payload::Owned(b.split_to(at)),
-            Payload::Mapped(slice) => {
-                let head = FileSlice {
-                    file: slice.file.clone(),
-                    offset: slice.offset,
-                    mapped: slice.mapped.split_to(at),
-                };
-                slice.offset += head.mapped.len() as u64;
-                Payload::Mapped(head)
-            }
+            Payload::Mapped(b) => Payload::Mapped(b.split_to(at)),
         }
     }
 }
@@ -105,13 +81,7 @@ impl LunData {
                 .await
                 .map(Payload::Owned),
             // Slices of the mapping, not copies.
-            LunData::Mapped(mapped) => mapped.map.read_at(offset, len).map(|bytes| {
-                Payload::Mapped(FileSlice {
-                    file: mapped.sendable.clone(),
-                    offset,
-                    mapped: bytes,
-                })
-            }),
+            LunData::Mapped(mapped) => mapped.map.read_at(offset, len).map(Payload::Mapped),
         }
     }
 
@@ -172,7 +142,6 @@ pub fn export_file(
             "{shown}: changed while it was being opened"
         )));
     }
-    let sendable = Arc::new(file.try_clone().map_err(|e| io("cannot open", e))?);
     let file = FileSource::from_file(image.path, file, size, device.block_size());
     let map = MemorySource::new(map, device.block_size());
     // The serial changes with the file's version, so an initiator that reconnects after a
@@ -191,11 +160,7 @@ pub fn export_file(
     let target = ExportedTarget::new(
         image.target_name.to_string(),
         lun,
-        LunData::Mapped(MappedFile {
-            map,
-            file,
-            sendable,
-        }),
+        LunData::Mapped(MappedFile { map, file }),
         allow.clone(),
         chap,
     );

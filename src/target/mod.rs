@@ -424,7 +424,7 @@ impl Server {
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 3260)));
             let server = self.clone();
             tokio::spawn(async move {
-                session::serve_tcp(stream, peer, local, server).await;
+                session::serve_connection(stream, peer, local, server).await;
                 drop(permit);
             });
         }

@@ -7,29 +7,22 @@
 //! (at most [`TASKS_PER_SESSION`] at once, so a flood of commands waits in TCP, not in memory);
 //! one writer stamps StatSN/ExpCmdSN/MaxCmdSN in send order and batches PDUs into few writes.
 //! Read data is streamed from the source in pieces of [`READ_PIECE`] bytes (a mapped image's in
-//! pieces of a burst or more) and cut into Data-In
-//! PDUs of the initiator's MaxRecvDataSegmentLength, the status riding in the last one. On a TCP
-//! socket, where the system can, the data segments of an image file are sent from the file by
-//! the kernel (`sendfile`, see [`Sink`]): no copy in user space and none into the socket.
+//! pieces of a burst or more) and cut into Data-In PDUs of the initiator's
+//! MaxRecvDataSegmentLength, the status riding in the last one.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, Interest, WriteHalf};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::AbortHandle;
 
-use super::export::{FileSlice, Payload};
+use super::export::Payload;
 use super::login::{Login, Negotiated, Step, CMD_WINDOW, MAX_RECV_DATA};
 use super::scsi::{self, Outcome, Sense};
 use super::{Availability, ExportedTarget, LunData, Server};
@@ -60,8 +53,7 @@ mod reject {
     pub const INVALID_PDU_FIELD: u8 = 0x09;
 }
 
-/// Serve one connection of any byte stream (tests, fuzzing) until logout, error or EOF. Its
-/// data segments are all written from memory or mappings.
+/// Serve one TCP (or test) connection until logout, error or EOF.
 pub async fn serve_connection<S>(
     stream: S,
     peer: SocketAddr,
@@ -70,94 +62,7 @@ pub async fn serve_connection<S>(
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let (reader, writer) = tokio::io::split(stream);
-    serve_halves(reader, writer, peer, local, server).await;
-}
-
-/// Serve one TCP connection until logout, error or EOF; image files' data segments are sent from
-/// the files where the system can.
-pub async fn serve_tcp(
-    stream: TcpStream,
-    peer: SocketAddr,
-    local: SocketAddr,
-    server: Arc<Server>,
-) {
-    let (reader, writer) = stream.into_split();
-    serve_halves(reader, writer, peer, local, server).await;
-}
-
-/// Where the writer's bytes go: a byte stream, and where it can, the data of an image file sent
-/// by the kernel from the file itself.
-pub trait Sink: AsyncWrite + Unpin + Send + 'static {
-    /// Whether [`Sink::send_file`] sends (decided once per connection).
-    fn sends_files(&self) -> bool;
-
-    /// Write some of `bufs`, which a [`Sink::send_file`] follows at once, so that the two go out
-    /// together; how many bytes went. Only where [`Sink::sends_files`].
-    fn write_before_file(
-        &mut self,
-        bufs: &[io::IoSlice<'_>],
-    ) -> impl Future<Output = io::Result<usize>> + Send;
-
-    /// Send up to `len` bytes of `file` from `offset`, waiting until the stream takes some; how
-    /// many went (0: the file ends at or before `offset`).
-    fn send_file(
-        &mut self,
-        file: &File,
-        offset: u64,
-        len: usize,
-    ) -> impl Future<Output = io::Result<usize>> + Send;
-}
-
-impl<S: AsyncRead + AsyncWrite + Send + 'static> Sink for WriteHalf<S> {
-    fn sends_files(&self) -> bool {
-        false
-    }
-
-    async fn write_before_file(&mut self, _bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    async fn send_file(&mut self, _file: &File, _offset: u64, _len: usize) -> io::Result<usize> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-}
-
-impl Sink for OwnedWriteHalf {
-    fn sends_files(&self) -> bool {
-        crate::platform::sends_files()
-    }
-
-    async fn write_before_file(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        let socket: &TcpStream = self.as_ref();
-        socket
-            .async_io(Interest::WRITABLE, || {
-                crate::platform::send_with_more(socket.as_fd(), bufs)
-            })
-            .await
-    }
-
-    async fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
-        let socket: &TcpStream = self.as_ref();
-        // WouldBlock (a full socket buffer) clears the readiness and waits for writable again.
-        socket
-            .async_io(Interest::WRITABLE, || {
-                crate::platform::send_file(socket.as_fd(), file, offset, len)
-            })
-            .await
-    }
-}
-
-async fn serve_halves<R, W>(
-    mut reader: R,
-    mut writer: W,
-    peer: SocketAddr,
-    local: SocketAddr,
-    server: Arc<Server>,
-) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: Sink,
-{
+    let (mut reader, mut writer) = tokio::io::split(stream);
     let mut pdus = PduReader::new(Framing::default(), Buffering::Frugal);
     let limits = *server.limits();
     let negotiated = match tokio::time::timeout(
@@ -247,8 +152,7 @@ async fn serve_halves<R, W>(
 /// Why the writer stopped before the session ended it.
 #[derive(Debug, thiserror::Error)]
 enum WriteEnd {
-    /// EFAULT here, or an early end of a file being sent, is a served file truncated under its
-    /// reader (see `target::export`).
+    /// EFAULT here is a served file truncated under its mapping (see `target::export`).
     #[error("write failed: {0}")]
     Failed(std::io::Error),
     #[error("the initiator took no responses for {0:?}")]
@@ -403,20 +307,12 @@ struct Shared {
 }
 
 /// A PDU for the writer (which stamps its sequence numbers); `close_after`: the connection ends
-/// once it is written (logout, target reset).
+/// once it is written (logout, target reset); `mapped`: its data segment is pages of a mapped
+/// file, which only the kernel may read (see `target::export`), so the writer never copies it.
 pub(super) struct Outgoing {
     pdu: Pdu,
     close_after: bool,
-    data_from: DataFrom,
-}
-
-/// Where a PDU's data segment comes from, which says how the writer may send it.
-enum DataFrom {
-    /// Ordinary memory.
-    Memory,
-    /// An image file at this offset; the data segment holds the same bytes of its mapping, which
-    /// only the kernel may read (see `target::export`), so the writer never copies them.
-    File { file: Arc<File>, offset: u64 },
+    mapped: bool,
 }
 
 impl Outgoing {
@@ -428,7 +324,7 @@ impl Outgoing {
         Outgoing {
             pdu: Pdu::with_data(bhs, data),
             close_after: false,
-            data_from: DataFrom::Memory,
+            mapped: false,
         }
     }
 }
@@ -808,7 +704,7 @@ impl Session {
         self.queue(Outgoing {
             pdu,
             close_after: false,
-            data_from: DataFrom::Memory,
+            mapped: false,
         })
         .await
     }
@@ -1014,18 +910,14 @@ impl DataInStream {
                 ..Default::default()
             };
             self.data_sn = self.data_sn.wrapping_add(1);
-            let (data, data_from) = match chunk {
-                Payload::Owned(b) => (b, DataFrom::Memory),
-                Payload::Mapped(FileSlice {
-                    file,
-                    offset,
-                    mapped,
-                }) => (mapped, DataFrom::File { file, offset }),
+            let (data, mapped) = match chunk {
+                Payload::Owned(b) => (b, false),
+                Payload::Mapped(b) => (b, true),
             };
             let out = Outgoing {
                 pdu: Pdu::with_data(Bhs::DataIn(bhs), data),
                 close_after: false,
-                data_from,
+                mapped,
             };
             tx.send(out).await.map_err(|_| ())?;
         }
@@ -1084,9 +976,9 @@ async fn read_padded(
 /// Stamp sequence numbers in send order, batch PDUs, write them. Headers and small data
 /// segments are gathered into one buffer; large data segments, and any pages of a mapped file,
 /// go out as they are (vectored writes), so read data is not copied again on its way to the
-/// socket; where the sink sends files, an image file's data goes from the file. Each batch must
-/// be taken by the initiator within `stall_limit`. An idle writer holds no buffer.
-async fn write_loop<W: Sink>(
+/// socket. Each batch must be taken by the initiator within `stall_limit`. An idle writer
+/// holds no buffer.
+async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: mpsc::Receiver<Outgoing>,
     framing: Framing,
@@ -1096,9 +988,8 @@ async fn write_loop<W: Sink>(
 ) -> Option<WriteEnd> {
     const COPY_BELOW: usize = 4096;
     const BATCH_BUFFER: usize = 64 * 1024;
-    let sends_files = writer.sends_files();
     let mut small = BytesMut::new();
-    let mut segments: VecDeque<Segment> = VecDeque::new();
+    let mut segments: VecDeque<Bytes> = VecDeque::new();
     while let Some(first) = rx.recv().await {
         small.reserve(BATCH_BUFFER);
         let mut close = false;
@@ -1115,25 +1006,11 @@ async fn write_loop<W: Sink>(
             let pdu = &out.pdu;
             pdu.encode_header(&framing, &mut small);
             let data_len = pdu.wire_data().len();
-            match &out.data_from {
-                _ if data_len == 0 => {}
-                DataFrom::File { file, offset } if sends_files => {
-                    segments.push_back(Segment::Memory(small.split().freeze()));
-                    segments.push_back(Segment::File {
-                        file: file.clone(),
-                        offset: *offset,
-                        len: data_len,
-                    });
-                }
-                DataFrom::File { .. } => {
-                    segments.push_back(Segment::Memory(small.split().freeze()));
-                    segments.push_back(Segment::Memory(pdu.data.slice(..data_len)));
-                }
-                DataFrom::Memory if data_len >= COPY_BELOW => {
-                    segments.push_back(Segment::Memory(small.split().freeze()));
-                    segments.push_back(Segment::Memory(pdu.data.slice(..data_len)));
-                }
-                DataFrom::Memory => small.extend_from_slice(pdu.wire_data()),
+            if data_len >= COPY_BELOW || (out.mapped && data_len > 0) {
+                segments.push_back(small.split().freeze());
+                segments.push_back(pdu.data.slice(..data_len));
+            } else {
+                small.extend_from_slice(pdu.wire_data());
             }
             pdu.encode_trailer(&framing, &mut small);
             queued += BHS_LEN + data_len;
@@ -1146,7 +1023,7 @@ async fn write_loop<W: Sink>(
             }
         }
         if !small.is_empty() {
-            segments.push_back(Segment::Memory(small.split().freeze()));
+            segments.push_back(small.split().freeze());
         }
         match tokio::time::timeout(stall_limit, write_all_segments(&mut writer, &mut segments))
             .await
@@ -1176,60 +1053,24 @@ async fn write_loop<W: Sink>(
     None
 }
 
-/// A piece of what the writer sends: bytes in memory (or a mapping), or a range of an image file
-/// that the kernel sends from the file.
-enum Segment {
-    Memory(Bytes),
-    File {
-        file: Arc<File>,
-        offset: u64,
-        len: usize,
-    },
-}
-
-/// Write every segment, in order, with as few system calls as the socket allows. A file that
-/// ends before its segment does (truncated while served) fails the write: the PDU's header has
-/// promised the bytes, so the connection must end.
-async fn write_all_segments<W: Sink>(
+/// Write every segment, in order, with as few system calls as the socket allows.
+async fn write_all_segments<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    segments: &mut VecDeque<Segment>,
-) -> io::Result<()> {
+    segments: &mut VecDeque<Bytes>,
+) -> std::io::Result<()> {
     const MAX_SLICES: usize = 64;
-    while let Some(front) = segments.front_mut() {
-        if let Segment::File { file, offset, len } = front {
-            let sent = writer.send_file(file, *offset, *len).await?;
-            if sent == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the image file ends before byte {offset}: truncated while served"),
-                ));
-            }
-            *offset += sent as u64;
-            *len = len.saturating_sub(sent);
-            if *len == 0 {
-                segments.pop_front();
-            }
-            continue;
-        }
-        let slices: Vec<io::IoSlice<'_>> = segments
+    while !segments.is_empty() {
+        let slices: Vec<std::io::IoSlice<'_>> = segments
             .iter()
             .take(MAX_SLICES)
-            .map_while(|segment| match segment {
-                Segment::Memory(b) => Some(io::IoSlice::new(b)),
-                Segment::File { .. } => None,
-            })
+            .map(|b| std::io::IoSlice::new(b))
             .collect();
-        let file_next = matches!(segments.get(slices.len()), Some(Segment::File { .. }));
-        let mut written = if file_next {
-            writer.write_before_file(&slices).await?
-        } else {
-            writer.write_vectored(&slices).await?
-        };
+        let mut written = writer.write_vectored(&slices).await?;
         if written == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
         while written > 0 {
-            let Some(Segment::Memory(front)) = segments.front_mut() else {
+            let Some(front) = segments.front_mut() else {
                 break;
             };
             if written >= front.len() {
