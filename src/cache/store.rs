@@ -506,6 +506,8 @@ impl Store {
         };
         let index = rw(&index_path)?;
         let data = rw(&data_path)?;
+        // Whole-image reads (a check at open, `cat`) go in order: read further ahead.
+        crate::platform::advise_sequential(&data);
         let mut header = [0u8; INDEX_HEADER_LEN as usize];
         index
             .read_exact_at(&mut header, 0)

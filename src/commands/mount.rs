@@ -521,6 +521,10 @@ fn serve(
         })
         .context("while starting the FUSE session")?;
     platform::raise_readahead(mountpoint, crate::fs::fuse::READ_AHEAD);
+    // The daemon's code stays mapped in: a read after drop_caches or memory pressure would
+    // otherwise stall on faults that read the binary back (two or three faults of 8 MiB each
+    // in the first open of the image after drop_caches, measured).
+    platform::keep_code_resident();
     if let Err(err) = ready.ok() {
         let _ = unmounter.unmount();
         return Err(err);

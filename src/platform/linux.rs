@@ -180,6 +180,54 @@ pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
     let _ = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) };
 }
 
+/// posix_fadvise(POSIX_FADV_SEQUENTIAL) over the whole file.
+pub fn advise_sequential(file: &File) {
+    // SAFETY: posix_fadvise only changes the read-ahead of the descriptor, which we own.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+}
+
+/// MADV_POPULATE_READ (Linux 5.14) over every mapping of this program's own file, found in
+/// /proc/self/maps.
+pub fn keep_code_resident() {
+    /// MADV_POPULATE_READ, not in every libc crate version.
+    const MADV_POPULATE_READ: libc::c_int = 22;
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    let exe = exe.to_string_lossy();
+    for line in maps.lines() {
+        // "start-end perms offset dev inode path"
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if fields.nth(3) != Some(&exe) || !perms.starts_with('r') || perms.contains('w') {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        // SAFETY: the range is one of this process's own read-only file mappings; populating it
+        // only faults its pages in, never changes their contents.
+        let _ = unsafe {
+            libc::madvise(
+                start as *mut libc::c_void,
+                end.saturating_sub(start),
+                MADV_POPULATE_READ,
+            )
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +239,38 @@ mod tests {
         // SAFETY: as above.
         unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
         usage.ru_minflt
+    }
+
+    /// Resident and total KiB of this program's read-only mappings of its own file.
+    fn own_code_kib() -> (u64, u64) {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let (mut rss, mut size, mut ours) = (0, 0, false);
+        for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or("");
+            if first.contains('-') && !first.ends_with(':') {
+                let perms = fields.next().unwrap_or("");
+                ours = fields.nth(3) == exe.to_str() && !perms.contains('w');
+            } else if ours && first == "Size:" {
+                size += fields.next().unwrap().parse::<u64>().unwrap();
+            } else if ours && first == "Rss:" {
+                rss += fields.next().unwrap().parse::<u64>().unwrap();
+            }
+        }
+        (rss, size)
+    }
+
+    #[test]
+    fn the_programs_own_code_is_mapped_in_whole() {
+        let (_, size) = own_code_kib();
+        assert!(size > 1024, "this test binary maps {size} KiB of itself");
+        keep_code_resident();
+        let (rss, size) = own_code_kib();
+        assert!(
+            rss * 100 >= size * 95,
+            "{rss} KiB of {size} KiB of our own code and read-only data resident"
+        );
     }
 
     #[test]

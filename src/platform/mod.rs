@@ -274,6 +274,28 @@ pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
     let _ = (ptr, len);
 }
 
+/// Tell the system `file` will be read mostly in order, so that it reads ahead further (a
+/// hint: on Linux, twice the device's read-ahead window).
+pub fn advise_sequential(file: &File) {
+    #[cfg(target_os = "linux")]
+    if linux_ways() {
+        linux::advise_sequential(file);
+    }
+    let _ = file;
+}
+
+/// Map in the pages of this program's own code and read-only data now, where the system can, so
+/// that a long-running daemon does not stall on faults for them later: after memory pressure or
+/// drop_caches, a fault on a cold page of the binary reads megabytes from disk (the kernel reads
+/// around the fault) in the middle of serving a read. Pages mapped this way stay resident as
+/// long as they are mapped; a hint, whose refusal changes nothing but speed.
+pub fn keep_code_resident() {
+    #[cfg(target_os = "linux")]
+    if linux_ways() {
+        linux::keep_code_resident();
+    }
+}
+
 /// This machine's host name (gethostname(3)), if it has one.
 pub fn host_name() -> Option<String> {
     let mut buf = [0u8; 256];
