@@ -99,19 +99,36 @@ pub fn read_fresh(file: &File, start: u64, len: usize) -> std::io::Result<Bytes>
 /// perf: the largest cost of reading a cached image); a buffer from the pool has been touched
 /// before. Buffers are kept by size class (powers of two from 64 KiB), at most [`pool::KEEP`]
 /// bytes in all.
+///
+/// New buffers are carved from [`pool::SLAB`]-sized, equally aligned slabs that the system is
+/// asked to back with huge pages ([`crate::platform::advise_huge_pages`]): a cold read's buffers
+/// then take one page fault per slab instead of one per page, and the kernel pins them for a
+/// direct write or a FUSE reply a slab at a time (measured with perf on a cold `cat NAME`: page
+/// faults 8 % and page pinning 3 % of its CPU time with page-sized pages). A slab goes back to
+/// the allocator when the last buffer carved from it does.
 pub mod pool {
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
-    use super::AlignedBuffer;
+    use super::{AlignedBuffer, Slab};
 
     /// Bytes of buffers kept for reuse, at most.
     pub const KEEP: usize = 64 << 20;
     const SMALLEST: usize = 64 << 10;
+    /// Bytes of a slab, and its alignment: the size of a huge page on x86-64 and arm64.
+    pub const SLAB: usize = 2 << 20;
 
-    /// Free buffers by capacity, and their bytes in all.
+    /// Free buffers by capacity, and their bytes in all; the slab being carved for each class.
     pub struct Pool {
-        kept: Mutex<(Vec<AlignedBuffer>, usize)>,
+        kept: Mutex<Kept>,
         limit: usize,
+    }
+
+    struct Kept {
+        free: Vec<AlignedBuffer>,
+        bytes: usize,
+        /// Per class below [`SLAB`]: the slab buffers of that class are carved from, and how
+        /// many bytes of it are carved already.
+        carving: Vec<(usize, Arc<Slab>, usize)>,
     }
 
     /// The pool every read of [`super::read_fresh`] takes from.
@@ -124,7 +141,11 @@ pub mod pool {
     impl Pool {
         pub const fn new(limit: usize) -> Pool {
             Pool {
-                kept: Mutex::new((Vec::new(), 0)),
+                kept: Mutex::new(Kept {
+                    free: Vec::new(),
+                    bytes: 0,
+                    carving: Vec::new(),
+                }),
                 limit,
             }
         }
@@ -132,21 +153,19 @@ pub mod pool {
         /// An empty buffer of at least `len` bytes: a kept one when there is one of its class.
         pub fn take(&self, len: usize) -> Option<AlignedBuffer> {
             let capacity = class(len);
-            let kept = {
-                let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-                // The most recently given back: its lines may still be in the CPU's cache.
-                let at = kept.0.iter().rposition(|b| b.capacity == capacity);
-                at.map(|at| {
-                    kept.1 -= capacity;
-                    kept.0.remove(at)
-                })
-            };
-            let mut buffer = match kept {
-                Some(buffer) => buffer,
-                None => AlignedBuffer::new(capacity)?,
-            };
-            buffer.filled = 0;
-            Some(buffer)
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            // The most recently given back: its lines may still be in the CPU's cache.
+            if let Some(at) = kept.free.iter().rposition(|b| b.capacity == capacity) {
+                kept.bytes -= capacity;
+                let mut buffer = kept.free.remove(at);
+                buffer.filled = 0;
+                return Some(buffer);
+            }
+            if capacity >= SLAB {
+                drop(kept);
+                return AlignedBuffer::huge(capacity);
+            }
+            kept.carve(capacity)
         }
 
         /// `buffer` owned so that it comes back to this pool when dropped.
@@ -165,15 +184,37 @@ pub mod pool {
 
         /// Bytes of free buffers kept now.
         pub fn kept_bytes(&self) -> usize {
-            self.kept.lock().unwrap_or_else(|e| e.into_inner()).1
+            self.kept.lock().unwrap_or_else(|e| e.into_inner()).bytes
         }
 
         fn give(&self, buffer: AlignedBuffer) {
             let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
-            if kept.1 + buffer.capacity <= self.limit {
-                kept.1 += buffer.capacity;
-                kept.0.push(buffer);
+            if kept.bytes + buffer.capacity <= self.limit {
+                kept.bytes += buffer.capacity;
+                kept.free.push(buffer);
             }
+        }
+    }
+
+    impl Kept {
+        /// A new buffer of `capacity` (a power of two below [`SLAB`]) from its class's slab,
+        /// starting a new slab when that one is all carved.
+        fn carve(&mut self, capacity: usize) -> Option<AlignedBuffer> {
+            let at = match self.carving.iter().position(|(c, _, _)| *c == capacity) {
+                Some(at) if self.carving[at].2 + capacity <= SLAB => at,
+                found => {
+                    let slab = Arc::new(Slab::new()?);
+                    match found {
+                        Some(at) => self.carving[at] = (capacity, slab, 0),
+                        None => self.carving.push((capacity, slab, 0)),
+                    }
+                    found.unwrap_or(self.carving.len() - 1)
+                }
+            };
+            let (_, slab, carved) = &mut self.carving[at];
+            let buffer = AlignedBuffer::carved(slab.clone(), *carved, capacity);
+            *carved += capacity;
+            Some(buffer)
         }
     }
 
@@ -198,12 +239,48 @@ pub mod pool {
     }
 }
 
+/// [`pool::SLAB`] bytes, equally aligned, asked to be backed by huge pages; buffers are carved
+/// from it, and it is freed when the last of them is dropped.
+pub struct Slab {
+    ptr: std::ptr::NonNull<u8>,
+}
+
+// SAFETY: plain owned memory; the buffers carved from it are disjoint.
+unsafe impl Send for Slab {}
+// SAFETY: as above; the slab itself is never read or written through a shared reference.
+unsafe impl Sync for Slab {}
+
+impl Slab {
+    fn layout() -> Option<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(pool::SLAB, pool::SLAB).ok()
+    }
+
+    fn new() -> Option<Slab> {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = std::ptr::NonNull::new(unsafe { std::alloc::alloc(Self::layout()?) })?;
+        crate::platform::advise_huge_pages(ptr.as_ptr(), pool::SLAB);
+        Some(Slab { ptr })
+    }
+}
+
+impl Drop for Slab {
+    fn drop(&mut self) {
+        if let Some(layout) = Self::layout() {
+            // SAFETY: allocated in `new` with this very layout.
+            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
+        }
+    }
+}
+
 /// An [`ALIGN`]-aligned heap buffer of which the first `filled` bytes are initialised
 /// (aligned for direct writes; for reads, page alignment costs nothing).
 pub struct AlignedBuffer {
     ptr: std::ptr::NonNull<u8>,
     capacity: usize,
     filled: usize,
+    /// The slab this buffer was carved from (its memory is the slab's), or None when the
+    /// buffer owns its allocation.
+    slab: Option<std::sync::Arc<Slab>>,
 }
 
 // SAFETY: the buffer is plain owned memory; shared access is read-only (AsRef).
@@ -212,8 +289,14 @@ unsafe impl Send for AlignedBuffer {}
 unsafe impl Sync for AlignedBuffer {}
 
 impl AlignedBuffer {
+    /// Buffers of a slab's size or more are aligned like slabs (and asked for huge pages).
     fn layout(capacity: usize) -> Option<std::alloc::Layout> {
-        std::alloc::Layout::from_size_align(capacity, ALIGN).ok()
+        let align = if capacity >= pool::SLAB {
+            pool::SLAB
+        } else {
+            ALIGN
+        };
+        std::alloc::Layout::from_size_align(capacity, align).ok()
     }
 
     /// An uninitialised buffer (nothing filled).
@@ -225,7 +308,29 @@ impl AlignedBuffer {
             ptr,
             capacity,
             filled: 0,
+            slab: None,
         })
+    }
+
+    /// An uninitialised buffer of at least a slab's size, asked to be backed by huge pages.
+    fn huge(capacity: usize) -> Option<AlignedBuffer> {
+        let buffer = Self::new(capacity)?;
+        crate::platform::advise_huge_pages(buffer.ptr.as_ptr(), capacity);
+        Some(buffer)
+    }
+
+    /// The `capacity` bytes at `offset` of `slab` as a buffer (the caller hands out each part of
+    /// a slab once).
+    fn carved(slab: std::sync::Arc<Slab>, offset: usize, capacity: usize) -> AlignedBuffer {
+        debug_assert!(offset + capacity <= pool::SLAB);
+        // SAFETY: offset + capacity lies within the slab's allocation, which `slab` keeps alive.
+        let ptr = unsafe { slab.ptr.add(offset) };
+        AlignedBuffer {
+            ptr,
+            capacity,
+            filled: 0,
+            slab: Some(slab),
+        }
     }
 
     /// Fill the whole buffer with zeroes.
@@ -299,6 +404,9 @@ unsafe impl bytes::BufMut for AlignedBuffer {
 
 impl Drop for AlignedBuffer {
     fn drop(&mut self) {
+        if self.slab.is_some() {
+            return; // the slab's memory: freed with the slab
+        }
         if let Some(layout) = Self::layout(self.capacity) {
             // SAFETY: allocated in `new` with this very layout.
             unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
@@ -466,6 +574,55 @@ mod tests {
         drop(POOL.lend(older));
         drop(POOL.lend(newer));
         assert_eq!(POOL.take(100_000).unwrap().ptr, newer_at);
+    }
+
+    #[test]
+    fn new_buffers_of_a_class_are_carved_from_one_slab_freed_with_its_last_buffer() {
+        static POOL: pool::Pool = pool::Pool::new(0);
+        let per_slab = pool::SLAB / (256 << 10);
+        let buffers: Vec<AlignedBuffer> =
+            (0..per_slab).map(|_| POOL.take(200_000).unwrap()).collect();
+        let base = buffers[0].ptr.as_ptr() as usize;
+        assert_eq!(base % pool::SLAB, 0, "a slab is aligned to its size");
+        for (k, b) in buffers.iter().enumerate() {
+            assert_eq!(
+                b.ptr.as_ptr() as usize,
+                base + k * (256 << 10),
+                "side by side"
+            );
+            assert_eq!(b.capacity, 256 << 10);
+        }
+        let slab = std::sync::Arc::downgrade(buffers[0].slab.as_ref().unwrap());
+        let next = POOL.take(200_000).unwrap();
+        assert_eq!(next.ptr.as_ptr() as usize % pool::SLAB, 0, "a new slab");
+        assert_ne!(next.ptr.as_ptr() as usize, base);
+        let mut buffers = buffers;
+        buffers.pop();
+        drop(POOL.lend(buffers.remove(3)));
+        assert!(slab.upgrade().is_some(), "alive while a buffer of it is");
+        drop(buffers);
+        assert!(slab.upgrade().is_none(), "freed with its last buffer");
+        // Buffers of a slab or more are aligned like slabs and own their memory.
+        let big = POOL.take(3 << 20).unwrap();
+        assert_eq!(big.capacity, 4 << 20);
+        assert_eq!(big.ptr.as_ptr() as usize % pool::SLAB, 0);
+        assert!(big.slab.is_none());
+    }
+
+    #[test]
+    fn carved_buffers_hold_what_is_written_to_them() {
+        static POOL: pool::Pool = pool::Pool::new(1 << 20);
+        let written: Vec<Bytes> = (0..40u8)
+            .map(|k| {
+                let mut b = POOL.take(65536 + usize::from(k)).unwrap();
+                bytes::BufMut::put_bytes(&mut b, k, 65536 + usize::from(k));
+                POOL.freeze(b)
+            })
+            .collect();
+        for (k, b) in written.iter().enumerate() {
+            assert_eq!(b.len(), 65536 + k);
+            assert!(b.iter().all(|&x| x == k as u8), "buffer {k} intact");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! | cache writes | O_DIRECT | through the page cache |
 //! | space of evicted chunks | fallocate(PUNCH_HOLE) | FreeBSD fspacectl, macOS F_PUNCHHOLE, else none: the store is rewritten |
 //! | freed memory | kept (glibc mallopt) | the allocator's default |
+//! | I/O buffers | huge pages (madvise MADV_HUGEPAGE) | the system's pages |
 //! | host name | gethostname(3) | gethostname(3) |
 //!
 //! The harness crate has its own small platform file (`harness/src/platform.rs`) for the one
@@ -261,6 +262,16 @@ pub fn keep_freed_memory() {
     if linux_ways() {
         linux::keep_freed_memory();
     }
+}
+
+/// Ask the system to back `len` bytes at `ptr` (aligned to a huge page) with huge pages, where
+/// it can; a hint, whose refusal changes nothing but speed.
+pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    if linux_ways() {
+        linux::advise_huge_pages(ptr, len);
+    }
+    let _ = (ptr, len);
 }
 
 /// This machine's host name (gethostname(3)), if it has one.
