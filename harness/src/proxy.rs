@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 
 const CHUNK: usize = 256 * 1024;
 const DELAY_LINE_BYTES: usize = 32 << 20;
-/// Sent buffers kept for reuse per delay line.
-const SPARE_BUFFERS: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often blocked waits look at the stop flag.
 const POLL: Duration = Duration::from_millis(50);
@@ -296,17 +294,13 @@ fn pump(
     let reader = std::thread::Builder::new()
         .name(format!("{name}-read"))
         .spawn(move || {
-            let mut buf = feeding.spare();
+            let mut buf = vec![0u8; CHUNK];
             while let Ok(n @ 1..) = from.read(&mut buf) {
-                // A large read travels in its buffer; a small one in a copy of its own, so
-                // that memory held stays within a few times the bytes on the line.
-                let data = if n >= CHUNK / 4 {
-                    std::mem::replace(&mut buf, feeding.spare())
-                } else {
-                    buf[..n].to_vec()
-                };
-                let due = Instant::now() + latency;
-                if !feeding.push(Chunk { due, data, len: n }, &stop_shared.stop) {
+                if !feeding.push(
+                    Instant::now() + latency,
+                    buf[..n].to_vec(),
+                    &stop_shared.stop,
+                ) {
                     break;
                 }
             }
@@ -315,14 +309,11 @@ fn pump(
     let writer = std::thread::Builder::new()
         .name(format!("{name}-write"))
         .spawn(move || {
-            while let Some(chunk) = line.pop(&shared.stop) {
-                if !sleep_until(chunk.due, &shared.stop)
-                    || out.send(&chunk.data[..chunk.len]).is_err()
-                {
+            while let Some((due, data)) = line.pop(&shared.stop) {
+                if !sleep_until(due, &shared.stop) || out.send(&data).is_err() {
                     out.conn.close();
                     break;
                 }
-                line.recycle(chunk.data);
             }
             line.close();
             out.finish();
@@ -409,35 +400,23 @@ fn sleep_until(due: Instant, stop: &AtomicBool) -> bool {
     }
 }
 
-/// A byte-bounded FIFO of (due time, chunk) between a reader and a writer thread. Buffers the
-/// writer has sent go back to the reader ([`DelayLine::spare`]): the reader reads straight into
-/// them, so the link copies nothing in user space and faults in no fresh memory per chunk (a
-/// copy per chunk made the proxy, on the machine it shares with both ends, cost more CPU than
-/// `curl` itself).
+/// A byte-bounded FIFO of (due time, chunk) between a reader and a writer thread.
 #[derive(Default)]
 struct DelayLine {
     state: Mutex<LineState>,
     changed: Condvar,
-    spares: Mutex<Vec<Vec<u8>>>,
-}
-
-/// Bytes read at one time, to be sent when due: the first `len` bytes of `data`.
-struct Chunk {
-    due: Instant,
-    data: Vec<u8>,
-    len: usize,
 }
 
 #[derive(Default)]
 struct LineState {
-    chunks: VecDeque<Chunk>,
+    chunks: VecDeque<(Instant, Vec<u8>)>,
     bytes: usize,
     closed: bool,
 }
 
 impl DelayLine {
     /// Queues a chunk, waiting while the line is full; false once the line is closed or stopped.
-    fn push(&self, chunk: Chunk, stop: &AtomicBool) -> bool {
+    fn push(&self, due: Instant, data: Vec<u8>, stop: &AtomicBool) -> bool {
         let mut state = lock(&self.state);
         while state.bytes >= DELAY_LINE_BYTES && !state.closed {
             if stop.load(Ordering::SeqCst) {
@@ -452,18 +431,18 @@ impl DelayLine {
         if state.closed {
             return false;
         }
-        state.bytes += chunk.len;
-        state.chunks.push_back(chunk);
+        state.bytes += data.len();
+        state.chunks.push_back((due, data));
         self.changed.notify_all();
         true
     }
 
     /// The next chunk; None once the line is closed and drained, or the proxy stops.
-    fn pop(&self, stop: &AtomicBool) -> Option<Chunk> {
+    fn pop(&self, stop: &AtomicBool) -> Option<(Instant, Vec<u8>)> {
         let mut state = lock(&self.state);
         loop {
             if let Some(chunk) = state.chunks.pop_front() {
-                state.bytes -= chunk.len;
+                state.bytes -= chunk.1.len();
                 self.changed.notify_all();
                 return Some(chunk);
             }
@@ -481,18 +460,5 @@ impl DelayLine {
     fn close(&self) {
         lock(&self.state).closed = true;
         self.changed.notify_all();
-    }
-
-    /// A buffer of `CHUNK` bytes to read into: one the writer has sent, or a new one.
-    fn spare(&self) -> Vec<u8> {
-        lock(&self.spares).pop().unwrap_or_else(|| vec![0u8; CHUNK])
-    }
-
-    /// A sent buffer, for the reader to use again: a `CHUNK` one, while few are kept.
-    fn recycle(&self, buf: Vec<u8>) {
-        let mut spares = lock(&self.spares);
-        if buf.len() == CHUNK && spares.len() < SPARE_BUFFERS {
-            spares.push(buf);
-        }
     }
 }
