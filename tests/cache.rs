@@ -760,3 +760,46 @@ fn cat_to_a_reader_that_stops_early_writes_a_true_prefix_and_ends_quietly() {
     assert!(status.success(), "a closed stdout ends quietly: {stderr}");
     assert!(stderr.is_empty(), "{stderr}");
 }
+
+/// `cat` streams a fully cached image from the cache on one thread. A cached chunk that went
+/// bad meanwhile is caught there, fetched again and the output stays byte-exact; with no target
+/// to fetch it from, the output is a true prefix that ends before the bad chunk.
+#[test]
+fn cat_of_a_fully_cached_image_heals_a_bad_chunk_or_stops_before_it() {
+    let mut p = Published::new("cache_cat_whole", 5 * MIB, 23);
+    let want = p.bytes();
+    assert_ok(&p.run(&["fetch", "img"]), "fetch");
+    let data = p.store_data();
+    let chunk_of = |at: u64| at / (64 << 10);
+
+    let first = 2 * MIB + 4242;
+    flip(&data, first);
+    let healed = p.run(&["cat", "img"]);
+    assert_ok(&healed, "cat of a cached image with a bad chunk");
+    assert!(healed.stdout == want, "byte-exact");
+    let said = text(&healed.stderr);
+    assert!(
+        said.contains(&format!(
+            "cached chunk {} failed verification",
+            chunk_of(first)
+        )),
+        "{said}"
+    );
+    let again = p.run(&["fetch", "img"]);
+    assert!(
+        text(&again.stderr).contains("fetched 0 B"),
+        "the chunk fetched by cat was kept: {}",
+        text(&again.stderr)
+    );
+
+    let second = 3 * MIB + 777;
+    flip(&data, second);
+    p.tgtd.kill();
+    let cut = p.run(&["cat", "img"]);
+    assert!(
+        !cut.status.success(),
+        "no target to fetch the bad chunk from"
+    );
+    assert!(want.starts_with(&cut.stdout), "output is a true prefix");
+    assert!(cut.stdout.len() as u64 <= chunk_of(second) * (64 << 10));
+}

@@ -846,6 +846,49 @@ fn a_sealed_store_still_catches_bad_bytes_and_reading_it_writes_nothing() {
     unmount_ok(&mp);
 }
 
+/// A sealed store is not read back when the image is opened: the first open goes the ordinary
+/// way, each chunk checked as it is read (a hit counted for each), and once every chunk has
+/// been read that way, a later open passes through (root only).
+#[test]
+fn a_sealed_store_is_checked_by_its_reads_not_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cd = publish_cd(dir.path(), "sealedreads");
+    let truth = std::fs::read(&cd.iso).unwrap();
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let image = mp.path.join("testcd.iso");
+    cd.mount_ok(&mp, &[]);
+    assert!(std::fs::read(&image).unwrap() == truth);
+    let store = only_store(&cd.cache);
+    wait_until(Duration::from_secs(10), "the store to be sealed", || {
+        store.join("seal").exists()
+    });
+    unmount_ok(&mp);
+
+    cd.mount_ok(&mp, &[]);
+    assert!(stat(&mp, "sealed").starts_with("yes"));
+    let before: usize = stat(&mp, "hits").parse().unwrap();
+    assert!(std::fs::read(&image).unwrap() == truth);
+    assert_eq!(
+        stat(&mp, "passthrough"),
+        "off",
+        "the first open of a sealed store reads the ordinary way"
+    );
+    let chunks = truth.len().div_ceil(65536);
+    let hits = stat(&mp, "hits").parse::<usize>().unwrap() - before;
+    assert!(
+        hits >= chunks,
+        "every chunk checked by a read: {hits} of {chunks}"
+    );
+    assert_eq!(stat(&mp, "bytes fetched"), "0");
+    // SAFETY: geteuid has no preconditions.
+    if !portable() && unsafe { libc::geteuid() } == 0 {
+        wait_until(Duration::from_secs(10), "a passthrough open", || {
+            std::fs::read(&image).unwrap() == truth && stat(&mp, "passthrough") != "off"
+        });
+    }
+    unmount_ok(&mp);
+}
+
 /// `isomount demo` until it says it is waiting; returns the child and its mountpoint.
 fn start_demo(tmp: &Path) -> (std::process::Child, PathBuf) {
     use std::io::BufRead;

@@ -297,6 +297,8 @@ pub struct Store {
     data: File,
     /// The data file opened for direct I/O (None where the file system refuses it).
     direct: std::sync::Mutex<Option<Direct>>,
+    /// Reads of the data file that continue one another, in order (see [`Store::read_data`]).
+    stream: Stream,
     /// Held shared while open, so `cache evict`/`clear` (exclusive) cannot pull the store away.
     _lock: File,
 }
@@ -326,6 +328,99 @@ fn open_lock(dir: &Path) -> Result<File, CacheError> {
         .truncate(false)
         .open(&path)
         .map_err(|e| io(&path, e))
+}
+
+/// Reads of a store's data file that continue one another (a stream: a mount's read-ahead, a
+/// `cat`), made one at a time and lowest offset first. The kernel's read-ahead of the file
+/// follows one reader going forward; the many reads a mount has in flight arrive out of order
+/// (threads race), and read concurrently they defeat it. Measured on a virtio disk, 256 MiB in
+/// 1 MiB reads after drop_caches: one reader 108-120 ms, four concurrent readers 206-277 ms.
+#[derive(Default)]
+struct Stream {
+    state: std::sync::Mutex<StreamState>,
+    turn: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct StreamState {
+    /// Where the last stream read ended.
+    end: u64,
+    /// Starts of the stream reads waiting for their turn.
+    waiting: std::collections::BTreeSet<u64>,
+    /// A stream read is running.
+    busy: bool,
+}
+
+/// A stream read's turn, to be handed back with [`Stream::done`].
+struct Turn;
+
+/// How far from where the last stream read ended a read still belongs to the stream: a mount
+/// keeps up to 64 reads of 1 MiB in flight.
+const STREAM_REACH: u64 = 64 << 20;
+
+/// The longest a stream read waits for a lower one to go first (one that is waiting goes as soon
+/// as the running read ends; this only bounds a waiter that is slow to wake).
+const STREAM_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl Stream {
+    /// Wait until a read at `start` may go: None at once when it does not continue the stream,
+    /// else its turn once no stream read runs and none lower waits (or waited too long).
+    fn wait_turn(&self, start: u64) -> Option<Turn> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let near = |at: u64| at.abs_diff(start) <= STREAM_REACH;
+        if !state.waiting.contains(&start)
+            && !near(state.end)
+            && !state.waiting.iter().any(|&w| near(w))
+        {
+            state.end = start;
+            return None;
+        }
+        state.waiting.insert(start);
+        let deadline = std::time::Instant::now() + STREAM_PATIENCE;
+        while state.busy || state.waiting.first() != Some(&start) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() && !state.busy {
+                break;
+            }
+            let wait = if state.busy { STREAM_PATIENCE } else { left };
+            state = self
+                .turn
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        state.waiting.remove(&start);
+        state.busy = true;
+        Some(Turn)
+    }
+
+    /// A read at `start` is on its way: reads above it wait for it (it takes its place in the
+    /// queue as its request arrives, not when its thread gets to run).
+    fn expect(&self, start: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let near = |at: u64| at.abs_diff(start) <= STREAM_REACH;
+        if near(state.end) || state.waiting.iter().any(|&w| near(w)) {
+            state.waiting.insert(start);
+        }
+    }
+
+    /// The read [`Stream::expect`]ed at `start` is not coming (or has been made).
+    fn forget(&self, start: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.waiting.remove(&start) {
+            drop(state);
+            self.turn.notify_all();
+        }
+    }
+
+    /// The stream read that had `turn` has ended at `end`: the next may go.
+    fn done(&self, _turn: Turn, end: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.busy = false;
+        state.end = end;
+        drop(state);
+        self.turn.notify_all();
+    }
 }
 
 impl Store {
@@ -415,6 +510,7 @@ impl Store {
             geometry,
             index,
             direct: std::sync::Mutex::new(Direct::open(&data_path)),
+            stream: Stream::default(),
             data,
             _lock: lock,
         })
@@ -533,8 +629,28 @@ impl Store {
     /// `len` bytes of the data file at `start`, through the page cache. (Direct reads were
     /// measured too: on a virtio disk they reached two thirds of the page cache's sequential
     /// read-ahead, so the page cache it is.)
+    ///
+    /// Reads near where the last one ended (a stream, such as a mount's read-ahead with many
+    /// reads in flight) run one at a time, lowest offset first ([`Stream`]). Reads elsewhere
+    /// run concurrently.
+    /// A read of the data file at byte `start` is coming (a request that has just arrived): a
+    /// read above it that gets to run first waits for it. Call [`Store::read_arrived`] after.
+    pub fn read_coming(&self, start: u64) {
+        self.stream.expect(start);
+    }
+
+    /// The read announced with [`Store::read_coming`] has been made, or will not be.
+    pub fn read_arrived(&self, start: u64) {
+        self.stream.forget(start);
+    }
+
     fn read_data(&self, start: u64, len: usize) -> Result<Bytes, CacheError> {
-        read_fresh(&self.data, start, len).map_err(|e| io(&self.dir.join("data"), e))
+        let turn = self.stream.wait_turn(start);
+        let read = read_fresh(&self.data, start, len).map_err(|e| io(&self.dir.join("data"), e));
+        if let Some(turn) = turn {
+            self.stream.done(turn, start.saturating_add(len as u64));
+        }
+        read
     }
 
     /// The data file, opened read-only (for the kernel to read from directly).
@@ -905,6 +1021,46 @@ mod tests {
             chunk_size: 4096,
             image_size: 10_000,
         }
+    }
+
+    /// Stream reads go one at a time, lowest offset first, whatever order their threads run
+    /// in; a read far from the stream does not wait for it.
+    #[test]
+    fn stream_reads_take_turns_lowest_first_and_others_pass() {
+        use std::sync::{Arc, Mutex};
+        const MIB: u64 = 1 << 20;
+        let stream = Arc::new(Stream::default());
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // The first read of the stream holds its turn while the others arrive.
+        let first = stream
+            .wait_turn(0)
+            .expect("the first read starts the stream");
+        for at in [MIB, 2 * MIB, 3 * MIB] {
+            stream.expect(at);
+        }
+        let threads: Vec<_> = [3 * MIB, 2 * MIB, MIB]
+            .into_iter()
+            .map(|at| {
+                let (stream, order) = (stream.clone(), order.clone());
+                let thread = std::thread::spawn(move || {
+                    let turn = stream.wait_turn(at).expect("a stream read");
+                    order.lock().unwrap().push(at);
+                    stream.done(turn, at + MIB);
+                });
+                std::thread::sleep(std::time::Duration::from_millis(5));
+                thread
+            })
+            .collect();
+        assert!(
+            stream.wait_turn(1 << 40).is_none(),
+            "a read far away goes at once"
+        );
+        assert!(order.lock().unwrap().is_empty(), "all wait for the first");
+        stream.done(first, MIB);
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), vec![MIB, 2 * MIB, 3 * MIB]);
     }
 
     #[test]

@@ -302,34 +302,59 @@ impl Cached {
             return Err(in_memory);
         }
         let (me, reference) = (self.clone(), reference.clone());
-        let gather = move || {
-            // The span's records in one read: a cold read looks no further.
-            let stored: Vec<bool> = match me
-                .store
-                .as_ref()
-                .map(|s| s.records_range(span.first, span.last))
-            {
-                Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),
-                _ => vec![true; span.count()],
-            };
-            if in_memory.iter().all(Option::is_none) && stored.iter().all(|&s| s) {
-                if let Some(all) = me.lookup_run(span.first, span.last, &reference) {
-                    return Ok(all);
-                }
-            }
-            Err(span
-                .chunks()
-                .zip(in_memory)
-                .zip(stored)
-                .map(|((i, m), stored)| {
-                    m.or_else(|| stored.then(|| me.lookup(i, &reference)).flatten())
-                })
-                .collect())
-        };
-        match tokio::task::spawn_blocking(gather).await {
-            Ok(found) => found,
-            Err(_) => Err(vec![None; span.count()]),
+        // Its place among the store's reads is taken now, in the order requests arrive.
+        let _coming = self
+            .store
+            .as_ref()
+            .map(|store| ReadComing::new(store, span.first * u64::from(self.geometry.chunk_size)));
+        tokio::task::spawn_blocking(move || me.gather(span, in_memory, &reference))
+            .await
+            .unwrap_or_else(|_| Err(vec![None; span.count()]))
+    }
+
+    /// [`Cached::get`] on the calling thread (it reads the store): for a caller that reads
+    /// a whole cached image in order and would otherwise wait on a thread hand-off per read.
+    pub fn get_blocking(
+        &self,
+        span: Span,
+        reference: &Reference,
+    ) -> Result<Verified, Vec<Option<Verified>>> {
+        let in_memory: Vec<Option<Verified>> = span.chunks().map(|i| self.recent(i)).collect();
+        if in_memory.iter().all(Option::is_some) || self.store.is_none() {
+            return Err(in_memory);
         }
+        self.gather(span, in_memory, reference)
+    }
+
+    /// The rest of [`Cached::get`]: what memory lacks, from the store.
+    fn gather(
+        &self,
+        span: Span,
+        in_memory: Vec<Option<Verified>>,
+        reference: &Reference,
+    ) -> Result<Verified, Vec<Option<Verified>>> {
+        // The span's records in one read: a cold read looks no further.
+        let stored: Vec<bool> = match self
+            .store
+            .as_ref()
+            .map(|s| s.records_range(span.first, span.last))
+        {
+            Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),
+            _ => vec![true; span.count()],
+        };
+        if in_memory.iter().all(Option::is_none) && stored.iter().all(|&s| s) {
+            if let Some(all) = self.lookup_run(span.first, span.last, reference) {
+                return Ok(all);
+            }
+        }
+        Err(span
+            .chunks()
+            .zip(in_memory)
+            .zip(stored)
+            .map(|((i, m), stored)| {
+                m.or_else(|| stored.then(|| self.lookup(i, reference)).flatten())
+            })
+            .collect())
     }
 
     /// Keep newly verified chunks: in memory (unless turned off), and queued for the store
@@ -431,5 +456,28 @@ impl Drop for Cached {
     /// The uses not yet recorded go to the writer, which finishes its queue before it exits.
     fn drop(&mut self) {
         self.hand_over_all_uses();
+    }
+}
+
+/// A store read announced as its request arrives ([`Store::read_coming`]), and forgotten when
+/// this is dropped (made, failed or abandoned alike).
+struct ReadComing {
+    store: Arc<Store>,
+    start: u64,
+}
+
+impl ReadComing {
+    fn new(store: &Arc<Store>, start: u64) -> ReadComing {
+        store.read_coming(start);
+        ReadComing {
+            store: store.clone(),
+            start,
+        }
+    }
+}
+
+impl Drop for ReadComing {
+    fn drop(&mut self) {
+        self.store.read_arrived(self.start);
     }
 }

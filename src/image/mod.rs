@@ -325,25 +325,33 @@ impl Image {
             }
         }
         self.after_read(offset, end);
-        let mut out = Vec::with_capacity(parts.len());
-        let mut skip = span.skip;
-        let mut left = span.len;
-        for p in parts.into_iter().flatten() {
-            let take = (p.len() - skip).min(left);
-            out.push(p.slice(skip..skip + take));
-            left -= take;
-            skip = 0;
+        // Every chunk was found or fetched above; never hand out a range with a hole in it.
+        pieces(span, parts).ok_or_else(|| ImageError::Unavailable {
+            image: self.name.clone(),
+            start: offset,
+            end,
+            reason: "a chunk went missing between fetch and read".into(),
+        })
+    }
+
+    /// `offset..offset+len` when every chunk of it is here (memory or the store, checked as
+    /// any cache hit is), read on the calling thread; None when any is not (the caller then
+    /// reads the ordinary way, [`Image::read_parts`], which fetches). Blocks on the store: for
+    /// a caller that streams a whole cached image from a thread of its own (`cat`).
+    pub fn read_here(&self, offset: u64, len: usize) -> Option<Vec<Verified>> {
+        if offset >= self.size || len == 0 {
+            return Some(Vec::new());
         }
-        if left != 0 {
-            // Every chunk was found or fetched above; never hand out a range with a hole in it.
-            return Err(ImageError::Unavailable {
-                image: self.name.clone(),
-                start: offset,
-                end,
-                reason: "a chunk went missing between fetch and read".into(),
-            });
+        let end = offset.saturating_add(len as u64).min(self.size);
+        let span = Span::of(self.geometry, offset, end);
+        let found = match self.cached.get_blocking(span, &self.reference) {
+            Ok(all) => Some(vec![all.slice(span.skip..span.skip + span.len)]),
+            Err(parts) => pieces(span, parts),
+        };
+        if found.is_some() {
+            self.after_read(offset, end);
         }
-        Ok(out)
+        found
     }
 
     /// Make sure every chunk of `offset..offset+len` is in the cache, fetching what is missing
@@ -466,6 +474,22 @@ impl Image {
             }
         }
     }
+}
+
+/// The bytes of `span` out of its chunks (`parts`, one per chunk), without joining them; None
+/// when a chunk is missing.
+fn pieces(span: Span, parts: Vec<Option<Verified>>) -> Option<Vec<Verified>> {
+    let mut out = Vec::with_capacity(parts.len());
+    let mut skip = span.skip;
+    let mut left = span.len;
+    for p in parts {
+        let p = p?;
+        let take = (p.len() - skip).min(left);
+        out.push(p.slice(skip..skip + take));
+        left -= take;
+        skip = 0;
+    }
+    (left == 0).then_some(out)
 }
 
 #[cfg(test)]
