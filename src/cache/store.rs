@@ -122,21 +122,18 @@ impl Direct {
         at % DIRECT_ALIGN as u64 == 0 && parts.iter().all(|p| p.len() % DIRECT_ALIGN == 0)
     }
 
-    /// Write aligned `parts` back to back at `at` with direct I/O, pushing each part's CRC32C
-    /// onto `crcs`. Parts that lie page-aligned in memory (as the iSCSI reader lands a READ's
-    /// data, and as store reads come) are written from where they lie, in one vectored write;
-    /// others are copied into the bounce buffer first, their CRC32C taken from the copy right
-    /// after it is made, while it is in the CPU's cache. False when the file system refused: the
-    /// caller writes them the usual way.
-    fn write(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
+    /// Write aligned `parts` back to back at `at` with direct I/O. Parts that lie page-aligned
+    /// in memory (as the iSCSI reader lands a READ's data, and as store reads come) are written
+    /// from where they lie, in one vectored write; others are copied into the bounce buffer
+    /// first. False when the file system refused: the caller writes them the usual way.
+    fn write(&mut self, parts: &[&[u8]], at: u64) -> bool {
         if parts
             .iter()
             .all(|p| p.as_ptr() as usize % DIRECT_ALIGN == 0)
         {
-            crcs.extend(parts.iter().map(|p| crc32c::crc32c(p)));
             return self.write_in_place(parts, at);
         }
-        self.write_through_bounce(parts, at, crcs)
+        self.write_through_bounce(parts, at)
     }
 
     /// Page-aligned `parts` back to back at `at`, from where they lie.
@@ -147,7 +144,7 @@ impl Direct {
     }
 
     /// `parts` back to back at `at`, each copied into the aligned bounce buffer first.
-    fn write_through_bounce(&mut self, parts: &[&[u8]], at: u64, crcs: &mut Vec<u32>) -> bool {
+    fn write_through_bounce(&mut self, parts: &[&[u8]], at: u64) -> bool {
         if self.buffer.is_none() {
             let Some(mut buffer) = AlignedBuffer::new(DIRECT_BUFFER) else {
                 return false;
@@ -162,12 +159,9 @@ impl Direct {
         let mut filled = 0;
         for part in parts {
             let mut part: &[u8] = part;
-            let mut crc = 0;
             while !part.is_empty() {
                 let take = (buffer.len() - filled).min(part.len());
-                let copy = &mut buffer.as_mut_slice()[filled..filled + take];
-                copy.copy_from_slice(&part[..take]);
-                crc = crc32c::crc32c_append(crc, copy);
+                buffer.as_mut_slice()[filled..filled + take].copy_from_slice(&part[..take]);
                 filled += take;
                 part = &part[take..];
                 if filled == buffer.len() {
@@ -178,7 +172,6 @@ impl Direct {
                     filled = 0;
                 }
             }
-            crcs.push(crc);
         }
         filled == 0
             || self
@@ -335,10 +328,21 @@ fn open_lock(dir: &Path) -> Result<File, CacheError> {
 /// follows one reader going forward; the many reads a mount has in flight arrive out of order
 /// (threads race), and read concurrently they defeat it. Measured on a virtio disk, 256 MiB in
 /// 1 MiB reads after drop_caches: one reader 108-120 ms, four concurrent readers 206-277 ms.
-#[derive(Default)]
 struct Stream {
     state: std::sync::Mutex<StreamState>,
     turn: std::sync::Condvar,
+    /// The longest a stream read waits for a lower one to go first, once none runs.
+    patience: std::time::Duration,
+}
+
+impl Default for Stream {
+    fn default() -> Stream {
+        Stream {
+            state: Default::default(),
+            turn: Default::default(),
+            patience: STREAM_PATIENCE,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -358,8 +362,9 @@ struct Turn;
 /// keeps up to 64 reads of 1 MiB in flight.
 const STREAM_REACH: u64 = 64 << 20;
 
-/// The longest a stream read waits for a lower one to go first (one that is waiting goes as soon
-/// as the running read ends; this only bounds a waiter that is slow to wake).
+/// The longest a stream read waits for a lower one to go first once no stream read runs (one
+/// that is waiting goes as soon as the running read ends; this only bounds a waiter that is
+/// slow to wake, or an announced read that never comes).
 const STREAM_PATIENCE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Stream {
@@ -376,13 +381,22 @@ impl Stream {
             return None;
         }
         state.waiting.insert(start);
-        let deadline = std::time::Instant::now() + STREAM_PATIENCE;
+        // Patience runs only while no stream read runs and a lower one has yet to take its turn.
+        let mut deadline = None;
         while state.busy || state.waiting.first() != Some(&start) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() && !state.busy {
-                break;
-            }
-            let wait = if state.busy { STREAM_PATIENCE } else { left };
+            let wait = if state.busy {
+                deadline = None;
+                self.patience
+            } else {
+                let now = std::time::Instant::now();
+                let left = deadline
+                    .get_or_insert(now + self.patience)
+                    .saturating_duration_since(now);
+                if left.is_zero() {
+                    break;
+                }
+                left
+            };
             state = self
                 .turn
                 .wait_timeout(state, wait)
@@ -744,37 +758,43 @@ impl Store {
 
     /// Store verified chunks: write all bytes, fdatasync, then mark them present.
     pub fn put(&self, chunks: &[(u64, &[u8], Hash)]) -> Result<(), CacheError> {
+        let checked: Vec<(u64, &[u8], Hash, u32)> = chunks
+            .iter()
+            .map(|&(i, bytes, hash)| (i, bytes, hash, crc32c::crc32c(bytes)))
+            .collect();
+        self.put_checked(&checked)
+    }
+
+    /// [`Store::put`] of chunks whose CRC32C the caller has taken (as it hashed them, while they
+    /// were in the CPU's cache): recorded as given, not taken again.
+    pub fn put_checked(&self, chunks: &[(u64, &[u8], Hash, u32)]) -> Result<(), CacheError> {
         let data_path = || self.dir.join("data");
         let fits = |index: u64, bytes: &[u8]| {
             index < self.geometry.chunks() && bytes.len() == self.geometry.chunk_len(index)
         };
         let cs = u64::from(self.geometry.chunk_size);
         let mut direct = self.direct.lock().unwrap_or_else(|e| e.into_inner());
-        // The CRC32C of each chunk written, in order.
-        let mut crcs: Vec<u32> = Vec::with_capacity(chunks.len());
         let mut run: Vec<&[u8]> = Vec::new();
         let mut run_at = 0u64;
-        let mut pending = chunks.iter().filter(|(i, b, _)| fits(*i, b)).peekable();
-        while let Some((index, bytes, _)) = pending.next() {
+        let mut pending = chunks.iter().filter(|(i, b, _, _)| fits(*i, b)).peekable();
+        while let Some((index, bytes, _, _)) = pending.next() {
             if run.is_empty() {
                 run_at = index * cs;
             }
             run.push(bytes);
             let next_adjacent = pending
                 .peek()
-                .is_some_and(|(next, _, _)| *next == index + 1 && run.len() < DIRECT_RUN_CHUNKS);
+                .is_some_and(|(next, _, _, _)| *next == index + 1 && run.len() < DIRECT_RUN_CHUNKS);
             if next_adjacent {
                 continue;
             }
             // An unaligned run (the image's short last chunk) goes through the page cache; a
             // refused direct write turns direct writes off for good.
-            let before = crcs.len();
             let written = match direct.as_mut() {
-                Some(d) if Direct::aligned(&run, run_at) => d.write(&run, run_at, &mut crcs),
+                Some(d) if Direct::aligned(&run, run_at) => d.write(&run, run_at),
                 _ => false,
             };
             if !written {
-                crcs.truncate(before);
                 if Direct::aligned(&run, run_at) && direct.take().is_some() {
                     tracing::debug!(
                         "{}: direct writes refused; writing through the page cache",
@@ -786,7 +806,6 @@ impl Store {
                     self.data
                         .write_all_at(part, at)
                         .map_err(|e| io(&data_path(), e))?;
-                    crcs.push(crc32c::crc32c(part));
                     at += part.len() as u64;
                 }
             }
@@ -800,12 +819,8 @@ impl Store {
         // write torn between them leaves whole records, checked like any other).
         let mut records: Vec<u8> = Vec::new();
         let mut first = 0u64;
-        let mut written = chunks
-            .iter()
-            .filter(|(i, b, _)| fits(*i, b))
-            .zip(crcs)
-            .peekable();
-        while let Some(((index, _, hash), crc)) = written.next() {
+        let mut written = chunks.iter().filter(|(i, b, _, _)| fits(*i, b)).peekable();
+        while let Some((index, _, hash, crc)) = written.next() {
             if records.is_empty() {
                 first = *index;
             }
@@ -816,7 +831,7 @@ impl Store {
             records.extend_from_slice(&rec);
             if written
                 .peek()
-                .is_some_and(|((next, _, _), _)| *next == index + 1)
+                .is_some_and(|(next, _, _, _)| *next == index + 1)
             {
                 continue;
             }
@@ -1029,7 +1044,11 @@ mod tests {
     fn stream_reads_take_turns_lowest_first_and_others_pass() {
         use std::sync::{Arc, Mutex};
         const MIB: u64 = 1 << 20;
-        let stream = Arc::new(Stream::default());
+        // Patient enough that a loaded machine's slow wake-ups cannot reorder the turns.
+        let stream = Arc::new(Stream {
+            patience: std::time::Duration::from_secs(30),
+            ..Stream::default()
+        });
         let order = Arc::new(Mutex::new(Vec::new()));
         // The first read of the stream holds its turn while the others arrive.
         let first = stream
@@ -1117,6 +1136,33 @@ mod tests {
             assert_eq!(record.crc, crc32c::crc32c(&bytes), "chunk {i}");
             assert_eq!(record.hash, sha256(&bytes), "chunk {i}");
         }
+    }
+
+    #[test]
+    fn a_crc32c_given_with_a_chunk_is_recorded_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Geometry {
+            chunk_size: 4096,
+            image_size: 2 * 4096,
+        };
+        let store = Store::open_or_create(dir.path(), g, "", None).unwrap();
+        let mut landed = crate::iobuf::pool::READS.take(2 * 4096).unwrap();
+        bytes::BufMut::put_bytes(&mut landed, 9, 2 * 4096);
+        let landed = crate::iobuf::pool::READS.freeze(landed);
+        let (a, b) = (&landed[..4096], &landed[4096..]);
+        // The caller's word is taken: a CRC that is not the bytes' is recorded all the same
+        // (and the chunk then fails its check on the way out and is hashed again).
+        let wrong = crc32c::crc32c(b) ^ 1;
+        store
+            .put_checked(&[
+                (0, a, sha256(a), crc32c::crc32c(a)),
+                (1, b, sha256(b), wrong),
+            ])
+            .unwrap();
+        let records = store.records().unwrap();
+        assert_eq!(records[0].crc, crc32c::crc32c(a));
+        assert_eq!(records[1].crc, wrong);
+        assert_eq!(&store.get(1).unwrap().unwrap().0[..], b);
     }
 
     #[test]

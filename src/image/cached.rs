@@ -375,12 +375,12 @@ impl Cached {
         if !self.caching() || chunks.is_empty() {
             return;
         }
-        let items: Vec<(u64, Bytes, Hash)> = chunks
+        let items: Vec<(u64, Bytes, Hash, u32)> = chunks
             .iter()
             .filter_map(|(i, b)| {
                 reference
                     .expected(*i)
-                    .map(|h| (*i, b.clone().into_bytes(), h))
+                    .map(|h| (*i, b.clone().into_bytes(), h, b.crc32c()))
             })
             .collect();
         writer.write(items).await;

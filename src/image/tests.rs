@@ -600,6 +600,24 @@ async fn a_store_filled_under_sha256_is_checked_again_under_a_blake3_manifest() 
     );
 }
 
+/// The CRC32C a fetched chunk is stored with is the one taken as it was verified (the store
+/// does not take it again): it must be the chunk's, for the aligned chunks written directly and
+/// for the short last one alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetched_chunks_are_stored_with_the_crc32c_of_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(5 * CHUNK as usize + 1000, 21);
+    let src = FaultySource::new(bytes.clone());
+    let store_dir = cache_everything(&bytes, &src, dir.path()).await;
+    let index = std::fs::read(store_dir.join("index")).unwrap();
+    for (chunk, expected) in bytes.chunks(CHUNK as usize).enumerate() {
+        let at = crate::cache::store::INDEX_HEADER_LEN as usize
+            + chunk * crate::cache::store::RECORD_LEN as usize;
+        let crc = u32::from_be_bytes(index[at + 32..at + 36].try_into().unwrap());
+        assert_eq!(crc, crc32c::crc32c(expected), "chunk {chunk}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_from_the_store_write_nothing_and_uses_are_recorded_in_batches() {
     let dir = tempfile::tempdir().unwrap();

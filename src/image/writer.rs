@@ -19,7 +19,8 @@ const QUEUE: usize = 8;
 const GROUP_BYTES: usize = 32 << 20;
 
 enum Job {
-    Chunks(Vec<(u64, Bytes, Hash)>),
+    /// Verified chunks: number, bytes, hash and CRC32C.
+    Chunks(Vec<(u64, Bytes, Hash, u32)>),
     /// Chunks read from the store since the last batch.
     Uses(Vec<u64>),
     Flush(oneshot::Sender<()>),
@@ -52,7 +53,7 @@ impl Writer {
     }
 
     /// Queue verified chunks (waits only when the queue is full).
-    pub async fn write(&self, chunks: Vec<(u64, Bytes, Hash)>) {
+    pub async fn write(&self, chunks: Vec<(u64, Bytes, Hash, u32)>) {
         let _ = self.tx.send(Job::Chunks(chunks)).await;
     }
 
@@ -91,7 +92,7 @@ fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
         let mut bytes = 0usize;
         let mut take = |job: Job, bytes: &mut usize| match job {
             Job::Chunks(c) => {
-                *bytes += c.iter().map(|(_, b, _)| b.len()).sum::<usize>();
+                *bytes += c.iter().map(|(_, b, _, _)| b.len()).sum::<usize>();
                 items.extend(c);
             }
             Job::Uses(u) => uses.extend(u),
@@ -105,12 +106,17 @@ fn run(mut rx: mpsc::Receiver<Job>, target: Target) {
             }
         }
         if !items.is_empty() && target.caching.load(Ordering::Relaxed) {
-            let refs: Vec<(u64, &[u8], Hash)> =
-                items.iter().map(|(i, b, h)| (*i, &b[..], *h)).collect();
-            let result = target.store.put(&refs).and_then(|()| match &target.cache {
-                Some(c) => c.note_stored(bytes as u64),
-                None => Ok(()),
-            });
+            let refs: Vec<(u64, &[u8], Hash, u32)> = items
+                .iter()
+                .map(|(i, b, h, crc)| (*i, &b[..], *h, *crc))
+                .collect();
+            let result = target
+                .store
+                .put_checked(&refs)
+                .and_then(|()| match &target.cache {
+                    Some(c) => c.note_stored(bytes as u64),
+                    None => Ok(()),
+                });
             if let Err(err) = result {
                 *target.caching_off.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(err.to_string());
