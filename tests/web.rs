@@ -561,6 +561,38 @@ fn ranges_grow_with_sequential_reading_up_to_a_few_mib() {
     assert!(sizes.len() < 100, "{} requests: {sizes:?}", sizes.len());
 }
 
+/// A cold `cat NAME` reads a web mirror one whole range of the mirror's size (4 MiB) at a time,
+/// many in flight: not in halves of it that each pay a round trip of their own.
+#[test]
+fn a_cold_cat_reads_a_web_mirror_in_whole_ranges() {
+    const RANGE: u64 = 4 << 20;
+    let dir = test_dir("web_cat_ranges");
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let size: u64 = 40 << 20;
+    let disk = random_file(&www, "disk.img", size, 12);
+    let want = std::fs::read(&disk).unwrap();
+    let nginx = Nginx::start("web_cat_ranges", &www);
+    let client = publish_disk(dir.path(), &disk, &[nginx.url("disk.img")]);
+    let out = client.ok("cat", &["cat", "NAME"]);
+    assert!(out.stdout == want, "cat is not byte-exact");
+    let served = nginx.served();
+    assert!(served.iter().all(|s| s.status == 206), "{served:?}");
+    let sizes: Vec<u64> = served.iter().map(|s| s.bytes).collect();
+    assert_eq!(sizes.iter().sum::<u64>(), size, "{sizes:?}");
+    // The first request learns what the mirror serves (the image's first bytes); one other
+    // brings the rest of the first range (logged in the order they ended); every other one is a
+    // whole range.
+    let probe = sizes[0];
+    let mut rest = sizes[1..].to_vec();
+    rest.sort_unstable();
+    assert_eq!(rest.first(), Some(&(RANGE - probe)), "{sizes:?}");
+    assert!(
+        rest[1..].iter().all(|&n| n == RANGE),
+        "ranges other than 4 MiB: {sizes:?}"
+    );
+}
+
 #[test]
 fn a_dead_web_mirror_is_passed_over_and_used_again_once_it_is_back() {
     let dir = test_dir("web_comes_back");

@@ -8,6 +8,10 @@
 //! Last-Modified are kept). A later answer for another file, a server that ignores Range (a 200
 //! is dropped unread, not downloaded), or a refused redirect stops the mirror for this image:
 //! every later read fails at once with [`HttpError::Stopped`].
+//!
+//! At trace level (`-vvv`) each request logs its timeline: when it goes out (with the reads in
+//! it, the requests in flight and the reads still waiting), its head, its first body bytes and
+//! its last; `cat` logs each read it writes out in order.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -283,6 +287,14 @@ impl WebMirror {
                     }
                 }
                 q.in_flight += 1;
+                tracing::trace!(
+                    "{}: range {start}+{} goes out, {} reads in it, {} in flight, {} waiting",
+                    self.label,
+                    end - start,
+                    group.len(),
+                    q.in_flight,
+                    q.waiting.len()
+                );
                 group
             };
             let slot = Slot(self.clone());
@@ -417,6 +429,7 @@ impl WebMirror {
             }
             Ok(Ok(r)) => r,
         };
+        tracing::trace!("{}: range {start}+{len}: head in", self.label);
         let location = response.url().clone();
         let headers = response.headers();
         let head = Head {
@@ -470,9 +483,15 @@ impl WebMirror {
                         want: len,
                     })
                 }
-                Ok(Ok(None)) => return Ok(()),
+                Ok(Ok(None)) => {
+                    tracing::trace!("{}: range {start}+{len}: body in", self.label);
+                    return Ok(());
+                }
                 Ok(Ok(Some(piece))) => piece,
             };
+            if got == 0 {
+                tracing::trace!("{}: range {start}+{len}: first body bytes", self.label);
+            }
             if got + piece.len() as u64 > len {
                 return Err(HttpError::Overlong {
                     url: url_label(&location),

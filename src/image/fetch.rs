@@ -184,7 +184,7 @@ impl Fetcher {
     /// web mirror wants a few MiB per range request, since each costs a round trip and is one
     /// request slot (measured through a 20 ms round trip: 256 KiB runs made 261 requests for
     /// 256 MiB, many of them 256 KiB alone, and `cat NAME` ran at a third of `curl`).
-    fn run_bytes(&self) -> u64 {
+    pub(super) fn run_bytes(&self) -> u64 {
         self.sources
             .preferred()
             .map_or(MAX_RUN_BYTES, |source| source.run_bytes() as u64)

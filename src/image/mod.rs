@@ -413,6 +413,13 @@ impl Image {
         });
     }
 
+    /// Bytes per fetch that suit the source in use (see
+    /// [`BlockSource::run_bytes`](crate::source::BlockSource::run_bytes)): what a reader that keeps
+    /// its own reads in flight (`cat`) reads at a time at least.
+    pub fn run_bytes(&self) -> u64 {
+        self.fetcher.run_bytes()
+    }
+
     /// Turn read-ahead off for a reader that keeps its own reads in flight (`cat`, `fetch`):
     /// nothing is fetched ahead, and fetched chunks are not kept in memory.
     pub fn set_read_ahead(&self, on: bool) {
