@@ -15,6 +15,9 @@
 //!    ├─► sequential? fetch ahead ────────────────────► readahead.rs
 //!    └─► verified bytes out
 //! ```
+//! [`Image::read_here`] is the same read for a caller that streams a whole cached image from
+//! a thread of its own (`cat`): memory and the store only, on the calling thread, falling back
+//! to [`Image::read_parts`] for what is not here.
 //! A complete, verified store can be handed to the kernel (passthrough.rs). Opening an image
 //! from a catalog name or a URL is open.rs, its cache identity identity.rs; errors error.rs.
 //!
