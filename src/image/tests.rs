@@ -774,3 +774,34 @@ async fn an_unsealed_store_is_checked_at_open_before_it_passes_through() {
     assert!(through == bytes, "the file handed out holds the image");
     assert!(image.stats().contains("sealed: yes"));
 }
+
+/// A read of chunks the store does not hold goes on to fetching without waiting for the
+/// blocking pool (where a burst of cold reads used to queue, and then reach the sources in any
+/// order): it completes while the pool's only thread is busy.
+#[test]
+fn a_cold_read_does_not_wait_for_the_blocking_pool() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = data(1 << 20, 41);
+    let src = FaultySource::new(bytes.clone());
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let got = runtime.block_on(async {
+        let image = Image::new(
+            spec(&bytes, true, vec![mirror("a", &src)], false),
+            cache(dir.path(), None),
+        );
+        let busy = tokio::task::spawn_blocking(move || held.recv());
+        let read = tokio::time::timeout(Duration::from_secs(10), image.read(0, 256 << 10)).await;
+        release.send(()).unwrap();
+        let _ = busy.await;
+        image.flush().await;
+        read
+    });
+    let got = got.expect("the cold read finished while the blocking pool was busy");
+    assert!(got.unwrap()[..] == bytes[..256 << 10]);
+}
