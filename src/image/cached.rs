@@ -301,7 +301,8 @@ impl Cached {
         if in_memory.iter().all(Option::is_some) || self.store.is_none() {
             return Err(in_memory);
         }
-        if self.none_stored(span) && in_memory.iter().all(Option::is_none) {
+        let stored = self.stored_in(span);
+        if !stored.iter().any(|&s| s) && in_memory.iter().all(Option::is_none) {
             // A cold read goes on to fetching at once, in the order reads arrive: by way of
             // the blocking pool, a burst of cold reads reached the sources in any order (a web
             // mirror's first ranges went out for 0, 4, 56-72 and 92 MiB while 8-52 waited).
@@ -313,19 +314,23 @@ impl Cached {
             .store
             .as_ref()
             .map(|store| ReadComing::new(store, span.first * u64::from(self.geometry.chunk_size)));
-        tokio::task::spawn_blocking(move || me.gather(span, in_memory, &reference))
+        tokio::task::spawn_blocking(move || me.gather(span, in_memory, stored, &reference))
             .await
             .unwrap_or_else(|_| Err(vec![None; span.count()]))
     }
 
-    /// Whether the store's records say no chunk of `span` is there: one small read of the
-    /// index, which the page cache nearly always holds (made here, on the caller's thread).
-    fn none_stored(&self, span: Span) -> bool {
-        self.store.as_ref().is_some_and(|store| {
-            store
-                .records_range(span.first, span.last)
-                .is_ok_and(|records| !records.iter().any(|r| r.present()))
-        })
+    /// Which chunks of `span` the store's records say it holds: one small read of the index,
+    /// which the page cache nearly always holds (made on the caller's thread). All true when the
+    /// records cannot be read (each chunk is then looked up, and checked, on its own).
+    fn stored_in(&self, span: Span) -> Vec<bool> {
+        match self
+            .store
+            .as_ref()
+            .map(|s| s.records_range(span.first, span.last))
+        {
+            Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),
+            _ => vec![true; span.count()],
+        }
     }
 
     /// [`Cached::get`] on the calling thread (it reads the store): for a caller that reads
@@ -339,7 +344,8 @@ impl Cached {
         if in_memory.iter().all(Option::is_some) || self.store.is_none() {
             return Err(in_memory);
         }
-        self.gather(span, in_memory, reference)
+        let stored = self.stored_in(span);
+        self.gather(span, in_memory, stored, reference)
     }
 
     /// The rest of [`Cached::get`]: what memory lacks, from the store.
@@ -347,17 +353,9 @@ impl Cached {
         &self,
         span: Span,
         in_memory: Vec<Option<Verified>>,
+        stored: Vec<bool>,
         reference: &Reference,
     ) -> Result<Verified, Vec<Option<Verified>>> {
-        // The span's records in one read: a cold read looks no further.
-        let stored: Vec<bool> = match self
-            .store
-            .as_ref()
-            .map(|s| s.records_range(span.first, span.last))
-        {
-            Some(Ok(records)) => records.iter().map(|r| r.present()).collect(),
-            _ => vec![true; span.count()],
-        };
         if in_memory.iter().all(Option::is_none) && stored.iter().all(|&s| s) {
             if let Some(all) = self.lookup_run(span.first, span.last, reference) {
                 return Ok(all);
