@@ -355,6 +355,15 @@ struct StreamState {
     busy: bool,
 }
 
+impl StreamState {
+    /// Whether a read at `start` belongs to the stream: near where the last stream read ended,
+    /// or near one waiting for its turn.
+    fn continues(&self, start: u64) -> bool {
+        let near = |at: u64| at.abs_diff(start) <= STREAM_REACH;
+        near(self.end) || self.waiting.iter().any(|&w| near(w))
+    }
+}
+
 /// A stream read's turn, to be handed back with [`Stream::done`].
 struct Turn;
 
@@ -372,11 +381,7 @@ impl Stream {
     /// else its turn once no stream read runs and none lower waits (or waited too long).
     fn wait_turn(&self, start: u64) -> Option<Turn> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let near = |at: u64| at.abs_diff(start) <= STREAM_REACH;
-        if !state.waiting.contains(&start)
-            && !near(state.end)
-            && !state.waiting.iter().any(|&w| near(w))
-        {
+        if !state.waiting.contains(&start) && !state.continues(start) {
             state.end = start;
             return None;
         }
@@ -412,8 +417,7 @@ impl Stream {
     /// queue as its request arrives, not when its thread gets to run).
     fn expect(&self, start: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let near = |at: u64| at.abs_diff(start) <= STREAM_REACH;
-        if near(state.end) || state.waiting.iter().any(|&w| near(w)) {
+        if state.continues(start) {
             state.waiting.insert(start);
         }
     }

@@ -297,17 +297,10 @@ impl Cached {
         span: Span,
         reference: &Arc<Reference>,
     ) -> Result<Verified, Vec<Option<Verified>>> {
-        let in_memory: Vec<Option<Verified>> = span.chunks().map(|i| self.recent(i)).collect();
-        if in_memory.iter().all(Option::is_some) || self.store.is_none() {
-            return Err(in_memory);
-        }
-        let stored = self.stored_in(span);
-        if !stored.iter().any(|&s| s) && in_memory.iter().all(Option::is_none) {
-            // A cold read goes on to fetching at once, in the order reads arrive: by way of
-            // the blocking pool, a burst of cold reads reached the sources in any order (a web
-            // mirror's first ranges went out for 0, 4, 56-72 and 92 MiB while 8-52 waited).
-            return Err(in_memory);
-        }
+        // A cold read goes on to fetching at once, in the order reads arrive: by way of the
+        // blocking pool, a burst of cold reads reached the sources in any order (a web mirror's
+        // first ranges went out for 0, 4, 56-72 and 92 MiB while 8-52 waited).
+        let (in_memory, stored) = self.to_gather(span)?;
         let (me, reference) = (self.clone(), reference.clone());
         // Its place among the store's reads is taken now, in the order requests arrive.
         let _coming = self
@@ -340,12 +333,23 @@ impl Cached {
         span: Span,
         reference: &Reference,
     ) -> Result<Verified, Vec<Option<Verified>>> {
-        let in_memory: Vec<Option<Verified>> = span.chunks().map(|i| self.recent(i)).collect();
+        let (in_memory, stored) = self.to_gather(span)?;
+        self.gather(span, in_memory, stored, reference)
+    }
+
+    /// What [`Cached::get`] finds of `span` without reading the store's data: in memory, and
+    /// which chunks the store's records hold. Err with the answer when nothing is left to read
+    /// from the store (all in memory, no store, or none of it here at all).
+    fn to_gather(&self, span: Span) -> Result<(Found, Vec<bool>), Found> {
+        let in_memory: Found = span.chunks().map(|i| self.recent(i)).collect();
         if in_memory.iter().all(Option::is_some) || self.store.is_none() {
             return Err(in_memory);
         }
         let stored = self.stored_in(span);
-        self.gather(span, in_memory, stored, reference)
+        if !stored.iter().any(|&s| s) && in_memory.iter().all(Option::is_none) {
+            return Err(in_memory);
+        }
+        Ok((in_memory, stored))
     }
 
     /// The rest of [`Cached::get`]: what memory lacks, from the store.
@@ -472,6 +476,9 @@ impl Drop for Cached {
         self.hand_over_all_uses();
     }
 }
+
+/// A span's chunks as found: each verified, or None where missing.
+type Found = Vec<Option<Verified>>;
 
 /// A store read announced as its request arrives ([`Store::read_coming`]), and forgotten when
 /// this is dropped (made, failed or abandoned alike).
