@@ -11,6 +11,11 @@ use std::sync::Mutex;
 /// Read-ahead grows to this many bytes past a sequential reader.
 pub const MAX_READAHEAD: u64 = 8 << 20;
 
+/// How far out of order the reads of a stream may arrive and still count as that stream: the
+/// kernel sends its read-ahead requests in order, several threads take them, and a read's
+/// turn here can come a request or two early or late. (A jump further than this starts over.)
+const REORDER: u64 = 4 << 20;
+
 struct Sequential {
     /// Where the last read ended.
     next: u64,
@@ -62,9 +67,23 @@ impl ReadAhead {
         size: u64,
     ) -> Option<(u64, u64)> {
         let mut s = self.sequential.lock().unwrap_or_else(|e| e.into_inner());
-        let sequential = offset == s.next;
-        s.next = end;
-        s.streamed = (end - offset).saturating_add(if sequential { s.streamed } else { 0 });
+        let streaming = s.next != u64::MAX && s.streamed >= 2 * chunk_size;
+        // A read of the stream that arrives after one beyond it: the stream is past it already.
+        if streaming && offset < s.next && offset.saturating_add(REORDER) >= s.next {
+            if end <= s.next {
+                return None;
+            }
+            let new = end - s.next;
+            s.next = end;
+            s.streamed = s.streamed.saturating_add(new);
+        } else {
+            // In order, or a little ahead of a read of the stream still to arrive.
+            let sequential =
+                offset == s.next || (streaming && offset > s.next && offset - s.next <= REORDER);
+            s.next = end;
+            s.streamed = (end - offset).saturating_add(if sequential { s.streamed } else { 0 });
+        }
+        let sequential = s.streamed > end - offset;
         if !sequential || s.streamed < 2 * chunk_size {
             s.window = 0;
             s.ahead_until = end;
@@ -130,6 +149,47 @@ mod tests {
             }
             end += cs;
         }
+    }
+
+    /// Reads of a stream that arrive a little shuffled (1 MiB requests taken by several threads)
+    /// keep the stream: the window still grows to its bound. A read far back, or far ahead,
+    /// starts over.
+    #[test]
+    fn a_stream_read_out_of_order_is_still_a_stream() {
+        let ahead = ReadAhead::default();
+        let cs = 64 << 10;
+        let mib = 1 << 20;
+        let size = 1 << 30;
+        let mut windows = Vec::new();
+        for pair in 0..16u64 {
+            for k in [1, 0] {
+                let at = (2 * pair + k) * mib;
+                if let Some((from, to)) = ahead.window_after(at, at + mib, cs, size) {
+                    windows.push((from, to));
+                    ahead.done();
+                }
+            }
+        }
+        assert!(windows.len() >= 8, "{windows:?}");
+        let (_, last_to) = *windows.last().unwrap();
+        assert!(
+            windows.iter().any(|&(from, to)| to - from >= 4 * mib),
+            "the window grew: {windows:?}"
+        );
+        assert!(last_to >= 32 * mib, "kept ahead of the reader: {windows:?}");
+        assert_eq!(
+            ahead.window_after(200 * mib, 201 * mib, cs, size),
+            None,
+            "a jump"
+        );
+        let (from, _) = ahead.window_after(201 * mib, 202 * mib, cs, size).unwrap();
+        assert_eq!(from, 202 * mib, "a new stream from there");
+        ahead.done();
+        assert_eq!(
+            ahead.window_after(2 * mib, 3 * mib, cs, size),
+            None,
+            "far back"
+        );
     }
 
     #[test]
