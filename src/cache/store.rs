@@ -646,13 +646,6 @@ impl Store {
         Ok(Some((bytes, record)))
     }
 
-    /// `len` bytes of the data file at `start`, through the page cache. (Direct reads were
-    /// measured too: on a virtio disk they reached two thirds of the page cache's sequential
-    /// read-ahead, so the page cache it is.)
-    ///
-    /// Reads near where the last one ended (a stream, such as a mount's read-ahead with many
-    /// reads in flight) run one at a time, lowest offset first ([`Stream`]). Reads elsewhere
-    /// run concurrently.
     /// A read of the data file at byte `start` is coming (a request that has just arrived): a
     /// read above it that gets to run first waits for it. Call [`Store::read_arrived`] after.
     pub fn read_coming(&self, start: u64) {
@@ -664,6 +657,13 @@ impl Store {
         self.stream.forget(start);
     }
 
+    /// `len` bytes of the data file at `start`, through the page cache. (Direct reads were
+    /// measured too: on a virtio disk they reached two thirds of the page cache's sequential
+    /// read-ahead, so the page cache it is.)
+    ///
+    /// Reads near where the last one ended (a stream, such as a mount's read-ahead with many
+    /// reads in flight) run one at a time, lowest offset first ([`Stream`]). Reads elsewhere
+    /// run concurrently.
     fn read_data(&self, start: u64, len: usize) -> Result<Bytes, CacheError> {
         let turn = self.stream.wait_turn(start);
         let read = read_fresh(&self.data, start, len).map_err(|e| io(&self.dir.join("data"), e));
@@ -725,7 +725,7 @@ impl Store {
 
     /// Record that `chunks` were used now (for LRU eviction): the last-use field of each present
     /// record among them. Adjacent records are read and written back together (up to
-    /// [`USE_RUN`] at a time), so a batch of uses costs a few writes, not one per chunk.
+    /// `USE_RUN` at a time), so a batch of uses costs a few writes, not one per chunk.
     pub fn note_uses(&self, chunks: &[u64]) -> Result<(), CacheError> {
         let index_path = || self.dir.join("index");
         let mut chunks: Vec<u64> = chunks

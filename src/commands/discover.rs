@@ -9,7 +9,7 @@ use crate::iscsi::{self, lun, url};
 
 #[derive(Debug, clap::Args)]
 pub struct DiscoverArgs {
-    /// Portal to ask: HOST[:PORT]
+    /// Portal to ask: HOST or HOST:PORT
     pub portal: String,
     /// Also list each target's LUNs
     #[arg(short = 'l', long = "luns")]

@@ -417,7 +417,7 @@ impl Image {
     }
 
     /// Bytes per fetch that suit the source in use (see
-    /// [`BlockSource::run_bytes`](crate::source::BlockSource::run_bytes)): what a reader that keeps
+    /// [`crate::source::BlockSource::run_bytes`]): what a reader that keeps
     /// its own reads in flight (`cat`) reads at a time at least.
     pub fn run_bytes(&self) -> u64 {
         self.fetcher.run_bytes()
@@ -442,7 +442,7 @@ impl Image {
 
     /// The store's data file, for the kernel to read the image from directly (FUSE passthrough),
     /// when the store holds every chunk and each has been verified (reading back and checking
-    /// at most `check_at_most` bytes now). See [`passthrough`].
+    /// at most `check_at_most` bytes now). See `image/passthrough.rs`.
     pub fn passthrough_file(&self, check_at_most: u64) -> Option<std::fs::File> {
         self.passthrough
             .file(&self.cached, &self.reference, self.geometry, check_at_most)

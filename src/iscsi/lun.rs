@@ -13,7 +13,7 @@
 //! as residual overflow (RFC 7143 §11.4.5.1). Reads of that range are then answered from it.
 //!
 //! Recovery (RFC 7143 §6.2.1 session reinstatement is not used: ErrorRecoveryLevel 0 with a new
-//! session, same ISID, TSIH 0) reconnects through [`Connector`], which checks the LUN's identity.
+//! session, same ISID, TSIH 0) reconnects through `Connector`, which checks the LUN's identity.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -57,7 +57,7 @@ pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(90);
 /// How to reach a LUN. [`ConnectOptions::new`] fills in defaults.
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
-    /// "host:port" or "[::1]:3260"; tried in order.
+    /// `host:port` or `[::1]:3260`; tried in order.
     pub portals: Vec<String>,
     pub target: String,
     pub lun: u64,

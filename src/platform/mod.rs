@@ -1,7 +1,7 @@
 //! Every difference between operating systems, in one place.
 //!
 //! isomount runs wherever there is FUSE, as the NetBSD paper promised. Linux has faster or more
-//! exact ways for some things ([`linux`]); every other system takes the portable ways ([`unix`]),
+//! exact ways for some things (`linux.rs`); every other system takes the portable ways (`unix.rs`),
 //! and so does a Linux build when `ISOMOUNT_FORCE_PORTABLE=1` is set, which is how the tests run
 //! the path other systems take. Nothing outside this module names an operating system, /proc or
 //! /sys, or calls a system-specific function.
