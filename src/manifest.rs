@@ -32,6 +32,31 @@ use sha2::{Digest, Sha256};
 
 /// The manifest magic number.
 pub const MAGIC: [u8; 8] = *b"ISOMNFST";
+/// A chunk's hash taken piece by piece (see [`HashAlg::hasher`]): the same hash as
+/// [`HashAlg::hash_chunk`] of the pieces back to back.
+pub enum ChunkHasher {
+    Sha256(Sha256),
+    Blake3(Box<blake3::Hasher>),
+}
+
+impl ChunkHasher {
+    pub fn update(&mut self, piece: &[u8]) {
+        match self {
+            ChunkHasher::Sha256(h) => h.update(piece),
+            ChunkHasher::Blake3(h) => {
+                h.update(piece);
+            }
+        }
+    }
+
+    pub fn finish(self) -> Hash {
+        match self {
+            ChunkHasher::Sha256(h) => h.finalize().into(),
+            ChunkHasher::Blake3(h) => *h.finalize().as_bytes(),
+        }
+    }
+}
+
 /// The format version of manifests with sha256 chunk hashes.
 pub const VERSION: u16 = 1;
 /// The format version whose header names the chunk hash algorithm.
@@ -71,6 +96,14 @@ impl HashAlg {
         match self {
             HashAlg::Sha256 => sha256(chunk),
             HashAlg::Blake3 => *blake3::hash(chunk).as_bytes(),
+        }
+    }
+
+    /// A hash of this algorithm taken piece by piece.
+    pub fn hasher(self) -> ChunkHasher {
+        match self {
+            HashAlg::Sha256 => ChunkHasher::Sha256(Sha256::new()),
+            HashAlg::Blake3 => ChunkHasher::Blake3(Box::default()),
         }
     }
 
