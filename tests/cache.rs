@@ -110,6 +110,66 @@ fn flip(path: &Path, at: u64) {
     f.sync_all().unwrap();
 }
 
+/// A fully cached `cat NAME` streams the image without waiting for its mirror, here one that
+/// takes the connection and never answers: every byte is out while that connection still hangs
+/// open; once it is cut, the cat says so, once, and succeeds.
+#[test]
+fn a_fully_cached_cat_does_not_wait_for_its_mirror() {
+    use std::io::Read;
+    let mut p = Published::new("cache_cat_no_wait", 3 * MIB + 512, 21);
+    assert_ok(&p.run(&["fetch", "img"]), "fetch");
+    let want = p.bytes();
+    let portal = p.tgtd.portal();
+    p.tgtd.kill();
+    let silent = std::net::TcpListener::bind(&portal).unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let mut child = p
+        .command(&["cat", "img"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut conn = loop {
+        match silent.accept() {
+            Ok((conn, _)) => break conn,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "cat never connected"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    let mut got = vec![0u8; want.len()];
+    child.stdout.as_mut().unwrap().read_exact(&mut got).unwrap();
+    assert!(got == want, "the cached image, byte-exact");
+    // The connection is still open on cat's side: what it sent can be read, then nothing (no
+    // end of stream).
+    conn.set_nonblocking(true).unwrap();
+    let mut sent = [0u8; 4096];
+    loop {
+        match conn.read(&mut sent) {
+            Ok(0) => panic!("cat gave up on the mirror before writing the image"),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    drop(conn);
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "cat");
+    assert!(out.stdout.is_empty(), "nothing more after the image");
+    let warnings = text(&out.stderr);
+    assert_eq!(
+        warnings.matches("serving cached chunks only").count(),
+        1,
+        "one warning: {warnings}"
+    );
+}
+
 #[test]
 fn publish_list_cat_fetch_offline_and_target_gone() {
     let mut p = Published::new("cache_publish_cat", 6 * MIB + 1536, 11);

@@ -86,21 +86,30 @@ pub fn run(config: &Config, args: CatArgs) -> anyhow::Result<ExitCode> {
 fn cat_name(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let runtime = super::runtime()?;
     runtime.block_on(async {
-        let image = image::open::named(config, name).await?;
+        let image = image::open::named_unconnected(config, name).await?;
         image.set_read_ahead(false);
         if image.cached_bytes() == image.size() {
             // A fully cached image is read as one sequential stream on one thread, as `dd`
             // reads a file: the page cache's read-ahead then runs ahead of it (which many
             // concurrent reads would defeat), and no read waits on a hand-off between threads.
+            // It needs no mirror to start: the connection is made meanwhile (for a chunk that
+            // fails its check), and seen through before the end (so that an unreachable mirror
+            // is still reported).
+            let connecting = tokio::spawn({
+                let image = image.clone();
+                async move { image.connect_now().await }
+            });
             let reader = image.clone();
             let handle = tokio::runtime::Handle::current();
             let result = tokio::task::spawn_blocking(move || stream_here(&reader, &handle))
                 .await
                 .context("while reading")?;
+            let _ = connecting.await;
             image.flush().await;
             result?;
             return Ok(ExitCode::SUCCESS);
         }
+        image.connect_now().await;
         let reader = image.clone();
         let (read, depth) = cold_reads(image.run_bytes());
         let result = pipe(image.size(), read, depth, move |offset, len| {

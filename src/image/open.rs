@@ -29,6 +29,15 @@ pub const FIRST_READ: u32 = 256 << 10;
 /// manifest: chunk hashes are recorded on first fetch). Unless `--offline`, connects to the
 /// first answering portal; when none answers, warns once and serves what is cached.
 pub async fn named(config: &Config, name_or_url: &str) -> anyhow::Result<Arc<Image>> {
+    let image = named_unconnected(config, name_or_url).await?;
+    image.connect_now().await;
+    Ok(image)
+}
+
+/// [`named`] without waiting for a source: the first one starts connecting in the background,
+/// and the caller calls [`Image::connect_now`] before it needs one (which also warns, once,
+/// when none answers). For a reader of a fully cached image, which needs none to start.
+pub async fn named_unconnected(config: &Config, name_or_url: &str) -> anyhow::Result<Arc<Image>> {
     let cache = Arc::new(config.cache());
     let read_timeout = config.read_timeout;
     if name_or_url.starts_with("iscsi://") {
@@ -200,13 +209,9 @@ async fn finish(spec: ImageSpec, cache: Arc<Cache>) -> anyhow::Result<Arc<Image>
             let _ = tokio::time::timeout(CONNECT_TIMEOUT, first.open()).await;
         });
     }
-    let image = tokio::task::spawn_blocking(move || Image::new(spec, Some(cache)))
+    tokio::task::spawn_blocking(move || Image::new(spec, Some(cache)))
         .await
-        .context("while opening the cache")?;
-    if !offline {
-        image.connect_now().await;
-    }
-    Ok(image)
+        .context("while opening the cache")
 }
 
 async fn open_url(
