@@ -115,6 +115,66 @@ fn nginx_over_http_serves_exact_ranges_and_coalesces_queued_reads() {
     );
 }
 
+/// Reads waiting for the only request slot go out lowest offset first, whatever order they
+/// came in; with no patience for order (`in_order_at_most` zero), oldest first.
+#[test]
+fn waiting_reads_go_out_lowest_offset_first_unless_one_has_waited_too_long() {
+    let dir = test_dir("web_lowest_first");
+    let (root, data) = web_root(dir.path(), 8 << 20);
+    let nginx = Nginx::start("web_lowest_first", &root);
+    let link = FaultProxy::start(
+        &nginx.authority(),
+        Faults {
+            latency: Some(Duration::from_millis(20)),
+            ..Faults::default()
+        },
+    );
+    let url = format!("http://{}/image.iso", link.portal());
+    let arrivals = [7u64, 6, 3, 5, 1, 4, 2];
+    for (patience, expected) in [
+        (Duration::from_secs(60), [7u64, 1, 2, 3, 4, 5, 6]),
+        (Duration::ZERO, arrivals),
+    ] {
+        let before = nginx.served().len();
+        let opts = WebOptions {
+            max_in_flight: 1,
+            in_order_at_most: patience,
+            ..options()
+        };
+        let m = mirror(&url, data.len() as u64, opts);
+        runtime().block_on(async {
+            // Each read 4 KiB at a whole MiB: none adjacent to another, so none coalesce.
+            let reads: Vec<_> = arrivals
+                .iter()
+                .map(|&k| (k, m.read(k << 20, 4096)))
+                .collect();
+            for (k, r) in reads {
+                let got = r.all().await.unwrap().concat();
+                let at = (k << 20) as usize;
+                assert!(got == data[at..at + 4096], "read at {k} MiB");
+            }
+        });
+        let order: Vec<u64> = nginx.served()[before..]
+            .iter()
+            .map(|s| {
+                let from = s
+                    .range
+                    .trim_start_matches("bytes=")
+                    .split('-')
+                    .next()
+                    .unwrap();
+                from.parse::<u64>().unwrap() >> 20
+            })
+            .collect();
+        assert_eq!(
+            order,
+            expected,
+            "patience {patience:?}: {:?}",
+            nginx.served()
+        );
+    }
+}
+
 #[test]
 fn nginx_over_https_speaks_http2_with_the_test_ca_and_refuses_without_it() {
     let dir = test_dir("web_nginx_https");

@@ -32,6 +32,10 @@ pub struct WebOptions {
     pub max_in_flight: usize,
     /// Largest range asked in one request when queued reads are coalesced.
     pub max_range: u64,
+    /// Reads waiting for a request slot go out lowest offset first (a reader that keeps many
+    /// in flight takes them in order, and they reach the mirror in any order), except one that
+    /// has waited this long: it goes next, so a stray read is not held up by a long stream.
+    pub in_order_at_most: Duration,
 }
 
 impl Default for WebOptions {
@@ -43,6 +47,7 @@ impl Default for WebOptions {
             max_redirects: 5,
             max_in_flight: 8,
             max_range: 4 << 20,
+            in_order_at_most: Duration::from_millis(250),
         }
     }
 }

@@ -65,6 +65,8 @@ struct Wanted {
     offset: u64,
     len: u64,
     tx: mpsc::UnboundedSender<Result<Bytes, HttpError>>,
+    /// When it began to wait.
+    since: std::time::Instant,
 }
 
 /// The bytes of one read, as they arrive: consecutive pieces adding up to the length asked,
@@ -236,9 +238,12 @@ impl WebMirror {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         if len > 0 {
-            lock(&self.queue)
-                .waiting
-                .push_back(Wanted { offset, len, tx });
+            lock(&self.queue).waiting.push_back(Wanted {
+                offset,
+                len,
+                tx,
+                since: std::time::Instant::now(),
+            });
             self.dispatch();
         }
         RangeBody {
@@ -248,8 +253,11 @@ impl WebMirror {
         }
     }
 
-    /// Send waiting reads while slots are free: the oldest with every waiting read adjacent to
-    /// it, up to `max_range`, as one request.
+    /// Send waiting reads while slots are free: the lowest (or one that has waited past
+    /// [`WebOptions::in_order_at_most`]) with every waiting read adjacent to it, up to
+    /// `max_range`, as one request. (The reads of `cat`'s 24 in flight reached the mirror in the
+    /// order their tasks ran: its first requests went out for 52-80 MiB while the read at 4 MiB,
+    /// which its output waited for, went out 60 ms later.)
     fn dispatch(self: &Arc<Self>) {
         loop {
             let group = {
@@ -258,7 +266,15 @@ impl WebMirror {
                 if q.in_flight >= self.options.max_in_flight.max(1) {
                     return;
                 }
-                let Some(first) = q.waiting.pop_front() else {
+                let overdue = q
+                    .waiting
+                    .front()
+                    .is_some_and(|w| w.since.elapsed() >= self.options.in_order_at_most);
+                let next = match overdue {
+                    true => Some(0),
+                    false => (0..q.waiting.len()).min_by_key(|&i| q.waiting[i].offset),
+                };
+                let Some(first) = next.and_then(|i| q.waiting.remove(i)) else {
                     return;
                 };
                 let (mut start, mut end) = (first.offset, first.offset + first.len);
