@@ -363,13 +363,7 @@ fn proxy_latency_delays_without_serialising() {
         let mut r = s.try_clone().unwrap();
         std::io::copy(&mut r, &mut s).ok();
     });
-    let proxy = FaultProxy::start(
-        &upstream,
-        Faults {
-            latency: Some(Duration::from_millis(10)),
-            ..Faults::default()
-        },
-    );
+    let proxy = FaultProxy::start(&upstream, Faults::delayed(Duration::from_millis(10)));
     let mut client = TcpStream::connect(proxy.portal()).unwrap();
     client.set_nodelay(true).unwrap();
     let mut reply = [0u8; 1024];
@@ -413,10 +407,7 @@ fn proxy_latency_keeps_bulk_throughput() {
     let (upstream, _server) = source_server(len);
     let proxy = FaultProxy::start(
         &upstream,
-        Faults {
-            latency: Some(std::time::Duration::from_millis(10)),
-            ..Faults::default()
-        },
+        Faults::delayed(std::time::Duration::from_millis(10)),
     );
     let start = std::time::Instant::now();
     let mut client = TcpStream::connect(proxy.portal()).unwrap();

@@ -181,10 +181,7 @@ fn fault_proxy_counts_client_turns_per_request() {
     let nginx = Nginx::start("proxy_turns", &dir.path().join("www"));
     let proxy = FaultProxy::start(
         &nginx.authority(),
-        Faults {
-            latency: Some(Duration::from_millis(5)),
-            ..Faults::default()
-        },
+        Faults::delayed(Duration::from_millis(5)),
     );
     let url = format!("http://{}/image.iso", proxy.portal());
     // One curl, three requests: one connection, reused.

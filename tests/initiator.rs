@@ -285,10 +285,7 @@ fn cat_survives_a_reset_every_24_mib() {
 
 #[test]
 fn cat_is_exact_over_a_20ms_round_trip() {
-    let faults = Faults {
-        latency: Some(std::time::Duration::from_millis(10)),
-        ..Faults::default()
-    };
+    let faults = Faults::delayed(std::time::Duration::from_millis(10));
     let (proxy, _tgtd, _dir) = cat_through("cat_is_exact_over_a_20ms_round_trip", faults, 32 * MIB);
     assert!(proxy.bytes_to_client() >= 32 * MIB);
 }

@@ -421,13 +421,7 @@ fn the_only_portal_is_waited_for_past_the_short_login_bound() {
     ok(&s.publish("img", IQN, &[&live], &[]), "publish");
     // Every exchange through this link takes 2.4 s: past the 2 s that passes a portal over
     // for another one, but this catalog names no other.
-    let slow = FaultProxy::start(
-        &live,
-        Faults {
-            latency: Some(Duration::from_millis(1200)),
-            ..Faults::default()
-        },
-    );
+    let slow = FaultProxy::start(&live, Faults::delayed(Duration::from_millis(1200)));
     let catalog = std::fs::read_to_string(&s.catalog).unwrap();
     std::fs::write(&s.catalog, catalog.replace(&live, &slow.portal())).unwrap();
     let out = s.run(&["cat", "img"]);

@@ -407,10 +407,7 @@ fn one_small_file_of_a_fresh_mount_costs_two_round_trips_at_most() {
     let nginx = Nginx::start("web_small_file", &image.www);
     let link = FaultProxy::start(
         &nginx.authority(),
-        Faults {
-            latency: Some(Duration::from_millis(10)),
-            ..Faults::default()
-        },
+        Faults::delayed(Duration::from_millis(10)),
     );
     let url = format!("http://{}/image.iso", link.portal());
     let client = image.publish("webcd", &[], &[&url]);

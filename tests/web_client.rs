@@ -52,10 +52,7 @@ fn nginx_over_http_serves_exact_ranges_and_coalesces_queued_reads() {
     // 30 ms each way: the reads below are all queued long before the first two requests end.
     let link = FaultProxy::start(
         &nginx.authority(),
-        Faults {
-            latency: Some(Duration::from_millis(30)),
-            ..Faults::default()
-        },
+        Faults::delayed(Duration::from_millis(30)),
     );
     let opts = WebOptions {
         max_in_flight: 2,
@@ -124,10 +121,7 @@ fn waiting_reads_go_out_lowest_offset_first_unless_one_has_waited_too_long() {
     let nginx = Nginx::start("web_lowest_first", &root);
     let link = FaultProxy::start(
         &nginx.authority(),
-        Faults {
-            latency: Some(Duration::from_millis(20)),
-            ..Faults::default()
-        },
+        Faults::delayed(Duration::from_millis(20)),
     );
     let url = format!("http://{}/image.iso", link.portal());
     let arrivals = [7u64, 6, 3, 5, 1, 4, 2];

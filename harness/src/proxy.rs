@@ -34,6 +34,17 @@ pub struct Faults {
     pub latency: Option<Duration>,
 }
 
+impl Faults {
+    /// A link that only delays: `one_way` added in each direction (the round trip grows by
+    /// twice this).
+    pub fn delayed(one_way: Duration) -> Faults {
+        Faults {
+            latency: Some(one_way),
+            ..Faults::default()
+        }
+    }
+}
+
 /// A running proxy. Dropping it closes its listener and every connection through it.
 pub struct FaultProxy {
     addr: SocketAddr,

@@ -230,17 +230,17 @@ impl Verify for Reference {
         let alg = self.hash_alg();
         let bytes: usize = chunks.iter().map(|(_, b)| b.len()).sum();
         let hash = move |b: Bytes| hash_aligned(alg, b);
+        let (indices, pieces): (Vec<u64>, Vec<Bytes>) = chunks.into_iter().unzip();
         let hashed: Vec<(Hash, u32, Bytes)> = if bytes <= HASH_IN_PLACE_BYTES {
-            chunks.iter().map(|(_, b)| hash(b.clone())).collect()
+            pieces.into_iter().map(hash).collect()
         } else {
-            let to_hash: Vec<Bytes> = chunks.iter().map(|(_, b)| b.clone()).collect();
-            tokio::task::spawn_blocking(move || to_hash.into_iter().map(hash).collect())
+            tokio::task::spawn_blocking(move || pieces.into_iter().map(hash).collect())
                 .await
                 .unwrap_or_default()
         };
         let mut hashed = hashed.into_iter();
-        let mut verified = Vec::with_capacity(chunks.len());
-        for (i, _) in chunks {
+        let mut verified = Vec::with_capacity(indices.len());
+        for i in indices {
             let checked = match hashed.next() {
                 Some((actual, crc, bytes)) => self.check(i, actual).map(|()| (crc, bytes)),
                 None => Err("hashing was cancelled".to_string()),
