@@ -115,13 +115,17 @@ measure_iscsi_perf_small() {
     PERF_BLOCKS=8 measure_iscsi_perf "$1"
 }
 
+# MiB/s of BYTES moved since START (`date +%s.%N`), timed to now.
+mibs_since() {
+    awk -v b="$1" -v s="$2" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+}
+
 # `isomount cat URL > /dev/null`: the whole LUN, timed.
 measure_isomount_cat() {
-    local start end
+    local start
     start=$(date +%s.%N)
     "$BIN/isomount" cat "$1" >/dev/null
-    end=$(date +%s.%N)
-    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+    mibs_since $((SIZE_MIB << 20)) "$start"
 }
 
 # The mount (issue 4): `dd bs=1M` of the image file of `isomount bench MNT`, published from the
@@ -131,11 +135,11 @@ drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 # The whole `dd` (its open included: an open of the mounted image may check the cache first),
 # timed from outside, for ours and the peer's alike.
 dd_mibs() {
-    local start end
+    local start bytes
+    bytes=$(stat -c %s "$1")
     start=$(date +%s.%N)
     dd if="$1" of=/dev/null bs=1M 2>/dev/null
-    end=$(date +%s.%N)
-    awk -v b="$(stat -c %s "$1")" -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+    mibs_since "$bytes" "$start"
 }
 # mount_bench CACHE_DIR [CATALOG NAME]: the LUN's image by default, or a web mirror's.
 mount_bench() { "$BIN/isomount" --catalog "${2:-$WORK/catalog.toml}" --cache-dir "$1" mount "${3:-bench}" "$MNT"; }
@@ -174,11 +178,10 @@ measure_mount_again() {
 # fetched, verified and written to the cache), then from a full cache ($1) with the page cache
 # dropped (every chunk read back and re-hashed).
 cat_name_mibs() {
-    local start end
+    local start
     start=$(date +%s.%N)
     "$BIN/isomount" --catalog "$WORK/catalog.toml" --cache-dir "$1" cat bench >/dev/null
-    end=$(date +%s.%N)
-    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+    mibs_since $((SIZE_MIB << 20)) "$start"
 }
 measure_cat_name_cold() { rm -rf "$WORK/cache-cat-cold"; cat_name_mibs "$WORK/cache-cat-cold"; }
 measure_cat_name_cached() { drop_caches; cat_name_mibs "$1"; }
@@ -187,19 +190,17 @@ measure_file_cold() { drop_caches; dd_mibs "$1"; }
 # Web mirrors: `curl` of the whole file from nginx, and ours cold (empty cache) by catalog name
 # ($1: web or web-slow). The served file is warm for both (nginx serves from the page cache).
 measure_curl() {
-    local start end
+    local start
     start=$(date +%s.%N)
     curl -sf -o /dev/null "$1"
-    end=$(date +%s.%N)
-    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+    mibs_since $((SIZE_MIB << 20)) "$start"
 }
 measure_web_cat_cold() {
-    local start end
+    local start
     rm -rf "$WORK/cache-web"
     start=$(date +%s.%N)
     "$BIN/isomount" --catalog "$WORK/web.toml" --cache-dir "$WORK/cache-web" cat "$1" >/dev/null
-    end=$(date +%s.%N)
-    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+    mibs_since $((SIZE_MIB << 20)) "$start"
 }
 measure_web_mount_cold() {
     rm -rf "$WORK/cache-web"
@@ -215,22 +216,20 @@ measure_file_again() { cat "$1" >/dev/null; dd_mibs "$1"; }
 # rows"). The web row's work done by standard tools: curl's body piped into `openssl dgst
 # -sha256` (fetching and verifying, without storing anything).
 measure_curl_sha256() {
-    local start end
+    local start
     start=$(date +%s.%N)
     curl -sf "$1" | openssl dgst -sha256 >/dev/null
-    end=$(date +%s.%N)
-    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+    mibs_since $((SIZE_MIB << 20)) "$start"
 }
 # The ceiling of checking the whole cache before the kernel may read it (remount): reading the
 # file from the disk and then once more from the page cache, timed as one.
 measure_file_twice() {
-    local start end
+    local start
     drop_caches
     start=$(date +%s.%N)
     dd if="$1" of=/dev/null bs=1M 2>/dev/null
     dd if="$1" of=/dev/null bs=1M 2>/dev/null
-    end=$(date +%s.%N)
-    awk -v b=$((SIZE_MIB << 20)) -v s="$start" -v e="$end" 'BEGIN { printf "%.1f\n", b / (e - s) / 1048576 }'
+    mibs_since $((SIZE_MIB << 20)) "$start"
 }
 # The cached `cat NAME` row with each program's own binary loaded first (after drop_caches,
 # before the timing): the image's bytes cold, the programs not (dd is 70 KiB, isomount 14 MiB).
