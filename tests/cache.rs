@@ -170,6 +170,32 @@ fn a_fully_cached_cat_does_not_wait_for_its_mirror() {
     );
 }
 
+/// A cached image's first bytes are not fetched again while connecting: a `cat` of the fully
+/// cached image still logs in to its mirror, but what crosses the wire is the login and the
+/// probe, not the 256 KiB the connection reads ahead for an image that is not cached.
+#[test]
+fn connecting_for_a_cached_image_reads_none_of_its_bytes() {
+    let p = Published::new("cache_connect_cached", 3 * MIB + 512, 22);
+    let proxy = FaultProxy::start(&p.tgtd.portal(), Faults::default());
+    p.publish("img", &[&proxy.portal()]);
+    assert_ok(&p.run(&["fetch", "img"]), "fetch");
+    let fetched = proxy.bytes_to_client();
+    assert!(
+        fetched >= 3 * MIB,
+        "the fetch came through the proxy: {fetched} bytes"
+    );
+
+    let out = p.run(&["cat", "img"]);
+    assert_ok(&out, "cat");
+    assert!(out.stdout == p.bytes(), "the cached image, byte-exact");
+    assert_eq!(proxy.connections(), 2, "cat connected to its mirror too");
+    let connecting = proxy.bytes_to_client() - fetched;
+    assert!(
+        connecting < 64 << 10,
+        "{connecting} bytes reached the client while it connected for a cached image"
+    );
+}
+
 #[test]
 fn publish_list_cat_fetch_offline_and_target_gone() {
     let mut p = Published::new("cache_publish_cat", 6 * MIB + 1536, 11);

@@ -187,6 +187,28 @@ impl Cache {
             .join(&hex::encode(sha256(identity.as_bytes()))[..32])
     }
 
+    /// Whether the store for `identity` holds the image's first `bytes`, by its records (not
+    /// checked: a chunk that fails its check later is fetched like any other). False when there
+    /// is no such store or it cannot be read.
+    pub fn holds_start(&self, identity: &str, bytes: u64) -> bool {
+        let dir = self.store_dir(identity);
+        if !dir.join("index").is_file() {
+            return false;
+        }
+        let Ok(store) = Store::open_existing(&dir) else {
+            return false;
+        };
+        let geometry = store.geometry();
+        let bytes = bytes.min(geometry.image_size);
+        if bytes == 0 {
+            return true;
+        }
+        let last = (bytes - 1) / u64::from(geometry.chunk_size.max(1));
+        store
+            .records_range(0, last)
+            .is_ok_and(|records| records.iter().all(Record::present))
+    }
+
     /// Open (creating when needed) the store for `identity`.
     pub fn open_store(
         &self,

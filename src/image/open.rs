@@ -22,7 +22,8 @@ use super::identity::{lun_identity, offline_lun_identity, serial_of};
 /// Bytes from the start of an image that a mirror reads while connecting, in the round trip of
 /// its probe: an ISO's volume descriptors (from 32 KiB) and, on images as xorriso makes them, its
 /// path tables and root directory, which a mount reads before it is usable; `cat` and `fetch`
-/// start there too. The image core still asks for them and verifies them like any fetch.
+/// start there too. The image core still asks for them and verifies them like any fetch. Not
+/// read when the cache holds them already.
 pub const FIRST_READ: u32 = 256 << 10;
 
 /// Open `name_or_url`: a catalog name (with its pinned manifest) or an iscsi:// URL (no
@@ -106,6 +107,19 @@ async fn open_entry(
         }
         None => None,
     };
+    // A store that holds the image's first bytes already needs no mirror to bring them while
+    // connecting: a mount or `cat` of a cached image would pay 256 KiB on the wire for nothing
+    // (and wait for it on a slow link before the mount is usable).
+    let first_read = match &manifest {
+        Some((_, _, pin)) => {
+            let (c, identity) = (cache.clone(), format!("manifest:{pin}"));
+            let held = tokio::task::spawn_blocking(move || {
+                c.holds_start(&identity, u64::from(FIRST_READ))
+            });
+            (!held.await.unwrap_or(false)).then_some(FIRST_READ)
+        }
+        None => Some(FIRST_READ),
+    };
     let mut sources: Vec<Arc<dyn BlockSource>> = Vec::new();
     let mut facts = Vec::new();
     if let Some(iscsi) = &entry.iscsi {
@@ -118,8 +132,11 @@ async fn open_entry(
                 iscsi.chap.clone(),
                 iscsi.digest,
             )
-            .reading_first(FIRST_READ)
             .bounding_reads(read_timeout);
+            let source = match first_read {
+                Some(bytes) => source.reading_first(bytes),
+                None => source,
+            };
             let source = if alone { source } else { source.among_others() };
             Arc::new(source) as Arc<dyn BlockSource>
         }));
@@ -132,7 +149,7 @@ async fn open_entry(
             let source = web
                 .source(url, entry.size)
                 .with_context(|| format!("web mirror of `{}`", entry.name))?
-                .reading_first(FIRST_READ);
+                .reading_first(first_read.unwrap_or(1));
             sources.push(Arc::new(source));
         }
     }
