@@ -182,6 +182,15 @@ pub mod pool {
             bytes::Bytes::from_owner(self.lend(buffer))
         }
 
+        /// Let go of every buffer kept for reuse and of the slabs being carved: a slab goes back
+        /// to the allocator once its last buffer lent out comes back (for an idle process).
+        pub fn release(&self) {
+            let mut kept = self.kept.lock().unwrap_or_else(|e| e.into_inner());
+            kept.free.clear();
+            kept.bytes = 0;
+            kept.carving.clear();
+        }
+
         /// Bytes of free buffers kept now.
         pub fn kept_bytes(&self) -> usize {
             self.kept.lock().unwrap_or_else(|e| e.into_inner()).bytes

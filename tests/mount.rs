@@ -111,6 +111,47 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A mount that sits idle lets go of the memory its reads left behind (the chunks kept in memory
+/// and the read buffers kept for reuse), and reads on as before afterwards.
+#[test]
+fn an_idle_mount_lets_go_of_the_memory_its_reads_left_behind() {
+    use platform::Memory::Resident;
+    let dir = tempfile::tempdir().unwrap();
+    let image = random_file(dir.path(), "disk.img", 64 << 20, 31);
+    let truth = std::fs::read(&image).unwrap();
+    let mp = Mountpoint::new(dir.path(), "mnt");
+    let out = run_bounded(
+        isomount()
+            .env("ISOMOUNT_IDLE_RELEASE", "1")
+            .args(["mount", "--local-file"])
+            .arg(&image)
+            .arg(&mp.path),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "mount: {out:?}");
+    let pid = daemon_pid(&mp.path) as u32;
+    let mounted = mp.path.join("disk.img");
+    assert!(
+        std::fs::read(&mounted).unwrap() == truth,
+        "image bytes differ"
+    );
+    let Some(after_read) = platform::memory_kib(pid, Resident) else {
+        eprintln!("skipped: this system does not tell a process's memory");
+        unmount_ok(&mp);
+        return;
+    };
+    wait_until(
+        Duration::from_secs(20),
+        "the idle mount to let go of 16 MiB or more",
+        || platform::memory_kib(pid, Resident).is_some_and(|now| now + (16 << 10) < after_read),
+    );
+    assert!(
+        std::fs::read(&mounted).unwrap() == truth,
+        "the image reads the same after"
+    );
+    unmount_ok(&mp);
+}
+
 #[test]
 fn mounted_image_is_byte_exact_with_info_and_unmounts_cleanly() {
     let dir = tempfile::tempdir().unwrap();

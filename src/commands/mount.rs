@@ -37,6 +37,10 @@ pub struct MountArgs {
     /// mount(8)-style options, comma-separated (ro, allow_other, ...)
     #[arg(short = 'o', value_delimiter = ',')]
     pub options: Vec<String>,
+    /// Seconds without a read before the mount lets go of the memory its reads left behind
+    #[arg(long, value_name = "SECONDS", env = "ISOMOUNT_IDLE_RELEASE", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub idle_release: u64,
     /// Test hook: IMAGE is a local file, served without catalog, cache or network.
     #[arg(long, hide = true)]
     pub local_file: bool,
@@ -651,6 +655,7 @@ async fn open_view(global: &Config, args: &MountArgs) -> anyhow::Result<Arc<dyn 
     } else {
         crate::image::open::named(global, &args.image).await?
     };
+    image.release_when_idle(std::time::Duration::from_secs(args.idle_release));
     Ok(image)
 }
 

@@ -460,8 +460,8 @@ impl Cached {
         self.store.as_ref().is_some_and(|s| s.sealed())
     }
 
-    /// Forget what is in memory (tests that damage the store underneath).
-    #[cfg(test)]
+    /// Forget the chunks kept in memory (the store and the sources still have them): for an
+    /// idle image, and for tests that damage the store underneath.
     pub fn forget_recent(&self) {
         self.recent
             .lock()

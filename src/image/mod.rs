@@ -96,6 +96,8 @@ pub struct Image {
     fetcher: Arc<Fetcher>,
     readahead: Arc<ReadAhead>,
     passthrough: Passthrough,
+    /// Reads answered so far (for [`Image::release_when_idle`]).
+    reads: AtomicU64,
     /// Reads that failed.
     errors: AtomicU64,
     warned_unreachable: AtomicBool,
@@ -147,6 +149,7 @@ impl Image {
             fetcher: Arc::new(fetcher),
             readahead: Arc::new(ReadAhead::default()),
             passthrough: Passthrough::default(),
+            reads: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             warned_unreachable: AtomicBool::new(false),
         })
@@ -390,6 +393,7 @@ impl Image {
     /// After a read of `offset..end`: when it goes on from the last one, fetch a window ahead in
     /// the background (see [`readahead`]).
     fn after_read(&self, offset: u64, end: u64) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         if self.offline || !self.readahead.is_on() {
             return;
         }
@@ -413,6 +417,34 @@ impl Image {
                 }
             }
             readahead.done();
+        });
+    }
+
+    /// Once no read has come for `idle`, let go of the memory reads left behind: the chunks
+    /// kept in memory and the read buffers kept for reuse (a mount that read an image whole
+    /// would otherwise hold tens of MiB while it sits idle). Reads after that fetch or read the
+    /// store as usual. Runs in the background while the image lives; call within the runtime.
+    pub fn release_when_idle(self: &Arc<Self>, idle: Duration) {
+        let image = Arc::downgrade(self);
+        let tick = (idle / 4).max(Duration::from_millis(50));
+        tokio::spawn(async move {
+            let (mut seen, mut quiet_since, mut released) = (u64::MAX, Instant::now(), false);
+            loop {
+                tokio::time::sleep(tick).await;
+                let Some(image) = image.upgrade() else {
+                    return;
+                };
+                let reads = image.reads.load(Ordering::Relaxed);
+                if reads != seen {
+                    (seen, quiet_since, released) = (reads, Instant::now(), false);
+                } else if !released && quiet_since.elapsed() >= idle {
+                    image.cached.forget_recent();
+                    crate::iobuf::pool::READS.release();
+                    crate::platform::release_free_memory();
+                    tracing::debug!("{}: idle; memory let go", image.name);
+                    released = true;
+                }
+            }
         });
     }
 

@@ -180,6 +180,13 @@ pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
     let _ = unsafe { libc::madvise(ptr.cast(), len, libc::MADV_HUGEPAGE) };
 }
 
+/// malloc_trim(0): glibc gives the free pages of every arena back to the kernel.
+#[cfg(target_env = "gnu")]
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only releases memory the allocator holds free; no pointer is involved.
+    let _ = unsafe { libc::malloc_trim(0) };
+}
+
 /// posix_fadvise(POSIX_FADV_SEQUENTIAL) over the whole file.
 pub fn advise_sequential(file: &File) {
     // SAFETY: posix_fadvise only changes the read-ahead of the descriptor, which we own.

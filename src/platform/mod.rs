@@ -274,6 +274,15 @@ pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
     let _ = (ptr, len);
 }
 
+/// Hand memory the allocator holds free back to the system, where it can (glibc keeps freed
+/// memory in its arenas; `malloc_trim` returns their whole free pages). A hint for an idle
+/// process; elsewhere nothing (other systems' allocators give memory back on their own). It
+/// follows the allocator, glibc, not the kernel: the portable path on Linux uses it too.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    linux::release_free_memory();
+}
+
 /// Tell the system `file` will be read mostly in order, so that it reads ahead further (a
 /// hint: on Linux, twice the device's read-ahead window).
 pub fn advise_sequential(file: &File) {
