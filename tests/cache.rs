@@ -188,7 +188,11 @@ fn connecting_for_a_cached_image_reads_none_of_its_bytes() {
     let out = p.run(&["cat", "img"]);
     assert_ok(&out, "cat");
     assert!(out.stdout == p.bytes(), "the cached image, byte-exact");
-    assert_eq!(proxy.connections(), 2, "cat connected to its mirror too");
+    assert!(
+        proxy.connections() >= 2,
+        "cat connected to its mirror too ({} connections)",
+        proxy.connections()
+    );
     let connecting = proxy.bytes_to_client() - fetched;
     assert!(
         connecting < 64 << 10,
