@@ -84,7 +84,7 @@ pub fn run(config: &Config, args: CatArgs) -> anyhow::Result<ExitCode> {
 /// `isomount cat NAME`: the image through the cache and verification, in order, to stdout.
 /// On a failed read what was written is a true prefix of the image.
 fn cat_name(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
-    let runtime = super::runtime()?;
+    let runtime = super::streaming_runtime()?;
     runtime.block_on(async {
         let image = image::open::named_unconnected(config, name).await?;
         image.set_read_ahead(false);

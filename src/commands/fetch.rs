@@ -31,7 +31,7 @@ pub fn run(config: &Config, args: FetchArgs) -> anyhow::Result<ExitCode> {
     if !args.files.is_empty() {
         return fetch_files(config, &args);
     }
-    let runtime = super::runtime()?;
+    let runtime = super::streaming_runtime()?;
     runtime.block_on(async {
         let image = image::open::named(config, &args.image).await?;
         image.set_read_ahead(false);

