@@ -40,26 +40,34 @@ fn web_root(dir: &Path, size: u64) -> (PathBuf, Vec<u8>) {
     (root, std::fs::read(path).unwrap())
 }
 
+/// nginx serving an 8 MiB `image.iso` through the fault proxy with `delay` each way: the test's
+/// directory, the image's bytes, the server and the link (each kept alive by the caller), and
+/// the image's URL through the link.
+fn nginx_behind(
+    test: &str,
+    delay: Duration,
+) -> (tempfile::TempDir, Vec<u8>, Nginx, FaultProxy, String) {
+    let dir = test_dir(test);
+    let (root, data) = web_root(dir.path(), 8 << 20);
+    let nginx = Nginx::start(test, &root);
+    let link = FaultProxy::start(&nginx.authority(), Faults::delayed(delay));
+    let url = format!("http://{}/image.iso", link.portal());
+    (dir, data, nginx, link, url)
+}
+
 async fn read(m: &Arc<WebMirror>, offset: u64, len: u64) -> Result<Vec<u8>, HttpError> {
     Ok(m.read(offset, len).all().await?.concat())
 }
 
 #[test]
 fn nginx_over_http_serves_exact_ranges_and_coalesces_queued_reads() {
-    let dir = test_dir("web_nginx_http");
-    let (root, data) = web_root(dir.path(), 8 << 20);
-    let nginx = Nginx::start("web_nginx_http", &root);
     // 30 ms each way: the reads below are all queued long before the first two requests end.
-    let link = FaultProxy::start(
-        &nginx.authority(),
-        Faults::delayed(Duration::from_millis(30)),
-    );
+    let (_dir, data, nginx, link, url) = nginx_behind("web_nginx_http", Duration::from_millis(30));
     let opts = WebOptions {
         max_in_flight: 2,
         max_range: 1 << 20,
         ..options()
     };
-    let url = format!("http://{}/image.iso", link.portal());
     let m = mirror(&url, data.len() as u64, opts);
     runtime().block_on(async {
         m.probe().await.unwrap();
@@ -116,14 +124,8 @@ fn nginx_over_http_serves_exact_ranges_and_coalesces_queued_reads() {
 /// came in; with no patience for order (`in_order_at_most` zero), oldest first.
 #[test]
 fn waiting_reads_go_out_lowest_offset_first_unless_one_has_waited_too_long() {
-    let dir = test_dir("web_lowest_first");
-    let (root, data) = web_root(dir.path(), 8 << 20);
-    let nginx = Nginx::start("web_lowest_first", &root);
-    let link = FaultProxy::start(
-        &nginx.authority(),
-        Faults::delayed(Duration::from_millis(20)),
-    );
-    let url = format!("http://{}/image.iso", link.portal());
+    let (_dir, data, nginx, _link, url) =
+        nginx_behind("web_lowest_first", Duration::from_millis(20));
     let arrivals = [7u64, 6, 3, 5, 1, 4, 2];
     for (patience, expected) in [
         (Duration::from_secs(60), [7u64, 1, 2, 3, 4, 5, 6]),
