@@ -5,7 +5,6 @@
 //! catalog names go through the image core (the cache and verification).
 
 use std::future::Future;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -133,7 +132,7 @@ fn cat_name(config: &Config, name: &str) -> anyhow::Result<ExitCode> {
 fn stream_here(image: &image::Image, runtime: &tokio::runtime::Handle) -> anyhow::Result<()> {
     use std::os::fd::AsFd;
     let mut out = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
-    let progress = progress_bar(image.size());
+    let progress = super::progress_bar(image.size(), "", true);
     let mut offset = 0u64;
     while offset < image.size() {
         let len = (image.size() - offset).min(CACHED_READ as u64) as usize;
@@ -147,31 +146,10 @@ fn stream_here(image: &image::Image, runtime: &tokio::runtime::Handle) -> anyhow
             written => written.context("while writing to stdout")?,
         }
         offset += len as u64;
-        if let Some(bar) = &progress {
-            bar.inc(len as u64);
-        }
+        progress.inc(len as u64);
     }
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
+    progress.finish_and_clear();
     Ok(())
-}
-
-/// A progress bar on stderr for `size` bytes, when stderr is a terminal.
-fn progress_bar(size: u64) -> Option<indicatif::ProgressBar> {
-    std::io::stderr().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(size),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        bar
-    })
 }
 
 /// Read `size` bytes as `chunk`-sized reads, `depth` of them in flight, and write them to stdout
@@ -182,7 +160,7 @@ where
     F: Fn(u64, usize) -> Fut,
     Fut: Future<Output = anyhow::Result<Vec<Bytes>>> + Send + 'static,
 {
-    let progress = progress_bar(size);
+    let progress = super::progress_bar(size, "", true);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(4);
     let writer = std::thread::spawn(move || -> std::io::Result<()> {
         // Straight to the descriptor, each read's pieces in one vectored write: std's stdout is
@@ -218,9 +196,7 @@ where
                 // The writer stopped: its result says why.
                 return Ok(());
             }
-            if let Some(bar) = &progress {
-                bar.inc(len);
-            }
+            progress.inc(len);
         }
     }
     .await;
@@ -228,9 +204,7 @@ where
         handle.abort();
     }
     drop(tx);
-    if let Some(bar) = progress {
-        bar.finish_and_clear();
-    }
+    progress.finish_and_clear();
     let written = writer
         .join()
         .map_err(|_| anyhow::anyhow!("the stdout writer panicked"))?;

@@ -2,7 +2,6 @@
 //! already is not fetched again.
 
 use std::collections::VecDeque;
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -215,21 +214,7 @@ async fn fill(
     show: bool,
 ) -> anyhow::Result<Option<String>> {
     let total: u64 = ranges.iter().map(|r| r.1).sum();
-    let bar = if show && std::io::stderr().is_terminal() {
-        indicatif::ProgressBar::with_draw_target(
-            Some(total),
-            indicatif::ProgressDrawTarget::stderr(),
-        )
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(image.name().to_string());
+    let bar = super::progress_bar(total, &format!("{} ", image.name()), show);
     let mut windows = ranges.iter().flat_map(|&(start, len)| {
         (0..len.div_ceil(WINDOW)).map(move |k| {
             let at = start + k * WINDOW;

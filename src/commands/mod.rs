@@ -10,7 +10,6 @@ pub mod keygen;
 pub mod list;
 pub mod mount;
 pub mod publish;
-pub mod publish_tree;
 pub mod serve;
 
 /// An error and its causes on one line: "login to iqn… at 127.0.0.1:3260 failed: authentication
@@ -28,6 +27,27 @@ pub fn one_line(err: &anyhow::Error) -> String {
         out.push_str(&text);
     }
     out.replace('\n', " ")
+}
+
+/// A progress bar on stderr for `total` bytes with `label` before the counts, drawn only when
+/// `show` and stderr is a terminal; otherwise hidden (its updates then cost next to nothing).
+pub fn progress_bar(total: u64, label: &str, show: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !show || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg}{bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(label.to_string());
+    bar
 }
 
 /// A multi-threaded tokio runtime for commands that do network I/O.

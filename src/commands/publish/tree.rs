@@ -27,7 +27,6 @@
 //! are removed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Mutex;
@@ -37,35 +36,12 @@ use anyhow::Context;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::publish::PublishArgs;
+use super::args::{mirrors, PublishArgs};
+use super::signed::write_catalog;
 use crate::catalog::{self, PublishedEntry};
 use crate::config::Config;
 use crate::manifest::{self, HashAlg, Manifest};
-use crate::target::config;
 use crate::tree::{self, FileStamp, ImagePatterns, TreeImage};
-
-/// The options `publish` takes for a tree.
-#[derive(Debug, clap::Args)]
-pub struct TreeArgs {
-    /// Publish every image under DIR: names and target IQNs come from the paths (as `serve
-    /// --root` serves them); needs -o CATALOG
-    #[arg(long, value_name = "DIR", requires = "output")]
-    pub root: Option<PathBuf>,
-    /// With --root: prefix of the target IQNs, PREFIX:NAME (the same as `serve --iqn-prefix`)
-    #[arg(long, value_name = "IQN", default_value = config::DEFAULT_IQN_PREFIX)]
-    pub iqn_prefix: String,
-    /// With --root: which file names are images, a glob without '/' (repeatable; the same as
-    /// `serve --root`'s)
-    #[arg(
-        long = "pattern",
-        value_name = "GLOB",
-        default_values_t = tree::DEFAULT_PATTERNS.iter().map(|p| p.to_string())
-    )]
-    pub patterns: Vec<String>,
-    /// With --root: hash every image again, changed or not
-    #[arg(long, requires = "root")]
-    pub rehash: bool,
-}
 
 /// `--url` with `--root`: the URL of the tree's root, as a base that paths are appended to.
 fn tree_url(url: &str) -> Result<reqwest::Url, String> {
@@ -179,7 +155,7 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("publish --root needs -o CATALOG");
     };
     let signer = args.sign.signer()?;
-    let (portals, url_roots) = super::publish::mirrors(&args)?;
+    let (portals, url_roots) = mirrors(&args)?;
     let url_roots = url_roots
         .iter()
         .map(|u| tree_url(u).map_err(|e| anyhow::anyhow!("--url: {e}")))
@@ -235,7 +211,7 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
             Plan::Unchanged(..) => None,
         })
         .sum();
-    let bar = progress_bar(total, config.quiet);
+    let bar = crate::commands::progress_bar(total, "hashing ", !config.quiet && total > 0);
     let failures = Mutex::new(Vec::new());
     let hashed: Vec<Option<Hashed>> = images
         .par_iter()
@@ -256,7 +232,11 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
                     Some(done)
                 }
                 Err(e) => {
-                    let line = format!("{}: {}", image.relative.display(), super::one_line(&e));
+                    let line = format!(
+                        "{}: {}",
+                        image.relative.display(),
+                        crate::commands::one_line(&e)
+                    );
                     failures
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -328,7 +308,7 @@ pub fn run(config: &Config, args: PublishArgs) -> anyhow::Result<ExitCode> {
     let header = "Written by `isomount publish --root`: edits are overwritten by the next run.";
     let text = catalog::render(out, header, &entries)?;
     let unchanged = std::fs::read(out).ok().as_deref() == Some(text.as_bytes());
-    super::publish::write_catalog(signer.as_ref(), out, text.as_bytes(), unchanged)?;
+    write_catalog(signer.as_ref(), out, text.as_bytes(), unchanged)?;
     let mut removed = 0usize;
     let current: BTreeSet<&str> = state.image.iter().map(|r| r.name.as_str()).collect();
     for gone in old
@@ -434,23 +414,6 @@ fn hash_image(
             stat: Stat::settled(&before, SystemTime::now()),
         },
     })
-}
-
-fn progress_bar(total: u64, quiet: bool) -> indicatif::ProgressBar {
-    if quiet || total == 0 || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "hashing {bytes}/{total_bytes} {wide_bar} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
 }
 
 fn load_state(path: &Path) -> anyhow::Result<State> {
