@@ -149,6 +149,8 @@ async fn open_entry(
             let source = web
                 .source(url, entry.size)
                 .with_context(|| format!("web mirror of `{}`", entry.name))?
+                // A web source's open is itself a ranged GET (it learns the file's size and
+                // validators from it): one byte is the least it can ask for.
                 .reading_first(first_read.unwrap_or(1));
             sources.push(Arc::new(source));
         }
